@@ -1,0 +1,104 @@
+/* The Llama model on the CPU backend: its configuration (from a Hugging Face config.json),
+ * its parameters (one fp32 allocation with a pointer table), and the training entry
+ * points (forward, loss, backward). */
+#ifndef QFT_LLAMA_H
+#define QFT_LLAMA_H
+
+#include "qft_base.h"
+
+enum { QFT_ROPE_DEFAULT = 0, QFT_ROPE_LLAMA3 = 1 };
+
+typedef struct qft_llama_config {
+    int vocab_size;              /* V */
+    int hidden_size;             /* C */
+    int intermediate_size;       /* I */
+    int num_hidden_layers;       /* L */
+    int num_attention_heads;     /* H */
+    int num_key_value_heads;     /* KV (grouped-query attention when < H) */
+    int head_dim;                /* hd, default C / H */
+    int max_position_embeddings;
+    float rms_norm_eps;
+    float rope_theta;
+    int rope_type;               /* QFT_ROPE_* */
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position_embeddings;
+    int tie_word_embeddings;
+    int bos_token_id, eos_token_id, pad_token_id; /* -1 where config.json has none */
+    float initializer_range;     /* std of the random init, transformers' default 0.02 */
+    char torch_dtype[16];        /* as written in config.json, "" when absent */
+} qft_llama_config;
+
+/* Pointers into one flat fp32 buffer (parameters or their gradients). */
+typedef struct qft_llama_layer_ptrs {
+    float *ln1;   /* (C)           input_layernorm.weight */
+    float *wq;    /* (H*hd, C)     self_attn.q_proj.weight */
+    float *wk;    /* (KV*hd, C)    self_attn.k_proj.weight */
+    float *wv;    /* (KV*hd, C)    self_attn.v_proj.weight */
+    float *wo;    /* (C, H*hd)     self_attn.o_proj.weight */
+    float *ln2;   /* (C)           post_attention_layernorm.weight */
+    float *wgate; /* (I, C)        mlp.gate_proj.weight */
+    float *wup;   /* (I, C)        mlp.up_proj.weight */
+    float *wdown; /* (C, I)        mlp.down_proj.weight */
+} qft_llama_layer_ptrs;
+
+typedef struct qft_llama_ptrs {
+    float *embed;                 /* (V, C) model.embed_tokens.weight */
+    qft_llama_layer_ptrs *layers; /* [L] */
+    float *norm;                  /* (C) model.norm.weight */
+    float *lm_head;               /* (V, C) lm_head.weight; == embed when tied */
+} qft_llama_ptrs;
+
+/* One named tensor of the flat buffer, with its Hugging Face name. */
+typedef struct qft_param_entry {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    size_t offset; /* in floats, into the flat buffer */
+    size_t numel;
+} qft_param_entry;
+
+struct qft_llama_acts; /* activation storage, private to the model code */
+
+/* One micro-batch, right-padded. labels use transformers' convention: labels[b][t] is the
+ * token at t (not t+1); the loss shifts internally, and -100 marks positions to ignore. */
+typedef struct qft_batch {
+    int B, T;
+    int32_t *ids;    /* (B, T) */
+    int32_t *labels; /* (B, T), -100 = ignored */
+    uint8_t *mask;   /* (B, T), 1 = real token, 0 = padding; NULL = all real */
+} qft_batch;
+
+typedef struct qft_llama_model {
+    qft_llama_config cfg;
+    size_t n_params;          /* floats in params (tied head counted once) */
+    float *params;            /* (n_params) */
+    float *grads;             /* (n_params) or NULL when not training */
+    qft_param_entry *entries; /* [n_entries], in Hugging Face order */
+    int n_entries;
+    qft_llama_ptrs p, g;      /* views of params and grads */
+    int recompute;            /* keep only block inputs; recompute the rest in backward */
+    struct qft_llama_acts *acts;
+} qft_llama_model;
+
+/* Allocates parameters for `cfg` (zeroed) and fills entries and p. */
+int qft_llama_alloc(qft_llama_model *m, const qft_llama_config *cfg, qft_err *err);
+/* transformers' init: normal(0, initializer_range) for linears and embeddings, ones for norms. */
+void qft_llama_init_random(qft_llama_model *m, uint64_t seed);
+/* Allocates grads (zeroed) and the g views. */
+int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err);
+void qft_llama_zero_grads(qft_llama_model *m);
+void qft_llama_free(qft_llama_model *m);
+const qft_param_entry *qft_llama_find_entry(const qft_llama_model *m, const char *name);
+/* Fills a config with transformers' LlamaConfig defaults for the fields it leaves open. */
+void qft_llama_config_defaults(qft_llama_config *cfg);
+
+/* ---- training entry points (core/model/llama_forward.c, llama_backward.c) ------------ */
+/* Forward over a batch; *loss = mean cross-entropy over the shifted labels != -100 (0 when
+ * there are none). Keeps what backward needs (or only the block inputs with recompute). */
+int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_err *err);
+/* Backward of loss_scale * (the last forward's loss), accumulated (+=) into m->grads. */
+int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err);
+/* Logits of the last forward, (B, T, V) fp32. */
+const float *qft_llama_logits(const qft_llama_model *m);
+
+#endif

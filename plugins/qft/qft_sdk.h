@@ -1,0 +1,147 @@
+/*
+ * qft plugin SDK — the one header every plugin includes.
+ *
+ * A plugin is a shared object exporting exactly one symbol, `qft_plugin_entry`, which
+ * returns a pointer to a constant `qft_plugin_desc`. The core never looks up any other
+ * symbol. Everything a plugin needs from the engine (memory, logging, random numbers,
+ * config checking, the active backend's op table) reaches it through the `qft_services`
+ * table handed to its `open`/`attach` call, so a plugin never includes a header of core/.
+ *
+ * Bump QFT_ABI_VERSION whenever a struct below changes layout or meaning; the registry
+ * refuses a plugin whose descriptor carries another number and says which.
+ */
+#ifndef QFT_SDK_H
+#define QFT_SDK_H
+
+#include <libconfig.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QFT_ABI_VERSION 1
+#define QFT_PLUGIN_ENTRY_SYMBOL "qft_plugin_entry"
+
+/* ---- errors -------------------------------------------------------------------------
+ * Library code never exits on bad input: it fills a qft_err and returns non-zero. The
+ * message names the file, line, key or tensor at fault; the app prints it. */
+typedef struct qft_err {
+    int code;        /* 0 = no error */
+    char msg[2048];
+} qft_err;
+
+static inline int qft_err_setf(qft_err *e, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static inline int qft_err_setf(qft_err *e, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+        e->code = -1;
+    }
+    return -1;
+}
+
+/* ---- tensors ------------------------------------------------------------------------ */
+typedef enum qft_dtype {
+    QFT_DT_F32 = 0,
+    QFT_DT_F16,
+    QFT_DT_BF16,
+    QFT_DT_F64,
+    QFT_DT_I8,
+    QFT_DT_U8,
+    QFT_DT_I16,
+    QFT_DT_I32,
+    QFT_DT_I64,
+    QFT_DT_BOOL,
+    QFT_DT_COUNT
+} qft_dtype;
+
+#define QFT_MAX_DIMS 8
+
+/* A view: shape and dtype over memory someone else owns (an mmapped file, an arena). */
+typedef struct qft_tensor {
+    qft_dtype dtype;
+    int ndim;
+    int64_t shape[QFT_MAX_DIMS];
+    void *data;
+} qft_tensor;
+
+/* ---- random numbers -----------------------------------------------------------------
+ * One seed drives every random choice in a run; plugins draw from streams the core hands
+ * them (xoshiro256** state) so that a run is reproducible whatever plugins it loads. */
+typedef struct qft_rng {
+    uint64_t s[4];
+} qft_rng;
+
+/* ---- services the core offers to plugins ------------------------------------------- */
+enum { QFT_LOG_ERROR = 0, QFT_LOG_WARN = 1, QFT_LOG_INFO = 2, QFT_LOG_DEBUG = 3 };
+
+typedef struct qft_services {
+    int abi_version; /* the core's QFT_ABI_VERSION */
+    /* 64-byte aligned allocation counted in the run's memory report under `what`. */
+    void *(*alloc)(size_t bytes, const char *what);
+    void (*free)(void *p);
+    void (*log)(int level, const char *fmt, ...);
+    void (*rng_seed)(qft_rng *r, uint64_t seed);
+    uint64_t (*rng_next)(qft_rng *r);
+    /* Checks that every key of `section` is either one the core owns in that section or
+     * one of `plugin_keys` (NULL-terminated); otherwise fills err with file, line and key. */
+    int (*config_check_keys)(const config_setting_t *section, const char *const *plugin_keys,
+                             qft_err *err);
+} qft_services;
+
+/* ---- the descriptor ----------------------------------------------------------------- */
+typedef enum qft_kind {
+    QFT_KIND_QUANTIZER = 0,
+    QFT_KIND_ADAPTER,
+    QFT_KIND_DATASET,
+    QFT_KIND_SHARD,
+    QFT_KIND_COUNT
+} qft_kind;
+
+typedef struct qft_plugin_desc {
+    int abi_version;         /* QFT_ABI_VERSION the plugin was built with */
+    qft_kind kind;
+    const char *name;        /* unique within its kind, e.g. "orca_math" */
+    const char *version;     /* the plugin's own version string */
+    const char *description; /* one line for `qft plugins` */
+    const void *vtable;      /* points to the vtable struct of `kind`, below */
+} qft_plugin_desc;
+
+typedef const qft_plugin_desc *(*qft_plugin_entry_fn)(void);
+
+/* ---- dataset plugins ----------------------------------------------------------------
+ * A dataset opens a local file (or, for the project's own generator, makes rows from a
+ * seed) and yields examples as prompt and response text; the template is the plugin's.
+ * Tokenization, truncation, label masking and batching are the core's. */
+typedef struct qft_dataset_vtable {
+    /* Keys of the `data` section this plugin accepts besides the core's own (NULL-ended). */
+    const char *const *config_keys;
+    /* `section` is the run's `data` group. On success *state is the plugin's handle. */
+    int (*open)(const qft_services *svc, const config_setting_t *section, void **state,
+                qft_err *err);
+    /* Number of examples in the file, in file order. */
+    long (*count)(const void *state);
+    /* Example `index` (0 <= index < count); the strings stay valid until close. */
+    int (*get)(const void *state, long index, const char **prompt, const char **response,
+               qft_err *err);
+    void (*close)(void *state);
+} qft_dataset_vtable;
+
+/* The vtables of the quantizer, adapter and shard kinds are defined by the issues that
+ * deliver those plugins (see ../shared/DESIGN.md); until then the registry lists such
+ * plugins but the engine refuses to compose them, naming the missing capability. */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QFT_SDK_H */
