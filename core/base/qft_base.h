@@ -27,6 +27,14 @@ float qft_rng_normal(qft_rng *r);            /* N(0, 1), Box-Muller */
  * another place's numbers. */
 void qft_rng_fork(const qft_rng *parent, const char *purpose, qft_rng *child);
 
+/* ---- logging to stderr, filtered by level (QFT_LOG_* from qft_sdk.h) ---------------- */
+void qft_log(int level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+void qft_log_set_level(int level);
+
 /* ---- clocks ------------------------------------------------------------------------- */
 double qft_time_now(void); /* seconds, monotonic */
 
