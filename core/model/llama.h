@@ -98,7 +98,17 @@ void qft_llama_config_defaults(qft_llama_config *cfg);
 int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_err *err);
 /* Backward of loss_scale * (the last forward's loss), accumulated (+=) into m->grads. */
 int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err);
-/* Logits of the last forward, (B, T, V) fp32. */
+/* Logits of the last forward, (B, T, V) fp32; NULL once backward has run, because backward
+ * turns the logits buffer into the logits' gradient in place (no second (B, T, V) buffer). */
 const float *qft_llama_logits(const qft_llama_model *m);
+
+/* ---- activation storage (core/model/llama_acts.c) ------------------------------------
+ * Forward sizes it on demand for its batch and keeps the largest shape seen; reserve ahead
+ * to fail early or to measure. With m->recompute only the block inputs (L+1, B, T, C) are
+ * kept across layers, plus one layer's worth rebuilt during backward. qft_llama_free
+ * releases it. */
+int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err);
+void qft_llama_acts_free(qft_llama_model *m);
+size_t qft_llama_acts_bytes(const qft_llama_model *m); /* 0 when none */
 
 #endif

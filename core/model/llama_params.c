@@ -169,6 +169,7 @@ void qft_llama_zero_grads(qft_llama_model *m) {
 }
 
 void qft_llama_free(qft_llama_model *m) {
+    qft_llama_acts_free(m);
     qft_mem_free(m->params);
     qft_mem_free(m->grads);
     free(m->entries);

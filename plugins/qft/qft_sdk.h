@@ -137,9 +137,64 @@ typedef struct qft_dataset_vtable {
     void (*close)(void *state);
 } qft_dataset_vtable;
 
-/* The vtables of the quantizer, adapter and shard kinds are defined by the issues that
- * deliver those plugins (see ../shared/DESIGN.md); until then the registry lists such
- * plugins but the engine refuses to compose them, naming the missing capability. */
+/* ---- tensor files seen by plugins ----------------------------------------------------
+ * Quantizers save and load their packed state with the peer library's key names. The
+ * core owns the safetensors reader and writer; plugins reach them through these calls. */
+typedef struct qft_tensor_sink {
+    void *ctx;
+    /* Adds a tensor to the file being written; data must stay valid until the core writes
+     * the file (the end of the save call that handed out this sink). */
+    int (*add)(void *ctx, const char *name, const qft_tensor *t, qft_err *err);
+} qft_tensor_sink;
+
+typedef struct qft_tensor_source {
+    void *ctx;
+    /* Finds a tensor by name; returns 0 and fills *t (data read-only, valid until the load
+     * call returns), or -1 with err naming the file and the tensor. */
+    int (*get)(void *ctx, const char *name, qft_tensor *t, qft_err *err);
+    /* Like get, but a missing tensor returns 1 with no error. */
+    int (*find)(void *ctx, const char *name, qft_tensor *t, qft_err *err);
+    const char *file; /* for messages */
+} qft_tensor_source;
+
+/* ---- quantizer plugins ---------------------------------------------------------------
+ * A quantizer turns one frozen dense weight W (out, in), row-major fp32, into its own
+ * packed state, and gives rows of it back as fp32 tiles; the core builds the products a
+ * frozen linear needs (Y = X W^T, dX = dY W) from those tiles without ever holding the
+ * whole dense weight. */
+typedef struct qft_qweight qft_qweight; /* a plugin's packed weight, opaque to the core */
+
+typedef struct qft_quantizer_vtable {
+    /* Keys of the `quant` section this plugin accepts besides `plugin` (NULL-ended). */
+    const char *const *config_keys;
+    /* Reads and validates the `quant` section; *state holds the options. */
+    int (*configure)(const qft_services *svc, const config_setting_t *section, void **state,
+                     qft_err *err);
+    /* Quantizes w (out, in). `name` is the tensor's Hugging Face name, for messages. */
+    int (*quantize)(const void *state, const char *name, const float *w, int64_t out,
+                    int64_t in, qft_qweight **qw, qft_err *err);
+    /* Writes rows [row0, row0 + n_rows) of the dequantized weight into dst (n_rows, in).
+     * Thread-safe for disjoint tiles of one weight. */
+    int (*dequantize_rows)(const qft_qweight *qw, int64_t row0, int64_t n_rows, float *dst,
+                           qft_err *err);
+    /* Bytes this packed weight occupies (packed codes and all statistics). */
+    size_t (*bytes)(const qft_qweight *qw);
+    /* Saves under `prefix` (e.g. "model.layers.0.self_attn.q_proj") with the peer
+     * library's key names ("<prefix>.weight", "<prefix>.weight.absmax", ...). */
+    int (*save)(const qft_qweight *qw, const char *prefix, const qft_tensor_sink *sink,
+                qft_err *err);
+    /* Loads a weight saved by save() or by the peer library; checks the statistics
+     * against the expected shape (out, in). Returns 1 with no error when the tensors of
+     * `prefix` are not quantized by this plugin (a dense checkpoint). */
+    int (*load)(const void *state, const char *prefix, int64_t out, int64_t in,
+                const qft_tensor_source *src, qft_qweight **qw, qft_err *err);
+    void (*free_weight)(qft_qweight *qw);
+    void (*close)(void *state);
+} qft_quantizer_vtable;
+
+/* The vtables of the adapter and shard kinds are defined by the issues that deliver those
+ * plugins (see ../shared/DESIGN.md); until then the registry lists such plugins but the
+ * engine refuses to compose them, naming the missing capability. */
 
 #ifdef __cplusplus
 }

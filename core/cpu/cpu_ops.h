@@ -1,0 +1,45 @@
+/* The CPU backend: fp32 kernels behind the qft_ops table (plugins/qft/qft_ops.h).
+ * GEMM goes to OpenBLAS; everything else is plain C with OpenMP over rows, heads or
+ * column blocks, split so that no two threads write the same output (no atomics, so
+ * results do not depend on scheduling). */
+#ifndef QFT_CPU_OPS_H
+#define QFT_CPU_OPS_H
+
+#include "qft_ops.h"
+
+/* The CPU op table; a static constant, valid for the life of the process. */
+const qft_ops *qft_cpu_ops(void);
+
+/* The kernels, one family per file, exported for tests and benchmarks that time a kernel
+ * alone. Arguments and shapes are those of the qft_ops entries of the same name. */
+void qft_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
+void qft_cpu_add(float *out, const float *a, const float *b, size_t n);
+void qft_cpu_embedding_fwd(float *out, const int32_t *ids, const float *table, int N, int C);
+void qft_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int N, int C);
+void qft_cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C,
+                         float eps);
+void qft_cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                         const float *rstd, int N, int C);
+void qft_cpu_rope_table(float *cos, float *sin, int T, int hd, float theta, int rope_type,
+                        float factor, float low_freq_factor, float high_freq_factor,
+                        int original_max_pos);
+void qft_cpu_rope_fwd(float *x, int ld, const float *cos, const float *sin, int B, int T, int nh,
+                      int hd);
+void qft_cpu_rope_bwd(float *dx, int ld, const float *cos, const float *sin, int B, int T, int nh,
+                      int hd);
+void qft_cpu_attention_fwd(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
+                           int T, int H, int KV, int hd, float scale);
+void qft_cpu_attention_bwd(float *dqkv, const float *dout, const float *out, const float *lse,
+                           const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
+                           int hd, float scale);
+void qft_cpu_swiglu_fwd(float *h, const float *gu, int N, int I);
+void qft_cpu_swiglu_bwd(float *dgu, const float *dh, const float *gu, int N, int I);
+double qft_cpu_cross_entropy_fwd(const float *logits, const int32_t *targets, int N, int V,
+                                 float *lse, float *loss, int *n_valid);
+void qft_cpu_cross_entropy_bwd(float *dlogits, const float *logits, const float *lse,
+                               const int32_t *targets, int N, int V, float scale);
+double qft_cpu_cross_entropy_fused(float *logits, const int32_t *targets, int N, int V,
+                                   float scale, float *loss, int *n_valid);
+
+#endif

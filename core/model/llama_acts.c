@@ -1,0 +1,104 @@
+/* Activation storage: what forward keeps for backward, and backward's scratch, sized for
+ * the largest batch seen so far (grown on demand) in one allocation per tensor family. */
+#include "cpu_ops.h"
+#include "llama_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void acts_release(struct qft_llama_acts *a) {
+    const qft_ops *o = a->ops;
+    float **bufs[] = {&a->rope_cos, &a->rope_sin, &a->x, &a->rstd1, &a->rstd2, &a->qkv,
+                      &a->att, &a->lse, &a->xmid, &a->gu, &a->lnf, &a->rstdf, &a->logits,
+                      &a->ce_lse, &a->ln, &a->h, &a->dres, &a->dln, &a->dqkv, &a->datt,
+                      &a->dgu, &a->dh};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        o->free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+    o->free(a->targets);
+    a->targets = NULL;
+    a->bytes = 0;
+}
+
+void qft_llama_acts_free(qft_llama_model *m) {
+    if (!m->acts) return;
+    acts_release(m->acts);
+    free(m->acts);
+    m->acts = NULL;
+}
+
+size_t qft_llama_acts_bytes(const qft_llama_model *m) { return m->acts ? m->acts->bytes : 0; }
+
+int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
+    const qft_llama_config *c = &m->cfg;
+    if (B <= 0 || T <= 0)
+        return qft_err_setf(err, "batch shape B=%d, T=%d: both must be positive", B, T);
+    if (c->head_dim > QFT_LLAMA_MAX_HEAD_DIM || c->head_dim % 2)
+        return qft_err_setf(err, "head_dim %d: the CPU attention needs an even head_dim <= %d",
+                            c->head_dim, QFT_LLAMA_MAX_HEAD_DIM);
+    struct qft_llama_acts *a = m->acts;
+    const int want_slots = m->recompute ? 1 : c->num_hidden_layers;
+    if (a && a->cap_N >= B * T && a->cap_T >= T && a->slots == want_slots) return 0;
+    if (!a) {
+        a = calloc(1, sizeof *a);
+        if (!a) return qft_err_setf(err, "out of memory allocating activation bookkeeping");
+        a->ops = qft_cpu_ops();
+        m->acts = a;
+    }
+    /* grow to the larger of the old and new shapes, so alternating batches do not thrash */
+    int capN = B * T > a->cap_N ? B * T : a->cap_N;
+    int capT = T > a->cap_T ? T : a->cap_T;
+    acts_release(a);
+    memset((char *)a + sizeof a->ops, 0, sizeof *a - sizeof a->ops);
+    a->cap_N = capN, a->cap_T = capT, a->slots = want_slots, a->recompute = m->recompute;
+    const size_t N = (size_t)capN, S = (size_t)want_slots, L = (size_t)c->num_hidden_layers;
+    const size_t C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
+    const size_t V = (size_t)c->vocab_size, H = (size_t)c->num_attention_heads;
+    const size_t hd = (size_t)c->head_dim;
+    const size_t W = (size_t)QFT_QKV_WIDTH(c->num_attention_heads, c->num_key_value_heads,
+                                           c->head_dim);
+    struct {
+        float **p;
+        size_t n;
+        const char *what;
+    } t[] = {
+        {&a->rope_cos, (size_t)capT * hd / 2, "activations"}, // (T, hd/2)
+        {&a->rope_sin, (size_t)capT * hd / 2, "activations"}, // (T, hd/2)
+        {&a->x, (L + 1) * N * C, "activations"},              // (L+1, N, C)
+        {&a->rstd1, S * N, "activations"},                    // (S, N)
+        {&a->rstd2, S * N, "activations"},                    // (S, N)
+        {&a->qkv, S * N * W, "activations"},                  // (S, N, W)
+        {&a->att, S * N * H * hd, "activations"},             // (S, N, H*hd)
+        {&a->lse, S * N * H, "activations"},                  // (S, B, H, T)
+        {&a->xmid, S * N * C, "activations"},                 // (S, N, C)
+        {&a->gu, S * N * 2 * I, "activations"},               // (S, N, 2I)
+        {&a->lnf, N * C, "activations"},                      // (N, C)
+        {&a->rstdf, N, "activations"},                        // (N)
+        {&a->logits, N * V, "logits"},                        // (N, V)
+        {&a->ce_lse, N, "logits"},                            // (N)
+        {&a->ln, N * C, "activation scratch"},                // (N, C)
+        {&a->h, N * I, "activation scratch"},                 // (N, I)
+        {&a->dres, N * C, "activation gradients"},            // (N, C)
+        {&a->dln, N * C, "activation gradients"},             // (N, C)
+        {&a->dqkv, N * W, "activation gradients"},            // (N, W)
+        {&a->datt, N * H * hd, "activation gradients"},       // (N, H*hd)
+        {&a->dgu, N * 2 * I, "activation gradients"},         // (N, 2I)
+        {&a->dh, N * I, "activation gradients"},              // (N, I)
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        *t[i].p = a->ops->alloc(t[i].n * sizeof(float), t[i].what);
+        if (!*t[i].p) goto oom;
+        a->bytes += t[i].n * sizeof(float);
+    }
+    a->targets = a->ops->alloc(N * sizeof(int32_t), "activations"); // (N)
+    if (!a->targets) goto oom;
+    a->bytes += N * sizeof(int32_t);
+    return 0;
+oom:;
+    size_t had = a->bytes;
+    acts_release(a);
+    a->cap_N = a->cap_T = a->slots = 0;
+    return qft_err_setf(err, "out of memory allocating activations for B=%d, T=%d (%zu bytes "
+                        "allocated before the failure)", B, T, had);
+}

@@ -1,0 +1,92 @@
+/* The hand-written backward of llama_forward.c, layer by layer in reverse. With
+ * m->recompute the block's activations are rebuilt from its saved input by the very
+ * same op calls forward made, so gradients are bit-identical to the stored-activation
+ * path. Gradients accumulate (+=) into m->grads. */
+#include "llama_internal.h"
+
+#include <math.h>
+
+static void block_backward(qft_llama_model *m, int l, int slot, const float *x_in) {
+    struct qft_llama_acts *a = m->acts;
+    const qft_ops *o = a->ops;
+    const qft_llama_config *c = &m->cfg;
+    const qft_llama_layer_ptrs *w = &m->p.layers[l];
+    const qft_llama_layer_ptrs *gw = &m->g.layers[l];
+    const int B = a->B, T = a->T, N = B * T;
+    const int C = c->hidden_size, I = c->intermediate_size, H = c->num_attention_heads;
+    const int KV = c->num_key_value_heads, hd = c->head_dim;
+    const int W = QFT_QKV_WIDTH(H, KV, hd), A = H * hd;
+    const size_t cN = (size_t)a->cap_N;
+    float *rstd1 = a->rstd1 + slot * cN;            // (N)
+    const float *qkv = a->qkv + slot * cN * W;      // (N, W)
+    const float *att = a->att + slot * cN * A;      // (N, H*hd)
+    const float *lse = a->lse + slot * cN * H;      // (B, H, T)
+    const float *xmid = a->xmid + slot * cN * C;    // (N, C)
+    float *rstd2 = a->rstd2 + slot * cN;            // (N)
+    const float *gu = a->gu + slot * cN * 2 * I;    // (N, 2I)
+    float *dres = a->dres;                          // (N, C) d(block output) in, d(x_in) out
+
+    /* MLP: x_out = xmid + down(swiglu(gate/up(norm2(xmid)))) */
+    o->rmsnorm_fwd(a->ln, rstd2, xmid, w->ln2, N, C, c->rms_norm_eps); /* rebuild norm2 out */
+    o->swiglu_fwd(a->h, gu, N, I);                                     /* rebuild h */
+    o->gemm(1, 0, C, I, N, 1.0f, dres, C, a->h, I, 1.0f, gw->wdown, I); // (C, I) += dres^T h
+    o->gemm(0, 0, N, I, C, 1.0f, dres, C, w->wdown, I, 0.0f, a->dh, I); // (N, I)
+    o->swiglu_bwd(a->dgu, a->dh, gu, N, I);                             // (N, 2I)
+    qft_llama_lin_group g = {2, {w->wgate, w->wup, NULL}, {I, I, 0}};
+    float *gwgu[3] = {gw->wgate, gw->wup, NULL};
+    qft_llama_lin_bwd_w(o, &g, gwgu, a->dgu, 2 * I, a->ln, N, C);
+    qft_llama_lin_bwd_x(o, &g, a->dgu, 2 * I, N, C, 0.0f, a->dln);       // (N, C)
+    o->rmsnorm_bwd(dres, gw->ln2, a->dln, xmid, w->ln2, rstd2, N, C);  /* dres = d xmid */
+
+    /* attention: xmid = x_in + o_proj(attn(rope(q/k/v(norm1(x_in))))) */
+    o->gemm(1, 0, C, A, N, 1.0f, dres, C, att, A, 1.0f, gw->wo, A);     // (C, H*hd)
+    o->gemm(0, 0, N, A, C, 1.0f, dres, C, w->wo, A, 0.0f, a->datt, A);  // (N, H*hd)
+    o->attention_bwd(a->dqkv, a->datt, att, lse, qkv, a->mask, B, T, H, KV, hd,
+                     (float)(1.0 / sqrt((double)hd)));
+    o->rope_bwd(a->dqkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
+    o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps); /* norm1 out */
+    const int qo = H * hd, kvo = KV * hd;
+    g = (qft_llama_lin_group){3, {w->wq, w->wk, w->wv}, {qo, kvo, kvo}};
+    float *gwqkv[3] = {gw->wq, gw->wk, gw->wv};
+    qft_llama_lin_bwd_w(o, &g, gwqkv, a->dqkv, W, a->ln, N, C);
+    qft_llama_lin_bwd_x(o, &g, a->dqkv, W, N, C, 0.0f, a->dln);        // (N, C)
+    o->rmsnorm_bwd(dres, gw->ln1, a->dln, x_in, w->ln1, rstd1, N, C);  /* dres = d x_in */
+}
+
+int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err) {
+    struct qft_llama_acts *a = m->acts;
+    if (!m->grads) return qft_err_setf(err, "llama backward: gradients are not allocated "
+                                            "(call qft_llama_alloc_grads)");
+    if (!a || !a->grad_ready)
+        return qft_err_setf(err, "llama backward: no forward to differentiate (each backward "
+                                 "needs its own forward)");
+    if (!b || b->B != a->B || b->T != a->T)
+        return qft_err_setf(err, "llama backward: batch is %dx%d but the last forward ran on "
+                                 "%dx%d", b ? b->B : 0, b ? b->T : 0, a->B, a->T);
+    a->grad_ready = 0;
+    if (a->n_valid == 0) return 0; /* the loss is a constant 0: nothing to add */
+    const qft_ops *o = a->ops;
+    const qft_llama_config *c = &m->cfg;
+    const int N = a->B * a->T, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+    const size_t cN = (size_t)a->cap_N;
+    a->mask = b->mask;
+
+    /* d loss / d logits, in place: the logits are not needed any more */
+    o->cross_entropy_bwd(a->logits, a->logits, a->ce_lse, a->targets, N, V,
+                         loss_scale / (float)a->n_valid);
+    a->logits_valid = 0;
+    const float *dlogits = a->logits;                                            // (N, V)
+    o->gemm(0, 0, N, C, V, 1.0f, dlogits, V, m->p.lm_head, C, 0.0f, a->dln, C);   // (N, C)
+    /* tied: g.lm_head is g.embed, so the head's gradient lands in the embedding's */
+    o->gemm(1, 0, V, C, N, 1.0f, dlogits, V, a->lnf, C, 1.0f, m->g.lm_head, C);  // (V, C)
+    o->zero(a->dres, (size_t)N * C);
+    o->rmsnorm_bwd(a->dres, m->g.norm, a->dln, a->x + L * cN * C, m->p.norm, a->rstdf, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        const float *x_in = a->x + l * cN * C; // (N, C)
+        if (m->recompute) qft_llama_block_forward(m, l, 0, x_in, NULL);
+        block_backward(m, l, m->recompute ? 0 : l, x_in);
+    }
+    o->embedding_bwd(m->g.embed, a->dres, b->ids, N, C);
+    return 0;
+}

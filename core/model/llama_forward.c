@@ -1,0 +1,118 @@
+/* The Llama forward pass and loss, as transformers' LlamaForCausalLM computes them in
+ * fp32: embeddings, L pre-norm blocks (RMSNorm, GQA attention with RoPE, residual;
+ * RMSNorm, SwiGLU MLP, residual), final RMSNorm, the head, and the shifted cross-entropy
+ * averaged over labels != -100. Every kernel is an op of the backend table. */
+#include "llama_internal.h"
+
+#include <math.h>
+
+#define IGNORE_INDEX (-100)
+
+static qft_llama_lin_group qkv_group(const qft_llama_config *c, const qft_llama_layer_ptrs *w) {
+    const int qo = c->num_attention_heads * c->head_dim, kvo = c->num_key_value_heads * c->head_dim;
+    return (qft_llama_lin_group){3, {w->wq, w->wk, w->wv}, {qo, kvo, kvo}};
+}
+
+static qft_llama_lin_group gu_group(const qft_llama_config *c, const qft_llama_layer_ptrs *w) {
+    return (qft_llama_lin_group){2, {w->wgate, w->wup, NULL},
+                                 {c->intermediate_size, c->intermediate_size, 0}};
+}
+
+void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_in,
+                             float *x_out) {
+    struct qft_llama_acts *a = m->acts;
+    const qft_ops *o = a->ops;
+    const qft_llama_config *c = &m->cfg;
+    const qft_llama_layer_ptrs *w = &m->p.layers[l];
+    const int B = a->B, T = a->T, N = B * T;
+    const int C = c->hidden_size, I = c->intermediate_size, H = c->num_attention_heads;
+    const int KV = c->num_key_value_heads, hd = c->head_dim;
+    const int W = QFT_QKV_WIDTH(H, KV, hd);
+    const size_t cN = (size_t)a->cap_N;
+    float *rstd1 = a->rstd1 + slot * cN;                 // (N)
+    float *qkv = a->qkv + slot * cN * W;                 // (N, W)
+    float *att = a->att + slot * cN * H * hd;            // (N, H*hd)
+    float *lse = a->lse + slot * cN * H;                 // (B, H, T)
+    float *xmid = a->xmid + slot * cN * C;               // (N, C)
+    float *rstd2 = a->rstd2 + slot * cN;                 // (N)
+    float *gu = a->gu + slot * cN * 2 * I;               // (N, 2I)
+
+    o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps);
+    qft_llama_lin_group g = qkv_group(c, w);
+    qft_llama_lin_fwd(o, &g, a->ln, N, C, qkv, W);
+    /* queries and keys are adjacent heads (H then KV) in each qkv row: one rope call */
+    o->rope_fwd(qkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
+    o->attention_fwd(att, lse, qkv, a->mask, B, T, H, KV, hd, (float)(1.0 / sqrt((double)hd)));
+    o->copy(xmid, x_in, (size_t)N * C);
+    o->gemm(0, 1, N, C, H * hd, 1.0f, att, H * hd, w->wo, H * hd, 1.0f, xmid, C); /* residual */
+
+    o->rmsnorm_fwd(a->ln, rstd2, xmid, w->ln2, N, C, c->rms_norm_eps);
+    g = gu_group(c, w);
+    qft_llama_lin_fwd(o, &g, a->ln, N, C, gu, 2 * I);
+    if (!x_out) return; /* recomputation for backward stops here: h is rebuilt there */
+    o->swiglu_fwd(a->h, gu, N, I);
+    o->copy(x_out, xmid, (size_t)N * C);
+    o->gemm(0, 1, N, C, I, 1.0f, a->h, I, w->wdown, I, 1.0f, x_out, C); /* residual */
+}
+
+static int check_batch(const qft_llama_model *m, const qft_batch *b, qft_err *err) {
+    const int V = m->cfg.vocab_size;
+    if (!b || b->B <= 0 || b->T <= 0 || !b->ids)
+        return qft_err_setf(err, "llama forward: empty batch (B=%d, T=%d, ids %s)", b ? b->B : 0,
+                            b ? b->T : 0, b && b->ids ? "set" : "missing");
+    for (int i = 0; i < b->B * b->T; i++) {
+        if (b->ids[i] < 0 || b->ids[i] >= V)
+            return qft_err_setf(err, "llama forward: batch ids[%d][%d] = %d is outside the "
+                                     "vocabulary [0, %d)", i / b->T, i % b->T, b->ids[i], V);
+        if (b->labels && b->labels[i] != IGNORE_INDEX && (b->labels[i] < 0 || b->labels[i] >= V))
+            return qft_err_setf(err, "llama forward: batch labels[%d][%d] = %d is neither -100 "
+                                     "nor in [0, %d)", i / b->T, i % b->T, b->labels[i], V);
+    }
+    return 0;
+}
+
+int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_err *err) {
+    if (!m->params) return qft_err_setf(err, "llama forward: model has no parameters");
+    if (check_batch(m, b, err)) return -1;
+    if (qft_llama_acts_reserve(m, b->B, b->T, err)) return -1;
+    struct qft_llama_acts *a = m->acts;
+    const qft_ops *o = a->ops;
+    const qft_llama_config *c = &m->cfg;
+    const int B = b->B, T = b->T, N = B * T;
+    const int C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+    const size_t cN = (size_t)a->cap_N;
+    a->B = B, a->T = T, a->mask = b->mask;
+    a->grad_ready = 0, a->logits_valid = 0;
+    if (a->rope_T != T) {
+        o->rope_table(a->rope_cos, a->rope_sin, T, c->head_dim, c->rope_theta, c->rope_type,
+                      c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                      c->rope_original_max_position_embeddings);
+        a->rope_T = T;
+    }
+
+    o->embedding_fwd(a->x, b->ids, m->p.embed, N, C);
+    for (int l = 0; l < L; l++)
+        qft_llama_block_forward(m, l, m->recompute ? 0 : l, a->x + l * cN * C,
+                                a->x + (l + 1) * cN * C);
+    const float *xL = a->x + L * cN * C; // (N, C)
+    o->rmsnorm_fwd(a->lnf, a->rstdf, xL, m->p.norm, N, C, c->rms_norm_eps);
+    o->gemm(0, 1, N, V, C, 1.0f, a->lnf, C, m->p.lm_head, C, 0.0f, a->logits, V); // (N, V)
+
+    /* transformers shifts inside the loss: logits[t] is scored against labels[t+1] */
+    for (int bi = 0; bi < B; bi++)
+        for (int t = 0; t < T; t++)
+            a->targets[bi * T + t] =
+                (b->labels && t + 1 < T) ? b->labels[bi * T + t + 1] : IGNORE_INDEX;
+    int n_valid = 0;
+    double sum = o->cross_entropy_fwd(a->logits, a->targets, N, V, a->ce_lse, NULL, &n_valid);
+    a->n_valid = n_valid;
+    a->logits_valid = 1;
+    a->grad_ready = 1;
+    a->mask = b->mask;
+    if (loss) *loss = n_valid ? (float)(sum / n_valid) : 0.0f;
+    return 0;
+}
+
+const float *qft_llama_logits(const qft_llama_model *m) {
+    return m->acts && m->acts->logits_valid ? m->acts->logits : NULL;
+}

@@ -1,0 +1,79 @@
+/* The model of a run: loaded from a Hugging Face folder, or random from model.config. */
+#include "hf_model.h"
+#include "run.h"
+
+#include <string.h>
+
+/* model.config uses config.json's field names so a user can paste from one to the other. */
+static int shape_from_config(const config_setting_t *g, int tok_vocab, qft_llama_config *c,
+                             qft_err *err) {
+    static const char *const keys[] = {
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+        "rms_norm_eps", "rope_theta", "tie_word_embeddings", "initializer_range", NULL};
+    for (int i = 0; i < config_setting_length(g); i++) {
+        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
+        int ok = 0;
+        for (const char *const *k = keys; *k; k++) ok |= strcmp(*k, config_setting_name(s)) == 0;
+        if (!ok) {
+            char where[512];
+            return qft_err_setf(err, "%s: unknown key (model.config takes config.json fields: "
+                                     "vocab_size, hidden_size, intermediate_size, "
+                                     "num_hidden_layers, num_attention_heads, "
+                                     "num_key_value_heads, head_dim, max_position_embeddings, "
+                                     "rms_norm_eps, rope_theta, tie_word_embeddings, "
+                                     "initializer_range)",
+                                qft_config_where(s, where, sizeof where));
+        }
+    }
+    qft_llama_config_defaults(c);
+    long v;
+    double d;
+    int b;
+    struct {
+        const char *key;
+        int *dst;
+        long def;
+    } ints[] = {
+        {"vocab_size", &c->vocab_size, tok_vocab},
+        {"hidden_size", &c->hidden_size, -1},
+        {"intermediate_size", &c->intermediate_size, -1},
+        {"num_hidden_layers", &c->num_hidden_layers, -1},
+        {"num_attention_heads", &c->num_attention_heads, -1},
+        {"num_key_value_heads", &c->num_key_value_heads, 0},
+        {"head_dim", &c->head_dim, 0},
+        {"max_position_embeddings", &c->max_position_embeddings, 2048},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (qft_cfg_int(g, ints[i].key, ints[i].def, -1, 1 << 24, &v, err)) return -1;
+        if (v < 0) {
+            char where[512];
+            return qft_err_setf(err, "%s: model.config.%s is required",
+                                qft_config_where(g, where, sizeof where), ints[i].key);
+        }
+        *ints[i].dst = (int)v;
+    }
+    if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
+    if (c->head_dim == 0 && c->num_attention_heads > 0)
+        c->head_dim = c->hidden_size / c->num_attention_heads;
+    if (qft_cfg_float(g, "rms_norm_eps", 1e-6, 0, 1, &d, err)) return -1;
+    c->rms_norm_eps = (float)d;
+    if (qft_cfg_float(g, "rope_theta", 10000.0, 1, 1e12, &d, err)) return -1;
+    c->rope_theta = (float)d;
+    if (qft_cfg_float(g, "initializer_range", 0.02, 0, 10, &d, err)) return -1;
+    c->initializer_range = (float)d;
+    if (qft_cfg_bool(g, "tie_word_embeddings", 0, &b, err)) return -1;
+    c->tie_word_embeddings = b;
+    c->bos_token_id = c->eos_token_id = c->pad_token_id = -1; /* the tokenizer's decide */
+    return 0;
+}
+
+int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
+                        qft_llama_model *m, qft_err *err) {
+    if (rc->model.path) return qft_hf_model_load(rc->model.path, m, err);
+    qft_llama_config c;
+    if (shape_from_config(rc->model.shape, tokenizer_vocab, &c, err)) return -1;
+    if (qft_llama_alloc(m, &c, err)) return -1;
+    qft_llama_init_random(m, seed);
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* Saving a run's result as a Hugging Face model folder: weights and config.json (each
+ * written atomically by core/io), plus the tokenizer files it was trained with, so the
+ * folder loads in transformers as it is. */
+#include "hf_model.h"
+#include "run.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int copy_file_atomic(const char *src, const char *dst, qft_err *err) {
+    char *buf;
+    size_t len;
+    if (qft_file_read_all(src, &buf, &len, err)) return -1;
+    qft_atomic_file af;
+    int rc = qft_atomic_open(&af, dst, err);
+    if (!rc && fwrite(buf, 1, len, af.f) != len) {
+        qft_atomic_abort(&af);
+        rc = qft_err_setf(err, "%s: write failed", dst);
+    } else if (!rc) {
+        rc = qft_atomic_commit(&af, err);
+    }
+    free(buf);
+    return rc;
+}
+
+int qft_run_save_model(const qft_run_config *rc, const qft_llama_model *m, qft_err *err) {
+    char dir[8192];
+    snprintf(dir, sizeof dir, "%s/model", rc->output.dir);
+    qft_dtype dt = strcmp(rc->output.save_dtype, "bf16") == 0 ? QFT_DT_BF16 : QFT_DT_F32;
+    if (qft_hf_model_save(dir, m, dt, err)) return -1;
+    if (rc->tokenizer.path && !rc->tokenizer.byte) {
+        static const char *const files[] = {"tokenizer.json", "tokenizer_config.json",
+                                            "special_tokens_map.json"};
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+            char src[8192], dst[8192];
+            snprintf(src, sizeof src, "%s/%s", rc->tokenizer.path, files[i]);
+            snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
+            if (access(src, R_OK) == 0 && copy_file_atomic(src, dst, err)) return -1;
+        }
+    }
+    qft_log(QFT_LOG_INFO, "saved %s (%s)", dir, rc->output.save_dtype);
+    return 0;
+}

@@ -1,0 +1,248 @@
+/* The training loop of a run: compose, tokenize once, then for each optimizer step
+ * grad_accum micro-batches of forward and backward, clipping, the schedule's learning
+ * rate, the optimizer, metrics and progress; at the end an atomic Hugging Face save. */
+#include "batch.h"
+#include "hf_model.h"
+#include "metrics.h"
+#include "optim.h"
+#include "registry.h"
+#include "run.h"
+#include "schedule.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int qft_run_compose(const qft_run_config *rc, const qft_registry *reg,
+                    const qft_dataset_vtable **dataset, qft_err *err);
+int qft_run_save_model(const qft_run_config *rc, const qft_llama_model *m, qft_err *err);
+
+typedef struct run_state {
+    qft_registry reg;
+    qft_tokenizer *tok;
+    const qft_dataset_vtable *dvt;
+    void *dstate;
+    qft_data_examples ex;
+    qft_data_loader loader;
+    qft_llama_model model;
+    qft_optim opt;
+    qft_metrics metrics;
+    int have_loader, have_model, have_opt, have_metrics;
+} run_state;
+
+static void run_state_free(run_state *s) {
+    if (s->have_metrics) qft_metrics_close(&s->metrics, NULL);
+    if (s->have_opt) qft_optim_free(&s->opt);
+    if (s->have_model) qft_llama_free(&s->model);
+    if (s->have_loader) qft_data_loader_free(&s->loader);
+    qft_data_examples_free(&s->ex);
+    if (s->dstate) s->dvt->close(s->dstate);
+    if (s->tok) qft_tokenizer_free(s->tok);
+    qft_registry_free(&s->reg);
+}
+
+/* Dataset rows -> tokenized examples. The seed truncates the dataset so that its length
+ * divides batch_size * grad_accum; so does qft, so every step sees a full global batch. */
+static int prepare_data(const qft_run_config *rc, run_state *s, qft_err *err) {
+    if (s->dvt->open(qft_registry_services(), rc->sec_data, &s->dstate, err)) {
+        s->dstate = NULL;
+        return -1;
+    }
+    long n = s->dvt->count(s->dstate);
+    if (rc->data.dataset_samples >= 0 && n > rc->data.dataset_samples) n = rc->data.dataset_samples;
+    const long global = (long)rc->train.batch_size * rc->train.grad_accum;
+    if (n >= global) n -= n % global;
+    if (n <= 0)
+        return qft_err_setf(err, "%s: dataset plugin \"%s\" yielded no examples", rc->file,
+                            rc->data.plugin);
+    if (qft_data_examples_build(&s->ex, s->tok, s->dvt->get, s->dstate, NULL, n,
+                                rc->data.context_length, err))
+        return -1;
+    qft_data_loader_options lo = {
+        .batch_size = rc->train.batch_size,
+        .pad_to_context = rc->data.pad_to_context,
+        .shuffle = 1,
+        .group_by_length = rc->data.group_by_length,
+        .drop_last = 1,
+        .seed = (uint64_t)rc->train.seed,
+        .pad_id = qft_tokenizer_pad(s->tok),
+    };
+    if (qft_data_loader_init(&s->loader, &s->ex, &lo, err)) return -1;
+    s->have_loader = 1;
+    return 0;
+}
+
+static void report_start(const qft_run_config *rc, const run_state *s, long total_steps,
+                         int quiet) {
+    if (quiet) return;
+    const qft_llama_config *c = &s->model.cfg;
+    const double mib = 1.0 / 1048576.0;
+    const size_t pbytes = s->model.n_params * sizeof(float);
+    qft_log(QFT_LOG_INFO,
+            "model: %d layers, hidden %d, heads %d/%d kv, vocab %d, %.2fM parameters, "
+            "%.2fM trainable (train_type %s)",
+            c->num_hidden_layers, c->hidden_size, c->num_attention_heads,
+            c->num_key_value_heads, c->vocab_size, s->model.n_params / 1e6,
+            s->model.n_params / 1e6, rc->train_type);
+    qft_log(QFT_LOG_INFO,
+            "memory: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB",
+            pbytes * mib, pbytes * mib,
+            (strcmp(rc->train.optimizer, "adamw") == 0 ? 2.0 : rc->train.momentum > 0 ? 1.0 : 0.0) *
+                pbytes * mib);
+    qft_log(QFT_LOG_INFO,
+            "data: %ld examples (%ld tokens, %ld truncated to %d, %ld with no target), "
+            "%ld batches of %d per epoch, grad_accum %d -> %ld optimizer steps",
+            s->ex.count, s->ex.n_tokens, s->ex.n_truncated, s->ex.context_length,
+            s->ex.n_no_target, qft_data_loader_count(&s->loader), rc->train.batch_size,
+            rc->train.grad_accum, total_steps);
+}
+
+int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
+                  int quiet, qft_run_summary *summary, qft_err *err) {
+    run_state s;
+    memset(&s, 0, sizeof s);
+    memset(summary, 0, sizeof *summary);
+    int rc_ = -1;
+    char dirs[32][4096];
+    int nd = qft_registry_search_path(cli_plugin_dirs, n_cli, rc->plugin_paths,
+                                      rc->n_plugin_paths, dirs, 32);
+    if (qft_registry_scan(&s.reg, dirs, nd, err) || qft_run_compose(rc, &s.reg, &s.dvt, err))
+        goto done;
+
+    /* The tokenizer first: a random model takes its vocabulary size from it. */
+    if (rc->tokenizer.byte) {
+        s.tok = qft_tokenizer_byte_new();
+        if (!s.tok) {
+            qft_err_setf(err, "out of memory");
+            goto done;
+        }
+    } else if (qft_tokenizer_load(rc->tokenizer.path, &s.tok, err)) {
+        goto done;
+    }
+    if (prepare_data(rc, &s, err)) goto done;
+
+    if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.tok), (uint64_t)rc->train.seed,
+                            &s.model, err))
+        goto done;
+    s.have_model = 1;
+    if (qft_tokenizer_vocab_size(s.tok) > s.model.cfg.vocab_size) {
+        qft_err_setf(err, "the tokenizer has %d tokens but the model's vocab_size is %d",
+                     qft_tokenizer_vocab_size(s.tok), s.model.cfg.vocab_size);
+        goto done;
+    }
+    /* A random model learns its special ids from the tokenizer, so the saved config.json
+     * says what generation should stop on. */
+    if (!rc->model.path) {
+        s.model.cfg.bos_token_id = qft_tokenizer_bos(s.tok);
+        s.model.cfg.eos_token_id = qft_tokenizer_eos(s.tok);
+        s.model.cfg.pad_token_id = qft_tokenizer_pad(s.tok);
+    }
+    s.model.recompute = rc->train.recompute;
+    if (qft_llama_alloc_grads(&s.model, err)) goto done;
+
+    qft_optim_config oc = {
+        .kind = strcmp(rc->train.optimizer, "sgd") == 0 ? QFT_OPT_SGD : QFT_OPT_ADAMW,
+        .beta1 = (float)rc->train.beta1,
+        .beta2 = (float)rc->train.beta2,
+        .eps = (float)rc->train.eps,
+        .weight_decay = (float)rc->train.weight_decay,
+        .momentum = (float)rc->train.momentum,
+    };
+    if (qft_optim_init(&s.opt, &oc, s.model.n_params, err)) goto done;
+    s.have_opt = 1;
+
+    const long batches_per_epoch = qft_data_loader_count(&s.loader);
+    const long steps_per_epoch = batches_per_epoch / rc->train.grad_accum;
+    if (steps_per_epoch <= 0) {
+        qft_err_setf(err, "%ld batches per epoch cannot fill grad_accum = %d", batches_per_epoch,
+                     rc->train.grad_accum);
+        goto done;
+    }
+    const long total = rc->train.max_steps > 0 ? rc->train.max_steps
+                                               : steps_per_epoch * rc->train.epochs;
+    qft_schedule sched = {.lr = (float)rc->train.lr,
+                          .warmup = (float)rc->train.warmup,
+                          .min_lr_ratio = (float)rc->train.min_lr_ratio,
+                          .total_steps = total};
+    qft_schedule_parse(rc->train.schedule, &sched.kind);
+
+    if (qft_mkdir_p(rc->output.dir, err)) goto done;
+    if (rc->output.jsonl) {
+        char path[8192];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", rc->output.dir);
+        if (qft_metrics_open(&s.metrics, path, 0, err)) goto done;
+        s.have_metrics = 1;
+    }
+    report_start(rc, &s, total, quiet);
+
+    qft_progress prog;
+    qft_progress_init(&prog, stderr, total, rc->train.log_every,
+                      rc->output.progress && !quiet ? QFT_PROGRESS_AUTO : QFT_PROGRESS_PLAIN);
+    const int show = rc->output.progress && !quiet;
+    const double t_start = qft_time_now();
+    long micro = 0, tokens_total = 0;
+    int epoch = 0;
+    for (long step = 0; step < total; step++) {
+        const double t0 = qft_time_now();
+        qft_llama_zero_grads(&s.model);
+        double loss_sum = 0;
+        long step_tokens = 0;
+        for (int k = 0; k < rc->train.grad_accum; k++, micro++) {
+            /* epochs past the config's count continue the same way when max_steps asks
+             * for more steps than the epochs hold, as transformers' Trainer does */
+            const int e = (int)(micro / batches_per_epoch);
+            if (e != epoch) {
+                epoch = e;
+                if (qft_data_loader_epoch(&s.loader, epoch, err)) goto done;
+            }
+            qft_batch b;
+            long nt = 0;
+            float loss = 0;
+            if (qft_data_loader_get(&s.loader, micro % batches_per_epoch, &b, &nt, err) ||
+                qft_llama_forward(&s.model, &b, &loss, err) ||
+                qft_llama_backward(&s.model, &b, 1.0f / (float)rc->train.grad_accum, err))
+                goto done;
+            loss_sum += loss;
+            step_tokens += nt;
+        }
+        const double loss = loss_sum / rc->train.grad_accum;
+        if (!isfinite(loss)) {
+            if (show) qft_progress_finish(&prog);
+            qft_err_setf(err, "loss is %g at step %ld: training diverged (lower train.lr, or "
+                              "set train.grad_clip)", loss, step + 1);
+            goto done;
+        }
+        const float gnorm = qft_optim_clip_grad_norm(s.model.grads, s.model.n_params,
+                                                     (float)rc->train.grad_clip);
+        const float lr = qft_schedule_lr(&sched, step);
+        qft_optim_step(&s.opt, s.model.params, s.model.grads, lr);
+        const double t1 = qft_time_now();
+        const double tps = step_tokens / (t1 - t0 > 1e-9 ? t1 - t0 : 1e-9);
+        tokens_total += step_tokens;
+        if (step == 0) summary->first_loss = loss;
+        summary->last_loss = loss;
+        summary->steps = step + 1;
+        if (s.have_metrics) {
+            qft_metrics_row row = {.step = step + 1, .loss = loss, .lr = lr,
+                                   .tokens_per_s = tps, .grad_norm = gnorm,
+                                   .elapsed_s = t1 - t_start};
+            if (qft_metrics_write(&s.metrics, &row, err)) goto done;
+        }
+        if (show) qft_progress_update(&prog, step + 1, loss, lr, tps);
+    }
+    if (show) qft_progress_finish(&prog);
+    summary->elapsed_s = qft_time_now() - t_start;
+    summary->tokens_per_s = tokens_total / (summary->elapsed_s > 1e-9 ? summary->elapsed_s : 1e-9);
+
+    if (strcmp(rc->output.save, "model") == 0 && qft_run_save_model(rc, &s.model, err)) goto done;
+    qft_progress_summary_memory(summary);
+    if (!quiet) {
+        char line[512];
+        qft_progress_summary_format(line, sizeof line, summary);
+        fprintf(stderr, "%s\n", line);
+    }
+    rc_ = 0;
+done:
+    run_state_free(&s);
+    return rc_;
+}
