@@ -13,6 +13,8 @@ static void usage(FILE *f) {
             "  train [RUN.cfg] [--set section.key=value ...] [--plugin-path DIR ...]\n"
             "        train as the config says; without RUN.cfg, the embedded demo (a tiny\n"
             "        Llama on the project's own math problems, no download)\n"
+            "  data [RUN.cfg] [--show N] [--set ...]   dataset counts and the first N\n"
+            "        examples as tokenized, masked prompt apart from the trained part\n"
             "  plugins [--plugin-path DIR ...]   list plugins: kind, name, version, file\n"
             "  tokenize --tokenizer DIR [--json] [--decode] [--no-special]\n"
             "        encode stdin lines to JSON id arrays (or decode them)\n"
@@ -28,6 +30,7 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0) return qft_cmd_train(argc - 2, argv + 2);
+    if (strcmp(cmd, "data") == 0) return qft_cmd_data(argc - 2, argv + 2);
     if (strcmp(cmd, "plugins") == 0) return qft_cmd_plugins(argc - 2, argv + 2);
 #ifdef QFT_HAVE_CMD_TOKENIZE
     if (strcmp(cmd, "tokenize") == 0) return qft_cmd_tokenize(argc - 2, argv + 2);

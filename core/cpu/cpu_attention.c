@@ -1,206 +1,184 @@
-/* Causal grouped-query attention, streamed over key blocks (flash-attention style): the
- * forward keeps only each row's log-sum-exp, and the backward recomputes probabilities
- * block by block from it, so no (T, T) matrix exists at any point.
+/* Causal grouped-query attention by query tiles: for BQ queries at a time, the scores
+ * against every key they can see are one small GEMM into a (BQ, T) scratch row block,
+ * softmaxed in place, and multiplied by V in another GEMM; backward recomputes the same
+ * row block from the saved log-sum-exp. So nothing of size (T, T) is ever stored (the
+ * scratch is BQ rows per thread), and the heavy lifting runs in OpenBLAS's kernels rather
+ * than in scalar loops.
  *
  * Layout: qkv rows are (H + 2*KV)*hd wide (queries, keys, values; see QFT_QKV_WIDTH).
- * Scores for one query against a key block are computed against the block transposed to
- * (hd, BK), so the inner loops run over keys (forward scores) or over head dims (value
- * sums) with no horizontal reductions; that keeps every inner loop a vector FMA. */
+ * Forward tasks are (batch, head); backward tasks are (batch, kv head), which own that kv
+ * head's key and value gradients and their group's query gradients, so no two threads
+ * write one row and the summation order is fixed. */
+#include "cpu_blas.h"
 #include "cpu_math.h"
 #include "cpu_ops.h"
 
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
-#define BQ 32 /* queries per tile (forward) */
-#define BK 64 /* keys per block */
+#define BQ 64 /* queries per tile */
 
-/* Copies rows j0..j0+nb-1 of a head (row stride ld) into dst (hd, BK), zero-padded to BK
- * columns so the score loops can always run BK wide. */
-static void load_transposed(float *dst, const float *src, int ld, int nb, int hd) {
-    for (int d = 0; d < hd; d++) {
-        float *row = dst + (size_t)d * BK; // (BK)
-        for (int jj = 0; jj < nb; jj++) row[jj] = src[(size_t)jj * ld + d];
-        for (int jj = nb; jj < BK; jj++) row[jj] = 0.0f;
-    }
+static size_t per_thread(int T) { return (size_t)2 * BQ * T + BQ; } /* S, dS (BQ, T), D (BQ) */
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
 }
 
-/* s (BK) = scale * q . kt[:, jj] for the BK keys of a transposed block kt (hd, BK). */
-static inline void block_scores(float *restrict s, const float *restrict q,
-                                const float *restrict kt, int hd, float scale) {
-#pragma omp simd
-    for (int jj = 0; jj < BK; jj++) s[jj] = 0.0f;
-    for (int d = 0; d < hd; d++) {
-        const float qd = q[d];
-        const float *restrict k = kt + (size_t)d * BK;
-#pragma omp simd
-        for (int jj = 0; jj < BK; jj++) s[jj] += qd * k[jj];
-    }
-#pragma omp simd
-    for (int jj = 0; jj < BK; jj++) s[jj] *= scale;
+size_t qft_cpu_attention_workspace(int T, int hd) {
+    (void)hd;
+    return (size_t)max_threads() * per_thread(T);
 }
 
-/* Number of keys of block [j0, j0+nb) visible to query i (causal: j <= i), with masked
- * keys set to -INFINITY in s. Returns 0 when none is visible. */
-static inline int block_visible(float *s, int i, int j0, int nb, const uint8_t *mrow) {
-    int nv = i - j0 + 1;
-    if (nv > nb) nv = nb;
-    if (nv <= 0) return 0;
-    int any = 0;
-    for (int jj = 0; jj < nv; jj++) {
-        if (mrow && !mrow[j0 + jj]) s[jj] = -INFINITY;
-        else any = 1;
+/* Threads the workspace can feed (at least 1: the caller must give one thread's worth). */
+static int threads_for(size_t work_floats, int T) {
+    size_t fit = work_floats / per_thread(T);
+    int nt = max_threads();
+    return fit < (size_t)nt ? (fit ? (int)fit : 1) : nt;
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Row r of a score block for query i over keys [0, nk): masked and future keys -> -inf.
+ * Returns the row maximum (-inf when no key is visible). */
+static float mask_row(float *s, int i, int nk, const uint8_t *mrow) {
+    float m = -INFINITY;
+    const int vis = i + 1 < nk ? i + 1 : nk;
+    for (int j = 0; j < vis; j++) {
+        if (mrow && !mrow[j]) s[j] = -INFINITY;
+        m = s[j] > m ? s[j] : m;
     }
-    for (int jj = nv; jj < BK; jj++) s[jj] = -INFINITY;
-    return any ? nv : 0;
+    for (int j = vis; j < nk; j++) s[j] = -INFINITY;
+    return m;
+}
+
+static void exp_row(float *restrict s, float sub, int n) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) s[j] = qft_cpu_expf(s[j] - sub);
+}
+
+static float sum_row(const float *restrict s, int n) {
+    float t = 0.0f;
+#pragma omp simd reduction(+ : t)
+    for (int j = 0; j < n; j++) t += s[j];
+    return t;
+}
+
+static void scale_row(float *restrict s, float f, int n) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) s[j] *= f;
+}
+
+/* ds = p * (dp - D) * scale, in place over dp */
+static void ds_row(float *restrict dp, const float *restrict p, float D, float scale, int n) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) dp[j] = p[j] * (dp[j] - D) * scale;
 }
 
 void qft_cpu_attention_fwd(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
-                           int T, int H, int KV, int hd, float scale) {
+                           int T, int H, int KV, int hd, float scale, float *work,
+                           size_t work_floats) {
+    qft_cpu_blas_init();
     const int ld = QFT_QKV_WIDTH(H, KV, hd), group = H / KV, od = H * hd;
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    const int nt = threads_for(work_floats, T);
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) num_threads(nt)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             const int kvh = h / group;
-            const float *qb = qkv + (size_t)b * T * ld + (size_t)h * hd;             // (T, hd) stride ld
-            const float *kb = qkv + (size_t)b * T * ld + (size_t)(H + kvh) * hd;      // (T, hd) stride ld
-            const float *vb = qkv + (size_t)b * T * ld + (size_t)(H + KV + kvh) * hd; // (T, hd) stride ld
-            const uint8_t *mrow = mask ? mask + (size_t)b * T : NULL;                  // (T)
-            float kt[hd * BK];   // (hd, BK)
-            float acc[BQ * hd];  // (BQ, hd) unnormalised outputs of the tile
-            float mx[BQ], sum[BQ];
-            float s[BK];
+            float *S = work + (size_t)thread_id() * per_thread(T);                   // (BQ, T)
+            const float *base = qkv + (size_t)b * T * ld;                           // (T, ld)
+            const float *kb = base + (size_t)(H + kvh) * hd;                        // (T, hd) stride ld
+            const float *vb = base + (size_t)(H + KV + kvh) * hd;                   // (T, hd) stride ld
+            const uint8_t *mrow = mask ? mask + (size_t)b * T : NULL;               // (T)
             for (int i0 = 0; i0 < T; i0 += BQ) {
-                const int i1 = i0 + BQ < T ? i0 + BQ : T;
-                for (int r = 0; r < i1 - i0; r++) mx[r] = -INFINITY, sum[r] = 0.0f;
-                memset(acc, 0, sizeof acc);
-                for (int j0 = 0; j0 < i1; j0 += BK) {
-                    const int nb = j0 + BK < i1 ? BK : i1 - j0;
-                    load_transposed(kt, kb + (size_t)j0 * ld, ld, nb, hd);
-                    for (int i = i0 > j0 ? i0 : j0; i < i1; i++) {
-                        const int r = i - i0;
-                        block_scores(s, qb + (size_t)i * ld, kt, hd, scale);
-                        const int nv = block_visible(s, i, j0, nb, mrow);
-                        if (!nv) continue;
-                        float bm = -INFINITY;
-                        for (int jj = 0; jj < nv; jj++) bm = s[jj] > bm ? s[jj] : bm;
-                        const float mnew = bm > mx[r] ? bm : mx[r];
-                        const float corr = qft_cpu_expf(mx[r] - mnew); /* 0 on the first block */
-                        float ps = 0.0f;
-#pragma omp simd reduction(+ : ps)
-                        for (int jj = 0; jj < BK; jj++) {
-                            s[jj] = qft_cpu_expf(s[jj] - mnew);
-                            ps += s[jj];
-                        }
-                        sum[r] = sum[r] * corr + ps;
-                        mx[r] = mnew;
-                        float *a = acc + (size_t)r * hd; // (hd)
-                        if (corr != 1.0f) {
-#pragma omp simd
-                            for (int d = 0; d < hd; d++) a[d] *= corr;
-                        }
-                        for (int jj = 0; jj < nv; jj++) {
-                            const float p = s[jj];
-                            const float *v = vb + (size_t)(j0 + jj) * ld; // (hd)
-#pragma omp simd
-                            for (int d = 0; d < hd; d++) a[d] += p * v[d];
-                        }
+                const int nq = i0 + BQ < T ? BQ : T - i0, nk = i0 + nq; /* keys [0, nk) */
+                const float *q = base + (size_t)i0 * ld + (size_t)h * hd;           // (nq, hd) stride ld
+                float *o = out + ((size_t)b * T + i0) * od + (size_t)h * hd;        // (nq, hd) stride od
+                float *l = lse + ((size_t)b * H + h) * T + i0;                      // (nq)
+                qft_cpu_sgemm(0, 1, nq, nk, hd, scale, q, ld, kb, ld, 0.0f, S, nk); // (nq, nk)
+                for (int r = 0; r < nq; r++) {
+                    float *s = S + (size_t)r * nk; // (nk)
+                    const float m = mask_row(s, i0 + r, nk, mrow);
+                    if (m == -INFINITY) { /* no visible key: zero probabilities */
+                        memset(s, 0, (size_t)nk * sizeof *s);
+                        l[r] = -INFINITY;
+                        continue;
                     }
+                    exp_row(s, m, nk);
+                    const float sum = sum_row(s, nk);
+                    scale_row(s, 1.0f / sum, nk);
+                    l[r] = m + logf(sum);
                 }
-                for (int i = i0; i < i1; i++) {
-                    const int r = i - i0;
-                    float *o = out + ((size_t)b * T + i) * od + (size_t)h * hd; // (hd)
-                    float *l = lse + ((size_t)b * H + h) * T + i;
-                    if (sum[r] > 0.0f) {
-                        const float inv = 1.0f / sum[r];
-                        for (int d = 0; d < hd; d++) o[d] = acc[(size_t)r * hd + d] * inv;
-                        *l = mx[r] + logf(sum[r]);
-                    } else {
-                        memset(o, 0, (size_t)hd * sizeof *o);
-                        *l = -INFINITY;
-                    }
-                }
+                qft_cpu_sgemm(0, 0, nq, hd, nk, 1.0f, S, nk, vb, ld, 0.0f, o, od); // (nq, hd)
             }
         }
 }
 
-/* Per key block (outer) and query (inner): p = exp(s - lse), dp = dO . v,
- * ds = p (dp - D) with D = dO . O; then dV += p dO, dK += scale ds q, dQ += scale ds k.
- * A task owns one (batch, kv head): the key and value gradients of that kv head and the
- * query gradients of its group of heads, so no two threads write one row. */
 void qft_cpu_attention_bwd(float *dqkv, const float *dout, const float *out, const float *lse,
                            const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
-                           int hd, float scale) {
+                           int hd, float scale, float *work, size_t work_floats) {
+    qft_cpu_blas_init();
     const int ld = QFT_QKV_WIDTH(H, KV, hd), group = H / KV, od = H * hd;
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    const int nt = threads_for(work_floats, T);
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) num_threads(nt)
     for (int b = 0; b < B; b++)
         for (int kvh = 0; kvh < KV; kvh++) {
-            const float *base = qkv + (size_t)b * T * ld;                    // (T, ld)
-            float *dbase = dqkv + (size_t)b * T * ld;                        // (T, ld)
-            const float *kb = base + (size_t)(H + kvh) * hd;                 // (T, hd) stride ld
-            const float *vb = base + (size_t)(H + KV + kvh) * hd;            // (T, hd) stride ld
-            float *dkb = dbase + (size_t)(H + kvh) * hd;                     // (T, hd) stride ld
-            float *dvb = dbase + (size_t)(H + KV + kvh) * hd;                // (T, hd) stride ld
-            const uint8_t *mrow = mask ? mask + (size_t)b * T : NULL;        // (T)
+            float *P = work + (size_t)thread_id() * per_thread(T); // (BQ, T) probabilities
+            float *dS = P + (size_t)BQ * T;                       // (BQ, T) dP, then dS
+            float *D = dS + (size_t)BQ * T;                       // (BQ) rowwise dO . O
+            const float *base = qkv + (size_t)b * T * ld;         // (T, ld)
+            float *dbase = dqkv + (size_t)b * T * ld;             // (T, ld)
+            const float *kb = base + (size_t)(H + kvh) * hd;      // (T, hd) stride ld
+            const float *vb = base + (size_t)(H + KV + kvh) * hd; // (T, hd) stride ld
+            float *dkb = dbase + (size_t)(H + kvh) * hd;          // (T, hd) stride ld
+            float *dvb = dbase + (size_t)(H + KV + kvh) * hd;     // (T, hd) stride ld
+            const uint8_t *mrow = mask ? mask + (size_t)b * T : NULL; // (T)
             for (int t = 0; t < T; t++) {
                 memset(dkb + (size_t)t * ld, 0, (size_t)hd * sizeof(float));
                 memset(dvb + (size_t)t * ld, 0, (size_t)hd * sizeof(float));
-                for (int g = 0; g < group; g++)
-                    memset(dbase + (size_t)t * ld + (size_t)(kvh * group + g) * hd, 0,
-                           (size_t)hd * sizeof(float));
             }
-            float kt[hd * BK], vt[hd * BK], dkt[hd * BK], dvt[hd * BK]; // (hd, BK) each
-            float p[BK], ds[BK];
-            for (int j0 = 0; j0 < T; j0 += BK) {
-                const int nb = j0 + BK < T ? BK : T - j0;
-                load_transposed(kt, kb + (size_t)j0 * ld, ld, nb, hd);
-                load_transposed(vt, vb + (size_t)j0 * ld, ld, nb, hd);
-                memset(dkt, 0, sizeof dkt);
-                memset(dvt, 0, sizeof dvt);
-                for (int g = 0; g < group; g++) {
-                    const int h = kvh * group + g;
-                    for (int i = j0; i < T; i++) {
-                        const float l = lse[((size_t)b * H + h) * T + i];
-                        if (!(l > -INFINITY)) continue; /* a row that saw no key */
-                        const float *q = base + (size_t)i * ld + (size_t)h * hd;        // (hd)
-                        const float *dO = dout + ((size_t)b * T + i) * od + (size_t)h * hd; // (hd)
-                        const float *O = out + ((size_t)b * T + i) * od + (size_t)h * hd;   // (hd)
-                        float *dq = dbase + (size_t)i * ld + (size_t)h * hd;           // (hd)
-                        block_scores(p, q, kt, hd, scale);
-                        const int nv = block_visible(p, i, j0, nb, mrow);
-                        if (!nv) continue;
-                        float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-                        for (int d = 0; d < hd; d++) D += dO[d] * O[d];
-                        block_scores(ds, dO, vt, hd, 1.0f); /* dp */
-#pragma omp simd
-                        for (int jj = 0; jj < BK; jj++) {
-                            p[jj] = qft_cpu_expf(p[jj] - l);
-                            ds[jj] = p[jj] * (ds[jj] - D) * scale;
+            for (int g = 0; g < group; g++) {
+                const int h = kvh * group + g;
+                for (int i0 = 0; i0 < T; i0 += BQ) {
+                    const int nq = i0 + BQ < T ? BQ : T - i0, nk = i0 + nq;
+                    const float *q = base + (size_t)i0 * ld + (size_t)h * hd;      // (nq, hd) stride ld
+                    float *dq = dbase + (size_t)i0 * ld + (size_t)h * hd;          // (nq, hd) stride ld
+                    const size_t orow = ((size_t)b * T + i0) * od + (size_t)h * hd;
+                    const float *dO = dout + orow, *O = out + orow;                // (nq, hd) stride od
+                    const float *l = lse + ((size_t)b * H + h) * T + i0;           // (nq)
+                    qft_cpu_sgemm(0, 1, nq, nk, hd, scale, q, ld, kb, ld, 0.0f, P, nk);  // (nq, nk)
+                    qft_cpu_sgemm(0, 1, nq, nk, hd, 1.0f, dO, od, vb, ld, 0.0f, dS, nk); // dP
+                    for (int r = 0; r < nq; r++) {
+                        float *p = P + (size_t)r * nk; // (nk)
+                        if (l[r] == -INFINITY) { /* a row that saw no key: no gradient */
+                            memset(p, 0, (size_t)nk * sizeof *p);
+                            memset(dS + (size_t)r * nk, 0, (size_t)nk * sizeof *p);
+                            continue;
                         }
-                        for (int d = 0; d < hd; d++) {
-                            const float dod = dO[d], qd = q[d];
-                            float *dv = dvt + (size_t)d * BK, *dk = dkt + (size_t)d * BK;
-#pragma omp simd
-                            for (int jj = 0; jj < BK; jj++) {
-                                dv[jj] += p[jj] * dod;
-                                dk[jj] += ds[jj] * qd;
-                            }
-                        }
-                        for (int jj = 0; jj < nv; jj++) {
-                            const float w = ds[jj];
-                            const float *k = kb + (size_t)(j0 + jj) * ld; // (hd)
-#pragma omp simd
-                            for (int d = 0; d < hd; d++) dq[d] += w * k[d];
-                        }
+                        mask_row(p, i0 + r, nk, mrow);
+                        exp_row(p, l[r], nk);
+                        float d = 0.0f;
+                        const float *dor = dO + (size_t)r * od, *orr = O + (size_t)r * od;
+#pragma omp simd reduction(+ : d)
+                        for (int k = 0; k < hd; k++) d += dor[k] * orr[k];
+                        D[r] = d;
+                        ds_row(dS + (size_t)r * nk, p, d, scale, nk);
                     }
-                }
-                for (int jj = 0; jj < nb; jj++) {
-                    float *dk = dkb + (size_t)(j0 + jj) * ld, *dv = dvb + (size_t)(j0 + jj) * ld;
-                    for (int d = 0; d < hd; d++) {
-                        dk[d] = dkt[(size_t)d * BK + jj];
-                        dv[d] = dvt[(size_t)d * BK + jj];
-                    }
+                    qft_cpu_sgemm(1, 0, nk, hd, nq, 1.0f, P, nk, dO, od, 1.0f, dvb, ld);  // dV += P^T dO
+                    qft_cpu_sgemm(0, 0, nq, hd, nk, 1.0f, dS, nk, kb, ld, 0.0f, dq, ld);  // dQ = dS K
+                    qft_cpu_sgemm(1, 0, nk, hd, nq, 1.0f, dS, nk, q, ld, 1.0f, dkb, ld);  // dK += dS^T Q
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 #include "qft_base.h"
 
-#include <cblas.h>
+#include "cpu_blas.h"
 #include <pthread.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -23,12 +23,8 @@ static void cpu_copy(float *dst, const float *src, size_t n) {
  * thread count, so results are reproducible. */
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static void blas_single_thread(void) { openblas_set_num_threads(1); }
-
-static void sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                  int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
-                transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
+void qft_cpu_blas_init(void) { pthread_once(&blas_once, blas_single_thread); }
+#define sgemm qft_cpu_sgemm
 
 void qft_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                   int lda, const float *B, int ldb, float beta, float *C, int ldc) {
@@ -38,7 +34,7 @@ void qft_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, cons
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
         return;
     }
-    pthread_once(&blas_once, blas_single_thread);
+    qft_cpu_blas_init();
     int nt = 1;
 #ifdef _OPENMP
     nt = omp_in_parallel() ? 1 : omp_get_max_threads();
@@ -113,6 +109,7 @@ static const qft_ops cpu_ops = {
     .rope_table = qft_cpu_rope_table,
     .rope_fwd = qft_cpu_rope_fwd,
     .rope_bwd = qft_cpu_rope_bwd,
+    .attention_workspace = qft_cpu_attention_workspace,
     .attention_fwd = qft_cpu_attention_fwd,
     .attention_bwd = qft_cpu_attention_bwd,
     .swiglu_fwd = qft_cpu_swiglu_fwd,

@@ -28,13 +28,15 @@ void qft_cpu_rope_fwd(float *x, int ld, const float *cos, const float *sin, int 
                       int hd);
 void qft_cpu_rope_bwd(float *dx, int ld, const float *cos, const float *sin, int B, int T, int nh,
                       int hd);
+size_t qft_cpu_attention_workspace(int T, int hd);
 void qft_cpu_attention_fwd(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
-                           int T, int H, int KV, int hd, float scale);
+                           int T, int H, int KV, int hd, float scale, float *work,
+                           size_t work_floats);
 void qft_cpu_attention_bwd(float *dqkv, const float *dout, const float *out, const float *lse,
                            const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
-                           int hd, float scale);
-void qft_cpu_swiglu_fwd(float *h, const float *gu, int N, int I);
-void qft_cpu_swiglu_bwd(float *dgu, const float *dh, const float *gu, int N, int I);
+                           int hd, float scale, float *work, size_t work_floats);
+void qft_cpu_swiglu_fwd(float *h, const float *gu, int N, int inter);
+void qft_cpu_swiglu_bwd(float *dgu, const float *dh, const float *gu, int N, int inter);
 double qft_cpu_cross_entropy_fwd(const float *logits, const int32_t *targets, int N, int V,
                                  float *lse, float *loss, int *n_valid);
 void qft_cpu_cross_entropy_bwd(float *dlogits, const float *logits, const float *lse,

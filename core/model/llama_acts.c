@@ -11,7 +11,7 @@ static void acts_release(struct qft_llama_acts *a) {
     float **bufs[] = {&a->rope_cos, &a->rope_sin, &a->x, &a->rstd1, &a->rstd2, &a->qkv,
                       &a->att, &a->lse, &a->xmid, &a->gu, &a->lnf, &a->rstdf, &a->logits,
                       &a->ce_lse, &a->ln, &a->h, &a->dres, &a->dln, &a->dqkv, &a->datt,
-                      &a->dgu, &a->dh};
+                      &a->dgu, &a->dh, &a->att_work};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         o->free(*bufs[i]);
         *bufs[i] = NULL;
@@ -34,9 +34,8 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     const qft_llama_config *c = &m->cfg;
     if (B <= 0 || T <= 0)
         return qft_err_setf(err, "batch shape B=%d, T=%d: both must be positive", B, T);
-    if (c->head_dim > QFT_LLAMA_MAX_HEAD_DIM || c->head_dim % 2)
-        return qft_err_setf(err, "head_dim %d: the CPU attention needs an even head_dim <= %d",
-                            c->head_dim, QFT_LLAMA_MAX_HEAD_DIM);
+    if (c->head_dim % 2)
+        return qft_err_setf(err, "head_dim %d: RoPE needs an even head_dim", c->head_dim);
     struct qft_llama_acts *a = m->acts;
     const int want_slots = m->recompute ? 1 : c->num_hidden_layers;
     if (a && a->cap_N >= B * T && a->cap_T >= T && a->slots == want_slots) return 0;
@@ -86,6 +85,10 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
         {&a->dgu, N * 2 * I, "activation gradients"},         // (N, 2I)
         {&a->dh, N * I, "activation gradients"},              // (N, I)
     };
+    a->att_work_n = a->ops->attention_workspace(capT, c->head_dim);
+    a->att_work = a->ops->alloc(a->att_work_n * sizeof(float), "activation scratch");
+    if (!a->att_work) goto oom;
+    a->bytes += a->att_work_n * sizeof(float);
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         *t[i].p = a->ops->alloc(t[i].n * sizeof(float), t[i].what);
         if (!*t[i].p) goto oom;

@@ -42,7 +42,7 @@ static void block_backward(qft_llama_model *m, int l, int slot, const float *x_i
     o->gemm(1, 0, C, A, N, 1.0f, dres, C, att, A, 1.0f, gw->wo, A);     // (C, H*hd)
     o->gemm(0, 0, N, A, C, 1.0f, dres, C, w->wo, A, 0.0f, a->datt, A);  // (N, H*hd)
     o->attention_bwd(a->dqkv, a->datt, att, lse, qkv, a->mask, B, T, H, KV, hd,
-                     (float)(1.0 / sqrt((double)hd)));
+                     (float)(1.0 / sqrt((double)hd)), a->att_work, a->att_work_n);
     o->rope_bwd(a->dqkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps); /* norm1 out */
     const int qo = H * hd, kvo = KV * hd;

@@ -42,7 +42,8 @@ void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x
     qft_llama_lin_fwd(o, &g, a->ln, N, C, qkv, W);
     /* queries and keys are adjacent heads (H then KV) in each qkv row: one rope call */
     o->rope_fwd(qkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
-    o->attention_fwd(att, lse, qkv, a->mask, B, T, H, KV, hd, (float)(1.0 / sqrt((double)hd)));
+    o->attention_fwd(att, lse, qkv, a->mask, B, T, H, KV, hd, (float)(1.0 / sqrt((double)hd)),
+                     a->att_work, a->att_work_n);
     o->copy(xmid, x_in, (size_t)N * C);
     o->gemm(0, 1, N, C, H * hd, 1.0f, att, H * hd, w->wo, H * hd, 1.0f, xmid, C); /* residual */
 

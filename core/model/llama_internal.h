@@ -6,8 +6,6 @@
 #include "llama.h"
 #include "qft_ops.h"
 
-/* Attention keeps (hd, 64)-float key blocks on each thread's stack. */
-#define QFT_LLAMA_MAX_HEAD_DIM 256
 
 struct qft_llama_acts {
     const qft_ops *ops;
@@ -40,6 +38,8 @@ struct qft_llama_acts {
     float *datt;         // (cap_N, H*hd)
     float *dgu;          // (cap_N, 2I)
     float *dh;           // (cap_N, I)
+    float *att_work;     // (att_work_n) attention scratch, a few query rows per thread
+    size_t att_work_n;
     /* the last forward */
     int B, T;            /* shape of the last forward's batch, 0 when none */
     const uint8_t *mask; /* that batch's mask (the caller's memory, only during forward) */

@@ -5,13 +5,34 @@
 
 #include "config.h"
 #include "llama.h"
+#include "batch.h"
 #include "progress.h" /* qft_run_summary */
+#include "registry.h"
+#include "tokenizer.h"
 
 /* Builds the model the config names: a Hugging Face folder (model.path), or a random
  * model of the shape in model.config (config.json field names) initialised from seed.
  * vocab_size defaults to the tokenizer's when model.config leaves it out. */
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
                         qft_llama_model *m, qft_err *err);
+
+/* The data half of a run: plugins composed, tokenizer loaded, the dataset plugin's rows
+ * tokenized once into examples (truncated to context_length, prompt labels masked). */
+typedef struct qft_run_data {
+    qft_registry reg;
+    qft_tokenizer *tok;
+    const qft_dataset_vtable *dvt;
+    void *dstate;
+    long rows;            /* rows the plugin yields */
+    qft_data_examples ex; /* the first ex.count of them, tokenized */
+} qft_run_data;
+
+/* Scans plugins (cli_plugin_dirs first), checks the composition, loads the tokenizer and
+ * tokenizes the dataset: dataset_samples caps it, and like the seed it is cut so its
+ * length divides batch_size * grad_accum. */
+int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
+                      qft_run_data *d, qft_err *err);
+void qft_run_data_close(qft_run_data *d);
 
 /* Trains as the config says. cli_plugin_dirs come first on the plugin search path. */
 int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,

@@ -13,16 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-int qft_run_compose(const qft_run_config *rc, const qft_registry *reg,
-                    const qft_dataset_vtable **dataset, qft_err *err);
 int qft_run_save_model(const qft_run_config *rc, const qft_llama_model *m, qft_err *err);
 
 typedef struct run_state {
-    qft_registry reg;
-    qft_tokenizer *tok;
-    const qft_dataset_vtable *dvt;
-    void *dstate;
-    qft_data_examples ex;
+    qft_run_data data;
     qft_data_loader loader;
     qft_llama_model model;
     qft_optim opt;
@@ -35,29 +29,10 @@ static void run_state_free(run_state *s) {
     if (s->have_opt) qft_optim_free(&s->opt);
     if (s->have_model) qft_llama_free(&s->model);
     if (s->have_loader) qft_data_loader_free(&s->loader);
-    qft_data_examples_free(&s->ex);
-    if (s->dstate) s->dvt->close(s->dstate);
-    if (s->tok) qft_tokenizer_free(s->tok);
-    qft_registry_free(&s->reg);
+    qft_run_data_close(&s->data);
 }
 
-/* Dataset rows -> tokenized examples. The seed truncates the dataset so that its length
- * divides batch_size * grad_accum; so does qft, so every step sees a full global batch. */
-static int prepare_data(const qft_run_config *rc, run_state *s, qft_err *err) {
-    if (s->dvt->open(qft_registry_services(), rc->sec_data, &s->dstate, err)) {
-        s->dstate = NULL;
-        return -1;
-    }
-    long n = s->dvt->count(s->dstate);
-    if (rc->data.dataset_samples >= 0 && n > rc->data.dataset_samples) n = rc->data.dataset_samples;
-    const long global = (long)rc->train.batch_size * rc->train.grad_accum;
-    if (n >= global) n -= n % global;
-    if (n <= 0)
-        return qft_err_setf(err, "%s: dataset plugin \"%s\" yielded no examples", rc->file,
-                            rc->data.plugin);
-    if (qft_data_examples_build(&s->ex, s->tok, s->dvt->get, s->dstate, NULL, n,
-                                rc->data.context_length, err))
-        return -1;
+static int prepare_loader(const qft_run_config *rc, run_state *s, qft_err *err) {
     qft_data_loader_options lo = {
         .batch_size = rc->train.batch_size,
         .pad_to_context = rc->data.pad_to_context,
@@ -65,9 +40,9 @@ static int prepare_data(const qft_run_config *rc, run_state *s, qft_err *err) {
         .group_by_length = rc->data.group_by_length,
         .drop_last = 1,
         .seed = (uint64_t)rc->train.seed,
-        .pad_id = qft_tokenizer_pad(s->tok),
+        .pad_id = qft_tokenizer_pad(s->data.tok),
     };
-    if (qft_data_loader_init(&s->loader, &s->ex, &lo, err)) return -1;
+    if (qft_data_loader_init(&s->loader, &s->data.ex, &lo, err)) return -1;
     s->have_loader = 1;
     return 0;
 }
@@ -92,8 +67,8 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
     qft_log(QFT_LOG_INFO,
             "data: %ld examples (%ld tokens, %ld truncated to %d, %ld with no target), "
             "%ld batches of %d per epoch, grad_accum %d -> %ld optimizer steps",
-            s->ex.count, s->ex.n_tokens, s->ex.n_truncated, s->ex.context_length,
-            s->ex.n_no_target, qft_data_loader_count(&s->loader), rc->train.batch_size,
+            s->data.ex.count, s->data.ex.n_tokens, s->data.ex.n_truncated, s->data.ex.context_length,
+            s->data.ex.n_no_target, qft_data_loader_count(&s->loader), rc->train.batch_size,
             rc->train.grad_accum, total_steps);
 }
 
@@ -103,39 +78,25 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     memset(&s, 0, sizeof s);
     memset(summary, 0, sizeof *summary);
     int rc_ = -1;
-    char dirs[32][4096];
-    int nd = qft_registry_search_path(cli_plugin_dirs, n_cli, rc->plugin_paths,
-                                      rc->n_plugin_paths, dirs, 32);
-    if (qft_registry_scan(&s.reg, dirs, nd, err) || qft_run_compose(rc, &s.reg, &s.dvt, err))
+    if (qft_run_data_open(rc, cli_plugin_dirs, n_cli, &s.data, err) ||
+        prepare_loader(rc, &s, err))
         goto done;
 
-    /* The tokenizer first: a random model takes its vocabulary size from it. */
-    if (rc->tokenizer.byte) {
-        s.tok = qft_tokenizer_byte_new();
-        if (!s.tok) {
-            qft_err_setf(err, "out of memory");
-            goto done;
-        }
-    } else if (qft_tokenizer_load(rc->tokenizer.path, &s.tok, err)) {
-        goto done;
-    }
-    if (prepare_data(rc, &s, err)) goto done;
-
-    if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.tok), (uint64_t)rc->train.seed,
+    if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
                             &s.model, err))
         goto done;
     s.have_model = 1;
-    if (qft_tokenizer_vocab_size(s.tok) > s.model.cfg.vocab_size) {
+    if (qft_tokenizer_vocab_size(s.data.tok) > s.model.cfg.vocab_size) {
         qft_err_setf(err, "the tokenizer has %d tokens but the model's vocab_size is %d",
-                     qft_tokenizer_vocab_size(s.tok), s.model.cfg.vocab_size);
+                     qft_tokenizer_vocab_size(s.data.tok), s.model.cfg.vocab_size);
         goto done;
     }
     /* A random model learns its special ids from the tokenizer, so the saved config.json
      * says what generation should stop on. */
     if (!rc->model.path) {
-        s.model.cfg.bos_token_id = qft_tokenizer_bos(s.tok);
-        s.model.cfg.eos_token_id = qft_tokenizer_eos(s.tok);
-        s.model.cfg.pad_token_id = qft_tokenizer_pad(s.tok);
+        s.model.cfg.bos_token_id = qft_tokenizer_bos(s.data.tok);
+        s.model.cfg.eos_token_id = qft_tokenizer_eos(s.data.tok);
+        s.model.cfg.pad_token_id = qft_tokenizer_pad(s.data.tok);
     }
     s.model.recompute = rc->train.recompute;
     if (qft_llama_alloc_grads(&s.model, err)) goto done;

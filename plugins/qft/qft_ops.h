@@ -10,7 +10,8 @@
  * Conventions:
  *   - Row-major, contiguous unless a leading dimension ("ld", in elements) is given.
  *   - Shape comments use B batch, T sequence, N = B*T rows, C hidden, H query heads,
- *     KV key/value heads, hd head dim, I intermediate, V vocab.
+ *     KV key/value heads, hd head dim, I intermediate (the parameter `inter`: complex.h,
+ *     which some BLAS headers pull in, defines a macro I), V vocab.
  *   - "+=" marks outputs that are accumulated into (gradients, for micro-batch
  *     accumulation and for residual branches); every other output is overwritten.
  *   - Every op is deterministic: same inputs and thread count give the same bits, so
@@ -89,26 +90,32 @@ typedef struct qft_ops {
                      int nh, int hd);
 
     /* ---- causal grouped-query attention ---------------------------------------------- */
+    /* Floats of scratch that attention_fwd and attention_bwd need for sequence length T and
+     * head dim hd at the current thread count (a per-thread row block, never (T, T)). */
+    size_t (*attention_workspace)(int T, int hd);
     /* qkv (B, T, (H+2*KV)*hd) as QFT_QKV_WIDTH; query head h uses kv head h / (H / KV).
      * Key j is visible to query i when j <= i and mask[b*T + j] != 0 (mask (B, T), NULL =
      * all real). scale multiplies q.k (1/sqrt(hd) for Llama); softmax in fp32.
      * out (B, T, H*hd); lse (B, H, T) the log-sum-exp of each row's scaled scores, saved
-     * for backward. A row with no visible key gets out = 0 and lse = -INFINITY. Computed
-     * streaming over keys (online softmax): no (T, T) matrix is stored. */
+     * for backward, which recomputes the probabilities from it. A row with no visible key
+     * gets out = 0 and lse = -INFINITY (and no gradient). work (work_floats) is scratch of
+     * at least attention_workspace(T, hd) / threads floats; a smaller one runs on fewer
+     * threads. */
     void (*attention_fwd)(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
-                          int T, int H, int KV, int hd, float scale);
+                          int T, int H, int KV, int hd, float scale, float *work,
+                          size_t work_floats);
     /* dqkv (B, T, (H+2*KV)*hd) = the gradient of q, k and v (overwritten), from dout
-     * (B, T, H*hd), out and lse of the forward, and the same qkv, mask and shapes. */
+     * (B, T, H*hd), out and lse of the forward, and the same qkv, mask, shapes and scale. */
     void (*attention_bwd)(float *dqkv, const float *dout, const float *out, const float *lse,
                           const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
-                          int hd, float scale);
+                          int hd, float scale, float *work, size_t work_floats);
 
     /* ---- SwiGLU MLP activation ------------------------------------------------------- */
     /* h (N, I) = silu(gate) * up, where row n of gu (N, 2*I) holds gate then up
      * (gate at gu[n*2I], up at gu[n*2I + I]). */
-    void (*swiglu_fwd)(float *h, const float *gu, int N, int I);
+    void (*swiglu_fwd)(float *h, const float *gu, int N, int inter);
     /* dgu (N, 2*I) = gradient of gate and up (overwritten) from dh (N, I). */
-    void (*swiglu_bwd)(float *dgu, const float *dh, const float *gu, int N, int I);
+    void (*swiglu_bwd)(float *dgu, const float *dh, const float *gu, int N, int inter);
 
     /* ---- cross-entropy (fp32 log-softmax over V) --------------------------------------- */
     /* For each row n of logits (N, V): if targets[n] == -100 the row is ignored (loss 0,

@@ -158,6 +158,37 @@ START_TEST(test_config_errors_exit_nonzero) {
 }
 END_TEST
 
+START_TEST(test_data_show) {
+    char cmd[8192], *out;
+    snprintf(cmd, sizeof cmd, "%s data --show 2 --set data.count=64", g_qft);
+    ck_assert_int_eq(run(cmd, &out), 0);
+    ck_assert_msg(strstr(out, "64 rows; 64 examples used"), "%s", out);
+    ck_assert_msg(strstr(out, "--- example 1:"), "%s", out);
+    /* the prompt is the masked part, the answer with its EOS the trained part */
+    ck_assert_msg(strstr(out, "masked:  \"<s>###Question:\\n"), "%s", out);
+    ck_assert_msg(strstr(out, "\\n###Answer:\\n\"\ntrained: \""), "%s", out);
+    ck_assert_msg(strstr(out, "</s>\"\n"), "%s", out);
+    free(out);
+}
+END_TEST
+
+START_TEST(test_tokenize_command) {
+    char cmd[8192], *out;
+    snprintf(cmd, sizeof cmd, "printf 'hi\\n' | %s tokenize --tokenizer byte", g_qft);
+    ck_assert_int_eq(run(cmd, &out), 0);
+    ck_assert_str_eq(out, "[256, 104, 105]\n");
+    free(out);
+    snprintf(cmd, sizeof cmd, "printf '\"a\\\\nb\"\\n' | %s tokenize --tokenizer byte --json --no-special", g_qft);
+    ck_assert_int_eq(run(cmd, &out), 0);
+    ck_assert_str_eq(out, "[97, 10, 98]\n");
+    free(out);
+    snprintf(cmd, sizeof cmd, "echo '[104, 105, 257]' | %s tokenize --tokenizer byte --decode --no-special", g_qft);
+    ck_assert_int_eq(run(cmd, &out), 0);
+    ck_assert_str_eq(out, "\"hi\"\n");
+    free(out);
+}
+END_TEST
+
 int main(void) {
     g_qft = getenv("QFT_BIN");
     if (!g_qft) return EXIT_FAILURE;
@@ -170,6 +201,8 @@ int main(void) {
     tcase_add_test(tc, test_same_seed_same_run);
     tcase_add_test(tc, test_plugins_lists_built);
     tcase_add_test(tc, test_config_errors_exit_nonzero);
+    tcase_add_test(tc, test_data_show);
+    tcase_add_test(tc, test_tokenize_command);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

@@ -11,8 +11,19 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static const qft_ops *ops;
+
+static int omp_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
 
 static void fill(float *x, size_t n, uint64_t seed, float scale) {
     qft_rng r;
@@ -309,8 +320,15 @@ static void attention_ref(const float *qkv, const uint8_t *mask, const float *do
     free(P), free(dP);
 }
 
+static float *att_work(int T, int hd, size_t *n) {
+    *n = ops->attention_workspace(T, hd);
+    return falloc(*n);
+}
+
 static void check_attention(int B, int T, int H, int KV, int hd, const uint8_t *mask,
                             uint64_t seed) {
+    size_t wn;
+    float *work = att_work(T, hd, &wn);
     const int W = QFT_QKV_WIDTH(H, KV, hd);
     const double scale = 1.0 / sqrt((double)hd);
     size_t nq = (size_t)B * T * W, no = (size_t)B * T * H * hd;
@@ -321,16 +339,21 @@ static void check_attention(int B, int T, int H, int KV, int hd, const uint8_t *
     fill(dout, no, seed + 1, 1.0f);
     fill(dqkv, nq, seed + 2, 1.0f); /* garbage: the op overwrites */
     attention_ref(qkv, mask, dout, B, T, H, KV, hd, scale, ro, rd);
-    ops->attention_fwd(out, lse, qkv, mask, B, T, H, KV, hd, (float)scale);
+    ops->attention_fwd(out, lse, qkv, mask, B, T, H, KV, hd, (float)scale, work, wn);
     double e = rel_max_err(out, ro, no);
     ck_assert_msg(e < 2e-5, "attention fwd (B%d T%d H%d KV%d hd%d) rel err %g", B, T, H, KV, hd, e);
-    ops->attention_bwd(dqkv, dout, out, lse, qkv, mask, B, T, H, KV, hd, (float)scale);
+    ops->attention_bwd(dqkv, dout, out, lse, qkv, mask, B, T, H, KV, hd, (float)scale, work, wn);
     e = rel_max_err(dqkv, rd, nq);
     ck_assert_msg(e < 2e-5, "attention bwd (B%d T%d H%d KV%d hd%d) rel err %g", B, T, H, KV, hd, e);
     for (size_t i = 0; i < nq; i++) ck_assert(isfinite(dqkv[i]));
     /* deterministic: a second run gives the same bits */
-    ops->attention_bwd(dqkv2, dout, out, lse, qkv, mask, B, T, H, KV, hd, (float)scale);
+    ops->attention_bwd(dqkv2, dout, out, lse, qkv, mask, B, T, H, KV, hd, (float)scale, work, wn);
     ck_assert_mem_eq(dqkv, dqkv2, nq * sizeof(float));
+    /* one thread's worth of scratch: fewer threads, same bits */
+    ops->attention_bwd(dqkv2, dout, out, lse, qkv, mask, B, T, H, KV, hd, (float)scale, work,
+                       wn / (size_t)omp_threads());
+    ck_assert_mem_eq(dqkv, dqkv2, nq * sizeof(float));
+    free(work);
     free(qkv), free(out), free(lse), free(dout), free(dqkv), free(dqkv2), free(ro), free(rd);
 }
 
@@ -368,8 +391,11 @@ START_TEST(test_attention_bwd_finite_difference) {
     fill(dout, sizeof dout / sizeof *dout, 401, 1.0f);
     const double scale = 0.5;
     attention_ref(qkv, NULL, dout, B, T, H, KV, hd, scale, o1, rd);
-    ops->attention_fwd(out, lse, qkv, NULL, B, T, H, KV, hd, (float)scale);
-    ops->attention_bwd(dq, dout, out, lse, qkv, NULL, B, T, H, KV, hd, (float)scale);
+    size_t wn;
+    float *work = att_work(T, hd, &wn);
+    ops->attention_fwd(out, lse, qkv, NULL, B, T, H, KV, hd, (float)scale, work, wn);
+    ops->attention_bwd(dq, dout, out, lse, qkv, NULL, B, T, H, KV, hd, (float)scale, work, wn);
+    free(work);
     for (int idx = 0; idx < B * T * W; idx += 3) {
         const float save = qkv[idx], hstep = 1e-2f;
         const float up = save + hstep, down = save - hstep;
