@@ -31,7 +31,8 @@ void qft_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, cons
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { /* BLAS leaves C untouched for K = 0 only when beta = 1 */
         for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+            for (int j = 0; j < N; j++)
+                C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return;
     }
     qft_cpu_blas_init();

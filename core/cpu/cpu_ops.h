@@ -1,7 +1,12 @@
 /* The CPU backend: fp32 kernels behind the qft_ops table (plugins/qft/qft_ops.h).
  * GEMM goes to OpenBLAS; everything else is plain C with OpenMP over rows, heads or
  * column blocks, split so that no two threads write the same output (no atomics, so
- * results do not depend on scheduling). */
+ * results do not depend on scheduling).
+ *
+ * The backend owns the process's OpenBLAS threading: on first use it sets OpenBLAS to one
+ * thread (openblas_set_num_threads(1)) and splits large GEMMs over OpenMP threads itself,
+ * because two spinning thread pools on a small machine cost a third of a train step.
+ * OMP_NUM_THREADS therefore sets the parallelism of everything, GEMM included. */
 #ifndef QFT_CPU_OPS_H
 #define QFT_CPU_OPS_H
 

@@ -96,7 +96,9 @@ void qft_llama_config_defaults(qft_llama_config *cfg);
 /* Forward over a batch; *loss = mean cross-entropy over the shifted labels != -100 (0 when
  * there are none). Keeps what backward needs (or only the block inputs with recompute). */
 int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_err *err);
-/* Backward of loss_scale * (the last forward's loss), accumulated (+=) into m->grads. */
+/* Backward of loss_scale * (the last forward's loss), accumulated (+=) into m->grads. b must
+ * be the batch of that forward (same shape, ids and mask unchanged); each forward allows one
+ * backward, which recomputes block activations if that forward ran with m->recompute. */
 int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err);
 /* Logits of the last forward, (B, T, V) fp32; NULL once backward has run, because backward
  * turns the logits buffer into the logits' gradient in place (no second (B, T, V) buffer). */

@@ -32,7 +32,7 @@ static void block_backward(qft_llama_model *m, int l, int slot, const float *x_i
     o->gemm(1, 0, C, I, N, 1.0f, dres, C, a->h, I, 1.0f, gw->wdown, I); // (C, I) += dres^T h
     o->gemm(0, 0, N, I, C, 1.0f, dres, C, w->wdown, I, 0.0f, a->dh, I); // (N, I)
     o->swiglu_bwd(a->dgu, a->dh, gu, N, I);                             // (N, 2I)
-    qft_llama_lin_group g = {2, {w->wgate, w->wup, NULL}, {I, I, 0}};
+    qft_llama_lin_group g = qft_llama_gu_group(c, w);
     float *gwgu[3] = {gw->wgate, gw->wup, NULL};
     qft_llama_lin_bwd_w(o, &g, gwgu, a->dgu, 2 * I, a->ln, N, C);
     qft_llama_lin_bwd_x(o, &g, a->dgu, 2 * I, N, C, 0.0f, a->dln);       // (N, C)
@@ -45,8 +45,7 @@ static void block_backward(qft_llama_model *m, int l, int slot, const float *x_i
                      (float)(1.0 / sqrt((double)hd)), a->att_work, a->att_work_n);
     o->rope_bwd(a->dqkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps); /* norm1 out */
-    const int qo = H * hd, kvo = KV * hd;
-    g = (qft_llama_lin_group){3, {w->wq, w->wk, w->wv}, {qo, kvo, kvo}};
+    g = qft_llama_qkv_group(c, w);
     float *gwqkv[3] = {gw->wq, gw->wk, gw->wv};
     qft_llama_lin_bwd_w(o, &g, gwqkv, a->dqkv, W, a->ln, N, C);
     qft_llama_lin_bwd_x(o, &g, a->dqkv, W, N, C, 0.0f, a->dln);        // (N, C)
@@ -84,8 +83,9 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
 
     for (int l = L - 1; l >= 0; l--) {
         const float *x_in = a->x + l * cN * C; // (N, C)
-        if (m->recompute) qft_llama_block_forward(m, l, 0, x_in, NULL);
-        block_backward(m, l, m->recompute ? 0 : l, x_in);
+        /* the mode forward ran in, not m->recompute now: the buffers hold what it kept */
+        if (a->fwd_recompute) qft_llama_block_forward(m, l, 0, x_in, NULL);
+        block_backward(m, l, a->fwd_recompute ? 0 : l, x_in);
     }
     o->embedding_bwd(m->g.embed, a->dres, b->ids, N, C);
     return 0;

@@ -8,16 +8,6 @@
 
 #define IGNORE_INDEX (-100)
 
-static qft_llama_lin_group qkv_group(const qft_llama_config *c, const qft_llama_layer_ptrs *w) {
-    const int qo = c->num_attention_heads * c->head_dim, kvo = c->num_key_value_heads * c->head_dim;
-    return (qft_llama_lin_group){3, {w->wq, w->wk, w->wv}, {qo, kvo, kvo}};
-}
-
-static qft_llama_lin_group gu_group(const qft_llama_config *c, const qft_llama_layer_ptrs *w) {
-    return (qft_llama_lin_group){2, {w->wgate, w->wup, NULL},
-                                 {c->intermediate_size, c->intermediate_size, 0}};
-}
-
 void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_in,
                              float *x_out) {
     struct qft_llama_acts *a = m->acts;
@@ -38,7 +28,7 @@ void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x
     float *gu = a->gu + slot * cN * 2 * I;               // (N, 2I)
 
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps);
-    qft_llama_lin_group g = qkv_group(c, w);
+    qft_llama_lin_group g = qft_llama_qkv_group(c, w);
     qft_llama_lin_fwd(o, &g, a->ln, N, C, qkv, W);
     /* queries and keys are adjacent heads (H then KV) in each qkv row: one rope call */
     o->rope_fwd(qkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
@@ -48,7 +38,7 @@ void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x
     o->gemm(0, 1, N, C, H * hd, 1.0f, att, H * hd, w->wo, H * hd, 1.0f, xmid, C); /* residual */
 
     o->rmsnorm_fwd(a->ln, rstd2, xmid, w->ln2, N, C, c->rms_norm_eps);
-    g = gu_group(c, w);
+    g = qft_llama_gu_group(c, w);
     qft_llama_lin_fwd(o, &g, a->ln, N, C, gu, 2 * I);
     if (!x_out) return; /* recomputation for backward stops here: h is rebuilt there */
     o->swiglu_fwd(a->h, gu, N, I);
@@ -82,7 +72,7 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     const int B = b->B, T = b->T, N = B * T;
     const int C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
     const size_t cN = (size_t)a->cap_N;
-    a->B = B, a->T = T, a->mask = b->mask;
+    a->B = B, a->T = T, a->mask = b->mask, a->fwd_recompute = m->recompute;
     a->grad_ready = 0, a->logits_valid = 0;
     if (a->rope_T != T) {
         o->rope_table(a->rope_cos, a->rope_sin, T, c->head_dim, c->rope_theta, c->rope_type,
@@ -93,7 +83,7 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
 
     o->embedding_fwd(a->x, b->ids, m->p.embed, N, C);
     for (int l = 0; l < L; l++)
-        qft_llama_block_forward(m, l, m->recompute ? 0 : l, a->x + l * cN * C,
+        qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, a->x + l * cN * C,
                                 a->x + (l + 1) * cN * C);
     const float *xL = a->x + L * cN * C; // (N, C)
     o->rmsnorm_fwd(a->lnf, a->rstdf, xL, m->p.norm, N, C, c->rms_norm_eps);

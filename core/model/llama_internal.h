@@ -43,6 +43,7 @@ struct qft_llama_acts {
     /* the last forward */
     int B, T;            /* shape of the last forward's batch, 0 when none */
     const uint8_t *mask; /* that batch's mask (the caller's memory, only during forward) */
+    int fwd_recompute;   /* m->recompute at the last forward: its backward follows it */
     int n_valid;         /* positions counted in the loss */
     int logits_valid;    /* 1 after forward, 0 once backward turned them into gradients */
     int grad_ready;      /* 1 after forward until its backward */
@@ -61,6 +62,20 @@ typedef struct qft_llama_lin_group {
     const float *w[3]; /* (out[i], in) each */
     int out[3];
 } qft_llama_lin_group;
+
+/* q, k, v of layer weights w (or of their gradients): outputs H*hd, KV*hd, KV*hd */
+static inline qft_llama_lin_group qft_llama_qkv_group(const qft_llama_config *c,
+                                                      const qft_llama_layer_ptrs *w) {
+    const int qo = c->num_attention_heads * c->head_dim, kvo = c->num_key_value_heads * c->head_dim;
+    return (qft_llama_lin_group){3, {w->wq, w->wk, w->wv}, {qo, kvo, kvo}};
+}
+
+/* gate, up: outputs I, I */
+static inline qft_llama_lin_group qft_llama_gu_group(const qft_llama_config *c,
+                                                     const qft_llama_layer_ptrs *w) {
+    return (qft_llama_lin_group){2, {w->wgate, w->wup, NULL},
+                                 {c->intermediate_size, c->intermediate_size, 0}};
+}
 
 /* y (N, ldy): columns [sum out[<i], + out[i]) = x (N, in) W[i]^T */
 void qft_llama_lin_fwd(const qft_ops *ops, const qft_llama_lin_group *g, const float *x, int N,

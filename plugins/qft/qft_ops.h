@@ -98,9 +98,9 @@ typedef struct qft_ops {
      * all real). scale multiplies q.k (1/sqrt(hd) for Llama); softmax in fp32.
      * out (B, T, H*hd); lse (B, H, T) the log-sum-exp of each row's scaled scores, saved
      * for backward, which recomputes the probabilities from it. A row with no visible key
-     * gets out = 0 and lse = -INFINITY (and no gradient). work (work_floats) is scratch of
-     * at least attention_workspace(T, hd) / threads floats; a smaller one runs on fewer
-     * threads. */
+     * gets out = 0 and lse = -INFINITY (and no gradient). work holds work_floats floats of
+     * scratch, attention_workspace(T, hd) for full speed; with less the op runs on fewer
+     * threads (same results), and it needs at least one thread's share of it. */
     void (*attention_fwd)(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
                           int T, int H, int KV, int hd, float scale, float *work,
                           size_t work_floats);

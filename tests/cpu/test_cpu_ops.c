@@ -54,7 +54,10 @@ static double *dalloc(size_t n) {
 
 /* ---- gemm ---------------------------------------------------------------------------- */
 START_TEST(test_gemm_all_transposes) {
-    const int M = 37, N = 29, K = 45, pad = 3;
+    /* a small shape (one sgemm call) and two large enough to be split over threads, once
+     * along rows of C and once along columns */
+    static const int shapes[3][3] = {{37, 29, 45}, {150, 70, 40}, {70, 150, 40}};
+    const int M = shapes[_i][0], N = shapes[_i][1], K = shapes[_i][2], pad = 3;
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
@@ -80,9 +83,19 @@ START_TEST(test_gemm_all_transposes) {
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) got[(size_t)i * N + j] = C[(size_t)i * ldc + j];
             double e = rel_max_err(got, ref, (size_t)M * N);
-            ck_assert_msg(e < 1e-5, "gemm transA=%d transB=%d: rel err %g", ta, tb, e);
+            ck_assert_msg(e < 1e-5, "gemm %dx%dx%d transA=%d transB=%d: rel err %g", M, N, K, ta,
+                          tb, e);
             free(A), free(Bm), free(C), free(ref), free(got);
         }
+}
+END_TEST
+
+START_TEST(test_gemm_empty_k) {
+    float C[6] = {1, 2, 3, NAN, 5, 6}, A[1] = {0}, Bm[1] = {0};
+    ops->gemm(0, 0, 2, 3, 0, 1.0f, A, 1, Bm, 3, 2.0f, C, 3);
+    ck_assert(C[0] == 2.0f && C[5] == 12.0f);
+    ops->gemm(0, 0, 2, 3, 0, 1.0f, A, 1, Bm, 3, 0.0f, C, 3); /* beta 0 clears, NaN too */
+    for (int i = 0; i < 6; i++) ck_assert(C[i] == 0.0f);
 }
 END_TEST
 
@@ -509,7 +522,8 @@ int main(void) {
     Suite *s = suite_create("cpu_ops");
     TCase *tc = tcase_create("ops");
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_gemm_all_transposes);
+    tcase_add_loop_test(tc, test_gemm_all_transposes, 0, 3);
+    tcase_add_test(tc, test_gemm_empty_k);
     tcase_add_test(tc, test_embedding);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_rope_table_matches_transformers);

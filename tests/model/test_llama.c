@@ -151,8 +151,10 @@ START_TEST(test_recompute_bit_identical) {
     size_t nl = (size_t)a.batch.B * a.batch.T * a.m.cfg.vocab_size;
     ck_assert_mem_eq(qft_llama_logits(&a.m), qft_llama_logits(&b.m), nl * sizeof(float));
     ck_assert_msg(qft_llama_backward(&a.m, &a.batch, 1.0f, &err) == 0, "%s", err.msg);
+    b.m.recompute = 0; /* too late to matter: backward follows its forward's mode */
     ck_assert_msg(qft_llama_backward(&b.m, &b.batch, 1.0f, &err) == 0, "%s", err.msg);
     ck_assert_mem_eq(a.m.grads, b.m.grads, a.m.n_params * sizeof(float));
+    b.m.recompute = 1;
     /* and recompute keeps less: one block's activations instead of L */
     ck_assert_uint_lt(qft_llama_acts_bytes(&b.m), qft_llama_acts_bytes(&a.m));
     fixture_close(&a);
