@@ -27,7 +27,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench: %s\n", err.msg);
         return 1;
     }
-    qft_llama_init_random(&m, 1234);
+    if (qft_llama_init_random(&m, 1234, &err)) return 1;
     qft_optim_config oc = {.kind = QFT_OPT_ADAMW, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-5f,
                            .weight_decay = 0.1f};
     qft_optim opt;

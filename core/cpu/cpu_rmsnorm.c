@@ -44,6 +44,7 @@ void qft_cpu_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x
 #pragma omp simd
         for (int c = 0; c < C; c++) d[c] += r * (dy[c] * w[c] - (xr[c] * r) * m);
     }
+    if (!dw) return; /* a frozen norm weight: only the input gradient */
 #pragma omp parallel if (N > 16)
     {
         int nt = 1, tid = 0;

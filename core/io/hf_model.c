@@ -129,6 +129,18 @@ static int ends_with(const char *s, const char *suffix) {
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+/* A tensor "<linear>.<anything>" of a linear the quantizer packs: its statistics in a
+ * pre-quantized checkpoint ("...q_proj.weight.absmax" for bitsandbytes). */
+static int quantizer_owned(const qft_llama_model *m, const char *name) {
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (e->role != QFT_ROLE_QUANTIZED) continue;
+        size_t pl = strlen(e->name) - strlen(".weight"); /* "...q_proj" */
+        if (strncmp(name, e->name, pl) == 0 && name[pl] == '.') return 1;
+    }
+    return 0;
+}
+
 /* Every tensor in the files must be a parameter of this config, or a buffer transformers
  * itself ignores. Otherwise the checkpoint is something else (biases, a Mistral or MoE
  * variant, a config.json with too few layers) and loading only the known part would
@@ -143,6 +155,7 @@ static int check_extras(const sources *s, const qft_llama_model *m, qft_err *err
         for (int j = 0; j < f->n_entries; j++) {
             const char *name = f->entries[j].name;
             if (qft_llama_find_entry(m, name)) continue;
+            if (quantizer_owned(m, name)) continue;
             /* old checkpoints stored RoPE's inverse frequencies; they derive from config */
             if (ends_with(name, "rotary_emb.inv_freq")) continue;
             /* tied: the head is the embedding; transformers drops a stored copy too */
@@ -174,8 +187,38 @@ static void fmt_shape(const int64_t *shape, int ndim, char *buf, size_t n) {
     if (used < n) snprintf(buf + used, n - used, "]");
 }
 
-static int load_tensor(const sources *s, qft_llama_model *m, const qft_param_entry *pe,
-                       qft_err *err) {
+/* The checkpoint as quantizer plugins see it (qft_tensor_source): any tensor by name,
+ * whichever shard holds it. Data may be unaligned for its dtype, as in the file. */
+static int source_find(void *ctx, const char *name, qft_tensor *t, qft_err *err) {
+    const sources *s = ctx;
+    for (int i = 0; i < s->n_files; i++) {
+        const qft_st_entry *e = qft_st_find(&s->files[i].f, name);
+        if (e) {
+            *t = e->t;
+            return 0;
+        }
+    }
+    (void)err;
+    return 1;
+}
+
+static int source_get(void *ctx, const char *name, qft_tensor *t, qft_err *err) {
+    const sources *s = ctx;
+    if (source_find(ctx, name, t, err) == 0) return 0;
+    return qft_err_setf(err, "%s: tensor '%s' not found", s->dir, name);
+}
+
+static int load_tensor(const sources *s, qft_llama_model *m, qft_param_entry *pe,
+                       float **scratch, size_t *scratch_n, qft_err *err) {
+    if (pe->role == QFT_ROLE_QUANTIZED) {
+        /* a pre-quantized checkpoint first: the quantizer reads its own keys */
+        char prefix[96];
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(strlen(pe->name) - strlen(".weight")),
+                 pe->name);
+        qft_tensor_source src = {(void *)s, source_get, source_find, s->dir};
+        int rc = m->qvt->load(m->qstate, prefix, pe->shape[0], pe->shape[1], &src, &pe->qw, err);
+        if (rc <= 0) return rc;
+    }
     const source_file *sf = NULL;
     const qft_st_entry *e = NULL;
     if (locate(s, pe->name, &sf, &e, err)) return -1;
@@ -194,13 +237,32 @@ static int load_tensor(const sources *s, qft_llama_model *m, const qft_param_ent
     if (dt != QFT_DT_F32 && dt != QFT_DT_BF16 && dt != QFT_DT_F16)
         return qft_err_setf(err, "%s/%s: tensor '%s' has dtype %s; expected F32, BF16 or F16",
                             s->dir, sf->name, pe->name, qft_dtype_name(dt));
-    float *dst = m->params + pe->offset; // (numel) slot of this tensor in the flat buffer
-    if (qft_st_entry_to_f32(&sf->f, e, dst, err)) return -1;
+    if (pe->role != QFT_ROLE_QUANTIZED) {
+        float *dst = m->params + pe->offset; // (numel) slot of this tensor in the flat buffer
+        if (qft_st_entry_to_f32(&sf->f, e, dst, err)) return -1;
+    } else {
+        /* quantized as it arrives: the one dense tensor held at a time, in a scratch buffer
+         * reused (grown) from tensor to tensor */
+        if (*scratch_n < pe->numel) {
+            qft_mem_free(*scratch);
+            *scratch = qft_mem_alloc(pe->numel * sizeof(float), "load scratch");
+            *scratch_n = *scratch ? pe->numel : 0;
+            if (!*scratch) return qft_err_setf(err, "%s: out of memory", pe->name);
+        }
+        if (qft_st_entry_to_f32(&sf->f, e, *scratch, err) ||
+            qft_llama_set_dense(m, pe, *scratch, err))
+            return -1;
+    }
     qft_st_release(&sf->f, e);
     return 0;
 }
 
 int qft_hf_model_load(const char *dir, qft_llama_model *m, qft_err *err) {
+    return qft_hf_model_load_build(dir, m, NULL, err);
+}
+
+int qft_hf_model_load_build(const char *dir, qft_llama_model *m, const qft_llama_build *build,
+                            qft_err *err) {
     memset(m, 0, sizeof *m);
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
@@ -212,12 +274,16 @@ int qft_hf_model_load(const char *dir, qft_llama_model *m, qft_err *err) {
         sources_close(&s);
         return -1;
     }
-    if (qft_llama_alloc(m, &cfg, err)) {
+    if (qft_llama_alloc_build(m, &cfg, build, err)) {
         sources_close(&s);
         return -1;
     }
     int rc = check_extras(&s, m, err);
-    for (int i = 0; !rc && i < m->n_entries; i++) rc = load_tensor(&s, m, &m->entries[i], err);
+    float *scratch = NULL;
+    size_t scratch_n = 0;
+    for (int i = 0; !rc && i < m->n_entries; i++)
+        rc = load_tensor(&s, m, &m->entries[i], &scratch, &scratch_n, err);
+    qft_mem_free(scratch);
     sources_close(&s);
     if (rc) qft_llama_free(m);
     return rc;
@@ -232,7 +298,16 @@ static const char *torch_dtype_name(qft_dtype dt) {
     }
 }
 
+static int sink_add(void *ctx, const char *name, const qft_tensor *t, qft_err *err) {
+    return qft_st_writer_add((qft_st_writer *)ctx, name, t, err);
+}
+
 int qft_hf_model_save(const char *dir, const qft_llama_model *m, qft_dtype dtype, qft_err *err) {
+    return qft_hf_model_save_ex(dir, m, dtype, 0, err);
+}
+
+int qft_hf_model_save_ex(const char *dir, const qft_llama_model *m, qft_dtype dtype,
+                         int keep_packed, qft_err *err) {
     const char *tdn = torch_dtype_name(dtype);
     if (!tdn)
         return qft_err_setf(err, "%s: cannot save a model as %s (F32, BF16 or F16)", dir,
@@ -243,6 +318,10 @@ int qft_hf_model_save(const char *dir, const qft_llama_model *m, qft_dtype dtype
         return qft_err_setf(err, "%s: path too long", dir);
     qft_st_writer w;
     qft_st_writer_init(&w);
+    qft_tensor_sink sink = {&w, sink_add};
+    /* dequantized copies of packed weights must live until the file is written */
+    float **dense = calloc((size_t)m->n_entries, sizeof *dense);
+    if (!dense) return qft_err_setf(err, "%s: out of memory", dir);
     /* transformers marks its files so; some loaders check it */
     int rc = qft_st_writer_meta(&w, "format", "pt", err);
     /* The table holds a tied head once, as the embedding, which is how transformers saves
@@ -251,10 +330,28 @@ int qft_hf_model_save(const char *dir, const qft_llama_model *m, qft_dtype dtype
         const qft_param_entry *pe = &m->entries[i];
         qft_tensor t = {.dtype = QFT_DT_F32, .ndim = pe->ndim, .data = m->params + pe->offset};
         for (int d = 0; d < pe->ndim; d++) t.shape[d] = pe->shape[d];
-        rc = qft_st_writer_add_f32(&w, pe->name, &t, dtype, err);
+        if (pe->role == QFT_ROLE_QUANTIZED && keep_packed) {
+            char prefix[96];
+            snprintf(prefix, sizeof prefix, "%.*s", (int)(strlen(pe->name) - strlen(".weight")),
+                     pe->name);
+            rc = m->qvt->save(pe->qw, prefix, &sink, err);
+            continue;
+        }
+        if (pe->role == QFT_ROLE_QUANTIZED) {
+            dense[i] = malloc(pe->numel * sizeof(float));
+            if (!dense[i]) {
+                rc = qft_err_setf(err, "%s: out of memory dequantizing %s", dir, pe->name);
+                break;
+            }
+            rc = qft_llama_get_dense(m, pe, dense[i], err);
+            t.data = dense[i];
+        }
+        if (!rc) rc = qft_st_writer_add_f32(&w, pe->name, &t, dtype, err);
     }
     if (!rc) rc = qft_st_write(&w, path, err);
     qft_st_writer_free(&w);
+    for (int i = 0; i < m->n_entries; i++) free(dense[i]);
+    free(dense);
     if (rc) return -1;
     snprintf(path, sizeof path, "%s/config.json", dir);
     return qft_hf_config_save(path, &m->cfg, tdn, err);

@@ -21,9 +21,18 @@ int qft_hf_config_save(const char *path, const qft_llama_config *cfg, const char
  * buffers, and lm_head.weight of a tied model, are ignored as transformers does). On
  * error m holds nothing to free. */
 int qft_hf_model_load(const char *dir, qft_llama_model *m, qft_err *err);
+/* The same with tensor roles and a quantizer: frozen linears the build quantizes are read
+ * from the quantizer's own keys when the checkpoint is pre-quantized, else converted one
+ * at a time and quantized as they arrive (peak: the packed model plus one dense tensor). */
+int qft_hf_model_load_build(const char *dir, qft_llama_model *m, const qft_llama_build *build,
+                            qft_err *err);
 /* Writes DIR/model.safetensors (metadata {"format": "pt"}) and DIR/config.json in dtype
  * (F32, BF16 or F16), each atomically; DIR is created when missing. A tied head is written
  * once, as model.embed_tokens.weight, as transformers does. */
 int qft_hf_model_save(const char *dir, const qft_llama_model *m, qft_dtype dtype, qft_err *err);
+/* keep_packed: quantized linears are written in their quantizer's format (the peer
+ * library's key names, through qft_quantizer_vtable.save) instead of dequantized. */
+int qft_hf_model_save_ex(const char *dir, const qft_llama_model *m, qft_dtype dtype,
+                         int keep_packed, qft_err *err);
 
 #endif

@@ -5,6 +5,7 @@
 #define QFT_LLAMA_H
 
 #include "qft_base.h"
+#include "qft_sdk.h"
 
 enum { QFT_ROPE_DEFAULT = 0, QFT_ROPE_LLAMA3 = 1 };
 
@@ -48,14 +49,39 @@ typedef struct qft_llama_ptrs {
     float *lm_head;               /* (V, C) lm_head.weight; == embed when tied */
 } qft_llama_ptrs;
 
-/* One named tensor of the flat buffer, with its Hugging Face name. */
+/* What a tensor does in a run. Trainable tensors come first in the flat buffer, so the
+ * optimizer, clipping and (later) sharding walk params[0, n_trainable) and one gradient
+ * buffer of that size; frozen ones follow; quantized ones live in their quantizer's
+ * packed state and not in the flat buffer at all. */
+enum { QFT_ROLE_TRAIN = 0, QFT_ROLE_FROZEN = 1, QFT_ROLE_QUANTIZED = 2 };
+
+/* One named tensor of the model, with its Hugging Face name. */
 typedef struct qft_param_entry {
     char name[96];
     int ndim;
     int64_t shape[2];
-    size_t offset; /* in floats, into the flat buffer */
+    size_t offset; /* in floats, into the flat buffer; unused when quantized */
     size_t numel;
+    int role;              /* QFT_ROLE_* */
+    struct qft_qweight *qw; /* the packed weight when role is QFT_ROLE_QUANTIZED */
+    int layer, field;      /* where its views live: layer -1 = embed/norm/head (0/1/2),
+                            * else the field of qft_llama_layer_ptrs in declaration order */
 } qft_param_entry;
+
+/* The seven linears of a block, in the order the entry table lists them. */
+enum { QFT_LIN_Q = 0, QFT_LIN_K, QFT_LIN_V, QFT_LIN_O, QFT_LIN_GATE, QFT_LIN_UP, QFT_LIN_DOWN,
+       QFT_LIN_COUNT };
+
+/* How to build a model: the role of each tensor and the quantizer for frozen linears.
+ * A NULL build (or role) means every tensor trains, dense. */
+typedef struct qft_llama_build {
+    /* Role of tensor `name`; is_linear says it is one of a block's seven projections
+     * (quantizers only ever take those: embeddings, norms and the head stay dense). */
+    int (*role)(void *ctx, const char *name, int is_linear);
+    void *ctx;
+    const qft_quantizer_vtable *qvt; /* for QFT_ROLE_QUANTIZED */
+    const void *qstate;              /* the quantizer's configured options */
+} qft_llama_build;
 
 struct qft_llama_acts; /* activation storage, private to the model code */
 
@@ -70,21 +96,39 @@ typedef struct qft_batch {
 
 typedef struct qft_llama_model {
     qft_llama_config cfg;
-    size_t n_params;          /* floats in params (tied head counted once) */
+    size_t n_params;          /* floats in params: trainable, then frozen (tied head once) */
+    size_t n_trainable;       /* params[0, n_trainable) train */
+    size_t n_quantized;       /* weights held packed by the quantizer (not in params) */
     float *params;            /* (n_params) */
-    float *grads;             /* (n_params) or NULL when not training */
+    float *grads;             /* (n_trainable) or NULL when not training */
     qft_param_entry *entries; /* [n_entries], in Hugging Face order */
     int n_entries;
-    qft_llama_ptrs p, g;      /* views of params and grads */
+    int (*lin_entry)[QFT_LIN_COUNT]; /* [L][7] entry index of each block linear */
+    qft_llama_ptrs p, g;      /* views of params and grads; NULL where packed or frozen */
+    const qft_quantizer_vtable *qvt; /* not owned */
+    const void *qstate;              /* not owned */
     int recompute;            /* keep only block inputs; recompute the rest in backward */
     struct qft_llama_acts *acts;
 } qft_llama_model;
 
-/* Allocates parameters for `cfg` (zeroed) and fills entries and p. */
+/* Allocates parameters for `cfg` (zeroed) and fills entries and p; every tensor trains. */
 int qft_llama_alloc(qft_llama_model *m, const qft_llama_config *cfg, qft_err *err);
-/* transformers' init: normal(0, initializer_range) for linears and embeddings, ones for norms. */
-void qft_llama_init_random(qft_llama_model *m, uint64_t seed);
-/* Allocates grads (zeroed) and the g views. */
+/* The same with roles and a quantizer from `build` (NULL = all train). Quantized entries
+ * get their weight later, from qft_llama_set_dense or a quantized checkpoint. */
+int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
+                          const qft_llama_build *build, qft_err *err);
+/* Stores a dense fp32 tensor (numel floats) as entry `e`: copied into the flat buffer, or
+ * quantized by the model's quantizer when the entry's role is QFT_ROLE_QUANTIZED. */
+int qft_llama_set_dense(qft_llama_model *m, qft_param_entry *e, const float *w, qft_err *err);
+/* Writes entry e's weight as dense fp32 into dst (numel floats), dequantizing if packed. */
+int qft_llama_get_dense(const qft_llama_model *m, const qft_param_entry *e, float *dst,
+                        qft_err *err);
+/* transformers' init: normal(0, initializer_range) for linears and embeddings, ones for
+ * norms; quantized linears are drawn dense and quantized one at a time. */
+int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err);
+/* Bytes the model's weights occupy: the flat buffer plus every packed weight. */
+size_t qft_llama_weight_bytes(const qft_llama_model *m);
+/* Allocates grads (n_trainable, zeroed) and the g views of trainable tensors. */
 int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err);
 void qft_llama_zero_grads(qft_llama_model *m);
 void qft_llama_free(qft_llama_model *m);

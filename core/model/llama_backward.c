@@ -6,7 +6,8 @@
 
 #include <math.h>
 
-static void block_backward(qft_llama_model *m, int l, int slot, const float *x_in) {
+static int block_backward(qft_llama_model *m, int l, int slot, const float *x_in,
+                          qft_err *err) {
     struct qft_llama_acts *a = m->acts;
     const qft_ops *o = a->ops;
     const qft_llama_config *c = &m->cfg;
@@ -29,27 +30,28 @@ static void block_backward(qft_llama_model *m, int l, int slot, const float *x_i
     /* MLP: x_out = xmid + down(swiglu(gate/up(norm2(xmid)))) */
     o->rmsnorm_fwd(a->ln, rstd2, xmid, w->ln2, N, C, c->rms_norm_eps); /* rebuild norm2 out */
     o->swiglu_fwd(a->h, gu, N, I);                                     /* rebuild h */
-    o->gemm(1, 0, C, I, N, 1.0f, dres, C, a->h, I, 1.0f, gw->wdown, I); // (C, I) += dres^T h
-    o->gemm(0, 0, N, I, C, 1.0f, dres, C, w->wdown, I, 0.0f, a->dh, I); // (N, I)
+    qft_llama_lin_group g = qft_llama_one_group(m, l, QFT_LIN_DOWN, 1);
+    qft_llama_lin_bwd_w(o, &g, dres, C, a->h, N);                       // (C, I) += dres^T h
+    if (qft_llama_lin_bwd_x(o, &g, dres, C, N, 0.0f, a->dh, err)) return -1; // (N, I)
     o->swiglu_bwd(a->dgu, a->dh, gu, N, I);                             // (N, 2I)
-    qft_llama_lin_group g = qft_llama_gu_group(c, w);
-    float *gwgu[3] = {gw->wgate, gw->wup, NULL};
-    qft_llama_lin_bwd_w(o, &g, gwgu, a->dgu, 2 * I, a->ln, N, C);
-    qft_llama_lin_bwd_x(o, &g, a->dgu, 2 * I, N, C, 0.0f, a->dln);       // (N, C)
+    g = qft_llama_gu_group(m, l, 1);
+    qft_llama_lin_bwd_w(o, &g, a->dgu, 2 * I, a->ln, N);
+    if (qft_llama_lin_bwd_x(o, &g, a->dgu, 2 * I, N, 0.0f, a->dln, err)) return -1; // (N, C)
     o->rmsnorm_bwd(dres, gw->ln2, a->dln, xmid, w->ln2, rstd2, N, C);  /* dres = d xmid */
 
     /* attention: xmid = x_in + o_proj(attn(rope(q/k/v(norm1(x_in))))) */
-    o->gemm(1, 0, C, A, N, 1.0f, dres, C, att, A, 1.0f, gw->wo, A);     // (C, H*hd)
-    o->gemm(0, 0, N, A, C, 1.0f, dres, C, w->wo, A, 0.0f, a->datt, A);  // (N, H*hd)
+    g = qft_llama_one_group(m, l, QFT_LIN_O, 1);
+    qft_llama_lin_bwd_w(o, &g, dres, C, att, N);                        // (C, H*hd)
+    if (qft_llama_lin_bwd_x(o, &g, dres, C, N, 0.0f, a->datt, err)) return -1; // (N, H*hd)
     o->attention_bwd(a->dqkv, a->datt, att, lse, qkv, a->mask, B, T, H, KV, hd,
                      (float)(1.0 / sqrt((double)hd)), a->att_work, a->att_work_n);
     o->rope_bwd(a->dqkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps); /* norm1 out */
-    g = qft_llama_qkv_group(c, w);
-    float *gwqkv[3] = {gw->wq, gw->wk, gw->wv};
-    qft_llama_lin_bwd_w(o, &g, gwqkv, a->dqkv, W, a->ln, N, C);
-    qft_llama_lin_bwd_x(o, &g, a->dqkv, W, N, C, 0.0f, a->dln);        // (N, C)
+    g = qft_llama_qkv_group(m, l, 1);
+    qft_llama_lin_bwd_w(o, &g, a->dqkv, W, a->ln, N);
+    if (qft_llama_lin_bwd_x(o, &g, a->dqkv, W, N, 0.0f, a->dln, err)) return -1; // (N, C)
     o->rmsnorm_bwd(dres, gw->ln1, a->dln, x_in, w->ln1, rstd1, N, C);  /* dres = d x_in */
+    return 0;
 }
 
 int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err) {
@@ -77,16 +79,17 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
     const float *dlogits = a->logits;                                            // (N, V)
     o->gemm(0, 0, N, C, V, 1.0f, dlogits, V, m->p.lm_head, C, 0.0f, a->dln, C);   // (N, C)
     /* tied: g.lm_head is g.embed, so the head's gradient lands in the embedding's */
-    o->gemm(1, 0, V, C, N, 1.0f, dlogits, V, a->lnf, C, 1.0f, m->g.lm_head, C);  // (V, C)
+    if (m->g.lm_head)
+        o->gemm(1, 0, V, C, N, 1.0f, dlogits, V, a->lnf, C, 1.0f, m->g.lm_head, C); // (V, C)
     o->zero(a->dres, (size_t)N * C);
     o->rmsnorm_bwd(a->dres, m->g.norm, a->dln, a->x + L * cN * C, m->p.norm, a->rstdf, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
         const float *x_in = a->x + l * cN * C; // (N, C)
         /* the mode forward ran in, not m->recompute now: the buffers hold what it kept */
-        if (a->fwd_recompute) qft_llama_block_forward(m, l, 0, x_in, NULL);
-        block_backward(m, l, a->fwd_recompute ? 0 : l, x_in);
+        if (a->fwd_recompute && qft_llama_block_forward(m, l, 0, x_in, NULL, err)) return -1;
+        if (block_backward(m, l, a->fwd_recompute ? 0 : l, x_in, err)) return -1;
     }
-    o->embedding_bwd(m->g.embed, a->dres, b->ids, N, C);
+    if (m->g.embed) o->embedding_bwd(m->g.embed, a->dres, b->ids, N, C);
     return 0;
 }

@@ -8,8 +8,8 @@
 
 #define IGNORE_INDEX (-100)
 
-void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_in,
-                             float *x_out) {
+int qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_in,
+                            float *x_out, qft_err *err) {
     struct qft_llama_acts *a = m->acts;
     const qft_ops *o = a->ops;
     const qft_llama_config *c = &m->cfg;
@@ -28,22 +28,24 @@ void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x
     float *gu = a->gu + slot * cN * 2 * I;               // (N, 2I)
 
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps);
-    qft_llama_lin_group g = qft_llama_qkv_group(c, w);
-    qft_llama_lin_fwd(o, &g, a->ln, N, C, qkv, W);
+    qft_llama_lin_group g = qft_llama_qkv_group(m, l, 0);
+    if (qft_llama_lin_fwd(o, &g, a->ln, N, qkv, W, 0.0f, err)) return -1;
     /* queries and keys are adjacent heads (H then KV) in each qkv row: one rope call */
     o->rope_fwd(qkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
     o->attention_fwd(att, lse, qkv, a->mask, B, T, H, KV, hd, (float)(1.0 / sqrt((double)hd)),
                      a->att_work, a->att_work_n);
     o->copy(xmid, x_in, (size_t)N * C);
-    o->gemm(0, 1, N, C, H * hd, 1.0f, att, H * hd, w->wo, H * hd, 1.0f, xmid, C); /* residual */
+    g = qft_llama_one_group(m, l, QFT_LIN_O, 0);
+    if (qft_llama_lin_fwd(o, &g, att, N, xmid, C, 1.0f, err)) return -1; /* residual */
 
     o->rmsnorm_fwd(a->ln, rstd2, xmid, w->ln2, N, C, c->rms_norm_eps);
-    g = qft_llama_gu_group(c, w);
-    qft_llama_lin_fwd(o, &g, a->ln, N, C, gu, 2 * I);
-    if (!x_out) return; /* recomputation for backward stops here: h is rebuilt there */
+    g = qft_llama_gu_group(m, l, 0);
+    if (qft_llama_lin_fwd(o, &g, a->ln, N, gu, 2 * I, 0.0f, err)) return -1;
+    if (!x_out) return 0; /* recomputation for backward stops here: h is rebuilt there */
     o->swiglu_fwd(a->h, gu, N, I);
     o->copy(x_out, xmid, (size_t)N * C);
-    o->gemm(0, 1, N, C, I, 1.0f, a->h, I, w->wdown, I, 1.0f, x_out, C); /* residual */
+    g = qft_llama_one_group(m, l, QFT_LIN_DOWN, 0);
+    return qft_llama_lin_fwd(o, &g, a->h, N, x_out, C, 1.0f, err); /* residual */
 }
 
 static int check_batch(const qft_llama_model *m, const qft_batch *b, qft_err *err) {
@@ -63,7 +65,7 @@ static int check_batch(const qft_llama_model *m, const qft_batch *b, qft_err *er
 }
 
 int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_err *err) {
-    if (!m->params) return qft_err_setf(err, "llama forward: model has no parameters");
+    if (!m->entries) return qft_err_setf(err, "llama forward: model has no parameters");
     if (check_batch(m, b, err)) return -1;
     if (qft_llama_acts_reserve(m, b->B, b->T, err)) return -1;
     struct qft_llama_acts *a = m->acts;
@@ -83,8 +85,9 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
 
     o->embedding_fwd(a->x, b->ids, m->p.embed, N, C);
     for (int l = 0; l < L; l++)
-        qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, a->x + l * cN * C,
-                                a->x + (l + 1) * cN * C);
+        if (qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, a->x + l * cN * C,
+                                    a->x + (l + 1) * cN * C, err))
+            return -1;
     const float *xL = a->x + L * cN * C; // (N, C)
     o->rmsnorm_fwd(a->lnf, a->rstdf, xL, m->p.norm, N, C, c->rms_norm_eps);
     o->gemm(0, 1, N, V, C, 1.0f, a->lnf, C, m->p.lm_head, C, 0.0f, a->logits, V); // (N, V)

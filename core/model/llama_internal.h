@@ -51,40 +51,54 @@ struct qft_llama_acts {
 
 /* Runs block l on x_in (N, C): fills slot `slot` of rstd1, qkv, att, lse, xmid, rstd2, gu
  * and, when x_out is not NULL, writes x_out (N, C) = the block's output. */
-void qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_in,
-                             float *x_out);
+int qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_in,
+                            float *x_out, qft_err *err);
+
+/* One linear of a block as the passes see it: a dense base (in the flat buffer) or a
+ * packed one (its quantizer's state), and its gradient when it trains. */
+typedef struct qft_llama_linear {
+    int out, in;
+    const float *w;                  /* (out, in) dense weight, NULL when packed */
+    float *dw;                       /* (out, in) gradient, NULL when frozen or packed */
+    const qft_quantizer_vtable *qvt; /* when packed */
+    const struct qft_qweight *qw;
+} qft_llama_linear;
+
+/* Linear k (QFT_LIN_*) of layer l; gradients only when `grads` is set. */
+qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int grads);
+
+/* Products of a packed weight W (out, in), tile by tile: a block of rows of W is
+ * dequantized into per-thread scratch and fed to the GEMM, so the dense weight never
+ * exists whole. y (N, ldy) cols [0, out) = beta * y + x (N, in) W^T; dx (N, in) =
+ * beta * dx + dy (N, ldy) cols [0, out) W. */
+int qft_llama_qlin_fwd(const qft_ops *o, const qft_quantizer_vtable *vt, const struct qft_qweight *qw, int out,
+                       int in, const float *x, int N, float *y, int ldy, float beta,
+                       qft_err *err);
+int qft_llama_qlin_bwd_x(const qft_ops *o, const qft_quantizer_vtable *vt, const struct qft_qweight *qw, int out,
+                         int in, const float *dy, int ldy, int N, float *dx, float beta,
+                         qft_err *err);
 
 /* A group of linears sharing one input, whose outputs sit side by side in one buffer
- * (q,k,v into qkv; gate,up into gu). When the weights are adjacent in memory (they are,
- * in the flat parameter table) the group is one GEMM. */
+ * (q,k,v into qkv; gate,up into gu; or one linear alone). When the dense weights (or
+ * gradients) are adjacent in memory, as in the flat parameter table, the group is one
+ * GEMM. */
 typedef struct qft_llama_lin_group {
     int n;
-    const float *w[3]; /* (out[i], in) each */
-    int out[3];
+    qft_llama_linear lin[3];
 } qft_llama_lin_group;
 
-/* q, k, v of layer weights w (or of their gradients): outputs H*hd, KV*hd, KV*hd */
-static inline qft_llama_lin_group qft_llama_qkv_group(const qft_llama_config *c,
-                                                      const qft_llama_layer_ptrs *w) {
-    const int qo = c->num_attention_heads * c->head_dim, kvo = c->num_key_value_heads * c->head_dim;
-    return (qft_llama_lin_group){3, {w->wq, w->wk, w->wv}, {qo, kvo, kvo}};
-}
+qft_llama_lin_group qft_llama_qkv_group(const qft_llama_model *m, int l, int grads);
+qft_llama_lin_group qft_llama_gu_group(const qft_llama_model *m, int l, int grads);
+qft_llama_lin_group qft_llama_one_group(const qft_llama_model *m, int l, int k, int grads);
 
-/* gate, up: outputs I, I */
-static inline qft_llama_lin_group qft_llama_gu_group(const qft_llama_config *c,
-                                                     const qft_llama_layer_ptrs *w) {
-    return (qft_llama_lin_group){2, {w->wgate, w->wup, NULL},
-                                 {c->intermediate_size, c->intermediate_size, 0}};
-}
-
-/* y (N, ldy): columns [sum out[<i], + out[i]) = x (N, in) W[i]^T */
-void qft_llama_lin_fwd(const qft_ops *ops, const qft_llama_lin_group *g, const float *x, int N,
-                       int in, float *y, int ldy);
+/* y (N, ldy): columns [sum out[<i], + out[i]) = beta * y + x (N, in) W[i]^T */
+int qft_llama_lin_fwd(const qft_ops *ops, const qft_llama_lin_group *g, const float *x, int N,
+                      float *y, int ldy, float beta, qft_err *err);
 /* dx (N, in) = beta * dx + sum_i dy[:, cols i] W[i] */
-void qft_llama_lin_bwd_x(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
-                         int ldy, int N, int in, float beta, float *dx);
-/* dW[i] (out[i], in) += dy[:, cols i]^T x; dw lists the gradient views of g's weights */
-void qft_llama_lin_bwd_w(const qft_ops *ops, const qft_llama_lin_group *g, float *const *dw,
-                         const float *dy, int ldy, const float *x, int N, int in);
+int qft_llama_lin_bwd_x(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
+                        int ldy, int N, float beta, float *dx, qft_err *err);
+/* dW[i] (out[i], in) += dy[:, cols i]^T x, for the members that train */
+void qft_llama_lin_bwd_w(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
+                         int ldy, const float *x, int N);
 
 #endif

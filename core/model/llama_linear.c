@@ -1,56 +1,114 @@
-/* Groups of linears that share an input (q/k/v, gate/up): one GEMM when their weights are
- * adjacent in memory, which the flat parameter table guarantees; one per weight otherwise
- * (e.g. when an adapter hands in separate buffers). */
+/* The linears of a block: dense, trainable or frozen, or packed by a quantizer plugin.
+ * Groups that share an input (q/k/v, gate/up) are one GEMM when their dense weights are
+ * adjacent in memory, which the flat parameter table guarantees; otherwise one product
+ * per member, the packed ones computed tile by tile (llama_qlinear.c) without a dense
+ * copy of the whole weight. */
 #include "llama_internal.h"
 
-static int adjacent(const qft_llama_lin_group *g, const float *const *w, int in) {
-    for (int i = 1; i < g->n; i++)
-        if (w[i] != w[i - 1] + (size_t)g->out[i - 1] * in) return 0;
+qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int grads) {
+    const qft_param_entry *e = &m->entries[m->lin_entry[l][k]];
+    const qft_llama_layer_ptrs *p = &m->p.layers[l];
+    const qft_llama_layer_ptrs *g = grads && m->g.layers ? &m->g.layers[l] : NULL;
+    const float *w[QFT_LIN_COUNT] = {p->wq, p->wk, p->wv, p->wo, p->wgate, p->wup, p->wdown};
+    float *dw[QFT_LIN_COUNT] = {0};
+    if (g) {
+        float *t[QFT_LIN_COUNT] = {g->wq, g->wk, g->wv, g->wo, g->wgate, g->wup, g->wdown};
+        for (int i = 0; i < QFT_LIN_COUNT; i++) dw[i] = t[i];
+    }
+    qft_llama_linear lin = {.out = (int)e->shape[0], .in = (int)e->shape[1], .w = w[k],
+                            .dw = dw[k]};
+    if (e->role == QFT_ROLE_QUANTIZED) lin.qvt = m->qvt, lin.qw = e->qw;
+    return lin;
+}
+
+qft_llama_lin_group qft_llama_qkv_group(const qft_llama_model *m, int l, int grads) {
+    return (qft_llama_lin_group){3,
+                                 {qft_llama_linear_of(m, l, QFT_LIN_Q, grads),
+                                  qft_llama_linear_of(m, l, QFT_LIN_K, grads),
+                                  qft_llama_linear_of(m, l, QFT_LIN_V, grads)}};
+}
+
+qft_llama_lin_group qft_llama_gu_group(const qft_llama_model *m, int l, int grads) {
+    return (qft_llama_lin_group){2,
+                                 {qft_llama_linear_of(m, l, QFT_LIN_GATE, grads),
+                                  qft_llama_linear_of(m, l, QFT_LIN_UP, grads)}};
+}
+
+qft_llama_lin_group qft_llama_one_group(const qft_llama_model *m, int l, int k, int grads) {
+    return (qft_llama_lin_group){1, {qft_llama_linear_of(m, l, k, grads)}};
+}
+
+/* The members' dense weights (which = 0) or gradients (which = 1) follow each other in
+ * memory, so the group is one (sum out, in) matrix. */
+static int adjacent(const qft_llama_lin_group *g, int which) {
+    for (int i = 0; i < g->n; i++) {
+        const float *p = which ? g->lin[i].dw : g->lin[i].w;
+        if (!p) return 0;
+        if (i) {
+            const float *prev = which ? g->lin[i - 1].dw : g->lin[i - 1].w;
+            if (p != prev + (size_t)g->lin[i - 1].out * g->lin[i - 1].in) return 0;
+        }
+    }
     return 1;
 }
 
 static int total_out(const qft_llama_lin_group *g) {
     int s = 0;
-    for (int i = 0; i < g->n; i++) s += g->out[i];
+    for (int i = 0; i < g->n; i++) s += g->lin[i].out;
     return s;
 }
 
-void qft_llama_lin_fwd(const qft_ops *ops, const qft_llama_lin_group *g, const float *x, int N,
-                       int in, float *y, int ldy) {
-    if (adjacent(g, g->w, in)) {
-        ops->gemm(0, 1, N, total_out(g), in, 1.0f, x, in, g->w[0], in, 0.0f, y, ldy);
-        return;
+int qft_llama_lin_fwd(const qft_ops *ops, const qft_llama_lin_group *g, const float *x, int N,
+                      float *y, int ldy, float beta, qft_err *err) {
+    const int in = g->lin[0].in;
+    if (adjacent(g, 0)) {
+        ops->gemm(0, 1, N, total_out(g), in, 1.0f, x, in, g->lin[0].w, in, beta, y, ldy);
+        return 0;
     }
     int col = 0;
     for (int i = 0; i < g->n; i++) {
-        ops->gemm(0, 1, N, g->out[i], in, 1.0f, x, in, g->w[i], in, 0.0f, y + col, ldy);
-        col += g->out[i];
+        const qft_llama_linear *L = &g->lin[i];
+        if (L->w)
+            ops->gemm(0, 1, N, L->out, in, 1.0f, x, in, L->w, in, beta, y + col, ldy);
+        else if (qft_llama_qlin_fwd(ops, L->qvt, L->qw, L->out, in, x, N, y + col, ldy, beta, err))
+            return -1;
+        col += L->out;
     }
+    return 0;
 }
 
-void qft_llama_lin_bwd_x(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
-                         int ldy, int N, int in, float beta, float *dx) {
-    if (adjacent(g, g->w, in)) {
-        ops->gemm(0, 0, N, in, total_out(g), 1.0f, dy, ldy, g->w[0], in, beta, dx, in);
-        return;
+int qft_llama_lin_bwd_x(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
+                        int ldy, int N, float beta, float *dx, qft_err *err) {
+    const int in = g->lin[0].in;
+    if (adjacent(g, 0)) {
+        ops->gemm(0, 0, N, in, total_out(g), 1.0f, dy, ldy, g->lin[0].w, in, beta, dx, in);
+        return 0;
     }
     int col = 0;
     for (int i = 0; i < g->n; i++) {
-        ops->gemm(0, 0, N, in, g->out[i], 1.0f, dy + col, ldy, g->w[i], in, i ? 1.0f : beta, dx,
-                  in);
-        col += g->out[i];
+        const qft_llama_linear *L = &g->lin[i];
+        const float b = i ? 1.0f : beta;
+        if (L->w)
+            ops->gemm(0, 0, N, in, L->out, 1.0f, dy + col, ldy, L->w, in, b, dx, in);
+        else if (qft_llama_qlin_bwd_x(ops, L->qvt, L->qw, L->out, in, dy + col, ldy, N, dx, b,
+                                            err))
+            return -1;
+        col += L->out;
     }
+    return 0;
 }
 
-void qft_llama_lin_bwd_w(const qft_ops *ops, const qft_llama_lin_group *g, float *const *dw,
-                         const float *dy, int ldy, const float *x, int N, int in) {
-    if (adjacent(g, (const float *const *)dw, in)) {
-        ops->gemm(1, 0, total_out(g), in, N, 1.0f, dy, ldy, x, in, 1.0f, dw[0], in);
+void qft_llama_lin_bwd_w(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
+                         int ldy, const float *x, int N) {
+    const int in = g->lin[0].in;
+    if (adjacent(g, 1)) {
+        ops->gemm(1, 0, total_out(g), in, N, 1.0f, dy, ldy, x, in, 1.0f, g->lin[0].dw, in);
         return;
     }
     int col = 0;
     for (int i = 0; i < g->n; i++) {
-        ops->gemm(1, 0, g->out[i], in, N, 1.0f, dy + col, ldy, x, in, 1.0f, dw[i], in);
-        col += g->out[i];
+        const qft_llama_linear *L = &g->lin[i];
+        if (L->dw) ops->gemm(1, 0, L->out, in, N, 1.0f, dy + col, ldy, x, in, 1.0f, L->dw, in);
+        col += L->out;
     }
 }

@@ -1,6 +1,7 @@
-/* The parameter table: every tensor of the model in one fp32 allocation, named as Hugging
- * Face names it, so that loading, saving, the optimizer and (later) sharding walk one flat
- * buffer instead of a list of tensors. */
+/* The parameter table: every tensor of the model named as Hugging Face names it, the dense
+ * ones in one fp32 allocation (trainable first, then frozen) with a pointer table, the
+ * quantized ones packed by their quantizer. Loading, saving, the optimizer and (later)
+ * sharding walk the table and the flat buffer instead of a list of tensors. */
 #include "llama.h"
 
 #include <stdlib.h>
@@ -26,8 +27,17 @@ void qft_llama_config_defaults(qft_llama_config *cfg) {
     cfg->initializer_range = 0.02f;
 }
 
-static int add_entry(qft_llama_model *m, int *cap, size_t *off, const char *name, int64_t d0,
-                     int64_t d1, float **ptr) {
+/* The view slot of an entry in a pointer table (p or g). */
+static float **slot_of(qft_llama_ptrs *v, int layer, int field) {
+    if (layer < 0) return field == 0 ? &v->embed : field == 1 ? &v->norm : &v->lm_head;
+    qft_llama_layer_ptrs *y = &v->layers[layer];
+    float **f[] = {&y->ln1, &y->wq,    &y->wk,  &y->wv,   &y->wo,
+                   &y->ln2, &y->wgate, &y->wup, &y->wdown};
+    return f[field];
+}
+
+static int add_entry(qft_llama_model *m, int *cap, const char *name, int64_t d0, int64_t d1,
+                     int layer, int field) {
     if (m->n_entries == *cap) {
         *cap = *cap ? *cap * 2 : 64;
         qft_param_entry *ne = realloc(m->entries, (size_t)*cap * sizeof *ne);
@@ -41,31 +51,50 @@ static int add_entry(qft_llama_model *m, int *cap, size_t *off, const char *name
     e->shape[0] = d0;
     e->shape[1] = d1 > 0 ? d1 : 0;
     e->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
-    e->offset = *off;
-    *off += e->numel;
-    *ptr = (float *)(uintptr_t)e->offset; /* an offset for now; rebased after allocation */
+    e->layer = layer;
+    e->field = field;
     return 0;
 }
 
-/* Lays out entries and sets the pointer table `v` relative to `base`. */
-static void rebase(const qft_llama_model *m, const qft_llama_ptrs *offs, qft_llama_ptrs *v,
-                   float *base) {
-#define REB(field) ((float *)(base + (uintptr_t)(field)))
-    int L = m->cfg.num_hidden_layers;
-    v->embed = REB(offs->embed);
-    v->norm = REB(offs->norm);
-    v->lm_head = REB(offs->lm_head);
+/* Field index of each block linear in qft_llama_layer_ptrs. */
+static const int k_lin_field[QFT_LIN_COUNT] = {1, 2, 3, 4, 6, 7, 8};
+
+static int make_entries(qft_llama_model *m, qft_err *err) {
+    const qft_llama_config *c = &m->cfg;
+    const int C = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    const int L = c->num_hidden_layers, H = c->num_attention_heads;
+    const int KV = c->num_key_value_heads, hd = c->head_dim;
+    int cap = 0;
+    char name[96];
+    if (add_entry(m, &cap, "model.embed_tokens.weight", V, C, -1, 0)) goto oom;
     for (int l = 0; l < L; l++) {
-        const qft_llama_layer_ptrs *o = &offs->layers[l];
-        qft_llama_layer_ptrs *d = &v->layers[l];
-        d->ln1 = REB(o->ln1), d->wq = REB(o->wq), d->wk = REB(o->wk), d->wv = REB(o->wv);
-        d->wo = REB(o->wo), d->ln2 = REB(o->ln2), d->wgate = REB(o->wgate);
-        d->wup = REB(o->wup), d->wdown = REB(o->wdown);
+        static const char *const suffix[9] = {
+            "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+        const int64_t shape[9][2] = {{C, 0},  {(int64_t)H * hd, C}, {(int64_t)KV * hd, C},
+                                     {(int64_t)KV * hd, C}, {C, (int64_t)H * hd}, {C, 0},
+                                     {I, C},  {I, C},        {C, I}};
+        for (int k = 0; k < 9; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix[k]);
+            if (add_entry(m, &cap, name, shape[k][0], shape[k][1], l, k)) goto oom;
+        }
+        for (int k = 0; k < QFT_LIN_COUNT; k++)
+            m->lin_entry[l][k] = m->n_entries - 9 + k_lin_field[k];
     }
-#undef REB
+    if (add_entry(m, &cap, "model.norm.weight", C, 0, -1, 1)) goto oom;
+    if (!c->tie_word_embeddings && add_entry(m, &cap, "lm_head.weight", V, C, -1, 2)) goto oom;
+    return 0;
+oom:
+    return qft_err_setf(err, "out of memory allocating the Llama parameter table");
 }
 
-int qft_llama_alloc(qft_llama_model *m, const qft_llama_config *cfg, qft_err *err) {
+static int is_linear(const qft_param_entry *e) {
+    return e->layer >= 0 && e->field != 0 && e->field != 5;
+}
+
+int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
+                          const qft_llama_build *build, qft_err *err) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     const int C = cfg->hidden_size, I = cfg->intermediate_size, V = cfg->vocab_size;
@@ -75,51 +104,59 @@ int qft_llama_alloc(qft_llama_model *m, const qft_llama_config *cfg, qft_err *er
         return qft_err_setf(err, "invalid Llama shape: hidden %d, intermediate %d, vocab %d, "
                                  "layers %d, heads %d, kv heads %d, head_dim %d",
                             C, I, V, L, H, KV, hd);
-    qft_llama_ptrs offs = {0};
-    offs.layers = calloc((size_t)L, sizeof *offs.layers);
     m->p.layers = calloc((size_t)L, sizeof *m->p.layers);
-    if (!offs.layers || !m->p.layers) goto oom;
-    int cap = 0;
-    size_t off = 0;
-    char name[96];
-    if (add_entry(m, &cap, &off, "model.embed_tokens.weight", V, C, &offs.embed)) goto oom;
-    for (int l = 0; l < L; l++) {
-        qft_llama_layer_ptrs *o = &offs.layers[l];
-        struct {
-            const char *suffix;
-            int64_t d0, d1;
-            float **ptr;
-        } t[] = {
-            {"input_layernorm.weight", C, 0, &o->ln1},
-            {"self_attn.q_proj.weight", (int64_t)H * hd, C, &o->wq},
-            {"self_attn.k_proj.weight", (int64_t)KV * hd, C, &o->wk},
-            {"self_attn.v_proj.weight", (int64_t)KV * hd, C, &o->wv},
-            {"self_attn.o_proj.weight", C, (int64_t)H * hd, &o->wo},
-            {"post_attention_layernorm.weight", C, 0, &o->ln2},
-            {"mlp.gate_proj.weight", I, C, &o->wgate},
-            {"mlp.up_proj.weight", I, C, &o->wup},
-            {"mlp.down_proj.weight", C, I, &o->wdown},
-        };
-        for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, t[k].suffix);
-            if (add_entry(m, &cap, &off, name, t[k].d0, t[k].d1, t[k].ptr)) goto oom;
+    m->lin_entry = calloc((size_t)L, sizeof *m->lin_entry);
+    if (!m->p.layers || !m->lin_entry) {
+        qft_llama_free(m);
+        return qft_err_setf(err, "out of memory allocating the Llama parameter table");
+    }
+    if (make_entries(m, err)) {
+        qft_llama_free(m);
+        return -1;
+    }
+    if (build) m->qvt = build->qvt, m->qstate = build->qstate;
+    /* roles, then offsets: trainable tensors first so they form one prefix */
+    for (int i = 0; i < m->n_entries; i++) {
+        qft_param_entry *e = &m->entries[i];
+        e->role = build && build->role ? build->role(build->ctx, e->name, is_linear(e))
+                                       : QFT_ROLE_TRAIN;
+        if (e->role == QFT_ROLE_QUANTIZED && (!is_linear(e) || !m->qvt)) {
+            int lin = is_linear(e);
+            qft_llama_free(m);
+            return qft_err_setf(err, "%s: only a block's linear weights can be quantized, and "
+                                     "only with a quantizer (%s)",
+                                e->name, lin ? "none given" : "not a block linear");
         }
     }
-    if (add_entry(m, &cap, &off, "model.norm.weight", C, 0, &offs.norm)) goto oom;
-    if (cfg->tie_word_embeddings)
-        offs.lm_head = offs.embed;
-    else if (add_entry(m, &cap, &off, "lm_head.weight", V, C, &offs.lm_head))
-        goto oom;
+    size_t off = 0;
+    for (int pass = QFT_ROLE_TRAIN; pass <= QFT_ROLE_FROZEN; pass++) {
+        for (int i = 0; i < m->n_entries; i++) {
+            qft_param_entry *e = &m->entries[i];
+            if (e->role != pass) continue;
+            e->offset = off;
+            off += e->numel;
+        }
+        if (pass == QFT_ROLE_TRAIN) m->n_trainable = off;
+    }
+    for (int i = 0; i < m->n_entries; i++)
+        if (m->entries[i].role == QFT_ROLE_QUANTIZED) m->n_quantized += m->entries[i].numel;
     m->n_params = off;
-    m->params = qft_mem_calloc(off * sizeof(float), "parameters");
-    if (!m->params) goto oom;
-    rebase(m, &offs, &m->p, m->params);
-    free(offs.layers);
+    m->params = qft_mem_calloc((off ? off : 1) * sizeof(float), "parameters");
+    if (!m->params) {
+        qft_llama_free(m);
+        return qft_err_setf(err, "out of memory allocating %zu Llama parameters", off);
+    }
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        *slot_of(&m->p, e->layer, e->field) =
+            e->role == QFT_ROLE_QUANTIZED ? NULL : m->params + e->offset;
+    }
+    if (cfg->tie_word_embeddings) m->p.lm_head = m->p.embed;
     return 0;
-oom:
-    free(offs.layers);
-    qft_llama_free(m);
-    return qft_err_setf(err, "out of memory allocating Llama parameters");
+}
+
+int qft_llama_alloc(qft_llama_model *m, const qft_llama_config *cfg, qft_err *err) {
+    return qft_llama_alloc_build(m, cfg, NULL, err);
 }
 
 const qft_param_entry *qft_llama_find_entry(const qft_llama_model *m, const char *name) {
@@ -128,55 +165,92 @@ const qft_param_entry *qft_llama_find_entry(const qft_llama_model *m, const char
     return NULL;
 }
 
-void qft_llama_init_random(qft_llama_model *m, uint64_t seed) {
+int qft_llama_set_dense(qft_llama_model *m, qft_param_entry *e, const float *w, qft_err *err) {
+    if (e->role != QFT_ROLE_QUANTIZED) {
+        memcpy(m->params + e->offset, w, e->numel * sizeof(float));
+        return 0;
+    }
+    if (e->qw) m->qvt->free_weight(e->qw);
+    e->qw = NULL;
+    return m->qvt->quantize(m->qstate, e->name, w, e->shape[0], e->shape[1], &e->qw, err);
+}
+
+int qft_llama_get_dense(const qft_llama_model *m, const qft_param_entry *e, float *dst,
+                        qft_err *err) {
+    if (e->role != QFT_ROLE_QUANTIZED) {
+        memcpy(dst, m->params + e->offset, e->numel * sizeof(float));
+        return 0;
+    }
+    if (!e->qw) return qft_err_setf(err, "%s: quantized weight not set", e->name);
+    return m->qvt->dequantize_rows(e->qw, 0, e->shape[0], dst, err);
+}
+
+int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
     qft_rng root, r;
     qft_rng_seed(&root, seed);
     qft_rng_fork(&root, "llama_init", &r);
     const float std = m->cfg.initializer_range > 0 ? m->cfg.initializer_range : 0.02f;
-    for (int i = 0; i < m->n_entries; i++) {
-        const qft_param_entry *e = &m->entries[i];
+    float *tmp = NULL; /* one dense tensor at a time for quantized entries */
+    int rc = 0;
+    for (int i = 0; !rc && i < m->n_entries; i++) {
+        qft_param_entry *e = &m->entries[i];
         float *p = m->params + e->offset;
+        if (e->role == QFT_ROLE_QUANTIZED) {
+            free(tmp);
+            tmp = malloc(e->numel * sizeof(float));
+            if (!tmp) return qft_err_setf(err, "%s: out of memory", e->name);
+            p = tmp;
+        }
         if (e->ndim == 1) /* RMSNorm weights */
             for (size_t j = 0; j < e->numel; j++) p[j] = 1.0f;
         else
             for (size_t j = 0; j < e->numel; j++) p[j] = std * qft_rng_normal(&r);
+        if (e->role == QFT_ROLE_QUANTIZED) rc = qft_llama_set_dense(m, e, tmp, err);
     }
+    free(tmp);
+    return rc;
 }
 
-/* The gradient views mirror the parameter views: same offsets into another buffer. */
+size_t qft_llama_weight_bytes(const qft_llama_model *m) {
+    size_t b = m->n_params * sizeof(float);
+    for (int i = 0; i < m->n_entries; i++)
+        if (m->entries[i].qw) b += m->qvt->bytes(m->entries[i].qw);
+    return b;
+}
+
+/* The gradient views mirror the parameter views of trainable tensors: same offsets into a
+ * buffer of n_trainable floats; frozen and packed tensors have none. */
 int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err) {
     if (m->grads) return 0;
-    m->grads = qft_mem_calloc(m->n_params * sizeof(float), "gradients");
+    m->grads = qft_mem_calloc((m->n_trainable ? m->n_trainable : 1) * sizeof(float), "gradients");
     m->g.layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->g.layers);
     if (!m->grads || !m->g.layers) return qft_err_setf(err, "out of memory allocating gradients");
-#define G(ptr) (m->grads + ((ptr) - m->params)) /* same offset, other buffer */
-    m->g.embed = G(m->p.embed);
-    m->g.norm = G(m->p.norm);
-    m->g.lm_head = G(m->p.lm_head);
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
-        const qft_llama_layer_ptrs *s = &m->p.layers[l];
-        qft_llama_layer_ptrs *g = &m->g.layers[l];
-        g->ln1 = G(s->ln1), g->wq = G(s->wq), g->wk = G(s->wk), g->wv = G(s->wv);
-        g->wo = G(s->wo), g->ln2 = G(s->ln2), g->wgate = G(s->wgate);
-        g->wup = G(s->wup), g->wdown = G(s->wdown);
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        *slot_of(&m->g, e->layer, e->field) =
+            e->role == QFT_ROLE_TRAIN ? m->grads + e->offset : NULL;
     }
-#undef G
+    if (m->cfg.tie_word_embeddings) m->g.lm_head = m->g.embed;
     return 0;
 }
 
 void qft_llama_zero_grads(qft_llama_model *m) {
-    if (m->grads) memset(m->grads, 0, m->n_params * sizeof(float));
+    if (m->grads) memset(m->grads, 0, m->n_trainable * sizeof(float));
 }
 
 void qft_llama_free(qft_llama_model *m) {
     qft_llama_acts_free(m);
+    for (int i = 0; i < m->n_entries; i++)
+        if (m->entries[i].qw) m->qvt->free_weight(m->entries[i].qw);
     qft_mem_free(m->params);
     qft_mem_free(m->grads);
     free(m->entries);
+    free(m->lin_entry);
     free(m->p.layers);
     free(m->g.layers);
     m->params = m->grads = NULL;
     m->entries = NULL;
+    m->lin_entry = NULL;
     m->p.layers = m->g.layers = NULL;
     m->n_entries = 0;
 }

@@ -12,8 +12,11 @@
 
 /* Builds the model the config names: a Hugging Face folder (model.path), or a random
  * model of the shape in model.config (config.json field names) initialised from seed.
- * vocab_size defaults to the tokenizer's when model.config leaves it out. */
+ * vocab_size defaults to the tokenizer's when model.config leaves it out. With a
+ * quantizer, every block linear is frozen and packed and the tensors it leaves dense
+ * (embeddings, norms, head) train; without one, every tensor trains. */
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
+                        const qft_quantizer_vtable *qvt, const void *qstate,
                         qft_llama_model *m, qft_err *err);
 
 /* The data half of a run: plugins composed, tokenizer loaded, the dataset plugin's rows
@@ -24,6 +27,8 @@ typedef struct qft_run_data {
     const qft_dataset_vtable *dvt;
     void *dstate;
     long rows;            /* rows the plugin yields */
+    const qft_quantizer_vtable *qvt; /* the quantizer plugin, NULL when none */
+    void *qstate;                    /* its configured options */
     qft_data_examples ex; /* the first ex.count of them, tokenized */
 } qft_run_data;
 

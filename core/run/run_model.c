@@ -68,12 +68,23 @@ static int shape_from_config(const config_setting_t *g, int tok_vocab, qft_llama
     return 0;
 }
 
+static int role_quantize_linears(void *ctx, const char *name, int is_linear) {
+    (void)ctx, (void)name;
+    return is_linear ? QFT_ROLE_QUANTIZED : QFT_ROLE_TRAIN;
+}
+
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
+                        const qft_quantizer_vtable *qvt, const void *qstate,
                         qft_llama_model *m, qft_err *err) {
-    if (rc->model.path) return qft_hf_model_load(rc->model.path, m, err);
+    qft_llama_build build = {.role = qvt ? role_quantize_linears : NULL, .qvt = qvt,
+                             .qstate = qstate};
+    if (rc->model.path) return qft_hf_model_load_build(rc->model.path, m, &build, err);
     qft_llama_config c;
     if (shape_from_config(rc->model.shape, tokenizer_vocab, &c, err)) return -1;
-    if (qft_llama_alloc(m, &c, err)) return -1;
-    qft_llama_init_random(m, seed);
+    if (qft_llama_alloc_build(m, &c, &build, err)) return -1;
+    if (qft_llama_init_random(m, seed, err)) {
+        qft_llama_free(m);
+        return -1;
+    }
     return 0;
 }

@@ -50,26 +50,33 @@ static int prepare_loader(const qft_run_config *rc, run_state *s, qft_err *err) 
 static void report_start(const qft_run_config *rc, const run_state *s, long total_steps,
                          int quiet) {
     if (quiet) return;
-    const qft_llama_config *c = &s->model.cfg;
+    const qft_llama_model *m = &s->model;
+    const qft_llama_config *c = &m->cfg;
     const double mib = 1.0 / 1048576.0;
-    const size_t pbytes = s->model.n_params * sizeof(float);
+    const size_t total = m->n_params + m->n_quantized;
+    const size_t packed = qft_llama_weight_bytes(m) - m->n_params * sizeof(float);
+    const size_t tbytes = m->n_trainable * sizeof(float);
+    const double opt_states = strcmp(rc->train.optimizer, "adamw") == 0 ? 2.0
+                              : rc->train.momentum > 0                 ? 1.0
+                                                                       : 0.0;
     qft_log(QFT_LOG_INFO,
-            "model: %d layers, hidden %d, heads %d/%d kv, vocab %d, %.2fM parameters, "
-            "%.2fM trainable (train_type %s)",
+            "model: %d layers, hidden %d, heads %d/%d kv, vocab %d; %.2fM parameters, %.2fM "
+            "trainable (%.2f%%), train_type %s",
             c->num_hidden_layers, c->hidden_size, c->num_attention_heads,
-            c->num_key_value_heads, c->vocab_size, s->model.n_params / 1e6,
-            s->model.n_params / 1e6, rc->train_type);
+            c->num_key_value_heads, c->vocab_size, total / 1e6, m->n_trainable / 1e6,
+            100.0 * (double)m->n_trainable / (double)(total ? total : 1), rc->train_type);
     qft_log(QFT_LOG_INFO,
-            "memory: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB",
-            pbytes * mib, pbytes * mib,
-            (strcmp(rc->train.optimizer, "adamw") == 0 ? 2.0 : rc->train.momentum > 0 ? 1.0 : 0.0) *
-                pbytes * mib);
+            "memory: quantized base %.1f MiB (%s), dense frozen %.1f MiB, trainable %.1f MiB, "
+            "gradients %.1f MiB, optimizer state %.1f MiB",
+            packed * mib, rc->quant_plugin, (m->n_params - m->n_trainable) * sizeof(float) * mib,
+            tbytes * mib, tbytes * mib, opt_states * tbytes * mib);
     qft_log(QFT_LOG_INFO,
             "data: %ld examples (%ld tokens, %ld truncated to %d, %ld with no target), "
             "%ld batches of %d per epoch, grad_accum %d -> %ld optimizer steps",
-            s->data.ex.count, s->data.ex.n_tokens, s->data.ex.n_truncated, s->data.ex.context_length,
-            s->data.ex.n_no_target, qft_data_loader_count(&s->loader), rc->train.batch_size,
-            rc->train.grad_accum, total_steps);
+            s->data.ex.count, s->data.ex.n_tokens, s->data.ex.n_truncated,
+            s->data.ex.context_length, s->data.ex.n_no_target,
+            qft_data_loader_count(&s->loader), rc->train.batch_size, rc->train.grad_accum,
+            total_steps);
 }
 
 int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
@@ -83,7 +90,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         goto done;
 
     if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
-                            &s.model, err))
+                            s.data.qvt, s.data.qstate, &s.model, err))
         goto done;
     s.have_model = 1;
     if (qft_tokenizer_vocab_size(s.data.tok) > s.model.cfg.vocab_size) {
@@ -109,7 +116,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         .weight_decay = (float)rc->train.weight_decay,
         .momentum = (float)rc->train.momentum,
     };
-    if (qft_optim_init(&s.opt, &oc, s.model.n_params, err)) goto done;
+    if (qft_optim_init(&s.opt, &oc, s.model.n_trainable, err)) goto done;
     s.have_opt = 1;
 
     const long batches_per_epoch = qft_data_loader_count(&s.loader);
@@ -173,7 +180,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                               "set train.grad_clip)", loss, step + 1);
             goto done;
         }
-        const float gnorm = qft_optim_clip_grad_norm(s.model.grads, s.model.n_params,
+        const float gnorm = qft_optim_clip_grad_norm(s.model.grads, s.model.n_trainable,
                                                      (float)rc->train.grad_clip);
         const float lr = qft_schedule_lr(&sched, step);
         qft_optim_step(&s.opt, s.model.params, s.model.grads, lr);

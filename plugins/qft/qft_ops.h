@@ -67,7 +67,8 @@ typedef struct qft_ops {
     /* out (N, C), rstd (N) saved for backward; x (N, C), w (C). out must not alias x. */
     void (*rmsnorm_fwd)(float *out, float *rstd, const float *x, const float *w, int N, int C,
                         float eps);
-    /* dx (N, C) += d/dx, dw (C) += d/dw, given dout (N, C), x (N, C), w (C), rstd (N). */
+    /* dx (N, C) += d/dx, dw (C) += d/dw (dw NULL: a frozen weight, skipped), given dout
+     * (N, C), x (N, C), w (C), rstd (N). */
     void (*rmsnorm_bwd)(float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int C);
 

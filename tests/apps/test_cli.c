@@ -147,7 +147,12 @@ START_TEST(test_config_errors_exit_nonzero) {
     snprintf(cmd, sizeof cmd, "%s train %s --set train_type=\\\"qlora\\\" --set output.dir=%s/q",
              g_qft, cfg, g_tmp);
     ck_assert_int_ne(run(cmd, &out), 0);
-    ck_assert_msg(strstr(out, "quantizer") && strstr(out, "bnb_nf4"), "%s", out);
+    ck_assert_msg(strstr(out, "no adapter plugin named \"lora\""), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s train %s --set quant.plugin=\\\"nf5\\\" --set output.dir=%s/q",
+             g_qft, cfg, g_tmp);
+    ck_assert_int_ne(run(cmd, &out), 0);
+    ck_assert_msg(strstr(out, "no quantizer plugin named \"nf5\""), "%s", out);
     free(out);
     /* a missing dataset plugin lists those that exist */
     snprintf(cmd, sizeof cmd, "%s train %s --set data.plugin=\\\"orca_mathh\\\"", g_qft, cfg);

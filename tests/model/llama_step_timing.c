@@ -28,7 +28,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     m.recompute = a[9];
-    qft_llama_init_random(&m, 42);
+    if (qft_llama_init_random(&m, 42, &err)) return 1;
     int32_t *ids = malloc((size_t)B * T * sizeof *ids), *labels = malloc((size_t)B * T * sizeof *ids);
     if (!ids || !labels) return 1;
     qft_rng r;
