@@ -15,6 +15,8 @@ static void usage(FILE *f) {
             "        Llama on the project's own math problems, no download)\n"
             "  data [RUN.cfg] [--show N] [--set ...]   dataset counts and the first N\n"
             "        examples as tokenized, masked prompt apart from the trained part\n"
+            "  quantize MODEL_DIR --method NAME -o OUT [--set quant.key=value ...]\n"
+            "        write a pre-quantized model folder (the quantizer's own key names)\n"
             "  plugins [--plugin-path DIR ...]   list plugins: kind, name, version, file\n"
             "  tokenize --tokenizer DIR [--json] [--decode] [--no-special]\n"
             "        encode stdin lines to JSON id arrays (or decode them)\n"
@@ -30,6 +32,7 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0) return qft_cmd_train(argc - 2, argv + 2);
+    if (strcmp(cmd, "quantize") == 0) return qft_cmd_quantize(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0) return qft_cmd_data(argc - 2, argv + 2);
     if (strcmp(cmd, "plugins") == 0) return qft_cmd_plugins(argc - 2, argv + 2);
 #ifdef QFT_HAVE_CMD_TOKENIZE

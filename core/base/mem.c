@@ -47,6 +47,7 @@ void qft_mem_free(void *p) {
 
 size_t qft_mem_current(void) { return atomic_load(&g_current); }
 size_t qft_mem_peak(void) { return atomic_load(&g_peak); }
+void qft_mem_reset_peak(void) { atomic_store(&g_peak, atomic_load(&g_current)); }
 
 size_t qft_mem_peak_rss(void) {
     struct rusage ru;

@@ -16,6 +16,7 @@ void *qft_mem_calloc(size_t bytes, const char *what);
 void qft_mem_free(void *p);
 size_t qft_mem_current(void); /* bytes now held through qft_mem_alloc */
 size_t qft_mem_peak(void);    /* high-water mark of qft_mem_current */
+void qft_mem_reset_peak(void); /* starts a new high-water mark at the current level */
 size_t qft_mem_peak_rss(void); /* the process's peak resident set, bytes (getrusage) */
 
 /* ---- random numbers: xoshiro256** seeded by splitmix64 ------------------------------ */

@@ -361,3 +361,29 @@ int qft_hf_config_save(const char *path, const qft_llama_config *cfg, const char
     }
     return qft_atomic_commit(&af, err);
 }
+
+int qft_hf_config_set_json(const char *path, const char *key, const char *json, qft_err *err) {
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root) return qft_err_setf(err, "%s:%d:%d: %s", path, je.line, je.column, je.text);
+    json_t *val = json_loads(json, JSON_DECODE_ANY, &je);
+    if (!val) {
+        json_decref(root);
+        return qft_err_setf(err, "%s: value for '%s' is not JSON: %s", path, key, je.text);
+    }
+    json_object_set_new(root, key, val);
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(root);
+    if (!text) return qft_err_setf(err, "%s: cannot serialise", path);
+    qft_atomic_file af;
+    int rc = qft_atomic_open(&af, path, err);
+    if (!rc && fputs(text, af.f) < 0) {
+        qft_atomic_abort(&af);
+        rc = qft_err_setf(err, "%s: write failed", path);
+    } else if (!rc) {
+        fputc('\n', af.f);
+        rc = qft_atomic_commit(&af, err);
+    }
+    free(text);
+    return rc;
+}

@@ -35,4 +35,8 @@ int qft_hf_model_save(const char *dir, const qft_llama_model *m, qft_dtype dtype
 int qft_hf_model_save_ex(const char *dir, const qft_llama_model *m, qft_dtype dtype,
                          int keep_packed, qft_err *err);
 
+/* Sets key `key` of the JSON object in `path` (a config.json) to the JSON value `json`,
+ * rewriting the file atomically; used for transformers' quantization_config. */
+int qft_hf_config_set_json(const char *path, const char *key, const char *json, qft_err *err);
+
 #endif

@@ -43,4 +43,11 @@ void qft_run_data_close(qft_run_data *d);
 int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
                   int quiet, qft_run_summary *summary, qft_err *err);
 
+/* Copies the tokenizer files of a Hugging Face folder (those present) into another,
+ * each atomically, so a saved model folder loads with its tokenizer. */
+int qft_run_copy_tokenizer(const char *src_dir, const char *dst_dir, qft_err *err);
+/* The run's model as a Hugging Face folder in output.dir/model (dequantized, in
+ * output.save_dtype) with its tokenizer files. */
+int qft_run_save_model(const qft_run_config *rc, const qft_llama_model *m, qft_err *err);
+
 #endif

@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int qft_run_save_model(const qft_run_config *rc, const qft_llama_model *m, qft_err *err);
 
 typedef struct run_state {
     qft_run_data data;

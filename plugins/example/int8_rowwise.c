@@ -17,7 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Packed weights are allocated through the engine's services, so its memory report and
+ * its loading-peak accounting see them. */
 struct qft_qweight {
+    const qft_services *svc;
     int64_t out, in;
     int8_t *q;    /* (out, in) codes */
     float *scale; /* (out) */
@@ -39,14 +42,19 @@ static int int8_configure(const qft_services *svc, const config_setting_t *secti
     return 0;
 }
 
-static struct qft_qweight *new_weight(int64_t out, int64_t in) {
+static void int8_free_weight(qft_qweight *w) {
+    if (!w) return;
+    w->svc->free(w->q), w->svc->free(w->scale), free(w);
+}
+
+static struct qft_qweight *new_weight(const qft_services *svc, int64_t out, int64_t in) {
     struct qft_qweight *w = calloc(1, sizeof *w);
     if (!w) return NULL;
-    w->out = out, w->in = in;
-    w->q = malloc((size_t)(out * in));
-    w->scale = malloc((size_t)out * sizeof(float));
+    w->svc = svc, w->out = out, w->in = in;
+    w->q = svc->alloc((size_t)(out * in), "int8_rowwise codes");
+    w->scale = svc->alloc((size_t)out * sizeof(float), "int8_rowwise scales");
     if (!w->q || !w->scale) {
-        free(w->q), free(w->scale), free(w);
+        int8_free_weight(w);
         return NULL;
     }
     return w;
@@ -54,8 +62,7 @@ static struct qft_qweight *new_weight(int64_t out, int64_t in) {
 
 static int int8_quantize(const void *state, const char *name, const float *w, int64_t out,
                          int64_t in, qft_qweight **qw, qft_err *err) {
-    (void)state;
-    struct qft_qweight *r = new_weight(out, in);
+    struct qft_qweight *r = new_weight(((const int8_state *)state)->svc, out, in);
     if (!r) return qft_err_setf(err, "int8_rowwise: %s: out of memory", name);
     for (int64_t o = 0; o < out; o++) {
         const float *row = w + o * in; // (in)
@@ -100,7 +107,6 @@ static int int8_save(const qft_qweight *w, const char *prefix, const qft_tensor_
 
 static int int8_load(const void *state, const char *prefix, int64_t out, int64_t in,
                      const qft_tensor_source *src, qft_qweight **qw, qft_err *err) {
-    (void)state;
     char name[512];
     qft_tensor q, s;
     snprintf(name, sizeof name, "%s.weight_scale", prefix);
@@ -114,17 +120,12 @@ static int int8_load(const void *state, const char *prefix, int64_t out, int64_t
     if (s.dtype != QFT_DT_F32 || s.ndim != 1 || s.shape[0] != out)
         return qft_err_setf(err, "%s: %s.weight_scale: expected F32 (%lld) scales, one per row",
                             src->file, prefix, (long long)out);
-    struct qft_qweight *r = new_weight(out, in);
+    struct qft_qweight *r = new_weight(((const int8_state *)state)->svc, out, in);
     if (!r) return qft_err_setf(err, "int8_rowwise: %s: out of memory", prefix);
     memcpy(r->q, q.data, (size_t)(out * in)); /* memcpy: file data may be unaligned */
     memcpy(r->scale, s.data, (size_t)out * sizeof(float));
     *qw = r;
     return 0;
-}
-
-static void int8_free_weight(qft_qweight *w) {
-    if (!w) return;
-    free(w->q), free(w->scale), free(w);
 }
 
 static void int8_close(void *state) { free(state); }

@@ -190,6 +190,10 @@ typedef struct qft_quantizer_vtable {
                 const qft_tensor_source *src, qft_qweight **qw, qft_err *err);
     void (*free_weight)(qft_qweight *qw);
     void (*close)(void *state);
+    /* Optional (NULL when the format has none): the `quantization_config` object that
+     * transformers expects in config.json beside weights written by save(), as JSON text
+     * in buf. */
+    int (*hf_quantization_config)(const void *state, char *buf, size_t size, qft_err *err);
 } qft_quantizer_vtable;
 
 /* The vtables of the adapter and shard kinds are defined by the issues that deliver those

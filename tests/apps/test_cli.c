@@ -194,6 +194,33 @@ START_TEST(test_tokenize_command) {
 }
 END_TEST
 
+START_TEST(test_quantize_command) {
+    const char *src = getenv("QFT_SOURCE_ROOT"), *ex = getenv("QFT_EXAMPLE_PLUGIN_DIR");
+    ck_assert_ptr_nonnull(src);
+    ck_assert_ptr_nonnull(ex);
+    char cmd[16384], *out;
+    snprintf(cmd, sizeof cmd,
+             "%s quantize %s/tests/fixtures/io/tiny_llama_f32 --method int8_rowwise -o %s/q8 "
+             "--plugin-path %s", g_qft, src, g_tmp, ex);
+    ck_assert_int_eq(run(cmd, &out), 0);
+    /* 2 layers x 7 linears; int8 codes plus one fp32 scale per row */
+    ck_assert_msg(strstr(out, "of 14 linears with int8_rowwise") && strstr(out, "bits per weight"),
+                  "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "head -c 20000 %s/q8/model.safetensors | grep -c -a "
+                              "'model.layers.1.mlp.down_proj.weight_scale'", g_tmp);
+    ck_assert_int_eq(run(cmd, &out), 0);
+    free(out);
+    /* an unknown method lists the quantizers there are */
+    snprintf(cmd, sizeof cmd, "%s quantize %s/tests/fixtures/io/tiny_llama_f32 --method nf3 -o "
+                              "%s/q3 --plugin-path %s", g_qft, src, g_tmp, ex);
+    ck_assert_int_ne(run(cmd, &out), 0);
+    ck_assert_msg(strstr(out, "no quantizer plugin named \"nf3\"") && strstr(out, "int8_rowwise"),
+                  "%s", out);
+    free(out);
+}
+END_TEST
+
 int main(void) {
     g_qft = getenv("QFT_BIN");
     if (!g_qft) return EXIT_FAILURE;
@@ -208,6 +235,7 @@ int main(void) {
     tcase_add_test(tc, test_config_errors_exit_nonzero);
     tcase_add_test(tc, test_data_show);
     tcase_add_test(tc, test_tokenize_command);
+    tcase_add_test(tc, test_quantize_command);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

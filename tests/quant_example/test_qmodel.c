@@ -148,6 +148,44 @@ START_TEST(test_packed_checkpoint_round_trip) {
 }
 END_TEST
 
+START_TEST(test_streaming_load_peak) {
+    /* Loading a dense checkpoint with quantization holds the packed model, the dense
+     * tensors that stay dense, and one dense linear at a time: never the whole model. */
+    qft_err err = {0};
+    qft_llama_config c = tiny_config();
+    c.hidden_size = 128, c.intermediate_size = 384, c.head_dim = 32, c.num_hidden_layers = 3;
+    qft_llama_model d, q;
+    ck_assert(qft_llama_alloc(&d, &c, &err) == 0);
+    ck_assert(qft_llama_init_random(&d, 3, &err) == 0);
+    char dir[] = "/tmp/qft-qpeak-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_msg(qft_hf_model_save(dir, &d, QFT_DT_F32, &err) == 0, "%s", err.msg);
+    const size_t dense_bytes = d.n_params * sizeof(float);
+    qft_llama_free(&d);
+
+    qft_llama_build build = {.role = role_q, .qvt = g_vt, .qstate = g_state};
+    const size_t base = qft_mem_current();
+    qft_mem_reset_peak();
+    ck_assert_msg(qft_hf_model_load_build(dir, &q, &build, &err) == 0, "%s", err.msg);
+    const size_t peak = qft_mem_peak() - base;
+    size_t largest = 0;
+    for (int i = 0; i < q.n_entries; i++)
+        if (q.entries[i].role == QFT_ROLE_QUANTIZED && q.entries[i].numel > largest)
+            largest = q.entries[i].numel;
+    const size_t expected = qft_llama_weight_bytes(&q) + largest * sizeof(float);
+    printf("load peak %zu bytes: packed model %zu + largest dense linear %zu = %zu; "
+           "the dense model is %zu\n", peak, qft_llama_weight_bytes(&q), largest * sizeof(float),
+           expected, dense_bytes);
+    ck_assert_uint_le(peak, expected);
+    ck_assert_uint_ge(peak, qft_llama_weight_bytes(&q)); /* the accounting sees the plugin */
+    ck_assert_uint_lt(peak, dense_bytes);
+    qft_llama_free(&q);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 int main(void) {
     const char *so = getenv("QFT_EXAMPLE_PLUGIN");
     qft_registry reg = {0};
@@ -164,6 +202,7 @@ int main(void) {
     TCase *tc = tcase_create("quant_model");
     tcase_add_test(tc, test_packed_equals_dense_of_dequantized);
     tcase_add_test(tc, test_packed_checkpoint_round_trip);
+    tcase_add_test(tc, test_streaming_load_peak);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
