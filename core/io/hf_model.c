@@ -282,7 +282,8 @@ int qft_hf_model_load_build(const char *dir, qft_llama_model *m, const qft_llama
     float *scratch = NULL;
     size_t scratch_n = 0;
     for (int i = 0; !rc && i < m->n_entries; i++)
-        rc = load_tensor(&s, m, &m->entries[i], &scratch, &scratch_n, err);
+        if (m->entries[i].layer != -2) /* adapter tensors are not in a base checkpoint */
+            rc = load_tensor(&s, m, &m->entries[i], &scratch, &scratch_n, err);
     qft_mem_free(scratch);
     sources_close(&s);
     if (rc) qft_llama_free(m);
@@ -328,6 +329,7 @@ int qft_hf_model_save_ex(const char *dir, const qft_llama_model *m, qft_dtype dt
      * it (lm_head.weight is left out of the file). */
     for (int i = 0; !rc && i < m->n_entries; i++) {
         const qft_param_entry *pe = &m->entries[i];
+        if (pe->layer == -2) continue; /* adapter tensors: qft_llama_adapter_save */
         qft_tensor t = {.dtype = QFT_DT_F32, .ndim = pe->ndim, .data = m->params + pe->offset};
         for (int d = 0; d < pe->ndim; d++) t.shape[d] = pe->shape[d];
         if (pe->role == QFT_ROLE_QUANTIZED && keep_packed) {

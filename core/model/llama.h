@@ -65,7 +65,8 @@ typedef struct qft_param_entry {
     int role;              /* QFT_ROLE_* */
     struct qft_qweight *qw; /* the packed weight when role is QFT_ROLE_QUANTIZED */
     int layer, field;      /* where its views live: layer -1 = embed/norm/head (0/1/2),
-                            * else the field of qft_llama_layer_ptrs in declaration order */
+                            * -2 = an adapter tensor (no view), else the field of
+                            * qft_llama_layer_ptrs in declaration order */
 } qft_param_entry;
 
 /* The seven linears of a block, in the order the entry table lists them. */
@@ -81,6 +82,11 @@ typedef struct qft_llama_build {
     void *ctx;
     const qft_quantizer_vtable *qvt; /* for QFT_ROLE_QUANTIZED */
     const void *qstate;              /* the quantizer's configured options */
+    /* An adapter plugin: its tensors are added to the table as trainable entries named
+     * as PEFT saves them ("base_model.model.<module>.<suffix>"), before the other
+     * trainable tensors; qft_llama_attach_adapters then attaches it once weights are in. */
+    const qft_adapter_vtable *avt;
+    const void *astate;
 } qft_llama_build;
 
 struct qft_llama_acts; /* activation storage, private to the model code */
@@ -107,6 +113,11 @@ typedef struct qft_llama_model {
     qft_llama_ptrs p, g;      /* views of params and grads; NULL where packed or frozen */
     const qft_quantizer_vtable *qvt; /* not owned */
     const void *qstate;              /* not owned */
+    const qft_adapter_vtable *avt;   /* not owned; NULL without adapters */
+    const void *astate;              /* not owned */
+    struct qft_llama_adapted *(*adapted)[QFT_LIN_COUNT]; /* [L][7], NULL where not adapted */
+    int n_adapted;                   /* adapted linears */
+    qft_adapter_step astep;          /* set by the trainer before each forward */
     int recompute;            /* keep only block inputs; recompute the rest in backward */
     struct qft_llama_acts *acts;
 } qft_llama_model;
@@ -126,6 +137,10 @@ int qft_llama_get_dense(const qft_llama_model *m, const qft_param_entry *e, floa
 /* transformers' init: normal(0, initializer_range) for linears and embeddings, ones for
  * norms; quantized linears are drawn dense and quantized one at a time. */
 int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err);
+/* Attaches the build's adapter to every linear it declared tensors for: init = 1 draws
+ * PEFT's initialisation from seed; init = 0 keeps tensors loaded from a saved adapter.
+ * Call after the base weights are in (DoRA reads them) and after qft_llama_alloc_grads. */
+int qft_llama_attach_adapters(qft_llama_model *m, int init, uint64_t seed, qft_err *err);
 /* Bytes the model's weights occupy: the flat buffer plus every packed weight. */
 size_t qft_llama_weight_bytes(const qft_llama_model *m);
 /* Allocates grads (n_trainable, zeroed) and the g views of trainable tensors. */

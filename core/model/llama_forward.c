@@ -29,23 +29,23 @@ int qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_
 
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps);
     qft_llama_lin_group g = qft_llama_qkv_group(m, l, 0);
-    if (qft_llama_lin_fwd(o, &g, a->ln, N, qkv, W, 0.0f, err)) return -1;
+    if (qft_llama_lin_fwd(m, &g, a->ln, N, qkv, W, 0.0f, err)) return -1;
     /* queries and keys are adjacent heads (H then KV) in each qkv row: one rope call */
     o->rope_fwd(qkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
     o->attention_fwd(att, lse, qkv, a->mask, B, T, H, KV, hd, (float)(1.0 / sqrt((double)hd)),
                      a->att_work, a->att_work_n);
     o->copy(xmid, x_in, (size_t)N * C);
     g = qft_llama_one_group(m, l, QFT_LIN_O, 0);
-    if (qft_llama_lin_fwd(o, &g, att, N, xmid, C, 1.0f, err)) return -1; /* residual */
+    if (qft_llama_lin_fwd(m, &g, att, N, xmid, C, 1.0f, err)) return -1; /* residual */
 
     o->rmsnorm_fwd(a->ln, rstd2, xmid, w->ln2, N, C, c->rms_norm_eps);
     g = qft_llama_gu_group(m, l, 0);
-    if (qft_llama_lin_fwd(o, &g, a->ln, N, gu, 2 * I, 0.0f, err)) return -1;
+    if (qft_llama_lin_fwd(m, &g, a->ln, N, gu, 2 * I, 0.0f, err)) return -1;
     if (!x_out) return 0; /* recomputation for backward stops here: h is rebuilt there */
     o->swiglu_fwd(a->h, gu, N, I);
     o->copy(x_out, xmid, (size_t)N * C);
     g = qft_llama_one_group(m, l, QFT_LIN_DOWN, 0);
-    return qft_llama_lin_fwd(o, &g, a->h, N, x_out, C, 1.0f, err); /* residual */
+    return qft_llama_lin_fwd(m, &g, a->h, N, x_out, C, 1.0f, err); /* residual */
 }
 
 static int check_batch(const qft_llama_model *m, const qft_batch *b, qft_err *err) {

@@ -38,6 +38,7 @@ struct qft_llama_acts {
     float *datt;         // (cap_N, H*hd)
     float *dgu;          // (cap_N, 2I)
     float *dh;           // (cap_N, I)
+    float *lin_tmp;      // (cap_N, max(I, W, C)) adapted linears' output / output gradient
     float *att_work;     // (att_work_n) attention scratch, a few query rows per thread
     size_t att_work_n;
     /* the last forward */
@@ -58,11 +59,24 @@ int qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_
  * packed one (its quantizer's state), and its gradient when it trains. */
 typedef struct qft_llama_linear {
     int out, in;
+    struct qft_llama_adapted *ad;    /* the adapter on it, NULL when none */
     const float *w;                  /* (out, in) dense weight, NULL when packed */
     float *dw;                       /* (out, in) gradient, NULL when frozen or packed */
     const qft_quantizer_vtable *qvt; /* when packed */
     const struct qft_qweight *qw;
 } qft_llama_linear;
+
+/* An adapted linear: the adapter plugin's state and the base as the plugin sees it. */
+typedef struct qft_llama_adapted {
+    qft_linear_base base;    /* its ctx points back to this struct */
+    char name[80];           /* "model.layers.3.self_attn.q_proj" */
+    qft_llama_model *m;
+    int layer, k;
+    qft_adapter_param params[QFT_ADAPTER_MAX_PARAMS];
+    int n_params;
+    int first_entry;         /* entries[first_entry .. + n_params) are its tensors */
+    qft_adapter_linear *al;  /* NULL until attached */
+} qft_llama_adapted;
 
 /* Linear k (QFT_LIN_*) of layer l; gradients only when `grads` is set. */
 qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int grads);
@@ -91,12 +105,19 @@ qft_llama_lin_group qft_llama_qkv_group(const qft_llama_model *m, int l, int gra
 qft_llama_lin_group qft_llama_gu_group(const qft_llama_model *m, int l, int grads);
 qft_llama_lin_group qft_llama_one_group(const qft_llama_model *m, int l, int k, int grads);
 
-/* y (N, ldy): columns [sum out[<i], + out[i]) = beta * y + x (N, in) W[i]^T */
-int qft_llama_lin_fwd(const qft_ops *ops, const qft_llama_lin_group *g, const float *x, int N,
+/* y (N, ldy): columns [sum out[<i], + out[i]) = beta * y + x (N, in) W[i]^T, each
+ * member's adapter (if any) applied to its own term before the beta * y is added. */
+int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const float *x, int N,
                       float *y, int ldy, float beta, qft_err *err);
-/* dx (N, in) = beta * dx + sum_i dy[:, cols i] W[i] */
-int qft_llama_lin_bwd_x(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
-                        int ldy, int N, float beta, float *dx, qft_err *err);
+/* dx (N, in) = sum_i d/dx of member i given dy[:, cols i]; adapters accumulate their
+ * parameters' gradients. dy is not modified. */
+int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const float *x,
+                        const float *dy, int ldy, int N, float *dx, qft_err *err);
+/* The base product of one linear, as qft_linear_base offers it to adapters. */
+int qft_llama_base_fwd(const qft_ops *ops, const qft_llama_linear *L, const float *x, int N,
+                       float *y, int ldy, float beta, qft_err *err);
+int qft_llama_base_bwd_x(const qft_ops *ops, const qft_llama_linear *L, const float *dy, int ldy,
+                         int N, float *dx, float beta, qft_err *err);
 /* dW[i] (out[i], in) += dy[:, cols i]^T x, for the members that train */
 void qft_llama_lin_bwd_w(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
                          int ldy, const float *x, int N);

@@ -16,7 +16,7 @@ qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int
         for (int i = 0; i < QFT_LIN_COUNT; i++) dw[i] = t[i];
     }
     qft_llama_linear lin = {.out = (int)e->shape[0], .in = (int)e->shape[1], .w = w[k],
-                            .dw = dw[k]};
+                            .dw = dw[k], .ad = m->adapted ? m->adapted[l][k] : NULL};
     if (e->role == QFT_ROLE_QUANTIZED) lin.qvt = m->qvt, lin.qw = e->qw;
     return lin;
 }
@@ -58,40 +58,87 @@ static int total_out(const qft_llama_lin_group *g) {
     return s;
 }
 
-int qft_llama_lin_fwd(const qft_ops *ops, const qft_llama_lin_group *g, const float *x, int N,
+int qft_llama_base_fwd(const qft_ops *ops, const qft_llama_linear *L, const float *x, int N,
+                       float *y, int ldy, float beta, qft_err *err) {
+    if (L->w) {
+        ops->gemm(0, 1, N, L->out, L->in, 1.0f, x, L->in, L->w, L->in, beta, y, ldy);
+        return 0;
+    }
+    return qft_llama_qlin_fwd(ops, L->qvt, L->qw, L->out, L->in, x, N, y, ldy, beta, err);
+}
+
+int qft_llama_base_bwd_x(const qft_ops *ops, const qft_llama_linear *L, const float *dy, int ldy,
+                         int N, float *dx, float beta, qft_err *err) {
+    if (L->w) {
+        ops->gemm(0, 0, N, L->in, L->out, 1.0f, dy, ldy, L->w, L->in, beta, dx, L->in);
+        return 0;
+    }
+    return qft_llama_qlin_bwd_x(ops, L->qvt, L->qw, L->out, L->in, dy, ldy, N, dx, beta, err);
+}
+
+int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const float *x, int N,
                       float *y, int ldy, float beta, qft_err *err) {
+    const qft_ops *ops = m->acts->ops;
     const int in = g->lin[0].in;
+    int adapted = 0;
+    for (int i = 0; i < g->n; i++) adapted |= g->lin[i].ad != NULL;
+    if (adapted && beta != 0.0f) {
+        /* An adapter may rewrite its linear's whole output (DoRA scales it), so the term
+         * is built apart and only then added to what y holds (the residual). */
+        const int out = total_out(g);
+        float *tmp = m->acts->lin_tmp; // (N, out)
+        if (qft_llama_lin_fwd(m, g, x, N, tmp, out, 0.0f, err)) return -1;
+        for (int r = 0; r < N; r++) {
+            float *yr = y + (size_t)r * ldy;
+            const float *tr = tmp + (size_t)r * out;
+            for (int c = 0; c < out; c++) yr[c] = beta * yr[c] + tr[c];
+        }
+        return 0;
+    }
     if (adjacent(g, 0)) {
         ops->gemm(0, 1, N, total_out(g), in, 1.0f, x, in, g->lin[0].w, in, beta, y, ldy);
-        return 0;
+    } else {
+        int col = 0;
+        for (int i = 0; i < g->n; i++) {
+            if (qft_llama_base_fwd(ops, &g->lin[i], x, N, y + col, ldy, beta, err)) return -1;
+            col += g->lin[i].out;
+        }
     }
     int col = 0;
     for (int i = 0; i < g->n; i++) {
         const qft_llama_linear *L = &g->lin[i];
-        if (L->w)
-            ops->gemm(0, 1, N, L->out, in, 1.0f, x, in, L->w, in, beta, y + col, ldy);
-        else if (qft_llama_qlin_fwd(ops, L->qvt, L->qw, L->out, in, x, N, y + col, ldy, beta, err))
-            return -1;
+        if (L->ad && m->avt->forward(L->ad->al, &m->astep, x, N, y + col, ldy, err)) return -1;
         col += L->out;
     }
     return 0;
 }
 
-int qft_llama_lin_bwd_x(const qft_ops *ops, const qft_llama_lin_group *g, const float *dy,
-                        int ldy, int N, float beta, float *dx, qft_err *err) {
+int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const float *x,
+                        const float *dy, int ldy, int N, float *dx, qft_err *err) {
+    const qft_ops *ops = m->acts->ops;
     const int in = g->lin[0].in;
-    if (adjacent(g, 0)) {
-        ops->gemm(0, 0, N, in, total_out(g), 1.0f, dy, ldy, g->lin[0].w, in, beta, dx, in);
+    int adapted = 0;
+    for (int i = 0; i < g->n; i++) adapted |= g->lin[i].ad != NULL;
+    if (!adapted && adjacent(g, 0)) {
+        ops->gemm(0, 0, N, in, total_out(g), 1.0f, dy, ldy, g->lin[0].w, in, 0.0f, dx, in);
         return 0;
     }
+    if (adapted) ops->zero(dx, (size_t)N * in);
     int col = 0;
     for (int i = 0; i < g->n; i++) {
         const qft_llama_linear *L = &g->lin[i];
-        const float b = i ? 1.0f : beta;
-        if (L->w)
-            ops->gemm(0, 0, N, in, L->out, 1.0f, dy + col, ldy, L->w, in, b, dx, in);
-        else if (qft_llama_qlin_bwd_x(ops, L->qvt, L->qw, L->out, in, dy + col, ldy, N, dx, b,
-                                            err))
+        const float *d = dy + col;
+        int ld = ldy;
+        if (L->ad) {
+            /* the adapter adds its input gradient and may rewrite the output gradient
+             * into the base product's (DoRA): on a copy, since dy is the caller's */
+            float *tmp = m->acts->lin_tmp; // (N, out)
+            for (int r = 0; r < N; r++)
+                ops->copy(tmp + (size_t)r * L->out, dy + (size_t)r * ldy + col, (size_t)L->out);
+            if (m->avt->backward(L->ad->al, &m->astep, x, tmp, L->out, N, dx, err)) return -1;
+            d = tmp, ld = L->out;
+        }
+        if (qft_llama_base_bwd_x(ops, L, d, ld, N, dx, adapted || i ? 1.0f : 0.0f, err))
             return -1;
         col += L->out;
     }

@@ -2,7 +2,7 @@
  * ones in one fp32 allocation (trainable first, then frozen) with a pointer table, the
  * quantized ones packed by their quantizer. Loading, saving, the optimizer and (later)
  * sharding walk the table and the flat buffer instead of a list of tensors. */
-#include "llama.h"
+#include "llama_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +25,12 @@ void qft_llama_config_defaults(qft_llama_config *cfg) {
     cfg->eos_token_id = 2;
     cfg->pad_token_id = -1;
     cfg->initializer_range = 0.02f;
+}
+
+/* The adapter tensor an entry of layer -2 stands for (field encodes layer, linear, index). */
+static qft_adapter_param *adapter_param(qft_llama_model *m, const qft_param_entry *e) {
+    const int i = e->field % QFT_ADAPTER_MAX_PARAMS, lk = e->field / QFT_ADAPTER_MAX_PARAMS;
+    return &m->adapted[lk / QFT_LIN_COUNT][lk % QFT_LIN_COUNT]->params[i];
 }
 
 /* The view slot of an entry in a pointer table (p or g). */
@@ -59,12 +65,13 @@ static int add_entry(qft_llama_model *m, int *cap, const char *name, int64_t d0,
 /* Field index of each block linear in qft_llama_layer_ptrs. */
 static const int k_lin_field[QFT_LIN_COUNT] = {1, 2, 3, 4, 6, 7, 8};
 
-static int make_entries(qft_llama_model *m, qft_err *err) {
+static int make_entries(qft_llama_model *m, int *capp, qft_err *err) {
     const qft_llama_config *c = &m->cfg;
     const int C = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     const int L = c->num_hidden_layers, H = c->num_attention_heads;
     const int KV = c->num_key_value_heads, hd = c->head_dim;
     int cap = 0;
+    int rc = -1;
     char name[96];
     if (add_entry(m, &cap, "model.embed_tokens.weight", V, C, -1, 0)) goto oom;
     for (int l = 0; l < L; l++) {
@@ -84,9 +91,67 @@ static int make_entries(qft_llama_model *m, qft_err *err) {
     }
     if (add_entry(m, &cap, "model.norm.weight", C, 0, -1, 1)) goto oom;
     if (!c->tie_word_embeddings && add_entry(m, &cap, "lm_head.weight", V, C, -1, 2)) goto oom;
-    return 0;
+    rc = 0;
 oom:
-    return qft_err_setf(err, "out of memory allocating the Llama parameter table");
+    *capp = cap;
+    if (rc) qft_err_setf(err, "out of memory allocating the Llama parameter table");
+    return rc;
+}
+
+static const char *const k_lin_module[QFT_LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                        "gate_proj", "up_proj", "down_proj"};
+
+/* The adapter's tensors for every linear it targets, as trainable entries named as PEFT
+ * saves them. The adapted records are filled here; their base callbacks at attach. */
+static int declare_adapters(qft_llama_model *m, int *cap, qft_err *err) {
+    const int L = m->cfg.num_hidden_layers;
+    m->adapted = calloc((size_t)L, sizeof *m->adapted);
+    if (!m->adapted) return qft_err_setf(err, "out of memory");
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < QFT_LIN_COUNT; k++) {
+            const qft_param_entry *e = &m->entries[m->lin_entry[l][k]];
+            qft_llama_adapted *ad = calloc(1, sizeof *ad);
+            if (!ad) return qft_err_setf(err, "out of memory");
+            snprintf(ad->name, sizeof ad->name, "%.*s", (int)(strlen(e->name) - strlen(".weight")),
+                     e->name);
+            ad->m = m, ad->layer = l, ad->k = k;
+            ad->base.name = ad->name;
+            ad->base.module = k_lin_module[k];
+            ad->base.layer = l;
+            ad->base.out = e->shape[0], ad->base.in = e->shape[1];
+            ad->base.ctx = ad;
+            if (!m->avt->targets(m->astate, &ad->base)) {
+                free(ad);
+                continue;
+            }
+            if (m->avt->declare(m->astate, &ad->base, ad->params, &ad->n_params, err)) {
+                free(ad);
+                return -1;
+            }
+            if (ad->n_params < 0 || ad->n_params > QFT_ADAPTER_MAX_PARAMS) {
+                int n = ad->n_params;
+                free(ad);
+                return qft_err_setf(err, "%s: adapter declared %d tensors (at most %d)",
+                                    e->name, n, QFT_ADAPTER_MAX_PARAMS);
+            }
+            m->adapted[l][k] = ad;
+            m->n_adapted++;
+            ad->first_entry = m->n_entries;
+            for (int i = 0; i < ad->n_params; i++) {
+                const qft_adapter_param *pp = &ad->params[i];
+                char name[96 + 64];
+                snprintf(name, sizeof name, "base_model.model.%s.%s", ad->name, pp->suffix);
+                if (strlen(name) >= sizeof m->entries[0].name)
+                    return qft_err_setf(err, "%s: adapter tensor name too long", name);
+                if (pp->ndim < 1 || pp->ndim > 2 || pp->shape[0] <= 0 ||
+                    (pp->ndim == 2 && pp->shape[1] <= 0))
+                    return qft_err_setf(err, "%s: adapter declared an invalid shape", name);
+                if (add_entry(m, cap, name, pp->shape[0], pp->ndim == 2 ? pp->shape[1] : 0, -2,
+                              (l * QFT_LIN_COUNT + k) * QFT_ADAPTER_MAX_PARAMS + i))
+                    return qft_err_setf(err, "out of memory");
+            }
+        }
+    return 0;
 }
 
 static int is_linear(const qft_param_entry *e) {
@@ -110,16 +175,19 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
         qft_llama_free(m);
         return qft_err_setf(err, "out of memory allocating the Llama parameter table");
     }
-    if (make_entries(m, err)) {
+    int cap = 0;
+    if (build) m->qvt = build->qvt, m->qstate = build->qstate;
+    if (build) m->avt = build->avt, m->astate = build->astate;
+    if (make_entries(m, &cap, err) || (m->avt && declare_adapters(m, &cap, err))) {
         qft_llama_free(m);
         return -1;
     }
-    if (build) m->qvt = build->qvt, m->qstate = build->qstate;
     /* roles, then offsets: trainable tensors first so they form one prefix */
     for (int i = 0; i < m->n_entries; i++) {
         qft_param_entry *e = &m->entries[i];
-        e->role = build && build->role ? build->role(build->ctx, e->name, is_linear(e))
-                                       : QFT_ROLE_TRAIN;
+        e->role = e->layer == -2                 ? QFT_ROLE_TRAIN /* adapter tensors train */
+                  : build && build->role ? build->role(build->ctx, e->name, is_linear(e))
+                                         : QFT_ROLE_TRAIN;
         if (e->role == QFT_ROLE_QUANTIZED && (!is_linear(e) || !m->qvt)) {
             int lin = is_linear(e);
             qft_llama_free(m);
@@ -148,8 +216,11 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
     }
     for (int i = 0; i < m->n_entries; i++) {
         const qft_param_entry *e = &m->entries[i];
-        *slot_of(&m->p, e->layer, e->field) =
-            e->role == QFT_ROLE_QUANTIZED ? NULL : m->params + e->offset;
+        if (e->layer == -2)
+            adapter_param(m, e)->data = m->params + e->offset;
+        else
+            *slot_of(&m->p, e->layer, e->field) =
+                e->role == QFT_ROLE_QUANTIZED ? NULL : m->params + e->offset;
     }
     if (cfg->tie_word_embeddings) m->p.lm_head = m->p.embed;
     return 0;
@@ -195,6 +266,7 @@ int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
     for (int i = 0; !rc && i < m->n_entries; i++) {
         qft_param_entry *e = &m->entries[i];
         float *p = m->params + e->offset;
+        if (e->layer == -2) continue; /* adapter tensors: the adapter's init, at attach */
         if (e->role == QFT_ROLE_QUANTIZED) {
             free(tmp);
             tmp = malloc(e->numel * sizeof(float));
@@ -227,8 +299,11 @@ int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err) {
     if (!m->grads || !m->g.layers) return qft_err_setf(err, "out of memory allocating gradients");
     for (int i = 0; i < m->n_entries; i++) {
         const qft_param_entry *e = &m->entries[i];
-        *slot_of(&m->g, e->layer, e->field) =
-            e->role == QFT_ROLE_TRAIN ? m->grads + e->offset : NULL;
+        if (e->layer == -2)
+            adapter_param(m, e)->grad = m->grads + e->offset;
+        else
+            *slot_of(&m->g, e->layer, e->field) =
+                e->role == QFT_ROLE_TRAIN ? m->grads + e->offset : NULL;
     }
     if (m->cfg.tie_word_embeddings) m->g.lm_head = m->g.embed;
     return 0;
@@ -240,6 +315,16 @@ void qft_llama_zero_grads(qft_llama_model *m) {
 
 void qft_llama_free(qft_llama_model *m) {
     qft_llama_acts_free(m);
+    if (m->adapted) {
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+            for (int k = 0; k < QFT_LIN_COUNT; k++) {
+                qft_llama_adapted *ad = m->adapted[l][k];
+                if (ad && ad->al) m->avt->detach(ad->al);
+                free(ad);
+            }
+        free(m->adapted);
+        m->adapted = NULL;
+    }
     for (int i = 0; i < m->n_entries; i++)
         if (m->entries[i].qw) m->qvt->free_weight(m->entries[i].qw);
     qft_mem_free(m->params);

@@ -196,9 +196,92 @@ typedef struct qft_quantizer_vtable {
     int (*hf_quantization_config)(const void *state, char *buf, size_t size, qft_err *err);
 } qft_quantizer_vtable;
 
-/* The vtables of the adapter and shard kinds are defined by the issues that deliver those
- * plugins (see ../shared/DESIGN.md); until then the registry lists such plugins but the
- * engine refuses to compose them, naming the missing capability. */
+/* ---- adapter plugins (per-linear: LoRA, DoRA) ------------------------------------------
+ * An adapter sits on frozen linears of the model. The core owns the frozen base (dense or
+ * packed by a quantizer) and offers it through qft_linear_base; the adapter declares its
+ * trainable tensors (the core allocates them in its one flat trainable buffer, so the
+ * optimizer, clipping and sharding see them like any parameter), initialises them, and
+ * hooks the linear's forward and backward.
+ *
+ * Order of calls for one linear in a training step:
+ *   forward:  the core computes y = x W^T into y, then calls forward(x, y), which adds the
+ *             adapter's term (LoRA) or rewrites y (DoRA) in place;
+ *   backward: the core zeroes dx, calls backward(x, dy, dx) — which accumulates the
+ *             adapter's parameter gradients, adds its own input gradient into dx, and may
+ *             rewrite dy in place into the gradient of the base product (DoRA scales it) —
+ *             then adds dy W into dx.
+ * With activation recomputation the core repeats forward (same x, same step) before
+ * backward; an adapter's randomness (dropout) must therefore depend only on the step and
+ * the position (counter-based), never on a stream that advances per call. */
+typedef struct qft_linear_base {
+    const char *name;   /* Hugging Face module name: "model.layers.3.self_attn.q_proj" */
+    const char *module; /* its last part: "q_proj", "k_proj", ..., "down_proj" */
+    int layer;
+    int64_t out, in;
+    void *ctx;          /* the core's; pass it back to the calls below */
+    /* y (N, ldy) columns [0, out) = beta * y + x (N, in) W^T */
+    int (*forward)(void *ctx, const float *x, int64_t N, float *y, int64_t ldy, float beta,
+                   qft_err *err);
+    /* dx (N, in) = beta * dx + dy (N, ldy)[:, 0:out] W */
+    int (*backward_input)(void *ctx, const float *dy, int64_t ldy, int64_t N, float *dx,
+                          float beta, qft_err *err);
+    /* Rows [row0, row0 + n) of W as dense fp32 (n, in): dequantized when packed. */
+    int (*weight_rows)(void *ctx, int64_t row0, int64_t n, float *dst, qft_err *err);
+} qft_linear_base;
+
+/* A trainable tensor an adapter declares for one linear. The core fills data and grad
+ * (fp32, row-major, zeroed) before attach. */
+#define QFT_ADAPTER_MAX_PARAMS 4
+typedef struct qft_adapter_param {
+    char suffix[64];  /* after the module name, PEFT's spelling: "lora_A.weight" */
+    int ndim;
+    int64_t shape[2];
+    float *data;      /* (shape) */
+    float *grad;      /* (shape), accumulated by backward */
+} qft_adapter_param;
+
+typedef struct qft_adapter_step {
+    uint64_t seed;    /* the run's seed */
+    long step;        /* optimizer step (0-based) and micro-batch within it, for dropout */
+    int micro;
+    int training;     /* 0 in evaluation: dropout off */
+} qft_adapter_step;
+
+typedef struct qft_adapter_linear qft_adapter_linear; /* a plugin's per-linear state */
+
+typedef struct qft_adapter_vtable {
+    /* Keys of the `adapter` section this plugin accepts besides `plugin` (NULL-ended). */
+    const char *const *config_keys;
+    int (*configure)(const qft_services *svc, const config_setting_t *section, void **state,
+                     qft_err *err);
+    /* 1 when `lin` gets an adapter (target_modules), else 0. */
+    int (*targets)(const void *state, const qft_linear_base *lin);
+    /* The trainable tensors for `lin`: fills params[0..*n) (at most QFT_ADAPTER_MAX_PARAMS). */
+    int (*declare)(const void *state, const qft_linear_base *lin, qft_adapter_param *params,
+                   int *n, qft_err *err);
+    /* Creates the per-linear state once the core has allocated the declared tensors and
+     * loaded the base weights; `init` says whether to initialise the tensors (PEFT's
+     * initialisation, from rng) or leave them (they were loaded from a saved adapter). */
+    int (*attach)(const void *state, const qft_linear_base *lin, qft_adapter_param *params,
+                  int n, int init, qft_rng *rng, qft_adapter_linear **al, qft_err *err);
+    /* The hooks described above. x (N, in); y and dy (N, ldy), columns [0, out). */
+    int (*forward)(qft_adapter_linear *al, const qft_adapter_step *st, const float *x,
+                   int64_t N, float *y, int64_t ldy, qft_err *err);
+    int (*backward)(qft_adapter_linear *al, const qft_adapter_step *st, const float *x,
+                    float *dy, int64_t ldy, int64_t N, float *dx, qft_err *err);
+    /* The merged weight rows [row0, row0 + n): W' = what the adapted linear computes as a
+     * plain linear (LoRA: W + s B A; DoRA: m / ||W + s B A|| (W + s B A)); dst (n, in). */
+    int (*merge_rows)(qft_adapter_linear *al, int64_t row0, int64_t n, float *dst, qft_err *err);
+    /* PEFT's adapter_config.json fields this plugin owns, as JSON object members text
+     * (e.g. "\"r\": 8, \"lora_alpha\": 16, ..."), for the exported adapter. */
+    int (*peft_config)(const void *state, char *buf, size_t size, qft_err *err);
+    void (*detach)(qft_adapter_linear *al);
+    void (*close)(void *state);
+} qft_adapter_vtable;
+
+/* The vtable of the shard kind is defined by the issue that delivers those plugins (see
+ * ../shared/DESIGN.md); until then the registry lists such plugins but the engine refuses
+ * to compose them, naming the missing capability. */
 
 #ifdef __cplusplus
 }

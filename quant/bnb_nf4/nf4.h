@@ -32,6 +32,10 @@ struct qft_qweight {
     float *nested_absmax; /* (ceil(n_blocks / 256)), when double_quant */
     float nested_map[256];/* the signed dynamic map, when double_quant */
     float offset;         /* mean of the absmax, when double_quant */
+    /* bitsandbytes' quant_state JSON for this weight, kept here because a sink needs the
+     * bytes to outlive the save call */
+    char qs_json[384];
+    int qs_len;
 };
 
 /* NF4 codebook and bitsandbytes' signed 8-bit dynamic map (256 values, as torch rounds them). */
@@ -52,6 +56,9 @@ void nf4_quantize_dynamic(const float *x, int64_t n, const float *map, uint8_t *
 float nf4_block_absmax(const struct qft_qweight *qw, int64_t b);
 /* Dequantized elements [f0, f0 + count) of the flattened weight into dst (count). */
 void nf4_dequantize_range(const struct qft_qweight *qw, int64_t f0, int64_t count, float *dst);
+
+/* Fills qw->qs_json from the weight's fields; -1 if it does not fit. */
+int nf4_build_qs_json(struct qft_qweight *qw);
 
 /* Saving and loading with bitsandbytes' key names (nf4_io.c). */
 int nf4_save(const struct qft_qweight *qw, const char *prefix, const qft_tensor_sink *sink,
