@@ -12,7 +12,7 @@ static const char *const k_top[] = {"train_type", "model", "tokenizer", "quant",
 static const char *const k_model[] = {"path", "dtype", "config", NULL};
 static const char *const k_tokenizer[] = {"path", "kind", NULL};
 static const char *const k_quant[] = {"plugin", NULL};
-static const char *const k_adapter[] = {"plugin", NULL};
+static const char *const k_adapter[] = {"plugin", "path", NULL};
 static const char *const k_data[] = {"plugin", "context_length", "dataset_samples",
                                      "eval_holdout", "seed", "group_by_length",
                                      "pad_to_context", "skip_bad_rows", NULL};

@@ -12,12 +12,14 @@
 
 /* Builds the model the config names: a Hugging Face folder (model.path), or a random
  * model of the shape in model.config (config.json field names) initialised from seed.
- * vocab_size defaults to the tokenizer's when model.config leaves it out. With a
- * quantizer, every block linear is frozen and packed and the tensors it leaves dense
- * (embeddings, norms, head) train; without one, every tensor trains. */
+ * vocab_size defaults to the tokenizer's when model.config leaves it out. Roles: with an
+ * adapter, only its tensors train and the block linears are packed by the quantizer (or
+ * frozen dense); with a quantizer alone, the linears are packed and the tensors it leaves
+ * dense (embeddings, norms, head) train; with neither, every tensor trains. The adapter
+ * is attached (initialised, or loaded from adapter.path) and gradients are allocated. */
+struct qft_run_data;
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
-                        const qft_quantizer_vtable *qvt, const void *qstate,
-                        qft_llama_model *m, qft_err *err);
+                        const struct qft_run_data *d, qft_llama_model *m, qft_err *err);
 
 /* The data half of a run: plugins composed, tokenizer loaded, the dataset plugin's rows
  * tokenized once into examples (truncated to context_length, prompt labels masked). */
@@ -29,6 +31,8 @@ typedef struct qft_run_data {
     long rows;            /* rows the plugin yields */
     const qft_quantizer_vtable *qvt; /* the quantizer plugin, NULL when none */
     void *qstate;                    /* its configured options */
+    const qft_adapter_vtable *avt;   /* the adapter plugin, NULL when none */
+    void *astate;
     qft_data_examples ex; /* the first ex.count of them, tokenized */
 } qft_run_data;
 
@@ -49,5 +53,7 @@ int qft_run_copy_tokenizer(const char *src_dir, const char *dst_dir, qft_err *er
 /* The run's model as a Hugging Face folder in output.dir/model (dequantized, in
  * output.save_dtype) with its tokenizer files. */
 int qft_run_save_model(const qft_run_config *rc, const qft_llama_model *m, qft_err *err);
+/* The run's adapter in PEFT's format in output.dir/adapter. */
+int qft_run_save_adapter(const qft_run_config *rc, const qft_llama_model *m, qft_err *err);
 
 #endif

@@ -3,9 +3,8 @@
 
 #include <string.h>
 
-int qft_run_compose(const qft_run_config *rc, const qft_registry *reg,
-                    const qft_dataset_vtable **dataset, const qft_quantizer_vtable **qvt,
-                    void **qstate, qft_err *err);
+int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_data *d,
+                    qft_err *err);
 
 int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
                       qft_run_data *d, qft_err *err) {
@@ -13,7 +12,7 @@ int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_di
     char dirs[32][4096];
     int nd = qft_registry_search_path(cli_plugin_dirs, n_cli, rc->plugin_paths,
                                       rc->n_plugin_paths, dirs, 32);
-    if (qft_registry_scan(&d->reg, dirs, nd, err) || qft_run_compose(rc, &d->reg, &d->dvt, &d->qvt, &d->qstate, err))
+    if (qft_registry_scan(&d->reg, dirs, nd, err) || qft_run_compose(rc, &d->reg, d, err))
         return -1;
     if (rc->tokenizer.byte) {
         d->tok = qft_tokenizer_byte_new();
@@ -43,6 +42,7 @@ void qft_run_data_close(qft_run_data *d) {
     if (d->dstate) d->dvt->close(d->dstate);
     if (d->tok) qft_tokenizer_free(d->tok);
     if (d->qstate) d->qvt->close(d->qstate);
+    if (d->astate) d->avt->close(d->astate);
     qft_registry_free(&d->reg);
     memset(d, 0, sizeof *d);
 }

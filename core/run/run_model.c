@@ -1,7 +1,9 @@
 /* The model of a run: loaded from a Hugging Face folder, or random from model.config. */
 #include "hf_model.h"
+#include "peft_adapter.h"
 #include "run.h"
 
+#include <stdint.h>
 #include <string.h>
 
 /* model.config uses config.json's field names so a user can paste from one to the other. */
@@ -68,23 +70,38 @@ static int shape_from_config(const config_setting_t *g, int tok_vocab, qft_llama
     return 0;
 }
 
-static int role_quantize_linears(void *ctx, const char *name, int is_linear) {
-    (void)ctx, (void)name;
-    return is_linear ? QFT_ROLE_QUANTIZED : QFT_ROLE_TRAIN;
+/* ctx: 1 when a quantizer packs the linears, and (bit 2) when an adapter trains. */
+static int run_role(void *ctx, const char *name, int is_linear) {
+    (void)name;
+    const int flags = (int)(intptr_t)ctx, quant = flags & 1, adapter = flags & 2;
+    if (is_linear && quant) return QFT_ROLE_QUANTIZED;
+    return adapter ? QFT_ROLE_FROZEN : QFT_ROLE_TRAIN;
 }
 
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
-                        const qft_quantizer_vtable *qvt, const void *qstate,
-                        qft_llama_model *m, qft_err *err) {
-    qft_llama_build build = {.role = qvt ? role_quantize_linears : NULL, .qvt = qvt,
-                             .qstate = qstate};
-    if (rc->model.path) return qft_hf_model_load_build(rc->model.path, m, &build, err);
-    qft_llama_config c;
-    if (shape_from_config(rc->model.shape, tokenizer_vocab, &c, err)) return -1;
-    if (qft_llama_alloc_build(m, &c, &build, err)) return -1;
-    if (qft_llama_init_random(m, seed, err)) {
-        qft_llama_free(m);
-        return -1;
+                        const qft_run_data *d, qft_llama_model *m, qft_err *err) {
+    const intptr_t flags = (d->qvt ? 1 : 0) | (d->avt ? 2 : 0);
+    qft_llama_build build = {.role = run_role, .ctx = (void *)flags, .qvt = d->qvt,
+                             .qstate = d->qstate, .avt = d->avt, .astate = d->astate};
+    if (rc->model.path) {
+        if (qft_hf_model_load_build(rc->model.path, m, &build, err)) return -1;
+    } else {
+        qft_llama_config c;
+        if (shape_from_config(rc->model.shape, tokenizer_vocab, &c, err)) return -1;
+        if (qft_llama_alloc_build(m, &c, &build, err)) return -1;
+        if (qft_llama_init_random(m, seed, err)) goto fail;
     }
+    if (qft_llama_alloc_grads(m, err)) goto fail;
+    const char *adapter_path = NULL;
+    if (qft_cfg_string(rc->sec_adapter, "path", NULL, &adapter_path, err)) goto fail;
+    if (adapter_path && !d->avt) {
+        qft_err_setf(err, "%s: adapter.path is set but the train_type has no adapter", rc->file);
+        goto fail;
+    }
+    if (adapter_path && qft_peft_load(adapter_path, m, err)) goto fail;
+    if (qft_llama_attach_adapters(m, adapter_path == NULL, seed, err)) goto fail;
     return 0;
+fail:
+    qft_llama_free(m);
+    return -1;
 }

@@ -5,16 +5,21 @@
 
 #include <string.h>
 
-/* The adapter vtable arrives with its own issue; until then a found adapter plugin is
- * refused by name rather than half-used. "none" takes no keys besides `plugin`. */
-static int check_adapter(const qft_registry *reg, const char *name,
-                         const config_setting_t *sec, qft_err *err) {
-    if (strcmp(name, "none") == 0) return qft_config_check_keys(sec, NULL, err);
-    const qft_plugin *p = qft_registry_find(reg, QFT_KIND_ADAPTER, name, err);
+/* The adapter: found, its section's keys checked and its options read by the plugin. */
+static int open_adapter(const qft_run_config *rc, const qft_registry *reg,
+                        const qft_adapter_vtable **avt, void **astate, qft_err *err) {
+    static const char *const none_keys[] = {NULL};
+    *avt = NULL, *astate = NULL;
+    if (strcmp(rc->adapter_plugin, "none") == 0)
+        return qft_config_check_keys(rc->sec_adapter, none_keys, err);
+    const qft_plugin *p = qft_registry_find(reg, QFT_KIND_ADAPTER, rc->adapter_plugin, err);
     if (!p) return -1;
-    return qft_err_setf(err, "adapter plugin \"%s\" (%s) was found, but this qft cannot "
-                             "compose adapter plugins yet (LoRA, DoRA and Llama-Pro are not "
-                             "written); use an adapter-free train_type", name, p->path);
+    const qft_adapter_vtable *vt = p->desc->vtable;
+    if (qft_config_check_keys(rc->sec_adapter, vt->config_keys, err) ||
+        vt->configure(qft_registry_services(), rc->sec_adapter, astate, err))
+        return -1;
+    *avt = vt;
+    return 0;
 }
 
 /* The quantizer: found, its section's keys checked and its options read by the plugin. */
@@ -32,11 +37,10 @@ static int open_quantizer(const qft_run_config *rc, const qft_registry *reg,
     return 0;
 }
 
-int qft_run_compose(const qft_run_config *rc, const qft_registry *reg,
-                    const qft_dataset_vtable **dataset, const qft_quantizer_vtable **qvt,
-                    void **qstate, qft_err *err) {
-    if (check_adapter(reg, rc->adapter_plugin, rc->sec_adapter, err) ||
-        open_quantizer(rc, reg, qvt, qstate, err))
+int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_data *d,
+                    qft_err *err) {
+    if (open_adapter(rc, reg, &d->avt, &d->astate, err) ||
+        open_quantizer(rc, reg, &d->qvt, &d->qstate, err))
         return -1;
     /* One process: no_shard is the identity; the other strategies need their plugins. */
     if (strcmp(rc->shard.plugin, "no_shard") != 0 &&
@@ -46,8 +50,8 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg,
         return qft_err_setf(err, "%s: train.backend = \"%s\": this build has no usable %s "
                                  "backend (only \"cpu\")", rc->file, rc->train.backend,
                             rc->train.backend);
-    const qft_plugin *d = qft_registry_find(reg, QFT_KIND_DATASET, rc->data.plugin, err);
-    if (!d) return -1;
-    *dataset = d->desc->vtable;
-    return qft_config_check_keys(rc->sec_data, (*dataset)->config_keys, err);
+    const qft_plugin *p = qft_registry_find(reg, QFT_KIND_DATASET, rc->data.plugin, err);
+    if (!p) return -1;
+    d->dvt = p->desc->vtable;
+    return qft_config_check_keys(rc->sec_data, d->dvt->config_keys, err);
 }

@@ -2,6 +2,7 @@
  * written atomically by core/io), plus the tokenizer files it was trained with, so the
  * folder loads in transformers as it is. */
 #include "hf_model.h"
+#include "peft_adapter.h"
 #include "run.h"
 
 #include <stdlib.h>
@@ -45,5 +46,17 @@ int qft_run_save_model(const qft_run_config *rc, const qft_llama_model *m, qft_e
         qft_run_copy_tokenizer(rc->tokenizer.path, dir, err))
         return -1;
     qft_log(QFT_LOG_INFO, "saved %s (%s)", dir, rc->output.save_dtype);
+    return 0;
+}
+
+int qft_run_save_adapter(const qft_run_config *rc, const qft_llama_model *m, qft_err *err) {
+    if (!m->avt)
+        return qft_err_setf(err, "%s: output.save = \"adapter\" but train_type \"%s\" has no "
+                                 "adapter (save = \"model\" saves the whole model)",
+                            rc->file, rc->train_type);
+    char dir[8192];
+    snprintf(dir, sizeof dir, "%s/adapter", rc->output.dir);
+    if (qft_peft_save(dir, m, rc->model.path ? rc->model.path : "", err)) return -1;
+    qft_log(QFT_LOG_INFO, "saved %s (PEFT adapter)", dir);
     return 0;
 }

@@ -89,7 +89,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         goto done;
 
     if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
-                            s.data.qvt, s.data.qstate, &s.model, err))
+                            &s.data, &s.model, err))
         goto done;
     s.have_model = 1;
     if (qft_tokenizer_vocab_size(s.data.tok) > s.model.cfg.vocab_size) {
@@ -105,7 +105,6 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         s.model.cfg.pad_token_id = qft_tokenizer_pad(s.data.tok);
     }
     s.model.recompute = rc->train.recompute;
-    if (qft_llama_alloc_grads(&s.model, err)) goto done;
 
     qft_optim_config oc = {
         .kind = strcmp(rc->train.optimizer, "sgd") == 0 ? QFT_OPT_SGD : QFT_OPT_ADAMW,
@@ -165,6 +164,8 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
             qft_batch b;
             long nt = 0;
             float loss = 0;
+            s.model.astep = (qft_adapter_step){.seed = (uint64_t)rc->train.seed, .step = step,
+                                               .micro = k, .training = 1};
             if (qft_data_loader_get(&s.loader, micro % batches_per_epoch, &b, &nt, err) ||
                 qft_llama_forward(&s.model, &b, &loss, err) ||
                 qft_llama_backward(&s.model, &b, 1.0f / (float)rc->train.grad_accum, err))
@@ -202,6 +203,8 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     summary->tokens_per_s = tokens_total / (summary->elapsed_s > 1e-9 ? summary->elapsed_s : 1e-9);
 
     if (strcmp(rc->output.save, "model") == 0 && qft_run_save_model(rc, &s.model, err)) goto done;
+    if (strcmp(rc->output.save, "adapter") == 0 && qft_run_save_adapter(rc, &s.model, err))
+        goto done;
     qft_progress_summary_memory(summary);
     if (!quiet) {
         char line[512];
