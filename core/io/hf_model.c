@@ -208,20 +208,31 @@ static int source_get(void *ctx, const char *name, qft_tensor *t, qft_err *err) 
     return qft_err_setf(err, "%s: tensor '%s' not found", s->dir, name);
 }
 
+/* The checkpoint's name for entry pe: itself, or with block expansion the same tensor of
+ * the block it copies ("model.layers.5.x" -> "model.layers.4.x"). */
+static const char *source_name(const qft_llama_model *m, const qft_param_entry *pe, char *buf,
+                               size_t n) {
+    if (!m->layer_src || pe->layer < 0) return pe->name;
+    const char *rest = strchr(pe->name + strlen("model.layers."), '.'); /* ".self_attn..." */
+    snprintf(buf, n, "model.layers.%d%s", m->layer_src[pe->layer], rest ? rest : "");
+    return buf;
+}
+
 static int load_tensor(const sources *s, qft_llama_model *m, qft_param_entry *pe,
                        float **scratch, size_t *scratch_n, qft_err *err) {
+    char srcbuf[128];
+    const char *name = source_name(m, pe, srcbuf, sizeof srcbuf);
     if (pe->role == QFT_ROLE_QUANTIZED) {
         /* a pre-quantized checkpoint first: the quantizer reads its own keys */
         char prefix[96];
-        snprintf(prefix, sizeof prefix, "%.*s", (int)(strlen(pe->name) - strlen(".weight")),
-                 pe->name);
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(strlen(name) - strlen(".weight")), name);
         qft_tensor_source src = {(void *)s, source_get, source_find, s->dir};
         int rc = m->qvt->load(m->qstate, prefix, pe->shape[0], pe->shape[1], &src, &pe->qw, err);
         if (rc <= 0) return rc;
     }
     const source_file *sf = NULL;
     const qft_st_entry *e = NULL;
-    if (locate(s, pe->name, &sf, &e, err)) return -1;
+    if (locate(s, name, &sf, &e, err)) return -1;
     int same = e->t.ndim == pe->ndim;
     for (int d = 0; same && d < pe->ndim; d++) same = e->t.shape[d] == pe->shape[d];
     if (!same) {
@@ -269,6 +280,13 @@ int qft_hf_model_load_build(const char *dir, qft_llama_model *m, const qft_llama
         return qft_err_setf(err, "%s: path too long", dir);
     qft_llama_config cfg;
     if (qft_hf_config_load(path, &cfg, err)) return -1;
+    if (build && build->layer_src) {
+        if (build->n_src_layers != cfg.num_hidden_layers)
+            return qft_err_setf(err, "%s: block expansion planned for %d layers, but the "
+                                     "checkpoint has %d", path, build->n_src_layers,
+                                cfg.num_hidden_layers);
+        cfg.num_hidden_layers = build->n_layers;
+    }
     sources s;
     if (open_sources(&s, dir, err)) {
         sources_close(&s);
@@ -286,6 +304,7 @@ int qft_hf_model_load_build(const char *dir, qft_llama_model *m, const qft_llama
             rc = load_tensor(&s, m, &m->entries[i], &scratch, &scratch_n, err);
     qft_mem_free(scratch);
     sources_close(&s);
+    if (!rc) rc = qft_llama_expand_finish(m, 0, err);
     if (rc) qft_llama_free(m);
     return rc;
 }
@@ -339,13 +358,14 @@ int qft_hf_model_save_ex(const char *dir, const qft_llama_model *m, qft_dtype dt
             rc = m->qvt->save(pe->qw, prefix, &sink, err);
             continue;
         }
-        if (pe->role == QFT_ROLE_QUANTIZED) {
+        /* packed weights are dequantized and adapters merged into their linears */
+        if (pe->role == QFT_ROLE_QUANTIZED || (pe->layer >= 0 && m->n_adapted)) {
             dense[i] = malloc(pe->numel * sizeof(float));
             if (!dense[i]) {
                 rc = qft_err_setf(err, "%s: out of memory dequantizing %s", dir, pe->name);
                 break;
             }
-            rc = qft_llama_get_dense(m, pe, dense[i], err);
+            rc = qft_llama_get_merged(m, pe, dense[i], err);
             t.data = dense[i];
         }
         if (!rc) rc = qft_st_writer_add_f32(&w, pe->name, &t, dtype, err);

@@ -31,7 +31,9 @@ int qft_hf_model_load_build(const char *dir, qft_llama_model *m, const qft_llama
  * once, as model.embed_tokens.weight, as transformers does. */
 int qft_hf_model_save(const char *dir, const qft_llama_model *m, qft_dtype dtype, qft_err *err);
 /* keep_packed: quantized linears are written in their quantizer's format (the peer
- * library's key names, through qft_quantizer_vtable.save) instead of dequantized. */
+ * library's key names, through qft_quantizer_vtable.save) instead of dequantized, and
+ * adapters are left out; otherwise packed linears are dequantized and attached adapters
+ * merged, giving a dense checkpoint that computes what the adapted model computes. */
 int qft_hf_model_save_ex(const char *dir, const qft_llama_model *m, qft_dtype dtype,
                          int keep_packed, qft_err *err);
 

@@ -87,6 +87,11 @@ typedef struct qft_llama_build {
      * trainable tensors; qft_llama_attach_adapters then attaches it once weights are in. */
     const qft_adapter_vtable *avt;
     const void *astate;
+    /* Block expansion (Llama-Pro): the model has n_layers blocks; block i copies block
+     * layer_src[i] of a checkpoint with n_src_layers blocks, and layer_new[i] marks an
+     * inserted block (trains; o_proj and down_proj start at zero). NULL: no expansion. */
+    const int *layer_src, *layer_new;
+    int n_layers, n_src_layers;
 } qft_llama_build;
 
 struct qft_llama_acts; /* activation storage, private to the model code */
@@ -118,6 +123,7 @@ typedef struct qft_llama_model {
     struct qft_llama_adapted *(*adapted)[QFT_LIN_COUNT]; /* [L][7], NULL where not adapted */
     int n_adapted;                   /* adapted linears */
     qft_adapter_step astep;          /* set by the trainer before each forward */
+    int *layer_src, *layer_new;      /* [L] block expansion (see qft_llama_build), or NULL */
     int recompute;            /* keep only block inputs; recompute the rest in backward */
     struct qft_llama_acts *acts;
 } qft_llama_model;
@@ -134,9 +140,17 @@ int qft_llama_set_dense(qft_llama_model *m, qft_param_entry *e, const float *w, 
 /* Writes entry e's weight as dense fp32 into dst (numel floats), dequantizing if packed. */
 int qft_llama_get_dense(const qft_llama_model *m, const qft_param_entry *e, float *dst,
                         qft_err *err);
+/* Like qft_llama_get_dense, with an attached adapter merged in: the plain weight that
+ * computes what the adapted linear computes (W + s B A for LoRA; DoRA's rescaled rows). */
+int qft_llama_get_merged(const qft_llama_model *m, const qft_param_entry *e, float *dst,
+                         qft_err *err);
 /* transformers' init: normal(0, initializer_range) for linears and embeddings, ones for
  * norms; quantized linears are drawn dense and quantized one at a time. */
 int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err);
+/* Block expansion after the weights are in: inserted blocks get their o_proj and
+ * down_proj zeroed; with copy set (a random model, whose blocks were drawn
+ * independently) they first copy every tensor of their source block. */
+int qft_llama_expand_finish(qft_llama_model *m, int copy, qft_err *err);
 /* Attaches the build's adapter to every linear it declared tensors for: init = 1 draws
  * PEFT's initialisation from seed; init = 0 keeps tensors loaded from a saved adapter.
  * Call after the base weights are in (DoRA reads them) and after qft_llama_alloc_grads. */

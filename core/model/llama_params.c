@@ -182,10 +182,22 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
         qft_llama_free(m);
         return -1;
     }
+    if (build && build->layer_src) {
+        m->layer_src = malloc((size_t)L * sizeof(int));
+        m->layer_new = malloc((size_t)L * sizeof(int));
+        if (!m->layer_src || !m->layer_new) {
+            qft_llama_free(m);
+            return qft_err_setf(err, "out of memory");
+        }
+        memcpy(m->layer_src, build->layer_src, (size_t)L * sizeof(int));
+        memcpy(m->layer_new, build->layer_new, (size_t)L * sizeof(int));
+    }
     /* roles, then offsets: trainable tensors first so they form one prefix */
     for (int i = 0; i < m->n_entries; i++) {
         qft_param_entry *e = &m->entries[i];
-        e->role = e->layer == -2                 ? QFT_ROLE_TRAIN /* adapter tensors train */
+        e->role = e->layer == -2 ? QFT_ROLE_TRAIN /* adapter tensors train */
+                  : e->layer >= 0 && m->layer_new && m->layer_new[e->layer]
+                      ? QFT_ROLE_TRAIN /* inserted blocks train, dense */
                   : build && build->role ? build->role(build->ctx, e->name, is_linear(e))
                                          : QFT_ROLE_TRAIN;
         if (e->role == QFT_ROLE_QUANTIZED && (!is_linear(e) || !m->qvt)) {
@@ -254,6 +266,48 @@ int qft_llama_get_dense(const qft_llama_model *m, const qft_param_entry *e, floa
     }
     if (!e->qw) return qft_err_setf(err, "%s: quantized weight not set", e->name);
     return m->qvt->dequantize_rows(e->qw, 0, e->shape[0], dst, err);
+}
+
+int qft_llama_get_merged(const qft_llama_model *m, const qft_param_entry *e, float *dst,
+                         qft_err *err) {
+    if (e->layer >= 0 && m->adapted) {
+        for (int k = 0; k < QFT_LIN_COUNT; k++) {
+            const qft_llama_adapted *ad = m->adapted[e->layer][k];
+            if (ad && ad->al && &m->entries[m->lin_entry[e->layer][k]] == e)
+                return m->avt->merge_rows(ad->al, 0, e->shape[0], dst, err);
+        }
+    }
+    return qft_llama_get_dense(m, e, dst, err);
+}
+
+int qft_llama_expand_finish(qft_llama_model *m, int copy, qft_err *err) {
+    if (!m->layer_new) return 0;
+    const int L = m->cfg.num_hidden_layers;
+    for (int l = 0; l < L; l++) {
+        if (!m->layer_new[l]) continue;
+        if (copy) {
+            int from = -1; /* the block holding the source layer */
+            for (int j = 0; j < L && from < 0; j++)
+                if (!m->layer_new[j] && m->layer_src[j] == m->layer_src[l]) from = j;
+            if (from < 0) return qft_err_setf(err, "block %d: its source block is missing", l);
+            for (int i = 0; i < m->n_entries; i++) {
+                const qft_param_entry *d = &m->entries[i];
+                if (d->layer != l) continue;
+                for (int j = 0; j < m->n_entries; j++) {
+                    const qft_param_entry *sE = &m->entries[j];
+                    if (sE->layer == from && sE->field == d->field &&
+                        qft_llama_get_dense(m, sE, m->params + d->offset, err))
+                        return -1;
+                }
+            }
+        }
+        for (int i = 0; i < m->n_entries; i++) {
+            const qft_param_entry *e = &m->entries[i];
+            if (e->layer == l && (e->field == 4 || e->field == 8)) /* o_proj, down_proj */
+                memset(m->params + e->offset, 0, e->numel * sizeof(float));
+        }
+    }
+    return 0;
 }
 
 int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
@@ -331,6 +385,9 @@ void qft_llama_free(qft_llama_model *m) {
     qft_mem_free(m->grads);
     free(m->entries);
     free(m->lin_entry);
+    free(m->layer_src);
+    free(m->layer_new);
+    m->layer_src = m->layer_new = NULL;
     free(m->p.layers);
     free(m->g.layers);
     m->params = m->grads = NULL;

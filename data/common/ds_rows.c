@@ -277,11 +277,15 @@ static int read_array(reader *r, size_t i, qft_err *err) {
                 break;
             }
         }
-        if (i >= n)
+        if (i >= n && (in_str || depth > 0))
             return qft_err_setf(err, "%s:%ld: unexpected end of file in row %ld (which starts on "
                                      "line %ld): %s is not closed",
                                 path, line, row + 1, start_line,
                                 in_str ? "a string" : "an object or array");
+        if (i >= n)
+            return qft_err_setf(err, "%s:%ld: unexpected end of file: the array opened at line %ld, "
+                                     "column %ld is not closed with ']'",
+                                path, line, open.line, open.column);
         size_t end = i;
         while (end > start && is_space(b[end - 1])) end--;
         row++;

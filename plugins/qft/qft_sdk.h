@@ -85,6 +85,8 @@ typedef struct qft_rng {
 /* ---- services the core offers to plugins ------------------------------------------- */
 enum { QFT_LOG_ERROR = 0, QFT_LOG_WARN = 1, QFT_LOG_INFO = 2, QFT_LOG_DEBUG = 3 };
 
+struct qft_ops; /* qft_ops.h */
+
 typedef struct qft_services {
     int abi_version; /* the core's QFT_ABI_VERSION */
     /* 64-byte aligned allocation counted in the run's memory report under `what`. */
@@ -97,6 +99,10 @@ typedef struct qft_services {
      * one of `plugin_keys` (NULL-terminated); otherwise fills err with file, line and key. */
     int (*config_check_keys)(const config_setting_t *section, const char *const *plugin_keys,
                              qft_err *err);
+    /* The active backend's op table (qft_ops.h), for plugins that compute (adapters use
+     * its GEMM, which splits over the backend's threads). NULL when the core offers none:
+     * a plugin then falls back to its own code. */
+    const struct qft_ops *ops;
 } qft_services;
 
 /* ---- the descriptor ----------------------------------------------------------------- */
@@ -245,6 +251,11 @@ typedef struct qft_adapter_step {
     long step;        /* optimizer step (0-based) and micro-batch within it, for dropout */
     int micro;
     int training;     /* 0 in evaluation: dropout off */
+    /* 1 when no backward follows this forward (evaluation, or the first pass of activation
+     * recomputation, which forward repeats before backward): the adapter then keeps no
+     * activations. 0 (the default) keeps them from forward until the backward that
+     * consumes them, which frees them, so they are live no longer than the core's own. */
+    int no_grad;
 } qft_adapter_step;
 
 typedef struct qft_adapter_linear qft_adapter_linear; /* a plugin's per-linear state */
@@ -277,6 +288,14 @@ typedef struct qft_adapter_vtable {
     int (*peft_config)(const void *state, char *buf, size_t size, qft_err *err);
     void (*detach)(qft_adapter_linear *al);
     void (*close)(void *state);
+    /* Optional, for block-expansion adapters (Llama-Pro), NULL for per-linear ones: the
+     * expanded model's layers from a checkpoint's n_layers. For each layer i < *n_out
+     * (at most max): src[i] is the checkpoint layer it copies and is_new[i] marks an
+     * inserted block, which the engine initialises as a copy of src[i] with o_proj and
+     * down_proj zeroed (the identity on the residual stream) and trains, while the others
+     * stay frozen. Such an adapter targets no linear. */
+    int (*expand)(const void *state, int n_layers, int *src, int *is_new, int max, int *n_out,
+                  qft_err *err);
 } qft_adapter_vtable;
 
 /* The vtable of the shard kind is defined by the issue that delivers those plugins (see

@@ -48,10 +48,12 @@ void nf4_weight_free(struct qft_qweight *qw);
 
 /* Blockwise NF4 of x (n): absmax (ceil(n/bs)) and packed ((n+1)/2). */
 void nf4_quantize_blocks(const float *x, int64_t n, int blocksize, float *absmax, uint8_t *packed);
-/* bitsandbytes' 8-bit blockwise quantization with `map` (256), blocks of 256: a nearest-code
- * search with ties to the lower code; codes (n), block absmax (ceil(n/256)). */
-void nf4_quantize_dynamic(const float *x, int64_t n, const float *map, uint8_t *codes,
-                          float *absmax);
+/* bitsandbytes' CPU 8-bit blockwise quantization with `map` (256), blocks of 256, through its
+ * 65536-step lookup table: codes (n), block absmax (ceil(n/256)). -1 when out of memory. */
+int nf4_quantize_dynamic(const float *x, int64_t n, const float *map, uint8_t *codes,
+                         float *absmax);
+/* mean(x) as torch computes it in fp32 on the CPU (same summation order). */
+float nf4_torch_mean(const float *x, int64_t n);
 /* The fp32 absmax of block b, undoing the double quantization when there is one. */
 float nf4_block_absmax(const struct qft_qweight *qw, int64_t b);
 /* Dequantized elements [f0, f0 + count) of the flattened weight into dst (count). */

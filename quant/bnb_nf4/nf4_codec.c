@@ -137,36 +137,114 @@ void nf4_quantize_blocks(const float *x, int64_t n, int blocksize, float *absmax
     }
 }
 
-void nf4_quantize_dynamic(const float *x, int64_t n, const float *map, uint8_t *codes,
-                          float *absmax) {
+/* bitsandbytes 0.50's CPU 8-bit quantizer does not search the map: it rounds the
+ * normalised value onto a 65536-step grid over [-1, 1] and reads the code from a table
+ * built for that grid (each step takes the code whose midpoints bracket it). So the
+ * result is the nearest code except within a grid step of a midpoint; reproduced here
+ * operation for operation, in fp32. */
+#define NF4_LUT_SIZE 65536
+
+static void build_lut(const float *map, uint8_t *lut) {
+    float mids[255];
+    for (int i = 0; i < 255; i++) mids[i] = 0.5f * (map[i] + map[i + 1]);
+    int k = 0;
+    for (int i = 0; i < NF4_LUT_SIZE; i++) {
+        const float grid = (2.0f * (float)i) / (float)(NF4_LUT_SIZE - 1);
+        const float v = -1.0f + grid;
+        while (k < 255 && mids[k] < v) k++;
+        lut[i] = (uint8_t)k;
+    }
+}
+
+static inline uint16_t lut_index(float v) {
+    v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
+    const float h = (v + 1.0f) * 0.5f;
+    const float g = h * (float)(NF4_LUT_SIZE - 1);
+    return (uint16_t)(g + 0.5f);
+}
+
+int nf4_quantize_dynamic(const float *x, int64_t n, const float *map, uint8_t *codes,
+                         float *absmax) {
+    uint8_t *lut = malloc(NF4_LUT_SIZE); // (65536)
+    if (!lut) return -1;
+    build_lut(map, lut);
     const int64_t n_blocks = (n + NF4_NESTED_BLOCK - 1) / NF4_NESTED_BLOCK;
     for (int64_t b = 0; b < n_blocks; b++) {
         const int64_t f0 = b * NF4_NESTED_BLOCK;
         const int64_t f1 = f0 + NF4_NESTED_BLOCK < n ? f0 + NF4_NESTED_BLOCK : n;
-        float am = -FLT_MAX;
+        float am = 0.0f;
         for (int64_t i = f0; i < f1; i++) am = fmaxf(am, fabsf(x[i]));
         absmax[b] = am;
-        for (int64_t i = f0; i < f1; i++) {
-            const float v = x[i] / am;
-            /* the code at or left of v, then the nearer of it and its right neighbour
-             * (a tie keeps the left one) */
-            int lo = 0, hi = 255;
-            while (lo < hi) {
-                int mid = (lo + hi + 1) / 2;
-                if (map[mid] <= v)
-                    lo = mid;
-                else
-                    hi = mid - 1;
+        if (am == 0.0f) {
+            memset(codes + f0, 0, (size_t)(f1 - f0));
+            continue;
+        }
+        const float inv = 1.0f / am;
+        for (int64_t i = f0; i < f1; i++) codes[i] = lut[lut_index(x[i] * inv)];
+    }
+    free(lut);
+    return 0;
+}
+
+/* torch's fp32 sum on the CPU (ATen's cascade_sum as its 8-lane vector kernels run it):
+ * four levels of partial sums over rows of four 8-float vectors, then the leftover
+ * vectors, then the scalar tail and the eight lanes in order. Reproduced so that the
+ * double-quantization offset, mean(absmax), is torch's float to the last bit. Beyond
+ * 32768 elements torch splits the sum across its threads; there we stay serial. */
+static int ceil_log2(int64_t x) {
+    if (x <= 2) return 1;
+    int b = 0;
+    for (uint64_t v = (uint64_t)(x - 1); v; v >>= 1) b++;
+    return b;
+}
+
+/* The sum of `size` rows (each m = nrows * lanes floats, rows rstride floats apart). */
+static void multi_row_sum(const float *base, int64_t rstride, int m, int64_t size, float *out) {
+    float acc[4][32] = {{0}};
+    const int lp = ceil_log2(size) / 4 > 4 ? ceil_log2(size) / 4 : 4;
+    const int64_t step = (int64_t)1 << lp, mask = step - 1;
+    int64_t i = 0;
+    while (i + step <= size) {
+        for (int64_t j = 0; j < step; j++, i++)
+            for (int k = 0; k < m; k++) acc[0][k] += base[i * rstride + k];
+        for (int j = 1; j < 4; j++) {
+            for (int k = 0; k < m; k++) {
+                acc[j][k] += acc[j - 1][k];
+                acc[j - 1][k] = 0.0f;
             }
-            int idx = lo;
-            if (idx < 255) {
-                float dl = fabsf(v - map[idx]);
-                float dr = fabsf(v - map[idx + 1]);
-                if (dr < dl) idx++;
-            }
-            codes[i] = (uint8_t)idx;
+            if (i & (mask << (j * lp))) break;
         }
     }
+    for (; i < size; i++)
+        for (int k = 0; k < m; k++) acc[0][k] += base[i * rstride + k];
+    for (int j = 1; j < 4; j++)
+        for (int k = 0; k < m; k++) acc[0][k] += acc[j][k];
+    memcpy(out, acc[0], (size_t)m * sizeof(float));
+}
+
+float nf4_torch_mean(const float *x, int64_t n) {
+    float total;
+    if (n < 8) {
+        float ps[4] = {0};
+        const int64_t si = n / 4;
+        if (si > 0) multi_row_sum(x, 4, 4, si, ps);
+        for (int64_t i = si * 4; i < n; i++) ps[0] += x[i];
+        for (int k = 1; k < 4; k++) ps[0] += ps[k];
+        total = 0.0f + ps[0];
+    } else {
+        float ps[32] = {0}; // (4, 8): four vector partial sums
+        const int64_t vs = n / 8, si = vs / 4;
+        if (si > 0) multi_row_sum(x, 32, 32, si, ps);
+        for (int64_t i = si * 4; i < vs; i++)
+            for (int l = 0; l < 8; l++) ps[l] += x[i * 8 + l];
+        for (int k = 1; k < 4; k++)
+            for (int l = 0; l < 8; l++) ps[l] += ps[k * 8 + l];
+        float fa = 0.0f;
+        for (int64_t i = vs * 8; i < n; i++) fa += x[i];
+        for (int l = 0; l < 8; l++) fa += ps[l];
+        total = 0.0f + fa;
+    }
+    return total / (float)n;
 }
 
 float nf4_block_absmax(const struct qft_qweight *qw, int64_t b) {

@@ -132,15 +132,17 @@ static int nf4_quantize(const void *state, const char *name, const float *w, int
             return qft_err_setf(err, "bnb_nf4: %s: out of memory for the absmax statistics",
                                 name ? name : "weight");
         }
-        /* torch's fp32 mean sums pairwise; a double sum rounded once lands on the same
-         * float except in rare last-bit cases (the tests read the fixture's offset). */
-        double sum = 0.0;
-        for (int64_t b = 0; b < nb; b++) sum += absmax[b];
-        qw->offset = (float)(sum / (double)nb);
+        qw->offset = nf4_torch_mean(absmax, nb);
         for (int64_t b = 0; b < nb; b++) absmax[b] -= qw->offset;
         memcpy(qw->nested_map, qft_nf4_dynamic_map, sizeof qw->nested_map);
-        nf4_quantize_dynamic(absmax, nb, qw->nested_map, qw->qabsmax, qw->nested_absmax);
+        const int rc = nf4_quantize_dynamic(absmax, nb, qw->nested_map, qw->qabsmax,
+                                            qw->nested_absmax);
         nf4_free(svc, absmax);
+        if (rc) {
+            nf4_weight_free(qw);
+            return qft_err_setf(err, "bnb_nf4: %s: out of memory for the lookup table",
+                                name ? name : "weight");
+        }
     }
     if (nf4_build_qs_json(qw)) {
         nf4_weight_free(qw);

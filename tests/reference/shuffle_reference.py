@@ -111,6 +111,10 @@ def main():
             if ds["i"][:] != keep[(n, seed)].tolist():
                 sys.exit("datasets.Dataset.shuffle(seed=%d) differs from numpy for n=%d" % (seed, n))
         out["meta"]["datasets"] = datasets.__version__
+        # the peers venv lacks `datasets`; this run used a venv layered on it
+        out["meta"]["command"] = ("~/.cache/qft-peers/bin/python -m venv --system-site-packages V && "
+                                  "V/bin/pip install datasets && V/bin/python "
+                                  "tests/reference/shuffle_reference.py")
         out["meta"]["datasets_check"] = "Dataset.shuffle(seed) == default_rng(seed).permutation(n) for n=10, 7473 (seed 42), 1000 (seed 0)"
     except ImportError:
         out["meta"]["datasets"] = "not installed; not cross-checked"

@@ -1,0 +1,21 @@
+/* The products a frozen quantized linear needs in training, computed tile by tile from the
+ * packed weight: a cache-sized tile of W's rows is dequantized by the quantizer plugin and
+ * handed to the BLAS GEMM, so the dense weight never exists whole (peak extra memory: one
+ * tile per thread). W is (out, in), row-major, as the quantizer holds it. */
+#ifndef QFT_QLINEAR_H
+#define QFT_QLINEAR_H
+
+#include "qft_sdk.h"
+
+/* Y (N, out) = X (N, in) · Wᵀ + beta · Y. */
+int qft_qlinear_forward(const qft_quantizer_vtable *vt, const qft_qweight *qw, int64_t out,
+                        int64_t in, const float *X, int64_t N, float *Y, float beta,
+                        qft_err *err);
+/* dX (N, in) = dY (N, out) · W + beta · dX. */
+int qft_qlinear_backward_input(const qft_quantizer_vtable *vt, const qft_qweight *qw,
+                               int64_t out, int64_t in, const float *dY, int64_t N, float *dX,
+                               float beta, qft_err *err);
+/* Rows of W in one tile for a product with N rows of input (exposed for tests/benchmarks). */
+int64_t qft_qlinear_tile_rows(int64_t out, int64_t in, int64_t N);
+
+#endif
