@@ -221,6 +221,34 @@ START_TEST(test_quantize_command) {
 }
 END_TEST
 
+/* issue 3's end-to-end check: real data (../shared) through the Llama 3 tokenizer */
+START_TEST(test_real_data_llama3) {
+    const char *src = getenv("QFT_SOURCE_ROOT");
+    char probe[8192];
+    snprintf(probe, sizeof probe, "%s/../shared/assets/tokenizers/llama3/tokenizer.json", src);
+    if (access(probe, R_OK) != 0) {
+        printf("skipped: %s is absent (../shared holds the third-party data)\n", probe);
+        return;
+    }
+    const char *cfgs[] = {"orca_math_llama3", "alpaca_llama3"};
+    for (int i = 0; i < 2; i++) {
+        char cmd[16384], *out;
+        snprintf(cmd, sizeof cmd,
+                 "cd %s && %s train configs/%s.cfg --set train.max_steps=4 "
+                 "--set output.dir=\\\"%s/%s\\\" -q && cat %s/%s/metrics.jsonl",
+                 src, g_qft, cfgs[i], g_tmp, cfgs[i], g_tmp, cfgs[i]);
+        ck_assert_msg(run(cmd, &out) == 0, "%s: %s", cfgs[i], out);
+        /* a random model over Llama 3's 128,256 tokens starts near ln(128256) = 11.76 */
+        const char *l = strstr(out, "\"loss\": ");
+        ck_assert_ptr_nonnull(l);
+        double first = atof(l + 8);
+        ck_assert_msg(first > 11.0 && first < 12.5, "%s: first loss %f", cfgs[i], first);
+        ck_assert_msg(strstr(out, "\"step\": 4"), "%s", out);
+        free(out);
+    }
+}
+END_TEST
+
 int main(void) {
     g_qft = getenv("QFT_BIN");
     if (!g_qft) return EXIT_FAILURE;
@@ -236,6 +264,7 @@ int main(void) {
     tcase_add_test(tc, test_data_show);
     tcase_add_test(tc, test_tokenize_command);
     tcase_add_test(tc, test_quantize_command);
+    tcase_add_test(tc, test_real_data_llama3);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
