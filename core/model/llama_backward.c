@@ -87,6 +87,7 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
     for (int l = L - 1; l >= 0; l--) {
         const float *x_in = a->x + l * cN * C; // (N, C)
         /* the mode forward ran in, not m->recompute now: the buffers hold what it kept */
+        m->astep.no_grad = 0; /* this pass keeps what the backward right after needs */
         if (a->fwd_recompute && qft_llama_block_forward(m, l, 0, x_in, NULL, err)) return -1;
         if (block_backward(m, l, a->fwd_recompute ? 0 : l, x_in, err)) return -1;
     }

@@ -84,6 +84,8 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     }
 
     o->embedding_fwd(a->x, b->ids, m->p.embed, N, C);
+    /* with recomputation, adapters keep nothing in this pass: backward repeats it */
+    m->astep.no_grad = a->fwd_recompute;
     for (int l = 0; l < L; l++)
         if (qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, a->x + l * cN * C,
                                     a->x + (l + 1) * cN * C, err))

@@ -81,17 +81,6 @@ typedef struct qft_llama_adapted {
 /* Linear k (QFT_LIN_*) of layer l; gradients only when `grads` is set. */
 qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int grads);
 
-/* Products of a packed weight W (out, in), tile by tile: a block of rows of W is
- * dequantized into per-thread scratch and fed to the GEMM, so the dense weight never
- * exists whole. y (N, ldy) cols [0, out) = beta * y + x (N, in) W^T; dx (N, in) =
- * beta * dx + dy (N, ldy) cols [0, out) W. */
-int qft_llama_qlin_fwd(const qft_ops *o, const qft_quantizer_vtable *vt, const struct qft_qweight *qw, int out,
-                       int in, const float *x, int N, float *y, int ldy, float beta,
-                       qft_err *err);
-int qft_llama_qlin_bwd_x(const qft_ops *o, const qft_quantizer_vtable *vt, const struct qft_qweight *qw, int out,
-                         int in, const float *dy, int ldy, int N, float *dx, float beta,
-                         qft_err *err);
-
 /* A group of linears sharing one input, whose outputs sit side by side in one buffer
  * (q,k,v into qkv; gate,up into gu; or one linear alone). When the dense weights (or
  * gradients) are adjacent in memory, as in the flat parameter table, the group is one

@@ -1,8 +1,9 @@
 /* The linears of a block: dense, trainable or frozen, or packed by a quantizer plugin.
  * Groups that share an input (q/k/v, gate/up) are one GEMM when their dense weights are
  * adjacent in memory, which the flat parameter table guarantees; otherwise one product
- * per member, the packed ones computed tile by tile (llama_qlinear.c) without a dense
- * copy of the whole weight. */
+ * per member, the packed ones computed tile by tile (core/qlinear) without a dense copy
+ * of the whole weight. */
+#include "qlinear.h"
 #include "llama_internal.h"
 
 qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int grads) {
@@ -64,7 +65,7 @@ int qft_llama_base_fwd(const qft_ops *ops, const qft_llama_linear *L, const floa
         ops->gemm(0, 1, N, L->out, L->in, 1.0f, x, L->in, L->w, L->in, beta, y, ldy);
         return 0;
     }
-    return qft_llama_qlin_fwd(ops, L->qvt, L->qw, L->out, L->in, x, N, y, ldy, beta, err);
+    return qft_qlinear_forward(L->qvt, L->qw, L->out, L->in, x, N, y, ldy, beta, err);
 }
 
 int qft_llama_base_bwd_x(const qft_ops *ops, const qft_llama_linear *L, const float *dy, int ldy,
@@ -73,7 +74,7 @@ int qft_llama_base_bwd_x(const qft_ops *ops, const qft_llama_linear *L, const fl
         ops->gemm(0, 0, N, L->in, L->out, 1.0f, dy, ldy, L->w, L->in, beta, dx, L->in);
         return 0;
     }
-    return qft_llama_qlin_bwd_x(ops, L->qvt, L->qw, L->out, L->in, dy, ldy, N, dx, beta, err);
+    return qft_qlinear_backward_input(L->qvt, L->qw, L->out, L->in, dy, ldy, N, dx, beta, err);
 }
 
 int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const float *x, int N,
@@ -107,7 +108,11 @@ int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const fl
     int col = 0;
     for (int i = 0; i < g->n; i++) {
         const qft_llama_linear *L = &g->lin[i];
-        if (L->ad && m->avt->forward(L->ad->al, &m->astep, x, N, y + col, ldy, err)) return -1;
+        /* down_proj is not repeated by recomputation (backward rebuilds its input
+         * itself), so its adapter keeps its activations from the one forward there is */
+        qft_adapter_step st = m->astep;
+        if (L->ad && L->ad->k == QFT_LIN_DOWN) st.no_grad = 0;
+        if (L->ad && m->avt->forward(L->ad->al, &st, x, N, y + col, ldy, err)) return -1;
         col += L->out;
     }
     return 0;

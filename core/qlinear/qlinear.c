@@ -1,9 +1,10 @@
-/* Fused products of a frozen packed weight. Per tile of W's rows: every OpenMP thread
- * dequantizes its own slice of the tile's rows (the vtable allows disjoint tiles in
- * parallel), then one BLAS GEMM, itself multi-threaded, consumes the whole tile. The
- * tile is sized to the GEMM's appetite: small enough to stay in cache for a few rows of
- * input (where the product is bound by dequantization and memory), large enough for a
- * wide batch that BLAS's repacking of X per call stays a small fraction of the work. */
+/* Fused products of a frozen packed weight, inside one OpenMP team and with OpenBLAS held
+ * to one thread for the duration: two thread pools taking turns on the same cores (an
+ * OpenMP team dequantizing, then OpenBLAS's workers multiplying) spend much of their time
+ * spinning against each other, so here the team does both.
+ * Forward: each thread takes whole tiles of W's rows into its own scratch tile, then
+ * multiplies them into its own (disjoint) columns of Y. Backward: dX sums over all rows of
+ * W, so the team dequantizes each tile together and then splits dX's columns. */
 #include "qlinear.h"
 
 #include <cblas.h>
@@ -11,37 +12,15 @@
 #include <stdlib.h>
 
 int64_t qft_qlinear_tile_rows(int64_t out, int64_t in, int64_t N) {
-    const int64_t target = N >= 64 ? (int64_t)8 << 20 : (int64_t)1 << 20; // bytes of fp32 tile
+    /* About 2 MiB of fp32 per tile: within a core's share of the last-level cache, and
+     * wide enough (for a batch of rows) that the GEMM's repacking of X per tile stays
+     * small against the multiply itself. */
+    (void)N;
+    const int64_t target = (int64_t)2 << 20; // bytes
     int64_t r = target / ((in > 0 ? in : 1) * (int64_t)sizeof(float));
     if (r < 8) r = 8;
     r = (r + 7) / 8 * 8;
     return r < out ? r : out;
-}
-
-/* Rows [r0, r0 + tr) of W into tile (tr, in), split over the threads. */
-static int dequant_tile(const qft_quantizer_vtable *vt, const qft_qweight *qw, int64_t r0,
-                        int64_t tr, int64_t in, float *tile, qft_err *err) {
-    int bad = 0;
-    qft_err first = {0};
-#pragma omp parallel reduction(| : bad)
-    {
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int64_t per = (tr + nt - 1) / nt;
-        const int64_t a = per * t, b = a + per < tr ? a + per : tr; // this thread's rows
-        if (a < b) {
-            qft_err e = {0};
-            if (vt->dequantize_rows(qw, r0 + a, b - a, tile + a * in, &e)) { // (b - a, in)
-                bad = 1;
-#pragma omp critical(qft_qlinear_err)
-                if (!first.code) first = e;
-            }
-        }
-    }
-    if (bad) {
-        if (err) *err = first;
-        return -1;
-    }
-    return 0;
 }
 
 static int check_args(const qft_quantizer_vtable *vt, const qft_qweight *qw, int64_t out,
@@ -55,47 +34,106 @@ static int check_args(const qft_quantizer_vtable *vt, const qft_qweight *qw, int
 }
 
 int qft_qlinear_forward(const qft_quantizer_vtable *vt, const qft_qweight *qw, int64_t out,
-                        int64_t in, const float *X, int64_t N, float *Y, float beta,
-                        qft_err *err) {
+                        int64_t in, const float *X, int64_t N, float *Y, int64_t ldy,
+                        float beta, qft_err *err) {
     if (check_args(vt, qw, out, in, N, err)) return -1;
+    if (ldy < out) return qft_err_setf(err, "qlinear: ldy %lld < out %lld", (long long)ldy,
+                                       (long long)out);
     if (N == 0) return 0;
     const int64_t tr = qft_qlinear_tile_rows(out, in, N);
-    float *tile = malloc((size_t)(tr * in) * sizeof(float)); // (tr, in)
-    if (!tile)
+    const int64_t n_tiles = (out + tr - 1) / tr;
+    const int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    int bad = 0;
+    qft_err first = {0};
+#pragma omp parallel reduction(| : bad)
+    {
+        float *tile = malloc((size_t)(tr * in) * sizeof(float)); // (tr, in) this thread's
+        if (!tile) bad = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < n_tiles; t++) {
+            if (!tile) continue;
+            const int64_t r0 = t * tr, n = out - r0 < tr ? out - r0 : tr;
+            qft_err e = {0};
+            if (vt->dequantize_rows(qw, r0, n, tile, &e)) {
+                bad = 1;
+#pragma omp critical(qft_qlinear_err)
+                if (!first.code) first = e;
+                continue;
+            }
+            /* Y[:, r0:r0+n] (N, n) = X (N, in) · tile (n, in)ᵀ + beta · Y[:, r0:r0+n] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)n, (int)in, 1.0f,
+                        X, (int)in, tile, (int)in, beta, Y + r0, (int)ldy);
+        }
+        free(tile);
+    }
+    openblas_set_num_threads(blas_threads);
+    if (bad) {
+        if (first.code) {
+            if (err) *err = first;
+            return -1;
+        }
         return qft_err_setf(err, "qlinear: out of memory for a %lld x %lld tile", (long long)tr,
                             (long long)in);
-    int rc = 0;
-    for (int64_t r0 = 0; r0 < out && !rc; r0 += tr) {
-        const int64_t n = out - r0 < tr ? out - r0 : tr;
-        rc = dequant_tile(vt, qw, r0, n, in, tile, err);
-        /* Y[:, r0:r0+n] (N, n) = X (N, in) · tile (n, in)ᵀ + beta · Y[:, r0:r0+n] */
-        if (!rc)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)n, (int)in, 1.0f, X,
-                        (int)in, tile, (int)in, beta, Y + r0, (int)out);
     }
-    free(tile);
-    return rc;
+    return 0;
 }
 
 int qft_qlinear_backward_input(const qft_quantizer_vtable *vt, const qft_qweight *qw,
-                               int64_t out, int64_t in, const float *dY, int64_t N, float *dX,
-                               float beta, qft_err *err) {
+                               int64_t out, int64_t in, const float *dY, int64_t ldy, int64_t N,
+                               float *dX, float beta, qft_err *err) {
     if (check_args(vt, qw, out, in, N, err)) return -1;
+    if (ldy < out) return qft_err_setf(err, "qlinear: ldy %lld < out %lld", (long long)ldy,
+                                       (long long)out);
     if (N == 0) return 0;
     const int64_t tr = qft_qlinear_tile_rows(out, in, N);
-    float *tile = malloc((size_t)(tr * in) * sizeof(float)); // (tr, in)
+    float *tile = malloc((size_t)(tr * in) * sizeof(float)); // (tr, in) shared by the team
     if (!tile)
         return qft_err_setf(err, "qlinear: out of memory for a %lld x %lld tile", (long long)tr,
                             (long long)in);
-    int rc = 0;
-    for (int64_t r0 = 0; r0 < out && !rc; r0 += tr) {
-        const int64_t n = out - r0 < tr ? out - r0 : tr;
-        rc = dequant_tile(vt, qw, r0, n, in, tile, err);
-        /* dX (N, in) = dY[:, r0:r0+n] (N, n) · tile (n, in) + (first tile ? beta : 1) · dX */
-        if (!rc)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)in, (int)n, 1.0f,
-                        dY + r0, (int)out, tile, (int)in, r0 ? 1.0f : beta, dX, (int)in);
+    const int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    int bad = 0;
+    qft_err first = {0};
+#pragma omp parallel
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        /* this thread's columns of dX, a multiple of 16 floats wide */
+        const int64_t cw = ((in + nt - 1) / nt + 15) / 16 * 16;
+        const int64_t c0 = cw * id < in ? cw * id : in, c1 = c0 + cw < in ? c0 + cw : in;
+        for (int64_t r0 = 0; r0 < out; r0 += tr) {
+            const int64_t n = out - r0 < tr ? out - r0 : tr;
+            const int64_t per = (n + nt - 1) / nt;
+            const int64_t a = per * id < n ? per * id : n, b = a + per < n ? a + per : n;
+            if (a < b) {
+                qft_err e = {0};
+                if (vt->dequantize_rows(qw, r0 + a, b - a, tile + a * in, &e)) { // (b - a, in)
+#pragma omp critical(qft_qlinear_err)
+                    {
+                        bad = 1;
+                        if (!first.code) first = e;
+                    }
+                }
+            }
+#pragma omp barrier
+            int stop;
+#pragma omp atomic read
+            stop = bad;
+            if (stop) break; /* every thread sees the same flag after the barrier */
+            /* dX[:, c0:c1] (N, c1-c0) = dY[:, r0:r0+n] (N, n) · tile[:, c0:c1] (n, c1-c0)
+             *                           + (first tile ? beta : 1) · dX[:, c0:c1] */
+            if (c0 < c1)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)(c1 - c0),
+                            (int)n, 1.0f, dY + r0, (int)ldy, tile + c0, (int)in,
+                            r0 ? 1.0f : beta, dX + c0, (int)in);
+#pragma omp barrier
+        }
     }
+    openblas_set_num_threads(blas_threads);
     free(tile);
-    return rc;
+    if (bad) {
+        if (err) *err = first;
+        return -1;
+    }
+    return 0;
 }

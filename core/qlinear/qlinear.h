@@ -7,14 +7,15 @@
 
 #include "qft_sdk.h"
 
-/* Y (N, out) = X (N, in) · Wᵀ + beta · Y. */
+/* Y (N, ldy)[:, 0:out] = X (N, in) · Wᵀ + beta · Y; ldy >= out (the row stride of Y, so
+ * a linear can write its columns of a wider buffer, as q/k/v do into one qkv row). */
 int qft_qlinear_forward(const qft_quantizer_vtable *vt, const qft_qweight *qw, int64_t out,
-                        int64_t in, const float *X, int64_t N, float *Y, float beta,
-                        qft_err *err);
-/* dX (N, in) = dY (N, out) · W + beta · dX. */
+                        int64_t in, const float *X, int64_t N, float *Y, int64_t ldy,
+                        float beta, qft_err *err);
+/* dX (N, in) = dY (N, ldy)[:, 0:out] · W + beta · dX. */
 int qft_qlinear_backward_input(const qft_quantizer_vtable *vt, const qft_qweight *qw,
-                               int64_t out, int64_t in, const float *dY, int64_t N, float *dX,
-                               float beta, qft_err *err);
+                               int64_t out, int64_t in, const float *dY, int64_t ldy, int64_t N,
+                               float *dX, float beta, qft_err *err);
 /* Rows of W in one tile for a product with N rows of input (exposed for tests/benchmarks). */
 int64_t qft_qlinear_tile_rows(int64_t out, int64_t in, int64_t N);
 

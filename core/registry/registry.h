@@ -40,5 +40,8 @@ const char *qft_kind_name(qft_kind kind);
 
 /* The services table plugins receive: allocation, logging, random numbers, key checks. */
 const qft_services *qft_registry_services(void);
+/* Sets the op table the services hand to plugins: the run's backend, chosen before any
+ * plugin computes (one backend per process). */
+void qft_registry_set_ops(const struct qft_ops *ops);
 
 #endif

@@ -13,7 +13,8 @@ static void svc_log(int level, const char *fmt, ...) {
     qft_log(level, "%s", buf);
 }
 
-static const qft_services k_services = {
+/* Not const: the run fills in the active backend's op table once it is chosen. */
+static qft_services k_services = {
     .abi_version = QFT_ABI_VERSION,
     .alloc = qft_mem_alloc,
     .free = qft_mem_free,
@@ -24,3 +25,5 @@ static const qft_services k_services = {
 };
 
 const qft_services *qft_registry_services(void) { return &k_services; }
+
+void qft_registry_set_ops(const struct qft_ops *ops) { k_services.ops = ops; }

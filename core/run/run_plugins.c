@@ -1,5 +1,6 @@
 /* Composition of a run's plugins: every name the config uses must resolve in the
  * registry, and every section's keys must be known to the core or to its plugin. */
+#include "cpu_ops.h"
 #include "registry.h"
 #include "run.h"
 
@@ -39,6 +40,7 @@ static int open_quantizer(const qft_run_config *rc, const qft_registry *reg,
 
 int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_data *d,
                     qft_err *err) {
+    qft_registry_set_ops(qft_cpu_ops());
     if (open_adapter(rc, reg, &d->avt, &d->astate, err) ||
         open_quantizer(rc, reg, &d->qvt, &d->qstate, err))
         return -1;

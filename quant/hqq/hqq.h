@@ -34,6 +34,10 @@ struct qft_qweight {
     float zero_meta[2];    /* its scale and zero (one global group) */
     uint8_t *scale_q;      /* (n_groups) when quant_scale, laid out (128, n_groups/128) */
     float *scale_meta;     /* (2, n_groups/128): scale row then zero row */
+    /* hqq's scalar metadata as saved tensors; here because a sink keeps pointers */
+    int32_t s_nbits, s_group_size, s_axis;
+    int64_t s_shape[2];
+    uint8_t s_one, s_zero, s_optimize, s_round_zero, s_quant_zero, s_quant_scale;
 };
 
 void *hqq_alloc(const qft_services *svc, size_t bytes);

@@ -142,12 +142,13 @@ START_TEST(test_config_errors_exit_nonzero) {
     snprintf(want, sizeof want, "%s:4: train.batchsize: unknown key", cfg);
     ck_assert_msg(strstr(out, want), "%s", out);
     free(out);
-    /* a train_type whose plugins are not here stops, naming the missing plugin */
+    /* a plugin that is not here stops the run, naming it and listing those that are */
     cfg = write_file("q.cfg", k_small);
-    snprintf(cmd, sizeof cmd, "%s train %s --set train_type=\\\"qlora\\\" --set output.dir=%s/q",
-             g_qft, cfg, g_tmp);
+    snprintf(cmd, sizeof cmd, "%s train %s --set train_type=\\\"qlora\\\" "
+             "--set adapter.plugin=\\\"lorax\\\" --set output.dir=%s/q", g_qft, cfg, g_tmp);
     ck_assert_int_ne(run(cmd, &out), 0);
-    ck_assert_msg(strstr(out, "no adapter plugin named \"lora\""), "%s", out);
+    ck_assert_msg(strstr(out, "no adapter plugin named \"lorax\"") && strstr(out, "llama_pro"),
+                  "%s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s train %s --set quant.plugin=\\\"nf5\\\" --set output.dir=%s/q",
              g_qft, cfg, g_tmp);

@@ -21,6 +21,19 @@ Writes
     scale, and for dropout cases seed, step, micro, layer, module_name}), "versions",
     "command".
 
+  tests/fixtures/adapters/llama_lora/ and llama_dora/: PEFT on the tiny transformers Llama
+    of tests/fixtures/llama/untied (fp32, eager attention), dropout 0:
+      adapter_config.json, adapter_model.safetensors   as PEFT's save_pretrained writes
+                   them, the adapter's starting point (B random, m perturbed: see above)
+      expected.safetensors   ids, labels, mask (the llama fixture's batch), logits, loss,
+                   "grad." + every adapter tensor's file key (its gradient on that batch),
+                   adamw_losses (AdamW on the adapter tensors only, same batch:
+                   losses[k] before update k, the last after the fifth update) and
+                   "final." + every key (the tensors after the five updates)
+      GENERATED.json   versions, command and the LoraConfig used.
+    llama_lora: r 4, alpha 8, targets q,k,v,gate,up,down (fsdp_qlora's "all");
+    llama_dora: r 4, alpha 8, rsLoRA, all seven linears, use_dora.
+
 Dropout: PEFT draws its mask from torch's RNG, which qft cannot reproduce. qft draws it
 from a counter-based hash of (seed, step, micro, layer, module name, element index) so
 that recomputation repeats it; this script computes that same mask (keep_mask below, the
@@ -159,6 +172,92 @@ def run_case(name, *, d_in, d_out, r, n, alpha, rslora, dora, dropout, seed, ten
     cases.append(meta)
 
 
+LLAMA_DIR = os.path.join(ROOT, "tests", "fixtures", "llama", "untied")
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+ADAMW_STEPS = 5
+
+
+def file_key(name):
+    """A parameter's key in PEFT's adapter_model.safetensors (no adapter name; the
+    magnitude without its .weight)."""
+    name = name.replace(".default", "")
+    if name.endswith("lora_magnitude_vector.weight"):
+        name = name[: -len(".weight")]
+    return name
+
+
+def run_llama(variant, *, targets, dora, rslora, seed):
+    from safetensors import safe_open
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM.from_pretrained(LLAMA_DIR, attn_implementation="eager",
+                                             dtype=torch.float32)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+                          use_dora=dora, use_rslora=rslora, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * 0.3)
+            elif "lora_magnitude_vector" in n:
+                p.mul_(1.0 + 0.1 * torch.randn_like(p))
+    model.train()
+    out_dir = os.path.join(OUT_DIR, variant)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    # the model card PEFT adds is noise here; the base path is made relative to the
+    # repository root so the fixture does not name this machine's checkout
+    card = os.path.join(out_dir, "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+    cfg_path = os.path.join(out_dir, "adapter_config.json")
+    with open(cfg_path) as f:
+        saved = json.load(f)
+    saved["base_model_name_or_path"] = os.path.relpath(LLAMA_DIR, ROOT)
+    with open(cfg_path, "w") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
+    with safe_open(os.path.join(LLAMA_DIR, "expected.safetensors"), "pt") as f:
+        ids, labels, mask = (f.get_tensor(k).long() for k in ("ids", "labels", "mask"))
+    params = {file_key(n): p for n, p in model.named_parameters() if p.requires_grad}
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    tensors = {"ids": ids.to(torch.int32), "labels": labels.to(torch.int32),
+               "mask": mask.to(torch.int32), "logits": out.logits.detach().float().contiguous(),
+               "loss": out.loss.detach().reshape(1).float()}
+    for k, p in params.items():
+        tensors["grad." + k] = p.grad.detach().float().contiguous().clone()
+    opt = torch.optim.AdamW(list(params.values()), **ADAMW)
+    losses = []
+    for _ in range(ADAMW_STEPS):
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
+    tensors["adamw_losses"] = torch.tensor(losses, dtype=torch.float32)
+    for k, p in params.items():
+        tensors["final." + k] = p.detach().float().contiguous().clone()
+    meta = {"command": COMMAND, "variant": variant, "seed": str(seed), "base": "tests/fixtures/llama/untied",
+            "lora_config": json.dumps({"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                       "target_modules": targets, "use_dora": dora,
+                                       "use_rslora": rslora}),
+            "adamw": json.dumps({"lr": ADAMW["lr"], "betas": list(ADAMW["betas"]), "eps": ADAMW["eps"],
+                                 "weight_decay": ADAMW["weight_decay"], "steps": ADAMW_STEPS,
+                                 "params": "adapter tensors only"}),
+            "adamw_losses": "losses[k] = loss before update k (k < steps); last = after the last update",
+            "attn_implementation": "eager", "versions": json.dumps(VERSIONS)}
+    save_file(tensors, os.path.join(out_dir, "expected.safetensors"), metadata=meta)
+    for fn in ("expected.safetensors", "adapter_model.safetensors"):
+        os.chmod(os.path.join(out_dir, fn), 0o644)
+    with open(os.path.join(out_dir, "GENERATED.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print(f"{variant}: loss {out.loss.item():.6f}, adamw {['%.6f' % l for l in losses]}, "
+          f"{len(params)} adapter tensors")
+
+
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     torch.set_num_threads(1)
@@ -176,7 +275,12 @@ def main():
     path = os.path.join(OUT_DIR, "peft_linear.safetensors")
     save_file(tensors, path, metadata={"cases": json.dumps(cases), "versions": json.dumps(VERSIONS),
                                        "command": COMMAND})
+    os.chmod(path, 0o644)
     print(f"wrote {path}: {len(cases)} cases, {len(tensors)} tensors")
+    run_llama("llama_lora", targets=["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
+              dora=False, rslora=False, seed=11)
+    run_llama("llama_dora", targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                     "down_proj"], dora=True, rslora=True, seed=12)
 
 
 if __name__ == "__main__":
