@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Peer of bench/tokenize_speed.c: Hugging Face tokenizers encoding every GSM8K question and
-answer on one thread (RAYON_NUM_THREADS=1; encode() per text, and encode_batch() too), MB/s
-of UTF-8 input. Usage: ~/.cache/qft-peers/bin/python bench/tokenize_speed_peer.py [DIR [JSONL [REPEATS]]]"""
+answer: encode() per text on one thread, and encode_batch() with RAYON_NUM_THREADS threads
+(default 1; set it to the core count for the all-threads row), MB/s of UTF-8 input.
+Usage: [RAYON_NUM_THREADS=N] ~/.cache/qft-peers/bin/python bench/tokenize_speed_peer.py [DIR [JSONL [REPEATS]]]"""
 import json
 import os
 import sys
@@ -24,7 +25,8 @@ with open(data, encoding="utf-8") as f:
         r = json.loads(line)
         texts += [r["question"], r["answer"]]
 mb = sum(len(s.encode()) for s in texts) / 1e6
-print(f"| tokenizer | texts | MB | ids | load s | best of {repeats} s | MB/s |")
+threads = int(os.environ["RAYON_NUM_THREADS"])
+print(f"| tokenizer | threads | texts | MB | ids | load s | best of {repeats} s | MB/s |")
 for mode in ("encode", "encode_batch"):
     best = 1e30
     for _ in range(repeats):
@@ -34,5 +36,6 @@ for mode in ("encode", "encode_batch"):
         else:
             n = sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
         best = min(best, time.perf_counter() - s)
-    print(f"| HF tokenizers {tokenizers.__version__} {mode} (1 thread) {d} | {len(texts)} | "
+    nt = 1 if mode == "encode" else threads  # encode() of one text runs on one thread
+    print(f"| HF tokenizers {tokenizers.__version__} {mode} {d} | {nt} | {len(texts)} | "
           f"{mb:.2f} | {n} | {t_load:.2f} | {best:.3f} | {mb / best:.1f} |")
