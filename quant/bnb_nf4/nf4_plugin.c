@@ -175,6 +175,34 @@ static size_t nf4_bytes(const qft_qweight *qw) {
 
 static void nf4_free_weight(qft_qweight *qw) { nf4_weight_free(qw); }
 
+static const char *torch_name(qft_dtype dt) {
+    switch (dt) {
+    case QFT_DT_BF16: return "bfloat16";
+    case QFT_DT_F16: return "float16";
+    case QFT_DT_F32: return "float32";
+    case QFT_DT_U8: return "uint8";
+    default: return "uint8";
+    }
+}
+
+/* transformers' BitsAndBytesConfig as it writes it into config.json, so that a folder from
+ * `qft quantize` loads with AutoModelForCausalLM.from_pretrained as a 4-bit model. */
+static int nf4_hf_config(const void *state, char *buf, size_t size, qft_err *err) {
+    const nf4_opts *o = state;
+    int n = snprintf(buf, size,
+                     "{\"_load_in_4bit\": true, \"_load_in_8bit\": false, "
+                     "\"bnb_4bit_compute_dtype\": \"%s\", \"bnb_4bit_quant_storage\": \"%s\", "
+                     "\"bnb_4bit_quant_type\": \"nf4\", \"bnb_4bit_use_double_quant\": %s, "
+                     "\"llm_int8_enable_fp32_cpu_offload\": false, "
+                     "\"llm_int8_has_fp16_weight\": false, \"llm_int8_skip_modules\": null, "
+                     "\"llm_int8_threshold\": 6.0, \"load_in_4bit\": true, "
+                     "\"load_in_8bit\": false, \"quant_method\": \"bitsandbytes\"}",
+                     torch_name(o->dtype), torch_name(o->quant_storage),
+                     o->double_quant ? "true" : "false");
+    if (n < 0 || (size_t)n >= size) return qft_err_setf(err, "bnb_nf4: quantization_config too long");
+    return 0;
+}
+
 static const qft_quantizer_vtable k_vtable = {
     .config_keys = k_keys,
     .configure = nf4_configure,
@@ -185,6 +213,7 @@ static const qft_quantizer_vtable k_vtable = {
     .load = nf4_load,
     .free_weight = nf4_free_weight,
     .close = nf4_close,
+    .hf_quantization_config = nf4_hf_config,
 };
 
 static const qft_plugin_desc k_desc = {
