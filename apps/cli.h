@@ -7,6 +7,7 @@ int qft_cmd_plugins(int argc, char **argv);
 int qft_cmd_data(int argc, char **argv);
 int qft_cmd_quantize(int argc, char **argv);
 int qft_cmd_merge(int argc, char **argv);
+int qft_cmd_expand(int argc, char **argv);
 int qft_cmd_tokenize(int argc, char **argv);
 
 /* Common options: `--plugin-path DIR` (repeatable) and `--set a.b=v` (repeatable) are

@@ -19,6 +19,8 @@ static void usage(FILE *f) {
             "        write a pre-quantized model folder (the quantizer's own key names)\n"
             "  merge --base MODEL_DIR --adapter ADAPTER_DIR -o OUT [--dtype bf16|f32]\n"
             "        fold a PEFT-format LoRA/DoRA adapter into a dense model folder\n"
+            "  expand MODEL_DIR -o OUT [--set adapter.expansion_rate=R | adapter.interval=K]\n"
+            "        [--dtype bf16|f16|f32]   Llama-Pro block expansion into a new model folder\n"
             "  plugins [--plugin-path DIR ...]   list plugins: kind, name, version, file\n"
             "  tokenize --tokenizer DIR [--json] [--decode] [--no-special]\n"
             "        encode stdin lines to JSON id arrays (or decode them)\n"
@@ -35,6 +37,7 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0) return qft_cmd_train(argc - 2, argv + 2);
     if (strcmp(cmd, "merge") == 0) return qft_cmd_merge(argc - 2, argv + 2);
+    if (strcmp(cmd, "expand") == 0) return qft_cmd_expand(argc - 2, argv + 2);
     if (strcmp(cmd, "quantize") == 0) return qft_cmd_quantize(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0) return qft_cmd_data(argc - 2, argv + 2);
     if (strcmp(cmd, "plugins") == 0) return qft_cmd_plugins(argc - 2, argv + 2);

@@ -21,6 +21,20 @@ struct qft_run_data;
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
                         const struct qft_run_data *d, qft_llama_model *m, qft_err *err);
 
+/* Block expansion (Llama-Pro): an adapter plugin with an `expand` hook plans the expanded
+ * block list from a checkpoint's n_src blocks, and the plan is set on the build (its
+ * layer_src, layer_new, n_layers, n_src_layers point into x, which must outlive the
+ * load). Without such a plugin (avt NULL or no hook) nothing changes and x->n_layers is 0.
+ * Shared by runs and `qft expand`, so both insert blocks by the one rule. */
+#define QFT_RUN_MAX_LAYERS 4096
+typedef struct qft_run_expansion {
+    int src[QFT_RUN_MAX_LAYERS];    /* (n_layers) checkpoint block each block copies */
+    int is_new[QFT_RUN_MAX_LAYERS]; /* (n_layers) 1 for an inserted block */
+    int n_layers, n_src_layers;
+} qft_run_expansion;
+int qft_run_plan_expansion(const qft_adapter_vtable *avt, const void *astate, int n_src,
+                           qft_run_expansion *x, qft_llama_build *b, qft_err *err);
+
 /* The data half of a run: plugins composed, tokenizer loaded, the dataset plugin's rows
  * tokenized once into examples (truncated to context_length, prompt labels masked). */
 typedef struct qft_run_data {
@@ -41,6 +55,10 @@ typedef struct qft_run_data {
  * length divides batch_size * grad_accum. */
 int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
                       qft_run_data *d, qft_err *err);
+/* The same for a run of `world` ranks: the examples are cut so that their count divides
+ * world * batch_size * grad_accum, as one process with grad_accum world * grad_accum. */
+int qft_run_data_open_world(const qft_run_config *rc, const char *const *cli_plugin_dirs,
+                            int n_cli, int world, qft_run_data *d, qft_err *err);
 void qft_run_data_close(qft_run_data *d);
 
 /* Trains as the config says. cli_plugin_dirs come first on the plugin search path. */

@@ -8,6 +8,11 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
 
 int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
                       qft_run_data *d, qft_err *err) {
+    return qft_run_data_open_world(rc, cli_plugin_dirs, n_cli, 1, d, err);
+}
+
+int qft_run_data_open_world(const qft_run_config *rc, const char *const *cli_plugin_dirs,
+                            int n_cli, int world, qft_run_data *d, qft_err *err) {
     memset(d, 0, sizeof *d);
     char dirs[32][4096];
     int nd = qft_registry_search_path(cli_plugin_dirs, n_cli, rc->plugin_paths,
@@ -28,7 +33,8 @@ int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_di
     d->rows = d->dvt->count(d->dstate);
     long n = d->rows;
     if (rc->data.dataset_samples >= 0 && n > rc->data.dataset_samples) n = rc->data.dataset_samples;
-    const long global = (long)rc->train.batch_size * rc->train.grad_accum;
+    /* the global batch: every rank's micro-batches of one optimizer step */
+    const long global = (long)world * rc->train.batch_size * rc->train.grad_accum;
     if (n >= global) n -= n % global;
     if (n <= 0)
         return qft_err_setf(err, "%s: dataset plugin \"%s\" yielded no examples", rc->file,

@@ -78,17 +78,13 @@ static int run_role(void *ctx, const char *name, int is_linear) {
     return adapter ? QFT_ROLE_FROZEN : QFT_ROLE_TRAIN;
 }
 
-/* Block expansion: the adapter plans the expanded layer list from the checkpoint's. */
-#define QFT_MAX_LAYERS 4096
-typedef struct {
-    int src[QFT_MAX_LAYERS], is_new[QFT_MAX_LAYERS];
-} expansion;
-
-static int plan_expansion(const qft_run_data *d, int n_src, qft_llama_build *b, expansion *x,
-                          qft_err *err) {
-    if (!d->avt || !d->avt->expand) return 0;
+int qft_run_plan_expansion(const qft_adapter_vtable *avt, const void *astate, int n_src,
+                           qft_run_expansion *x, qft_llama_build *b, qft_err *err) {
+    x->n_layers = x->n_src_layers = 0;
+    if (!avt || !avt->expand) return 0;
     int n = 0;
-    if (d->avt->expand(d->astate, n_src, x->src, x->is_new, QFT_MAX_LAYERS, &n, err)) return -1;
+    if (avt->expand(astate, n_src, x->src, x->is_new, QFT_RUN_MAX_LAYERS, &n, err)) return -1;
+    x->n_layers = n, x->n_src_layers = n_src;
     b->layer_src = x->src, b->layer_new = x->is_new, b->n_layers = n, b->n_src_layers = n_src;
     qft_log(QFT_LOG_INFO, "block expansion: %d -> %d layers", n_src, n);
     return 0;
@@ -99,18 +95,18 @@ int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t 
     const intptr_t flags = (d->qvt ? 1 : 0) | (d->avt ? 2 : 0);
     qft_llama_build build = {.role = run_role, .ctx = (void *)flags, .qvt = d->qvt,
                              .qstate = d->qstate, .avt = d->avt, .astate = d->astate};
-    static expansion x; /* one run per process; too big for the stack */
+    static qft_run_expansion x; /* one run per process; too big for the stack */
     qft_llama_config c;
     if (rc->model.path) {
         char path[8192];
         snprintf(path, sizeof path, "%s/config.json", rc->model.path);
         if (qft_hf_config_load(path, &c, err) ||
-            plan_expansion(d, c.num_hidden_layers, &build, &x, err) ||
+            qft_run_plan_expansion(d->avt, d->astate, c.num_hidden_layers, &x, &build, err) ||
             qft_hf_model_load_build(rc->model.path, m, &build, err))
             return -1;
     } else {
         if (shape_from_config(rc->model.shape, tokenizer_vocab, &c, err) ||
-            plan_expansion(d, c.num_hidden_layers, &build, &x, err))
+            qft_run_plan_expansion(d->avt, d->astate, c.num_hidden_layers, &x, &build, err))
             return -1;
         if (build.layer_src) c.num_hidden_layers = build.n_layers;
         if (qft_llama_alloc_build(m, &c, &build, err)) return -1;

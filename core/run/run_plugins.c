@@ -1,6 +1,7 @@
 /* Composition of a run's plugins: every name the config uses must resolve in the
  * registry, and every section's keys must be known to the core or to its plugin. */
 #include "cpu_ops.h"
+#include "cuda_backend.h"
 #include "registry.h"
 #include "run.h"
 
@@ -48,9 +49,24 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
     if (strcmp(rc->shard.plugin, "no_shard") != 0 &&
         !qft_registry_find(reg, QFT_KIND_SHARD, rc->shard.plugin, err))
         return -1;
+    if (strcmp(rc->train.backend, "cuda") == 0) {
+        /* The device is looked for first, so that a machine without one (or a build
+         * without nvcc) is told exactly that; core/cuda's op table is built and tested,
+         * but the model still keeps its tensors in host memory, so a usable device is
+         * refused too, with the reason, rather than training on the CPU behind the
+         * user's back. */
+        qft_err cerr = {0, ""};
+        if (!qft_cuda_load(rc->train.device, &cerr))
+            return qft_err_setf(err, "%s: %s", rc->file, cerr.msg);
+        return qft_err_setf(err, "%s: train.backend = \"cuda\": device %d is usable, but this "
+                                 "version trains on the CPU backend only (the CUDA op table "
+                                 "is built and tested, the model does not run on device "
+                                 "memory yet); use train.backend = \"cpu\"", rc->file,
+                            rc->train.device);
+    }
     if (strcmp(rc->train.backend, "cpu") != 0)
         return qft_err_setf(err, "%s: train.backend = \"%s\": this build has no usable %s "
-                                 "backend (only \"cpu\")", rc->file, rc->train.backend,
+                                 "backend (\"cpu\" or \"cuda\")", rc->file, rc->train.backend,
                             rc->train.backend);
     const qft_plugin *p = qft_registry_find(reg, QFT_KIND_DATASET, rc->data.plugin, err);
     if (!p) return -1;

@@ -7,6 +7,7 @@
 #include "optim.h"
 #include "registry.h"
 #include "run.h"
+#include "run_shard.h"
 #include "schedule.h"
 
 #include <math.h>
@@ -20,6 +21,7 @@ typedef struct run_state {
     qft_llama_model model;
     qft_optim opt;
     qft_metrics metrics;
+    qft_run_shard shard;
     int have_loader, have_model, have_opt, have_metrics;
 } run_state;
 
@@ -49,6 +51,7 @@ static int prepare_loader(const qft_run_config *rc, run_state *s, qft_err *err) 
 static void report_start(const qft_run_config *rc, const run_state *s, long total_steps,
                          int quiet) {
     if (quiet) return;
+    const int world = s->shard.t->world;
     const qft_llama_model *m = &s->model;
     const qft_llama_config *c = &m->cfg;
     const double mib = 1.0 / 1048576.0;
@@ -66,16 +69,60 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
             100.0 * (double)m->n_trainable / (double)(total ? total : 1), rc->train_type);
     qft_log(QFT_LOG_INFO,
             "memory: quantized base %.1f MiB (%s), dense frozen %.1f MiB, trainable %.1f MiB, "
-            "gradients %.1f MiB, optimizer state %.1f MiB",
+            "gradients %.1f MiB, optimizer state %.1f MiB per rank",
             packed * mib, rc->quant_plugin, (m->n_params - m->n_trainable) * sizeof(float) * mib,
-            tbytes * mib, tbytes * mib, opt_states * tbytes * mib);
+            tbytes * mib, tbytes * mib, opt_states * (double)(s->shard.len * sizeof(float)) * mib);
+    if (world > 1)
+        qft_log(QFT_LOG_INFO,
+                "shard: %s over %d ranks (%s transport); global batch %d x %d x grad_accum %d",
+                rc->shard.plugin, world, s->shard.t->kind, world, rc->train.batch_size,
+                rc->train.grad_accum);
     qft_log(QFT_LOG_INFO,
             "data: %ld examples (%ld tokens, %ld truncated to %d, %ld with no target), "
             "%ld batches of %d per epoch, grad_accum %d -> %ld optimizer steps",
             s->data.ex.count, s->data.ex.n_tokens, s->data.ex.n_truncated,
             s->data.ex.context_length, s->data.ex.n_no_target,
-            qft_data_loader_count(&s->loader), rc->train.batch_size, rc->train.grad_accum,
+            qft_data_loader_count(&s->loader), rc->train.batch_size, world * rc->train.grad_accum,
             total_steps);
+}
+
+/* The optimizer over this rank's slice only: state for shard.len floats. Measured from the
+ * allocator, so the per-rank figure in the log is what the strategy really saves; every
+ * rank of several logs it (quiet is the user's -q, not the silence of ranks other than 0). */
+static int prepare_optimizer(const qft_run_config *rc, run_state *s, int quiet, qft_err *err) {
+    qft_optim_config oc = {
+        .kind = strcmp(rc->train.optimizer, "sgd") == 0 ? QFT_OPT_SGD : QFT_OPT_ADAMW,
+        .beta1 = (float)rc->train.beta1,
+        .beta2 = (float)rc->train.beta2,
+        .eps = (float)rc->train.eps,
+        .weight_decay = (float)rc->train.weight_decay,
+        .momentum = (float)rc->train.momentum,
+    };
+    const size_t before = qft_mem_current();
+    if (qft_optim_init(&s->opt, &oc, s->shard.len, err)) return -1;
+    s->have_opt = 1;
+    const size_t bytes = qft_mem_current() - before;
+    const qft_transport *t = s->shard.t;
+    if (!quiet && t->world > 1)
+        qft_log(QFT_LOG_INFO,
+                "shard: rank %d of %d (%s): optimizer state %zu bytes for trainable floats "
+                "[%zu, %zu) of %zu",
+                t->rank, t->world, rc->shard.plugin, bytes, s->shard.offset,
+                s->shard.offset + s->shard.len, s->shard.n);
+    return 0;
+}
+
+/* After every rank's backward: gradients reduced, clipped by the global norm, this rank's
+ * slice updated, the slices gathered. *gnorm gets the norm before clipping. */
+static int optimizer_step(const qft_run_config *rc, run_state *s, float lr, float *gnorm,
+                          qft_err *err) {
+    qft_llama_model *m = &s->model;
+    qft_run_shard *sh = &s->shard;
+    if (qft_run_shard_reduce_grads(sh, m->grads, err) ||
+        qft_run_shard_clip(sh, m->grads, (float)rc->train.grad_clip, gnorm, err))
+        return -1;
+    qft_optim_step(&s->opt, m->params + sh->offset, m->grads + sh->offset, lr); // (len) slices
+    return qft_run_shard_gather_params(sh, m->params, err);
 }
 
 int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
@@ -84,8 +131,13 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     memset(&s, 0, sizeof s);
     memset(summary, 0, sizeof *summary);
     int rc_ = -1;
-    if (qft_run_data_open(rc, cli_plugin_dirs, n_cli, &s.data, err) ||
-        prepare_loader(rc, &s, err))
+    if (qft_run_shard_open_transport(&s.shard, err)) return -1;
+    const int rank = s.shard.t->rank, world = s.shard.t->world;
+    /* Rank 0 speaks for the job: progress, metrics and the saved result are its alone. */
+    const int lead = rank == 0, user_quiet = quiet;
+    if (!lead) quiet = 1;
+    if (qft_run_data_open_world(rc, cli_plugin_dirs, n_cli, world, &s.data, err) ||
+        qft_run_shard_configure(&s.shard, rc, &s.data.reg, err) || prepare_loader(rc, &s, err))
         goto done;
 
     if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
@@ -106,22 +158,22 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     }
     s.model.recompute = rc->train.recompute;
 
-    qft_optim_config oc = {
-        .kind = strcmp(rc->train.optimizer, "sgd") == 0 ? QFT_OPT_SGD : QFT_OPT_ADAMW,
-        .beta1 = (float)rc->train.beta1,
-        .beta2 = (float)rc->train.beta2,
-        .eps = (float)rc->train.eps,
-        .weight_decay = (float)rc->train.weight_decay,
-        .momentum = (float)rc->train.momentum,
-    };
-    if (qft_optim_init(&s.opt, &oc, s.model.n_trainable, err)) goto done;
-    s.have_opt = 1;
+    if (qft_run_shard_plan(&s.shard, s.model.n_trainable, err) ||
+        prepare_optimizer(rc, &s, user_quiet, err))
+        goto done;
 
+    /* One optimizer step takes world * grad_accum micro-batches of the one-process order;
+     * rank r trains those at positions r, r + world, ... of them. */
+    const int G = rc->train.grad_accum, micro_per_step = world * G;
     const long batches_per_epoch = qft_data_loader_count(&s.loader);
-    const long steps_per_epoch = batches_per_epoch / rc->train.grad_accum;
+    const long steps_per_epoch = batches_per_epoch / micro_per_step;
     if (steps_per_epoch <= 0) {
-        qft_err_setf(err, "%ld batches per epoch cannot fill grad_accum = %d", batches_per_epoch,
-                     rc->train.grad_accum);
+        if (world == 1)
+            qft_err_setf(err, "%ld batches per epoch cannot fill grad_accum = %d",
+                         batches_per_epoch, G);
+        else
+            qft_err_setf(err, "%ld batches per epoch cannot fill %d ranks x grad_accum = %d",
+                         batches_per_epoch, world, G);
         goto done;
     }
     const long total = rc->train.max_steps > 0 ? rc->train.max_steps
@@ -132,8 +184,8 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                           .total_steps = total};
     qft_schedule_parse(rc->train.schedule, &sched.kind);
 
-    if (qft_mkdir_p(rc->output.dir, err)) goto done;
-    if (rc->output.jsonl) {
+    if (lead && qft_mkdir_p(rc->output.dir, err)) goto done;
+    if (lead && rc->output.jsonl) {
         char path[8192];
         snprintf(path, sizeof path, "%s/metrics.jsonl", rc->output.dir);
         if (qft_metrics_open(&s.metrics, path, 0, err)) goto done;
@@ -146,14 +198,17 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                       rc->output.progress && !quiet ? QFT_PROGRESS_AUTO : QFT_PROGRESS_PLAIN);
     const int show = rc->output.progress && !quiet;
     const double t_start = qft_time_now();
-    long micro = 0, tokens_total = 0;
+    long tokens_total = 0;
     int epoch = 0;
+    /* each micro-batch's share of the global mean, so that the sum over ranks is it */
+    const float loss_scale = 1.0f / (float)micro_per_step;
     for (long step = 0; step < total; step++) {
         const double t0 = qft_time_now();
         qft_llama_zero_grads(&s.model);
-        double loss_sum = 0;
-        long step_tokens = 0;
-        for (int k = 0; k < rc->train.grad_accum; k++, micro++) {
+        double sums[2] = {0, 0}; /* (loss, tokens) of this rank's micro-batches */
+        for (int k = 0; k < G; k++) {
+            const int j = k * world + rank; /* position among the step's micro-batches */
+            const long micro = step * micro_per_step + j;
             /* epochs past the config's count continue the same way when max_steps asks
              * for more steps than the epochs hold, as transformers' Trainer does */
             const int e = (int)(micro / batches_per_epoch);
@@ -164,26 +219,29 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
             qft_batch b;
             long nt = 0;
             float loss = 0;
+            /* the position j, not k, keys dropout: every rank draws other masks, and each
+             * micro-batch gets the mask one process would give it */
             s.model.astep = (qft_adapter_step){.seed = (uint64_t)rc->train.seed, .step = step,
-                                               .micro = k, .training = 1};
+                                               .micro = j, .training = 1};
             if (qft_data_loader_get(&s.loader, micro % batches_per_epoch, &b, &nt, err) ||
                 qft_llama_forward(&s.model, &b, &loss, err) ||
-                qft_llama_backward(&s.model, &b, 1.0f / (float)rc->train.grad_accum, err))
+                qft_llama_backward(&s.model, &b, loss_scale, err))
                 goto done;
-            loss_sum += loss;
-            step_tokens += nt;
+            sums[0] += loss;
+            sums[1] += (double)nt;
         }
-        const double loss = loss_sum / rc->train.grad_accum;
+        if (qft_run_shard_sum_f64(&s.shard, sums, 2, err)) goto done;
+        const double loss = sums[0] / micro_per_step;
+        const long step_tokens = (long)sums[1];
         if (!isfinite(loss)) {
             if (show) qft_progress_finish(&prog);
             qft_err_setf(err, "loss is %g at step %ld: training diverged (lower train.lr, or "
                               "set train.grad_clip)", loss, step + 1);
             goto done;
         }
-        const float gnorm = qft_optim_clip_grad_norm(s.model.grads, s.model.n_trainable,
-                                                     (float)rc->train.grad_clip);
         const float lr = qft_schedule_lr(&sched, step);
-        qft_optim_step(&s.opt, s.model.params, s.model.grads, lr);
+        float gnorm = 0;
+        if (optimizer_step(rc, &s, lr, &gnorm, err)) goto done;
         const double t1 = qft_time_now();
         const double tps = step_tokens / (t1 - t0 > 1e-9 ? t1 - t0 : 1e-9);
         tokens_total += step_tokens;
@@ -202,8 +260,10 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     summary->elapsed_s = qft_time_now() - t_start;
     summary->tokens_per_s = tokens_total / (summary->elapsed_s > 1e-9 ? summary->elapsed_s : 1e-9);
 
-    if (strcmp(rc->output.save, "model") == 0 && qft_run_save_model(rc, &s.model, err)) goto done;
-    if (strcmp(rc->output.save, "adapter") == 0 && qft_run_save_adapter(rc, &s.model, err))
+    if (lead && strcmp(rc->output.save, "model") == 0 && qft_run_save_model(rc, &s.model, err))
+        goto done;
+    if (lead && strcmp(rc->output.save, "adapter") == 0 &&
+        qft_run_save_adapter(rc, &s.model, err))
         goto done;
     qft_progress_summary_memory(summary);
     if (!quiet) {
@@ -213,6 +273,9 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     }
     rc_ = 0;
 done:
+    /* A failing rank of several ends the job (and does not return): its peers may be
+     * waiting in a collective. The plugin closes before the registry that loaded it. */
+    qft_run_shard_close(&s.shard, rc_ != 0, err ? err->msg : "training failed");
     run_state_free(&s);
     return rc_;
 }

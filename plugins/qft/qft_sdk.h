@@ -298,9 +298,51 @@ typedef struct qft_adapter_vtable {
                   qft_err *err);
 } qft_adapter_vtable;
 
-/* The vtable of the shard kind is defined by the issue that delivers those plugins (see
- * ../shared/DESIGN.md); until then the registry lists such plugins but the engine refuses
- * to compose them, naming the missing capability. */
+/* ---- shard plugins ------------------------------------------------------------------
+ * A sharding strategy decides, for the flat fp32 buffer of trainable parameters (and its
+ * gradient buffer of the same length, n floats), which slice each rank's optimizer owns,
+ * and moves gradients and parameters between ranks around the optimizer step over the
+ * run's transport (qft_transport.h; `struct qft_transport` here so that this header stays
+ * the bottom of the graph). One optimizer step of a run is:
+ *
+ *   every rank: forward and backward of its micro-batches, gradients accumulated in
+ *               grads (n), each micro-batch's loss already scaled by 1 / (global count of
+ *               micro-batches), so the sum over ranks is the global mean's gradient
+ *   reduce_grads: grads[offset, offset + len) becomes the sum over ranks, in rank order
+ *   core: clipping from the slices' sums of squares (all-reduced in f64), then the
+ *               optimizer over params/grads [offset, offset + len) with state for len floats
+ *   gather_params: every rank's params (n) receives every owner's updated slice
+ *
+ * Every entry except configure and close is collective: all ranks call it in the same
+ * order with the same n. A plugin that owns the whole buffer on every rank (no_shard)
+ * returns offset 0, len n. With world size 1 every strategy degenerates to the identity. */
+struct qft_transport; /* qft_transport.h */
+
+typedef struct qft_shard_vtable {
+    /* Keys of the `shard` section this plugin accepts besides the core's (`plugin`,
+     * `cpu_offload`), NULL-ended; NULL when none. */
+    const char *const *config_keys;
+    /* Reads the plugin's options from the `shard` section (may be NULL) into *state. */
+    int (*configure)(const qft_services *svc, const config_setting_t *section, void **state,
+                     qft_err *err);
+    /* The slice of the flat trainable buffer of n floats whose optimizer state this rank
+     * keeps and updates: [*offset, *offset + *len). The slices of all ranks cover [0, n)
+     * without overlap (no_shard: every rank the whole buffer). Called once, before any
+     * other collective entry; may remember n. */
+    int (*plan)(void *state, const struct qft_transport *t, size_t n, size_t *offset,
+                size_t *len, qft_err *err);
+    /* grads (n): on return this rank's slice holds the element-wise sum over ranks of their
+     * grads (summed in rank order on the CPU transports); outside the slice the contents
+     * are unspecified (no_shard: the whole buffer is summed). No averaging: the core scales
+     * each micro-batch's loss so that the sum is the mean. */
+    int (*reduce_grads)(void *state, const struct qft_transport *t, float *grads, size_t n,
+                        qft_err *err);
+    /* params (n): every rank's slice was updated by its optimizer; on return every rank
+     * holds the whole updated buffer (no_shard: nothing to do). */
+    int (*gather_params)(void *state, const struct qft_transport *t, float *params, size_t n,
+                         qft_err *err);
+    void (*close)(void *state);
+} qft_shard_vtable;
 
 #ifdef __cplusplus
 }

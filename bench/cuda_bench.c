@@ -1,0 +1,256 @@
+/* CUDA backend kernels on one GPU, printed as markdown tables (bench/README.md, "CUDA"):
+ *   - cuBLASLt bf16 GEMM (fp32 accumulation, bf16 out) for the Llama-3-8B linear shapes at
+ *     M = 2048 tokens, forward (x W^T), input gradient (dY W) and weight gradient (dY^T x),
+ *     in TFLOP/s and as a share of the measured peak (the best of large square GEMMs);
+ *     the op table's fp32 GEMM (no TF32) on one shape for scale;
+ *   - the op table's fp32 flash-style attention, forward and backward, at T = 2048,
+ *     H = 32, KV = 8, hd = 128 (Llama-3-8B), batch 1;
+ *   - NF4 dequantization of a 14336 x 4096 weight to bf16 and fp32, in GB/s of bytes read
+ *     and written.
+ * Times are the median of `iters` runs after warm-up, measured on the host around a
+ * device synchronisation. Usage: cuda_bench [--quick]. Exits 77 without a device. */
+#include "qft_base.h"
+#include "qft_cuda.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const qft_ops *G;
+static int iters = 20;
+
+static void die(const char *what, const qft_err *err) {
+    fprintf(stderr, "cuda_bench: %s: %s\n", what, err ? err->msg : "failed");
+    exit(1);
+}
+
+static void sync_or_die(void) {
+    qft_err err = {0, ""};
+    if (qft_cuda_sync(&err)) die("CUDA", &err);
+}
+
+static void *dalloc(size_t bytes) {
+    void *p = G->alloc(bytes, "bench");
+    if (!p) {
+        qft_err err = {0, ""};
+        qft_cuda_status(&err);
+        die("device allocation", &err);
+    }
+    return p;
+}
+
+/* A device buffer of n floats, uniform in [-scale, scale) from a fixed LCG (fast enough
+ * for hundreds of MB; the numbers only need to be non-degenerate). */
+static float *rand_dev(size_t n, float scale, uint64_t seed) {
+    float *h = malloc(n * sizeof *h);
+    if (!h) die("host allocation", NULL);
+    uint64_t s = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        h[i] = scale * ((float)(s >> 40) / (float)(1 << 24) * 2.0f - 1.0f);
+    }
+    float *d = dalloc(n * sizeof *d);
+    qft_err err = {0, ""};
+    if (qft_cuda_upload(d, h, n * sizeof *d, &err)) die("upload", &err);
+    free(h);
+    return d;
+}
+
+static uint16_t *bf16_dev(size_t n, float scale, uint64_t seed) {
+    float *f = rand_dev(n, scale, seed);
+    uint16_t *b = dalloc(n * sizeof *b);
+    qft_cuda_f32_to_bf16(b, f, n);
+    sync_or_die();
+    G->free(f);
+    return b;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median seconds of one call of fn(ctx), after 3 warm-up calls. */
+static double time_median(void (*fn)(void *), void *ctx) {
+    for (int i = 0; i < 3; i++) fn(ctx);
+    sync_or_die();
+    double t[64];
+    const int n = iters < 64 ? iters : 64;
+    for (int i = 0; i < n; i++) {
+        double t0 = qft_time_now();
+        fn(ctx);
+        sync_or_die();
+        t[i] = qft_time_now() - t0;
+    }
+    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    return t[n / 2];
+}
+
+/* ---- GEMM ------------------------------------------------------------------------------ */
+typedef struct {
+    int ta, tb, M, N, K, lda, ldb, ldc;
+    const uint16_t *A, *B;
+    void *C;
+    int fp32; /* the op table's fp32 GEMM on float buffers instead */
+} gemm_ctx;
+
+static void run_gemm(void *p) {
+    gemm_ctx *g = p;
+    if (g->fp32) {
+        G->gemm(g->ta, g->tb, g->M, g->N, g->K, 1.0f, (const float *)g->A, g->lda,
+                (const float *)g->B, g->ldb, 0.0f, g->C, g->ldc);
+        return;
+    }
+    qft_err err = {0, ""};
+    if (qft_cuda_gemm_bf16(g->ta, g->tb, g->M, g->N, g->K, 1.0f, g->A, g->lda, g->B, g->ldb, 0.0f,
+                           g->C, QFT_DT_BF16, g->ldc, &err))
+        die("bf16 gemm", &err);
+}
+
+/* TFLOP/s of C (M, N) = op(A) op(B) over K, with buffers big enough for every op here. */
+static double gemm_tflops(int ta, int tb, int M, int N, int K, const uint16_t *A,
+                          const uint16_t *B, void *C, int fp32) {
+    gemm_ctx g = {ta, tb, M, N, K, ta ? M : K, tb ? K : N, N, A, B, C, fp32};
+    const double s = time_median(run_gemm, &g);
+    return 2.0 * M * N * K / s / 1e12;
+}
+
+/* ---- attention ----------------------------------------------------------------------------- */
+typedef struct {
+    int B, T, H, KV, hd;
+    float *qkv, *out, *lse, *dout, *dqkv, *work;
+    size_t work_n;
+} att_ctx;
+
+static void run_att_fwd(void *p) {
+    att_ctx *a = p;
+    G->attention_fwd(a->out, a->lse, a->qkv, NULL, a->B, a->T, a->H, a->KV, a->hd,
+                     1.0f / sqrtf((float)a->hd), a->work, a->work_n);
+}
+static void run_att_bwd(void *p) {
+    att_ctx *a = p;
+    G->attention_bwd(a->dqkv, a->dout, a->out, a->lse, a->qkv, NULL, a->B, a->T, a->H, a->KV,
+                     a->hd, 1.0f / sqrtf((float)a->hd), a->work, a->work_n);
+}
+
+/* ---- NF4 ----------------------------------------------------------------------------------- */
+typedef struct {
+    qft_cuda_nf4 w;
+    void *out;
+    qft_dtype dt;
+} nf4_ctx;
+
+static void run_nf4(void *p) {
+    nf4_ctx *c = p;
+    qft_err err = {0, ""};
+    if (qft_cuda_nf4_dequantize(&c->w, 0, c->w.n, c->out, c->dt, &err)) die("nf4", &err);
+}
+
+int main(int argc, char **argv) {
+    const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    if (quick) iters = 5;
+    qft_err err = {0, ""};
+    G = qft_cuda_ops(0, &err);
+    if (!G) {
+        printf("no CUDA device: skipped (%s)\n", err.msg);
+        return 77;
+    }
+    printf("# qft CUDA kernels on %s\n\n", qft_cuda_device_name());
+
+    /* buffers for the largest GEMM: 8192^2 per operand for the peak, 14336 x 4096 weights */
+    const size_t big = (size_t)8192 * 8192;
+    uint16_t *A = bf16_dev(big, 1.0f, 1), *B = bf16_dev(big, 1.0f, 2);
+    uint16_t *Cb = dalloc(big * sizeof *Cb);
+    double peak = 0;
+    static const int sq[3][3] = {{8192, 8192, 8192}, {4096, 8192, 8192}, {8192, 4096, 8192}};
+    printf("| bf16 GEMM (cuBLASLt, fp32 accumulate) | M | N | K | TFLOP/s | of peak |\n");
+    printf("|---|---|---|---|---|---|\n");
+    for (int i = 0; i < (quick ? 1 : 3); i++) {
+        double t = gemm_tflops(0, 1, sq[i][0], sq[i][1], sq[i][2], A, B, Cb, 0);
+        if (t > peak) peak = t;
+        printf("| peak probe | %d | %d | %d | %.1f | |\n", sq[i][0], sq[i][1], sq[i][2], t);
+    }
+    /* Llama-3-8B linears W (out, in) at M = 2048 tokens */
+    static const int lin[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
+    const int M = 2048;
+    for (int i = 0; i < 3; i++) {
+        const int out = lin[i][0], in = lin[i][1];
+        /* forward y (M, out) = x (M, in) W^T; dX (M, in) = dY (M, out) W; dW (out, in) = dY^T x */
+        double f = gemm_tflops(0, 1, M, out, in, A, B, Cb, 0);
+        double dx = gemm_tflops(0, 0, M, in, out, A, B, Cb, 0);
+        double dw = gemm_tflops(1, 0, out, in, M, A, B, Cb, 0);
+        printf("| W %dx%d forward x W^T | %d | %d | %d | %.1f | %.0f%% |\n", out, in, M, out, in, f,
+               100 * f / peak);
+        printf("| W %dx%d input grad dY W | %d | %d | %d | %.1f | %.0f%% |\n", out, in, M, in, out,
+               dx, 100 * dx / peak);
+        printf("| W %dx%d weight grad dY^T x | %d | %d | %d | %.1f | %.0f%% |\n", out, in, out, in,
+               M, dw, 100 * dw / peak);
+    }
+    G->free(Cb);
+    G->free(A), G->free(B);
+    {
+        float *Af = rand_dev((size_t)M * 4096, 1.0f, 3), *Bf = rand_dev((size_t)4096 * 4096, 1.0f, 4);
+        float *Cf = dalloc((size_t)M * 4096 * sizeof *Cf);
+        double t = gemm_tflops(0, 1, M, 4096, 4096, (const uint16_t *)Af, (const uint16_t *)Bf, Cf, 1);
+        printf("| op table fp32 GEMM (no TF32), x W^T | %d | 4096 | 4096 | %.1f | %.0f%% |\n", M, t,
+               100 * t / peak);
+        G->free(Af), G->free(Bf), G->free(Cf);
+    }
+    printf("\npeak = the best bf16 probe above: %.1f TFLOP/s\n\n", peak);
+
+    /* attention, Llama-3-8B shape */
+    {
+        att_ctx a = {1, 2048, 32, 8, 128, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+        const size_t nq = (size_t)a.B * a.T * QFT_QKV_WIDTH(a.H, a.KV, a.hd);
+        const size_t no = (size_t)a.B * a.T * a.H * a.hd;
+        a.qkv = rand_dev(nq, 1.0f, 5), a.dout = rand_dev(no, 1.0f, 6);
+        a.out = dalloc(no * 4), a.dqkv = dalloc(nq * 4), a.lse = dalloc((size_t)a.B * a.H * a.T * 4);
+        a.work_n = G->attention_workspace(a.T, a.hd);
+        a.work = dalloc(a.work_n * 4);
+        const double tf = time_median(run_att_fwd, &a), tb = time_median(run_att_bwd, &a);
+        /* causal: half of the T x T scores; forward 2 matmuls, backward counted as 2.5x */
+        const double flops = 4.0 * a.B * a.H * (double)a.T * a.T * a.hd / 2;
+        printf("| attention (fp32, flash-style) B T H KV hd | forward ms | backward ms | fwd+bwd ms "
+               "| fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|\n");
+        printf("| %d %d %d %d %d | %.2f | %.2f | %.2f | %.1f | %.1f |\n\n", a.B, a.T, a.H, a.KV, a.hd,
+               tf * 1e3, tb * 1e3, (tf + tb) * 1e3, flops / tf / 1e12, 2.5 * flops / tb / 1e12);
+        G->free(a.qkv), G->free(a.dout), G->free(a.out), G->free(a.dqkv), G->free(a.lse);
+        G->free(a.work);
+    }
+
+    /* NF4 dequantization of a 14336 x 4096 weight */
+    {
+        const int64_t n = (int64_t)14336 * 4096, bs = 64, nb = n / bs, nn = (nb + 255) / 256;
+        uint8_t *hp = malloc((size_t)n / 2), *hq = malloc((size_t)nb);
+        if (!hp || !hq) die("host allocation", NULL);
+        uint64_t s = 99;
+        for (int64_t i = 0; i < n / 2; i++) hp[i] = (uint8_t)((s = s * 6364136223846793005ULL + 1) >> 56);
+        for (int64_t i = 0; i < nb; i++) hq[i] = (uint8_t)((s = s * 6364136223846793005ULL + 1) >> 56);
+        uint8_t *dp = dalloc((size_t)n / 2), *dq = dalloc((size_t)nb);
+        if (qft_cuda_upload(dp, hp, (size_t)n / 2, &err) || qft_cuda_upload(dq, hq, (size_t)nb, &err))
+            die("upload", &err);
+        float *code = rand_dev(16, 1.0f, 7), *absmax = rand_dev((size_t)nb, 1.0f, 8);
+        float *nested = rand_dev((size_t)nn, 0.01f, 9), *map = rand_dev(256, 1.0f, 10);
+        void *out = dalloc((size_t)n * 4);
+        printf("| NF4 dequantize 14336x4096 (block 64) | absmax | out | ms | GB/s |\n"
+               "|---|---|---|---|---|\n");
+        for (int dqnt = 0; dqnt < 2; dqnt++)
+            for (int o = 0; o < 2; o++) {
+                nf4_ctx c = {{dp, code, dqnt ? NULL : absmax, dqnt ? dq : NULL, dqnt ? nested : NULL,
+                              dqnt ? map : NULL, 0.01f, (int)bs, n},
+                             out, o ? QFT_DT_F32 : QFT_DT_BF16};
+                const double t = time_median(run_nf4, &c);
+                const double bytes = (double)n / 2 + (double)nb * (dqnt ? 1 : 4) +
+                                     (double)n * (o ? 4 : 2);
+                printf("| | %s | %s | %.3f | %.0f |\n", dqnt ? "double-quantized" : "fp32",
+                       o ? "fp32" : "bf16", t * 1e3, bytes / t / 1e9);
+            }
+        G->free(dp), G->free(dq), G->free(code), G->free(absmax), G->free(nested), G->free(map);
+        G->free(out);
+        free(hp), free(hq);
+    }
+    sync_or_die();
+    printf("\ndevice memory in use at the end: %.2f GiB\n", (double)qft_cuda_mem_used() / (1 << 30));
+    return 0;
+}

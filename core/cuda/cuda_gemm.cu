@@ -1,0 +1,179 @@
+// GEMM through cuBLASLt. A plan (the matmul descriptor, three layouts and the algorithm the
+// heuristic chose) is built once per shape and kept: the heuristic query costs more than
+// a small GEMM, and one algorithm per shape keeps results bit-stable across calls.
+#include "cuda_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+namespace {
+
+struct plan_key {
+    int transA, transB, M, N, K, lda, ldb, ldc;
+    int ab_type, c_type;       // cudaDataType_t of A/B and of C/D
+    int align_a, align_b, align_c; // bytes each pointer is aligned to, at most 256
+};
+
+// cuBLASLt's heuristic assumes 256-byte aligned operands unless told otherwise, and the
+// model passes sub-tensors (a head's slice, the up half of gate|up) that are not: the
+// alignment is part of the plan, so an algorithm is never used on a pointer it cannot read.
+int align_of(const void *p) {
+    const uintptr_t a = (uintptr_t)p;
+    int al = 256;
+    while (al > 1 && a % (uintptr_t)al) al >>= 1;
+    return al;
+}
+
+struct plan {
+    plan_key key;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc; // first (B), second (A), C: see qft_twin_gemm_map
+    cublasLtMatmulAlgo_t algo;
+};
+
+const int PLAN_CAP = 256;
+plan plans[PLAN_CAP];
+int n_plans;
+
+void plan_destroy(plan *p) {
+    if (p->desc) CUBLAS_CHECK(cublasLtMatmulDescDestroy(p->desc));
+    if (p->la) CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->la));
+    if (p->lb) CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->lb));
+    if (p->lc) CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->lc));
+    memset(p, 0, sizeof *p);
+}
+
+// 0 on success; on failure the plan is left empty and the error recorded.
+int plan_build(plan *p, const plan_key &k) {
+    memset(p, 0, sizeof *p);
+    p->key = k;
+    const qft_twin_gemm_plan m =
+        qft_twin_gemm_map(k.transA, k.transB, k.M, k.N, k.K, k.lda, k.ldb, k.ldc);
+    const cublasOperation_t op1 = m.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op2 = m.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cudaDataType_t ab = (cudaDataType_t)k.ab_type, ct = (cudaDataType_t)k.c_type;
+    // fp32 compute for both: CUBLAS_COMPUTE_32F keeps fp32 inputs off TF32 (parity with
+    // the CPU) and accumulates bf16 inputs in fp32.
+    if (CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) ||
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op1,
+                                                    sizeof op1)) ||
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op2,
+                                                    sizeof op2)) ||
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ab, m.first_rows, m.first_cols,
+                                                m.first_ld)) ||
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ab, m.second_rows, m.second_cols,
+                                                m.second_ld)) ||
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, ct, m.c_rows, m.c_cols, m.c_ld))) {
+        plan_destroy(p);
+        return -1;
+    }
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    size_t ws = qft_cuda_g.lt_work_bytes;
+    // cuBLASLt's A is our first operand (B's storage), its B our second (A's storage)
+    const uint32_t al1 = (uint32_t)k.align_b, al2 = (uint32_t)k.align_a, alc = (uint32_t)k.align_c;
+    int bad = CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref)) ||
+              CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                  pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws)) ||
+              CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                  pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al1, sizeof al1)) ||
+              CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                  pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al2, sizeof al2)) ||
+              CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                  pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alc, sizeof alc)) ||
+              CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                  pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alc, sizeof alc)) ||
+              CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(qft_cuda_g.lt, p->desc, p->la, p->lb,
+                                                          p->lc, p->lc, pref, 1, &res, &found));
+    if (pref) CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    if (!bad && found == 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "no algorithm for M=%d N=%d K=%d transA=%d transB=%d", k.M, k.N,
+                 k.K, k.transA, k.transB);
+        bad = qft_cuda_fail("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, msg);
+    }
+    if (bad) {
+        plan_destroy(p);
+        return -1;
+    }
+    p->algo = res.algo;
+    return 0;
+}
+
+// The cached plan for k, or one built into *tmp (the caller destroys it) when the cache is
+// full; NULL on failure.
+plan *plan_get(const plan_key &k, plan *tmp) {
+    for (int i = 0; i < n_plans; i++)
+        if (memcmp(&plans[i].key, &k, sizeof k) == 0) return &plans[i];
+    plan *p = n_plans < PLAN_CAP ? &plans[n_plans] : tmp;
+    if (plan_build(p, k)) return NULL;
+    if (p != tmp) n_plans++;
+    return p;
+}
+
+// C = alpha op(A) op(B) + beta C with any of the supported type pairs; 0 or -1 (recorded).
+int gemm_any(int transA, int transB, int M, int N, int K, float alpha, const void *A, int lda,
+             const void *B, int ldb, float beta, void *C, int ldc, cudaDataType_t ab,
+             cudaDataType_t ct) {
+    if (!qft_cuda_g.ready)
+        return qft_cuda_fail("gemm", __FILE__, __LINE__, "CUDA backend not initialised");
+    plan_key k;
+    memset(&k, 0, sizeof k); // the key is compared bytewise
+    k.transA = transA, k.transB = transB, k.M = M, k.N = N, k.K = K;
+    k.lda = lda, k.ldb = ldb, k.ldc = ldc, k.ab_type = ab, k.c_type = ct;
+    k.align_a = align_of(A), k.align_b = align_of(B), k.align_c = align_of(C);
+    plan tmp;
+    plan *p = plan_get(k, &tmp);
+    if (!p) return -1;
+    // first operand is B's storage, second A's: column-major C^T = op(B)^T op(A)^T
+    int bad = CUBLAS_CHECK(cublasLtMatmul(qft_cuda_g.lt, p->desc, &alpha, B, p->la, A, p->lb,
+                                          &beta, C, p->lc, C, p->lc, &p->algo, qft_cuda_g.lt_work,
+                                          qft_cuda_g.lt_work_bytes, 0));
+    if (p == &tmp) plan_destroy(&tmp);
+    return bad ? -1 : 0;
+}
+
+// K = 0: BLAS would leave C as beta * C (and exactly 0 for beta = 0), which cuBLASLt does
+// not promise, so it is done here as on the CPU backend.
+__global__ void scale_c_kernel(float *C, int M, int N, int ldc, float beta) {
+    const size_t total = (size_t)M * N;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        float *c = C + (e / N) * ldc + e % N;
+        *c = beta == 0.0f ? 0.0f : beta * *c;
+    }
+}
+
+} // namespace
+
+void qft_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                   int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        scale_c_kernel<<<qft_cuda_blocks((size_t)M * N, 256), 256>>>(C, M, N, ldc, beta);
+        CUDA_LAUNCHED();
+        return;
+    }
+    gemm_any(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_32F,
+             CUDA_R_32F);
+}
+
+extern "C" int qft_cuda_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha,
+                                  const uint16_t *A, int lda, const uint16_t *B, int ldb,
+                                  float beta, void *C, qft_dtype c_dtype, int ldc, qft_err *err) {
+    if (c_dtype != QFT_DT_BF16 && c_dtype != QFT_DT_F32)
+        return qft_err_setf(err, "qft_cuda_gemm_bf16: C must be bf16 or f32 (dtype %d)",
+                            (int)c_dtype);
+    if (M <= 0 || N <= 0 || K <= 0)
+        return qft_err_setf(err, "qft_cuda_gemm_bf16: empty shape M=%d N=%d K=%d", M, N, K);
+    if (gemm_any(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_16BF,
+                 c_dtype == QFT_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F))
+        return qft_cuda_status(err);
+    return 0;
+}
+
+void qft_cuda_gemm_release(void) {
+    for (int i = 0; i < n_plans; i++) plan_destroy(&plans[i]);
+    n_plans = 0;
+}

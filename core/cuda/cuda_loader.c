@@ -1,0 +1,50 @@
+/* dlopen of libqft_cuda.so for train.backend = "cuda" (see cuda_backend.h). */
+#include "cuda_backend.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef const qft_ops *(*cuda_ops_fn)(int device, qft_err *err);
+
+const qft_ops *qft_cuda_load(int device, qft_err *err) {
+    const char *cands[4];
+    int nc = 0;
+    const char *env = getenv("QFT_CUDA_LIB");
+    if (env && *env) cands[nc++] = env;
+#ifdef QFT_CUDA_BUILT
+    cands[nc++] = QFT_CUDA_BUILT;
+#endif
+#ifdef QFT_CUDA_INSTALLED
+    cands[nc++] = QFT_CUDA_INSTALLED;
+    cands[nc++] = "libqft_cuda.so";
+#endif
+    if (nc == 0) {
+        qft_err_setf(err, "train.backend = \"cuda\": this build of qft has no CUDA backend "
+                          "(nvcc was not found when it was configured; set QFT_CUDA_LIB to a "
+                          "libqft_cuda.so to use one built elsewhere)");
+        return NULL;
+    }
+    char tried[1536] = "";
+    for (int i = 0; i < nc; i++) {
+        void *h = dlopen(cands[i], RTLD_NOW | RTLD_LOCAL); /* never closed: ops point into it */
+        if (!h) {
+            const char *why = dlerror();
+            size_t len = strlen(tried);
+            snprintf(tried + len, sizeof tried - len, "%s%s", len ? "; " : "",
+                     why ? why : cands[i]);
+            continue;
+        }
+        cuda_ops_fn fn;
+        void *sym = dlsym(h, "qft_cuda_ops");
+        memcpy(&fn, &sym, sizeof fn); /* object to function pointer without a cast warning */
+        if (!fn) {
+            qft_err_setf(err, "train.backend = \"cuda\": %s has no qft_cuda_ops", cands[i]);
+            return NULL;
+        }
+        return fn(device, err);
+    }
+    qft_err_setf(err, "train.backend = \"cuda\": the CUDA backend library did not load (%s)",
+                 tried);
+    return NULL;
+}

@@ -1,0 +1,178 @@
+// The CUDA backend's state and op table: device selection, the first-error record that
+// stands in for return codes the op table's void entries cannot carry, memory, copies.
+#include "cuda_internal.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+struct qft_cuda_state qft_cuda_g;
+
+// The first failure wins: later ones are usually its consequences.
+static pthread_mutex_t fail_lock = PTHREAD_MUTEX_INITIALIZER;
+static int fail_set;
+static char fail_msg[1024];
+
+int qft_cuda_fail(const char *call, const char *file, int line, const char *msg) {
+    pthread_mutex_lock(&fail_lock);
+    if (!fail_set) {
+        snprintf(fail_msg, sizeof fail_msg, "%s:%d: %s: %s", file, line, call, msg);
+        fail_set = 1;
+    }
+    pthread_mutex_unlock(&fail_lock);
+    fprintf(stderr, "qft cuda: %s:%d: %s: %s\n", file, line, call, msg);
+    return 1;
+}
+
+extern "C" int qft_cuda_status(qft_err *err) {
+    pthread_mutex_lock(&fail_lock);
+    int bad = fail_set;
+    if (bad) qft_err_setf(err, "CUDA backend: %s", fail_msg);
+    pthread_mutex_unlock(&fail_lock);
+    return bad ? -1 : 0;
+}
+
+extern "C" int qft_cuda_sync(qft_err *err) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    return qft_cuda_status(err);
+}
+
+extern "C" const char *qft_cuda_device_name(void) {
+    return qft_cuda_g.ready ? qft_cuda_g.name : "no CUDA device";
+}
+
+extern "C" size_t qft_cuda_mem_used(void) {
+    size_t free_b = 0, total_b = 0;
+    if (CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b))) return 0;
+    return total_b - free_b;
+}
+
+extern "C" int qft_cuda_upload(void *dst, const void *src, size_t bytes, qft_err *err) {
+    if (bytes && CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)))
+        return qft_cuda_status(err);
+    return 0;
+}
+
+extern "C" int qft_cuda_download(void *dst, const void *src, size_t bytes, qft_err *err) {
+    if (bytes && CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)))
+        return qft_cuda_status(err);
+    return 0;
+}
+
+void *qft_cuda_scratch(size_t bytes) {
+    if (bytes <= qft_cuda_g.scratch_bytes) return qft_cuda_g.scratch;
+    // queued kernels may still read the old buffer
+    if (CUDA_CHECK(cudaDeviceSynchronize())) return NULL;
+    if (qft_cuda_g.scratch) CUDA_CHECK(cudaFree(qft_cuda_g.scratch));
+    qft_cuda_g.scratch = NULL, qft_cuda_g.scratch_bytes = 0;
+    size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+    if (CUDA_CHECK(cudaMalloc(&qft_cuda_g.scratch, want))) return NULL;
+    qft_cuda_g.scratch_bytes = want;
+    return qft_cuda_g.scratch;
+}
+
+// cudaMalloc aligns to 256 bytes, which covers the table's 64. `what` names the buffer in
+// the error when the device is full.
+static void *cuda_alloc(size_t bytes, const char *what) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s (%zu bytes for %s)", cudaGetErrorString(e), bytes,
+                 what ? what : "?");
+        qft_cuda_fail("cudaMalloc", __FILE__, __LINE__, msg);
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(void *p) {
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+void qft_cuda_zero(float *x, size_t n) {
+    if (n) CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof *x, 0));
+}
+
+void qft_cuda_copy(float *dst, const float *src, size_t n) {
+    if (n && dst != src)
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToDevice, 0));
+}
+
+// Positional (C++17 has no designated initializers): the order of qft_ops's fields.
+static const qft_ops cuda_ops = {
+    "cuda",
+    cuda_alloc,
+    cuda_free,
+    qft_cuda_zero,
+    qft_cuda_copy,
+    qft_cuda_gemm,
+    qft_cuda_add,
+    qft_cuda_embedding_fwd,
+    qft_cuda_embedding_bwd,
+    qft_cuda_rmsnorm_fwd,
+    qft_cuda_rmsnorm_bwd,
+    qft_cuda_rope_table,
+    qft_cuda_rope_fwd,
+    qft_cuda_rope_bwd,
+    qft_cuda_attention_workspace,
+    qft_cuda_attention_fwd,
+    qft_cuda_attention_bwd,
+    qft_cuda_swiglu_fwd,
+    qft_cuda_swiglu_bwd,
+    qft_cuda_cross_entropy_fwd,
+    qft_cuda_cross_entropy_bwd,
+    qft_cuda_cross_entropy_fused,
+};
+
+static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90
+
+extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
+    struct qft_cuda_state *g = &qft_cuda_g;
+    if (g->ready) {
+        if (device == g->device) return &cuda_ops;
+        qft_err_setf(err, "train.device = %d: the CUDA backend is already running on device %d "
+                          "(one device per process)", device, g->device);
+        return NULL;
+    }
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        qft_err_setf(err, "train.backend = \"cuda\": no CUDA device (cudaGetDeviceCount: %s)",
+                     e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+        return NULL;
+    }
+    if (device < 0 || device >= count) {
+        qft_err_setf(err, "train.device = %d: this machine has %d CUDA device%s (0..%d)", device,
+                     count, count == 1 ? "" : "s", count - 1);
+        return NULL;
+    }
+    cudaDeviceProp prop;
+    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess ||
+        (e = cudaSetDevice(device)) != cudaSuccess) {
+        qft_err_setf(err, "train.backend = \"cuda\": device %d: %s", device, cudaGetErrorString(e));
+        return NULL;
+    }
+    if (prop.major < 8) {
+        qft_err_setf(err, "train.backend = \"cuda\": device %d (%s) is sm_%d%d; the CUDA backend "
+                          "needs sm_80 or newer (bf16 tensor cores)", device, prop.name,
+                     prop.major, prop.minor);
+        return NULL;
+    }
+    g->device = device;
+    g->sm_count = prop.multiProcessorCount;
+    g->smem_optin = prop.sharedMemPerBlockOptin;
+    snprintf(g->name, sizeof g->name, "%s, sm_%d%d, %d SMs, %.1f GiB", prop.name, prop.major,
+             prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30));
+    if (CUBLAS_CHECK(cublasLtCreate(&g->lt)) ||
+        CUDA_CHECK(cudaMalloc(&g->lt_work, LT_WORKSPACE)) || qft_cuda_attention_setup()) {
+        qft_err first = {0, ""};
+        qft_cuda_status(&first);
+        qft_err_setf(err, "train.backend = \"cuda\": setting up device %d (%s): %s", device,
+                     prop.name, first.msg);
+        return NULL;
+    }
+    g->lt_work_bytes = LT_WORKSPACE;
+    g->ready = 1;
+    return &cuda_ops;
+}

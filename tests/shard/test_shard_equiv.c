@@ -1,0 +1,327 @@
+/* Multi-rank training equals one process with the same global batch.
+ *
+ * For each case (train_type, strategy, W ranks, grad_accum G per rank) the test trains a
+ * tiny random Llama for 5 steps twice: once as one process with grad_accum W*G, once under
+ * `mpirun -np W` with grad_accum G. Rank r trains micro-batches r, r+W, ... of the one
+ * process's order, each scaled by 1/(W*G), and the transport sums gradients in rank order,
+ * so the runs differ only in float summation order inside a rank's accumulation. Checked:
+ *   - every step's loss and gradient norm in metrics.jsonl within 1e-5 relative;
+ *   - every saved tensor (the model for full, the PEFT adapter for qlora, both saved in
+ *     f32) within 1e-5 relative (plus 1e-7 absolute for values near zero);
+ *   - each rank's measured optimizer state (the allocator's bytes, from the log line
+ *     "shard: rank R of W (...): optimizer state B bytes for trainable floats [a, b) of n")
+ *     against AdamW's 2 * 4 bytes per float of the rank's slice: the whole n for no_shard,
+ *     n / W (the last rank also the n mod W tail) for shard_grad_op.
+ * hybrid_shard_grad_op runs 4 ranks on two pretend machines of 2 (QFT_TRANSPORT_NODE_SIZE).
+ * Dropout is on in qlora.cfg (0.05): equal losses also show that each micro-batch draws
+ * the mask one process would give it.
+ *
+ * argv: mpirun, then mpirun's flags. $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the
+ * tree (for configs/). */
+#include "safetensors.h"
+
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+
+static char **g_argv;
+static int g_argc;
+static char g_tmp[4096];
+
+typedef struct eq_case {
+    const char *type;     /* configs/<type>.cfg */
+    const char *strategy; /* shard.plugin */
+    int world, accum;     /* ranks and grad_accum per rank */
+    int node;             /* ranks per pretend machine (QFT_TRANSPORT_NODE_SIZE), 0: real */
+} eq_case;
+
+static const eq_case k_cases[] = {
+    {"full", "no_shard", 2, 2, 0},      {"full", "shard_grad_op", 2, 2, 0},
+    {"full", "no_shard", 3, 1, 0},      {"full", "shard_grad_op", 3, 1, 0},
+    {"qlora", "no_shard", 2, 2, 0},     {"qlora", "shard_grad_op", 2, 2, 0},
+    {"qlora", "no_shard", 3, 1, 0},     {"qlora", "shard_grad_op", 3, 1, 0},
+    /* two pretend machines of two ranks: sharded within, replicated across */
+    {"full", "hybrid_shard_grad_op", 4, 1, 2},
+    {"qlora", "hybrid_shard_grad_op", 4, 1, 2},
+};
+#define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
+#define N_STEPS 5
+#define MAX_RANKS 4
+
+/* Tiny shapes (hidden 64 so that NF4's blocks of 64 fit), the run's own tiny dataset cut
+ * to 72 examples (divisible by every global batch below: 2 * {4, 3}), f32 saves. */
+static const char *k_overrides =
+    "--set train.max_steps=5 --set data.count=72 --set train.batch_size=2 "
+    "--set model.config.hidden_size=64 --set model.config.intermediate_size=128 "
+    "--set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2 "
+    "--set model.config.num_key_value_heads=1 --set data.context_length=192 "
+    "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1";
+
+static int types_built(const char *type) {
+    const char *built = getenv("QFT_SHARD_TYPES");
+    if (!built) return 1;
+    char buf[512];
+    snprintf(buf, sizeof buf, ",%s,", built);
+    char want[64];
+    snprintf(want, sizeof want, ",%s,", type);
+    return strstr(buf, want) != NULL;
+}
+
+/* Runs cmd through the shell, its stdout and stderr into out; returns the exit status. */
+static int run_cmd(const char *cmd, char *out, size_t size) {
+    FILE *p = popen(cmd, "r");
+    ck_assert_msg(p != NULL, "popen failed: %s", cmd);
+    size_t len = 0;
+    while (len + 1 < size) {
+        size_t got = fread(out + len, 1, size - 1 - len, p);
+        if (got == 0) break;
+        len += got;
+    }
+    out[len] = '\0';
+    char sink[4096];
+    while (fread(sink, 1, sizeof sink, p) > 0) {
+    }
+    return pclose(p);
+}
+
+/* loss[N_STEPS] and the gradient norms before clipping, gnorm[N_STEPS]. */
+static void read_losses(const char *dir, double *loss, double *gnorm) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        ck_assert_msg(o != NULL, "%s: bad JSON line %d: %s", path, n + 1, je.text);
+        ck_assert_int_lt(n, N_STEPS);
+        ck_assert_int_eq(json_integer_value(json_object_get(o, "step")), n + 1);
+        gnorm[n] = json_number_value(json_object_get(o, "grad_norm"));
+        loss[n++] = json_number_value(json_object_get(o, "loss"));
+        json_decref(o);
+    }
+    fclose(f);
+    ck_assert_msg(n == N_STEPS, "%s: %d steps logged, expected %d", path, n, N_STEPS);
+}
+
+/* Every tensor of b matches a's within 1e-5 relative; returns the worst relative error. */
+static double compare_safetensors(const char *pa, const char *pb) {
+    qft_st_file a, b;
+    qft_err err = {0, ""};
+    ck_assert_msg(qft_st_open(pa, &a, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_st_open(pb, &b, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(a.n_entries, b.n_entries);
+    ck_assert_int_gt(a.n_entries, 0);
+    double worst = 0;
+    for (int i = 0; i < a.n_entries; i++) {
+        const qft_st_entry *ea = &a.entries[i];
+        const qft_st_entry *eb = qft_st_find(&b, ea->name);
+        ck_assert_msg(eb != NULL, "%s lacks %s", pb, ea->name);
+        const size_t n = qft_st_numel(&ea->t);
+        ck_assert_uint_eq(n, qft_st_numel(&eb->t));
+        float *va = malloc(n * sizeof(float)), *vb = malloc(n * sizeof(float)); // (n) each
+        ck_assert(va && vb);
+        ck_assert_msg(qft_st_entry_to_f32(&a, ea, va, &err) == 0, "%s", err.msg);
+        ck_assert_msg(qft_st_entry_to_f32(&b, eb, vb, &err) == 0, "%s", err.msg);
+        double sumsq = 0;
+        for (size_t k = 0; k < n; k++) {
+            const double d = fabs((double)va[k] - (double)vb[k]);
+            const double mag = fmax(fabs((double)va[k]), fabs((double)vb[k]));
+            ck_assert_msg(d <= 1e-5 * mag + 1e-7, "%s[%zu]: %.9g (one process) vs %.9g (ranks)",
+                          ea->name, k, (double)va[k], (double)vb[k]);
+            if (mag > 1e-3 && d / mag > worst) worst = d / mag;
+            sumsq += (double)va[k] * va[k];
+        }
+        /* a tensor of zeros would pass any comparison: the trained ones must not be */
+        ck_assert_msg(sumsq > 0, "%s is all zeros", ea->name);
+        free(va);
+        free(vb);
+    }
+    qft_st_close(&a);
+    qft_st_close(&b);
+    return worst;
+}
+
+/* Parses the ranks' optimizer lines and checks them against the strategy's figure: the
+ * trainable floats split over the S ranks of a machine (S = W for shard_grad_op, the
+ * machine size for the hybrid one), or not at all (no_shard). */
+static void check_memory(const eq_case *c, const char *out) {
+    size_t bytes[MAX_RANKS] = {0}, lo[MAX_RANKS] = {0}, hi[MAX_RANKS] = {0}, n = 0;
+    int seen = 0;
+    for (const char *p = strstr(out, "shard: rank "); p; p = strstr(p + 1, "shard: rank ")) {
+        int r, w;
+        size_t by, a, b, nn;
+        char strat[64];
+        if (sscanf(p, "shard: rank %d of %d (%63[^)]): optimizer state %zu bytes for trainable "
+                      "floats [%zu, %zu) of %zu",
+                   &r, &w, strat, &by, &a, &b, &nn) != 7)
+            continue;
+        ck_assert_int_eq(w, c->world);
+        ck_assert_str_eq(strat, c->strategy);
+        ck_assert(r >= 0 && r < c->world && !(seen & (1 << r)));
+        seen |= 1 << r;
+        bytes[r] = by, lo[r] = a, hi[r] = b, n = nn;
+    }
+    ck_assert_msg(seen == (1 << c->world) - 1, "not every rank reported its optimizer state:\n%s",
+                  out);
+    const int sharded = strcmp(c->strategy, "no_shard") != 0;
+    const int S = c->node > 0 ? c->node : c->world, l_last = S - 1;
+    size_t covered = 0, peak = 0;
+    for (int r = 0; r < c->world; r++) {
+        const size_t len = hi[r] - lo[r];
+        const size_t block = n / (size_t)S;
+        const int l = r % S; /* the rank's index on its machine */
+        const size_t want_len = !sharded ? n : block + (l == l_last ? n % (size_t)S : 0);
+        const size_t want_lo = sharded ? (size_t)l * block : 0;
+        const size_t expect = 2 * want_len * sizeof(float); // AdamW's m and v, (len) each
+        printf("  %s %s W=%d rank %d: optimizer state %zu bytes measured, %zu expected "
+               "(2 x %zu floats x 4; %zu trainable, %zu on one process)\n",
+               c->type, c->strategy, c->world, r, bytes[r], expect, want_len, n,
+               2 * n * sizeof(float));
+        ck_assert_uint_eq(lo[r], want_lo);
+        ck_assert_uint_eq(len, want_len);
+        ck_assert_uint_eq(bytes[r], expect);
+        covered += len;
+        if (bytes[r] > peak) peak = bytes[r];
+    }
+    if (sharded) {
+        /* every machine covers the buffer once */
+        ck_assert_uint_eq(covered, n * (size_t)(c->world / S));
+        /* the per-rank peak drops to 1/S of one process's, up to the tail of < S floats */
+        ck_assert_uint_le(peak, 2 * (n / S + S) * sizeof(float));
+        ck_assert_uint_lt(peak * (size_t)S, 2 * n * sizeof(float) + 8 * S * 4);
+    }
+}
+
+START_TEST(test_equivalence) {
+    const eq_case *c = &k_cases[_i];
+    if (!types_built(c->type)) {
+        printf("skip: %s (its plugins are not built)\n", c->type);
+        return;
+    }
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    char one[4096], many[4096], cmd[16384], mpirun[4096] = "";
+    snprintf(one, sizeof one, "%s/%s-%s-%d-one", g_tmp, c->type, c->strategy, c->world);
+    snprintf(many, sizeof many, "%s/%s-%s-%d-ranks", g_tmp, c->type, c->strategy, c->world);
+    char node_env[64] = "";
+    if (c->node > 0)
+        snprintf(node_env, sizeof node_env, "-x QFT_TRANSPORT_NODE_SIZE=%d", c->node);
+    size_t ml = 0;
+    for (int i = 1; i < g_argc; i++)
+        ml += (size_t)snprintf(mpirun + ml, sizeof mpirun - ml, "%s ", g_argv[i]);
+    static char out[1 << 20];
+
+    snprintf(cmd, sizeof cmd,
+             "%s train %s/configs/%s.cfg %s --set shard.plugin=\\\"%s\\\" "
+             "--set train.grad_accum=%d --set output.dir=\\\"%s\\\" -q 2>&1",
+             qft, root, c->type, k_overrides, c->strategy, c->world * c->accum, one);
+    int st = run_cmd(cmd, out, sizeof out);
+    ck_assert_msg(st == 0, "one process failed (%d):\n%s\n%s", st, cmd, out);
+
+    snprintf(cmd, sizeof cmd,
+             "%s -np %d -x OMP_NUM_THREADS=1 %s %s train %s/configs/%s.cfg %s "
+             "--set shard.plugin=\\\"%s\\\" --set train.grad_accum=%d "
+             "--set output.dir=\\\"%s\\\" 2>&1",
+             mpirun, c->world, node_env, qft, root, c->type, k_overrides, c->strategy, c->accum,
+             many);
+    st = run_cmd(cmd, out, sizeof out);
+    ck_assert_msg(st == 0, "mpirun failed (%d):\n%s\n%s", st, cmd, out);
+
+    double l1[N_STEPS], lw[N_STEPS], g1[N_STEPS], gw[N_STEPS], worst_loss = 0;
+    read_losses(one, l1, g1);
+    read_losses(many, lw, gw);
+    for (int s = 0; s < N_STEPS; s++) {
+        const double rel = fabs(l1[s] - lw[s]) / fabs(l1[s]);
+        ck_assert_msg(rel <= 1e-5, "step %d: loss %.9g (one process) vs %.9g (%d ranks)", s + 1,
+                      l1[s], lw[s], c->world);
+        if (rel > worst_loss) worst_loss = rel;
+        /* the norm that clipping used (train.grad_clip = 1 in both configs) */
+        ck_assert_msg(g1[s] > 0 && fabs(g1[s] - gw[s]) <= 1e-5 * g1[s],
+                      "step %d: grad norm %.9g (one process) vs %.9g (%d ranks)", s + 1, g1[s],
+                      gw[s], c->world);
+    }
+    /* the run trains: a loss that stays put would hide a missing update */
+    ck_assert_msg(l1[N_STEPS - 1] < l1[0], "loss did not fall: %g -> %g", l1[0], l1[N_STEPS - 1]);
+
+    const int adapter = strcmp(c->type, "full") != 0;
+    char pa[8192], pb[8192];
+    snprintf(pa, sizeof pa, "%s/%s", one,
+             adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
+    snprintf(pb, sizeof pb, "%s/%s", many,
+             adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
+    const double worst_t = compare_safetensors(pa, pb);
+    printf("%s %s W=%d G=%d%s: losses %.6f -> %.6f, worst relative difference: loss %.2e, "
+           "saved tensors %.2e\n",
+           c->type, c->strategy, c->world, c->accum, c->node ? " (machines of 2)" : "", l1[0],
+           l1[N_STEPS - 1], worst_loss, worst_t);
+    check_memory(c, out);
+    fflush(stdout);
+}
+END_TEST
+
+/* A failure on one rank ends every rank, with the message and the rank, in bounded time:
+ * rank 0 alone cannot create output.dir (under a regular file), while the others go on
+ * to the first step's collective and would wait there forever without the abort. */
+START_TEST(test_one_rank_fails) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    char file[4096], cmd[16384], mpirun[4096] = "";
+    snprintf(file, sizeof file, "%s/not-a-dir", g_tmp);
+    FILE *f = fopen(file, "w");
+    ck_assert(f != NULL);
+    fclose(f);
+    size_t ml = 0;
+    for (int i = 1; i < g_argc; i++)
+        ml += (size_t)snprintf(mpirun + ml, sizeof mpirun - ml, "%s ", g_argv[i]);
+    snprintf(cmd, sizeof cmd,
+             "timeout 120 %s -np 3 -x OMP_NUM_THREADS=1 %s train %s/configs/full.cfg %s "
+             "--set shard.plugin=\"shard_grad_op\" --set train.grad_accum=1 "
+             "--set output.dir=\"%s/run\" 2>&1",
+             mpirun, qft, root, k_overrides, file);
+    static char out[1 << 20];
+    const double t0 = (double)time(NULL);
+    const int st = run_cmd(cmd, out, sizeof out);
+    const double secs = (double)time(NULL) - t0;
+    ck_assert_msg(st != 0, "the job succeeded although rank 0 could not write:\n%s", out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 124, "the job hung:\n%s", out);
+    ck_assert_msg(strstr(out, "rank 0") != NULL && strstr(out, "not-a-dir") != NULL,
+                  "no message naming rank 0 and the path:\n%s", out);
+    printf("one failing rank: the job ended in %.0f s with status %d\n", secs, WEXITSTATUS(st));
+}
+END_TEST
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MPIRUN [MPIRUN-FLAGS...]\n", argv[0]);
+        return 2;
+    }
+    g_argc = argc, g_argv = argv;
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-shard-XXXXXX");
+    if (!mkdtemp(g_tmp)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    Suite *s = suite_create("shard");
+    TCase *tc = tcase_create("equivalence");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_equivalence, 0, N_CASES);
+    tcase_add_test(tc, test_one_rank_fails);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+    if (failed == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
