@@ -61,6 +61,16 @@ void qft_atomic_abort(qft_atomic_file *af) {
     if (af->tmp_path[0]) unlink(af->tmp_path);
 }
 
+int qft_atomic_write(const char *path, const void *data, size_t len, qft_err *err) {
+    qft_atomic_file af;
+    if (qft_atomic_open(&af, path, err)) return -1;
+    if (len && fwrite(data, 1, len, af.f) != len) {
+        qft_atomic_abort(&af);
+        return qft_err_setf(err, "%s: write failed", path);
+    }
+    return qft_atomic_commit(&af, err);
+}
+
 int qft_mkdir_p(const char *path, qft_err *err) {
     char buf[4096];
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)

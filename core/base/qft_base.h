@@ -48,6 +48,8 @@ typedef struct qft_atomic_file {
 int qft_atomic_open(qft_atomic_file *af, const char *path, qft_err *err);
 int qft_atomic_commit(qft_atomic_file *af, qft_err *err); /* flush, fsync, rename */
 void qft_atomic_abort(qft_atomic_file *af);               /* remove the temporary */
+/* The whole of a small file (a config.json, a copied tokenizer file) in one atomic write. */
+int qft_atomic_write(const char *path, const void *data, size_t len, qft_err *err);
 int qft_mkdir_p(const char *path, qft_err *err);
 /* Reads a whole file into a NUL-terminated buffer the caller frees. */
 int qft_file_read_all(const char *path, char **out, size_t *len, qft_err *err);

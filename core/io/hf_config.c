@@ -375,15 +375,14 @@ int qft_hf_config_set_json(const char *path, const char *key, const char *json, 
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(root);
     if (!text) return qft_err_setf(err, "%s: cannot serialise", path);
-    qft_atomic_file af;
-    int rc = qft_atomic_open(&af, path, err);
-    if (!rc && fputs(text, af.f) < 0) {
-        qft_atomic_abort(&af);
-        rc = qft_err_setf(err, "%s: write failed", path);
-    } else if (!rc) {
-        fputc('\n', af.f);
-        rc = qft_atomic_commit(&af, err);
+    size_t n = strlen(text);
+    char *line = realloc(text, n + 2); /* with the final newline */
+    if (!line) {
+        free(text);
+        return qft_err_setf(err, "%s: out of memory", path);
     }
-    free(text);
+    line[n] = '\n', line[n + 1] = 0;
+    int rc = qft_atomic_write(path, line, n + 1, err);
+    free(line);
     return rc;
 }

@@ -42,14 +42,7 @@ static int write_config(const char *path, const qft_llama_model *m, const char *
     char *out = json_dumps(c, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(c);
     if (!out) return qft_err_setf(err, "%s: cannot serialise", path);
-    qft_atomic_file af;
-    int rc = qft_atomic_open(&af, path, err);
-    if (!rc && fputs(out, af.f) < 0) {
-        qft_atomic_abort(&af);
-        rc = qft_err_setf(err, "%s: write failed", path);
-    } else if (!rc) {
-        rc = qft_atomic_commit(&af, err);
-    }
+    int rc = qft_atomic_write(path, out, strlen(out), err);
     free(out);
     return rc;
 }

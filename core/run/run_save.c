@@ -13,14 +13,7 @@ static int copy_file_atomic(const char *src, const char *dst, qft_err *err) {
     char *buf;
     size_t len;
     if (qft_file_read_all(src, &buf, &len, err)) return -1;
-    qft_atomic_file af;
-    int rc = qft_atomic_open(&af, dst, err);
-    if (!rc && fwrite(buf, 1, len, af.f) != len) {
-        qft_atomic_abort(&af);
-        rc = qft_err_setf(err, "%s: write failed", dst);
-    } else if (!rc) {
-        rc = qft_atomic_commit(&af, err);
-    }
+    int rc = qft_atomic_write(dst, buf, len, err);
     free(buf);
     return rc;
 }
