@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Peer of bench/tokenize_speed.c: Hugging Face tokenizers encoding every GSM8K question and
 answer: encode() per text on one thread, and encode_batch() with RAYON_NUM_THREADS threads
-(default 1; set it to the core count for the all-threads row), MB/s of UTF-8 input.
+(default 1; for the all-threads row set it to the core count and TOKENIZERS_PARALLELISM=true,
+without which encode_batch stays on one thread), MB/s of UTF-8 input.
 Usage: [RAYON_NUM_THREADS=N] ~/.cache/qft-peers/bin/python bench/tokenize_speed_peer.py [DIR [JSONL [REPEATS]]]"""
 import json
 import os
