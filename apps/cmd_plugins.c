@@ -17,12 +17,12 @@ int qft_cmd_plugins(int argc, char **argv) {
         qft_registry_free(&r);
         return 1;
     }
-    printf("%-10s %-16s %-8s %s\n", "KIND", "NAME", "VERSION", "FILE");
+    printf("%-10s %-22s %-8s %s\n", "KIND", "NAME", "VERSION", "FILE");
     for (int k = 0; k < QFT_KIND_COUNT; k++)
         for (int i = 0; i < r.n; i++) {
             const qft_plugin_desc *d = r.items[i].desc;
             if ((int)d->kind != k) continue;
-            printf("%-10s %-16s %-8s %s\n", qft_kind_name(d->kind), d->name,
+            printf("%-10s %-22s %-8s %s\n", qft_kind_name(d->kind), d->name,
                    d->version ? d->version : "?", r.items[i].path);
         }
     printf("(%d plugin%s; searched:", r.n, r.n == 1 ? "" : "s");
