@@ -293,7 +293,10 @@ START_TEST(test_xent_chunked_lse) {
     for (int n = 0; n < N; n++) {
         if (tg[n] == -100) continue;
         const float r = twin_row_lse(logits + (size_t)n * V, V);
-        ck_assert_msg(fabsf(r - lse[n]) <= 2e-6f * fabsf(lse[n]), "row %d: twin %.9g cpu %.9g", n,
+        /* two fp32 sums of V exponentials in different orders (lanes vs chunks): they may
+         * differ by about sqrt(V) ulp, 3e-6 relative at V = 32003 (seen under
+         * -fsanitize builds, whose code generation orders them differently) */
+        ck_assert_msg(fabsf(r - lse[n]) <= 1e-5f * fabsf(lse[n]), "row %d: twin %.9g cpu %.9g", n,
                       (double)r, (double)lse[n]);
         sum += (double)(r - logits[(size_t)n * V + tg[n]]);
     }
