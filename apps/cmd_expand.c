@@ -76,14 +76,14 @@ int qft_cmd_expand(int argc, char **argv) {
     char dirs[32][4096];
     int nd = qft_registry_search_path(o.plugin_dirs, o.n_plugin_dirs, NULL, 0, dirs, 32);
     if (qft_registry_scan(&reg, dirs, nd, &err)) goto fail;
-    const qft_plugin *p = qft_registry_find(&reg, QFT_KIND_ADAPTER, "llama_pro", &err);
-    if (!p) goto fail;
+    const qft_plugin *p;
+    if (qft_registry_open(&reg, QFT_KIND_ADAPTER, "llama_pro", sec, 0, &p, &astate, &err))
+        goto fail;
     vt = p->desc->vtable;
     if (!vt->expand) {
         qft_err_setf(&err, "%s: the llama_pro plugin has no expand hook", p->path);
         goto fail;
     }
-    if (vt->configure(qft_registry_services(), sec, &astate, &err)) goto fail;
 
     char path[8192];
     snprintf(path, sizeof path, "%s/config.json", model);

@@ -109,15 +109,14 @@ int qft_cmd_merge(int argc, char **argv) {
     char dirs[32][4096];
     int nd = qft_registry_search_path(o.plugin_dirs, o.n_plugin_dirs, NULL, 0, dirs, 32);
     if (qft_registry_scan(&reg, dirs, nd, &err)) goto fail;
-    const qft_plugin *p = qft_registry_find(&reg, QFT_KIND_ADAPTER, plugin, &err);
-    if (!p) goto fail;
+    /* the sections are the adapter's own adapter_config.json fields, no user keys */
+    const qft_plugin *p;
+    if (qft_registry_open(&reg, QFT_KIND_ADAPTER, plugin, asec, 0, &p, &astate, &err)) goto fail;
     avt = p->desc->vtable;
-    if (avt->configure(qft_registry_services(), asec, &astate, &err)) goto fail;
     if (quant) { /* a pre-quantized base: its quantizer reads it */
-        const qft_plugin *qp = qft_registry_find(&reg, QFT_KIND_QUANTIZER, quant, &err);
-        if (!qp) goto fail;
-        qvt = qp->desc->vtable;
-        if (qvt->configure(qft_registry_services(), qsec, &qstate, &err)) goto fail;
+        if (qft_registry_open(&reg, QFT_KIND_QUANTIZER, quant, qsec, 0, &p, &qstate, &err))
+            goto fail;
+        qvt = p->desc->vtable;
     }
     qft_llama_build build = {.role = role_frozen, .ctx = qvt ? (void *)1 : NULL, .qvt = qvt,
                              .qstate = qstate, .avt = avt, .astate = astate};

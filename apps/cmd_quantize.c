@@ -60,12 +60,9 @@ int qft_cmd_quantize(int argc, char **argv) {
     char dirs[32][4096];
     int nd = qft_registry_search_path(o.plugin_dirs, o.n_plugin_dirs, NULL, 0, dirs, 32);
     if (qft_registry_scan(&reg, dirs, nd, &err)) goto fail;
-    const qft_plugin *p = qft_registry_find(&reg, QFT_KIND_QUANTIZER, method, &err);
-    if (!p) goto fail;
+    const qft_plugin *p;
+    if (qft_registry_open(&reg, QFT_KIND_QUANTIZER, method, q, 1, &p, &qstate, &err)) goto fail;
     vt = p->desc->vtable;
-    if (qft_config_check_keys(q, vt->config_keys, &err) ||
-        vt->configure(qft_registry_services(), q, &qstate, &err))
-        goto fail;
     qft_llama_build build = {.role = role_pack_linears, .qvt = vt, .qstate = qstate};
     const double t0 = qft_time_now();
     if (qft_hf_model_load_build(model, &m, &build, &err)) goto fail;

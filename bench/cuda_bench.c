@@ -5,8 +5,12 @@
  *     the op table's fp32 GEMM (no TF32) on one shape for scale;
  *   - the op table's fp32 flash-style attention, forward and backward, at T = 2048,
  *     H = 32, KV = 8, hd = 128 (Llama-3-8B), batch 1;
- *   - NF4 dequantization of a 14336 x 4096 weight to bf16 and fp32, in GB/s of bytes read
- *     and written.
+ *   - NF4 and HQQ (4-bit, group 64, axis 1) dequantization of a 14336 x 4096 weight to bf16
+ *     and fp32, in GB/s of bytes read and written;
+ *   - the quantized linear (qft_cuda_qlinear_fwd / _bwd_input: dequantize into a bf16
+ *     scratch, then the cuBLASLt bf16 GEMM) for NF4 and HQQ 4-bit at the Llama-3-8B shapes
+ *     and M = 2048, with a whole-weight scratch and with 1024-row tiles, in ms and as a
+ *     multiple of the plain bf16 GEMM on a dense weight.
  * Times are the median of `iters` runs after warm-up, measured on the host around a
  * device synchronisation. Usage: cuda_bench [--quick]. Exits 77 without a device. */
 #include "qft_base.h"
@@ -147,6 +151,84 @@ static void run_nf4(void *p) {
     if (qft_cuda_nf4_dequantize(&c->w, 0, c->w.n, c->out, c->dt, &err)) die("nf4", &err);
 }
 
+/* ---- HQQ and the quantized linear ---------------------------------------------------------- */
+typedef struct {
+    qft_cuda_hqq w;
+    void *out;
+    qft_dtype dt;
+} hqq_ctx;
+
+static void run_hqq(void *p) {
+    hqq_ctx *c = p;
+    qft_err err = {0, ""};
+    if (qft_cuda_hqq_dequantize(&c->w, 0, c->w.n, c->out, c->dt, &err)) die("hqq", &err);
+}
+
+typedef struct {
+    qft_cuda_weight w;
+    const uint16_t *x;  // (M, in) or, backward, dY (M, out)
+    void *y;            // (M, out) or dX (M, in), bf16 forward, fp32 backward
+    int M, bwd;
+    uint16_t *scratch;
+    int64_t scratch_elems;
+} qlin_ctx;
+
+static void run_qlin(void *p) {
+    qlin_ctx *c = p;
+    qft_err err = {0, ""};
+    int rc = c->bwd ? qft_cuda_qlinear_bwd_input(&c->w, c->x, c->w.out, c->M, c->y, QFT_DT_F32,
+                                                 c->w.in, 0.0f, c->scratch, c->scratch_elems, &err)
+                    : qft_cuda_qlinear_fwd(&c->w, c->x, c->M, c->w.in, c->y, QFT_DT_BF16, c->w.out,
+                                           0.0f, c->scratch, c->scratch_elems, &err);
+    if (rc) die("qlinear", &err);
+}
+
+/* Random packed bytes on the device. */
+static uint8_t *bytes_dev(size_t n, uint64_t seed) {
+    uint8_t *h = malloc(n);
+    if (!h) die("host allocation", NULL);
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) h[i] = (uint8_t)((s = s * 6364136223846793005ULL + 1) >> 56);
+    uint8_t *d = dalloc(n);
+    qft_err err = {0, ""};
+    if (qft_cuda_upload(d, h, n, &err)) die("upload", &err);
+    free(h);
+    return d;
+}
+
+/* Rows of the quantized-linear table for W (out, in) at M tokens. */
+static void qlinear_rows(int out, int in, int M) {
+    const int64_t n = (int64_t)out * in, nb = n / 64;
+    uint8_t *packed = bytes_dev((size_t)n / 2, 11); /* 4 bits a code for both formats */
+    float *code = rand_dev(16, 1.0f, 12), *absmax = rand_dev((size_t)nb, 0.1f, 13);
+    float *scale = rand_dev((size_t)nb, 0.01f, 14), *zero = rand_dev((size_t)nb, 8.0f, 15);
+    qft_cuda_nf4 nf4 = {packed, code, absmax, NULL, NULL, NULL, 0.0f, 64, n};
+    qft_cuda_hqq hqq = {packed, scale, zero, NULL, {0.0f, 0.0f}, NULL, NULL, 4, 64, 1, n};
+    uint16_t *wd = bf16_dev((size_t)n, 0.05f, 16);
+    uint16_t *x = bf16_dev((size_t)M * (in > out ? in : out), 1.0f, 17);
+    void *y = dalloc((size_t)M * (in > out ? in : out) * 4);
+    uint16_t *scratch = dalloc((size_t)n * 2);
+    const qft_cuda_weight dense = {NULL, NULL, wd, out, in};
+    const qft_cuda_weight qw[2] = {{&nf4, NULL, NULL, out, in}, {NULL, &hqq, NULL, out, in}};
+    static const char *const names[2] = {"NF4", "HQQ 4-bit"};
+    for (int bwd = 0; bwd < 2; bwd++) {
+        qlin_ctx c = {dense, x, y, M, bwd, NULL, 0};
+        const double plain = time_median(run_qlin, &c);
+        printf("| %dx%d | %s | bf16 dense (plain GEMM) | %.3f | 1.00 |\n", out, in,
+               bwd ? "dY W" : "x W^T", plain * 1e3);
+        for (int k = 0; k < 2; k++)
+            for (int tiled = 0; tiled < 2; tiled++) {
+                qlin_ctx q = {qw[k], x, y, M, bwd, scratch, tiled ? (int64_t)1024 * in : n};
+                const double t = time_median(run_qlin, &q);
+                printf("| %dx%d | %s | %s, %s | %.3f | %.2f |\n", out, in, bwd ? "dY W" : "x W^T",
+                       names[k], tiled ? "1024-row tiles" : "whole-weight scratch", t * 1e3,
+                       t / plain);
+            }
+    }
+    G->free(packed), G->free(code), G->free(absmax), G->free(scale), G->free(zero);
+    G->free(wd), G->free(x), G->free(y), G->free(scratch);
+}
+
 int main(int argc, char **argv) {
     const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     if (quick) iters = 5;
@@ -250,6 +332,36 @@ int main(int argc, char **argv) {
         G->free(out);
         free(hp), free(hq);
     }
+    /* HQQ dequantization of a 14336 x 4096 weight, 4-bit, group 64, axis 1 */
+    {
+        const int64_t n = (int64_t)14336 * 4096, ng = n / 64;
+        uint8_t *dp = bytes_dev((size_t)n / 2, 21), *zq = bytes_dev((size_t)ng, 22);
+        uint8_t *sq = bytes_dev((size_t)ng, 23);
+        float *scale = rand_dev((size_t)ng, 0.01f, 24), *zero = rand_dev((size_t)ng, 8.0f, 25);
+        float *smeta = rand_dev((size_t)2 * (ng / 128), 0.01f, 26);
+        void *out = dalloc((size_t)n * 4);
+        printf("\n| HQQ dequantize 14336x4096 (4-bit, group 64, axis 1) | scale/zero | out | ms | "
+               "GB/s |\n|---|---|---|---|---|\n");
+        for (int meta = 0; meta < 2; meta++)
+            for (int o = 0; o < 2; o++) {
+                hqq_ctx c = {{dp, meta ? NULL : scale, meta ? NULL : zero, meta ? zq : NULL,
+                              {0.05f, 3.0f}, meta ? sq : NULL, meta ? smeta : NULL, 4, 64, 1, n},
+                             out, o ? QFT_DT_F32 : QFT_DT_BF16};
+                const double t = time_median(run_hqq, &c);
+                const double bytes = (double)n / 2 + (double)ng * (meta ? 2 : 8) +
+                                     (double)n * (o ? 4 : 2);
+                printf("| | %s | %s | %.3f | %.0f |\n", meta ? "8-bit meta-quantized" : "fp32",
+                       o ? "fp32" : "bf16", t * 1e3, bytes / t / 1e9);
+            }
+        G->free(dp), G->free(zq), G->free(sq), G->free(scale), G->free(zero), G->free(smeta);
+        G->free(out);
+    }
+
+    /* the quantized linear: dequantize into the bf16 scratch + cuBLASLt, against plain bf16 */
+    printf("\n| quantized linear W (out x in), M = 2048 | product | weight, scratch | ms | "
+           "vs plain |\n|---|---|---|---|---|\n");
+    for (int i = 0; i < 3; i++) qlinear_rows(lin[i][0], lin[i][1], M);
+
     sync_or_die();
     printf("\ndevice memory in use at the end: %.2f GiB\n", (double)qft_cuda_mem_used() / (1 << 30));
     return 0;

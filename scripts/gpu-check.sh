@@ -3,15 +3,18 @@
 # another sm_90 GPU. In a fresh build directory it:
 #   1. configures with -Dqft_cuda_arch=sm_90 (nvcc -arch=sm_90) and builds only the CUDA
 #      targets: core/cuda (libqft_cuda.so), tests/cuda/test_cuda_twin,
-#      tests/cuda/test_cuda_ops, bench/cuda_bench;
+#      tests/cuda/test_cuda_ops, bench/cuda_bench, and the hqq plugin the tests dlopen;
 #   2. runs test_cuda_twin (the kernels' indexing on the CPU) and test_cuda_ops (every op
-#      of the CUDA table, bf16 GEMM, NF4 dequantization and AdamW against the CPU backend;
-#      here it must run, a skip is a failure);
+#      of the CUDA table, bf16 GEMM, NF4 and HQQ dequantization, the quantized linear,
+#      LoRA/DoRA forward, backward and DoRA's row norm, and AdamW, against the CPU backend
+#      and the CPU plugins; here it must run, a skip is a failure);
 #   3. runs test_cuda_ops under compute-sanitizer (memcheck, then racecheck if time is
 #      left) when compute-sanitizer is installed;
 #   4. runs bench/cuda_bench: bf16 cuBLASLt GEMM TFLOP/s on the Llama-3-8B shapes at
 #      M = 2048 against the measured peak, attention forward/backward time at T = 2048,
-#      H = 32, KV = 8, hd = 128, NF4 dequantization GB/s.
+#      H = 32, KV = 8, hd = 128, NF4 and HQQ dequantization GB/s, and the quantized linear
+#      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
+#      HQQ against the plain bf16 GEMM at the same shapes.
 # Everything ends inside 8 minutes (each step is given what is left of the budget). A
 # report with the date, the GPU and the tables is written to $OUT (or the build dir) as
 # gpu-check-report.md, ready to paste under "## CUDA" in bench/README.md.
@@ -19,7 +22,10 @@
 # Honest status of what this checks, as of the commit that added it: the kernels, the op
 # table and this script were written and compiled (nvcc 13.0, sm_80 and sm_90) on a machine
 # without a GPU; only their CPU twins (test_cuda_twin) have run. No kernel has run on a GPU
-# yet, so the first run of this script is also the kernels' first run. Not covered here,
+# yet, so the first run of this script is also the kernels' first run. The same holds for
+# the HQQ, quantized-linear and LoRA/DoRA kernels added after it (compiled, not run): their
+# twins check the indexing, GEMM arguments and DoRA math against the hqq plugin and
+# adapters/common on the CPU; the tile-on-chip dequantizing GEMM is not written. Not covered here,
 # because the model does not run on the CUDA backend yet (it keeps its tensors in host
 # memory): the issue's GPU-vs-CPU parity for every train_type on the tiny models, and the
 # tokens/s and peak-memory table for full, QLoRA and QDoRA against PyTorch + PEFT.
@@ -59,7 +65,10 @@ rm -rf "$BUILD"
 step configure 120 meson setup "$BUILD" -Dqft_cuda_arch=sm_90 -Dbuildtype=release >"$BUILD.setup.log" 2>&1 ||
     { cat "$BUILD.setup.log"; exit 1; }
 step build 240 ninja -C "$BUILD" core/cuda/libqft_cuda.so tests/cuda/test_cuda_twin \
-    tests/cuda/test_cuda_ops bench/cuda_bench || exit 1
+    tests/cuda/test_cuda_ops bench/cuda_bench quant/hqq/qft_hqq.so || exit 1
+# what meson test would set: the tests dlopen the hqq plugin from the build tree
+case $BUILD in /*) build_abs=$BUILD ;; *) build_abs=$PWD/$BUILD ;; esac
+export QFT_HQQ_PLUGIN="$build_abs/quant/hqq/qft_hqq.so" QFT_SOURCE_ROOT="$PWD"
 
 step test_cuda_twin 60 "$BUILD/tests/cuda/test_cuda_twin" || status=1
 step test_cuda_ops 120 "$BUILD/tests/cuda/test_cuda_ops"

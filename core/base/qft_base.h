@@ -19,6 +19,16 @@ size_t qft_mem_peak(void);    /* high-water mark of qft_mem_current */
 void qft_mem_reset_peak(void); /* starts a new high-water mark at the current level */
 size_t qft_mem_peak_rss(void); /* the process's peak resident set, bytes (getrusage) */
 
+/* Reserved address space with releasable pages (vm.c): stable pointers whose physical
+ * memory can be handed back between uses. */
+void *qft_vm_reserve(size_t bytes, qft_err *err); /* zero-filled; NULL with err */
+void qft_vm_free(void *p, size_t bytes);
+/* [p, p + bytes) reads as zeros afterwards; its whole pages stop being resident. */
+void qft_vm_release(void *p, size_t bytes);
+/* Bytes of the pages overlapping [p, p + bytes) that are resident now (mincore). */
+size_t qft_vm_resident(const void *p, size_t bytes);
+size_t qft_vm_page(void); /* the page size */
+
 /* ---- random numbers: xoshiro256** seeded by splitmix64 ------------------------------ */
 void qft_rng_seed(qft_rng *r, uint64_t seed);
 uint64_t qft_rng_next(qft_rng *r);

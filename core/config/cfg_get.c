@@ -20,9 +20,10 @@ static const char *const k_train[] = {"backend", "device", "batch_size", "grad_a
                                       "epochs", "max_steps", "optimizer", "lr",
                                       "weight_decay", "betas", "eps", "momentum", "schedule",
                                       "warmup", "min_lr_ratio", "grad_clip", "recompute",
-                                      "seed", "log_every", NULL};
+                                      "seed", "log_every", "resume_from", NULL};
 static const char *const k_shard[] = {"plugin", "cpu_offload", NULL};
-static const char *const k_output[] = {"dir", "save", "save_dtype", "log", NULL};
+static const char *const k_output[] = {"dir", "save", "save_dtype", "log",
+                                       "save_state_every", NULL};
 static const char *const k_plugins[] = {"path", NULL};
 
 const char *const *qft_config_core_keys(const char *section) {

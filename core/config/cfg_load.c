@@ -177,6 +177,7 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
         return -1;
     if (qft_cfg_int(ts, "log_every", 1, 1, 1 << 30, &v, err)) return -1;
     rc->train.log_every = (int)v;
+    if (qft_cfg_string(ts, "resume_from", NULL, &rc->train.resume_from, err)) return -1;
     rc->train.beta1 = 0.9, rc->train.beta2 = 0.95; /* the seed's AdamW betas */
     const config_setting_t *betas = ts ? config_setting_get_member(ts, "betas") : NULL;
     if (betas) {
@@ -196,11 +197,9 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
             *(i ? &rc->train.beta2 : &rc->train.beta1) = d;
         }
     }
-    /* shard: the seed's names are aliases */
-    static const char *const shards[] = {"no_shard", "ddp", "shard_grad_op", "full_shard",
-                                         "hybrid_shard", "hybrid_full_shard",
-                                         "hybrid_shard_grad_op", NULL};
-    if (qft_cfg_choice(rc->sec_shard, "plugin", "no_shard", shards, &rc->shard.plugin, err) ||
+    /* shard: any shard plugin by name (the registry lists the ones it has when the name
+     * is not among them); the seed's names are aliases */
+    if (qft_cfg_string(rc->sec_shard, "plugin", "no_shard", &rc->shard.plugin, err) ||
         qft_cfg_bool(rc->sec_shard, "cpu_offload", 0, &rc->shard.cpu_offload, err))
         return -1;
     if (strcmp(rc->shard.plugin, "ddp") == 0) rc->shard.plugin = "no_shard";
@@ -209,7 +208,9 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
     static const char *const saves[] = {"model", "adapter", "none", NULL};
     if (qft_cfg_string(rc->sec_output, "dir", "runs/latest", &rc->output.dir, err) ||
         qft_cfg_choice(rc->sec_output, "save", "model", saves, &rc->output.save, err) ||
-        qft_cfg_choice(rc->sec_output, "save_dtype", "bf16", dtypes, &rc->output.save_dtype, err))
+        qft_cfg_choice(rc->sec_output, "save_dtype", "bf16", dtypes, &rc->output.save_dtype, err) ||
+        qft_cfg_int(rc->sec_output, "save_state_every", 0, 0, 1L << 40,
+                    &rc->output.save_state_every, err))
         return -1;
     rc->output.progress = rc->output.jsonl = 1;
     const config_setting_t *log = rc->sec_output ? config_setting_get_member(rc->sec_output, "log") : NULL;

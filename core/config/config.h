@@ -53,6 +53,7 @@ typedef struct qft_run_config {
         int recompute;
         long seed;
         int log_every;
+        const char *resume_from; /* a checkpoint-<step> folder to resume from, or NULL */
     } train;
     struct {
         const char *plugin; /* "no_shard" after alias resolution */
@@ -63,6 +64,7 @@ typedef struct qft_run_config {
         const char *save;       /* "model", "adapter" or "none" */
         const char *save_dtype; /* "bf16" or "f32" */
         int progress, jsonl;
+        long save_state_every; /* training-state checkpoint every this many steps; 0 = never */
     } output;
     const char *plugin_paths[16];
     int n_plugin_paths;

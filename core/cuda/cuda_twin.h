@@ -214,4 +214,214 @@ static inline void qft_twin_rope_inv_freq(float *inv, int hd, float theta, int r
 /* Table entry (t, i): the angle in fp32 as transformers forms it, cos/sin in double. */
 QFT_TWIN float qft_twin_rope_angle(int t, float inv_freq) { return qft_twin_mul((float)t, inv_freq); }
 
+/* ---- HQQ (quant/hqq: hqq's grouping and bit packings) ---------------------------------
+ * The flattened weight W (out, in) row-major is viewed as the grouped matrix (R, C): axis 1
+ * (R = n / gs, C = gs), one group per row; axis 0 (R = gs, C = n / gs), one group per
+ * column. The packed tensor has h = packed_rows rows of C entries, and grouped row r lives
+ * in packed row r % h at slot r / h: 8 bits one byte per code; 4 bits h = R/2, slot 0 the
+ * high nibble; 2 bits h = R/4, slot k at bits 6-2k; 3 bits h = ceil(R/10) little-endian
+ * int32 words, slot k at bits 27-3k (the rows past R in the last word are padding). */
+#define QFT_HQQ_META_GROUP 128 /* scales are meta-quantized in groups of 128 along axis 0 */
+
+typedef struct qft_twin_hqq_geom {
+    int nbits, axis;
+    int64_t R, C;        /* the grouped matrix */
+    int64_t n_groups;    /* axis 1: R, axis 0: C */
+    int64_t packed_rows; /* h above */
+} qft_twin_hqq_geom;
+
+/* The geometry of an n-element weight, as the plugin's hqq_weight_init derives it; 0, or
+ * -1 when hqq cannot hold the shape (n not a multiple of the group size, R not a multiple
+ * of the rows a byte pairs, bits other than 2/3/4/8). */
+QFT_TWIN int qft_twin_hqq_geom_make(qft_twin_hqq_geom *g, int nbits, int64_t group_size,
+                                    int axis, int64_t n) {
+    if (group_size <= 0 || n <= 0 || n % group_size || (axis != 0 && axis != 1)) return -1;
+    if (nbits != 2 && nbits != 3 && nbits != 4 && nbits != 8) return -1;
+    g->nbits = nbits, g->axis = axis;
+    g->R = axis == 1 ? n / group_size : group_size;
+    g->C = axis == 1 ? group_size : n / group_size;
+    g->n_groups = axis == 1 ? g->R : g->C;
+    if (nbits == 3) {
+        g->packed_rows = (g->R + 9) / 10;
+    } else {
+        const int64_t per = nbits == 4 ? 2 : nbits == 2 ? 4 : 1; /* grouped rows a byte holds */
+        if (g->R % per) return -1;
+        g->packed_rows = g->R / per;
+    }
+    return 0;
+}
+/* Bytes of the packed tensor (int32 words for 3 bits). */
+QFT_TWIN int64_t qft_twin_hqq_packed_bytes(const qft_twin_hqq_geom *g) {
+    return g->packed_rows * g->C * (g->nbits == 3 ? 4 : 1);
+}
+
+/* A little-endian 32-bit word at p (4-byte aligned on the device, any alignment here). */
+QFT_TWIN uint32_t qft_twin_load_u32(const uint8_t *p) {
+#ifdef __CUDA_ARCH__
+    return *(const uint32_t *)(const void *)p;
+#else
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+#endif
+}
+
+/* The code of grouped element (r, c). */
+QFT_TWIN int qft_twin_hqq_code(const uint8_t *packed, const qft_twin_hqq_geom *g, int64_t r,
+                               int64_t c) {
+    const int64_t h = g->packed_rows, C = g->C;
+    switch (g->nbits) {
+    case 8: return packed[r * C + c];
+    case 4: return r < h ? packed[r * C + c] >> 4 : packed[(r - h) * C + c] & 15;
+    case 2: return (packed[(r % h) * C + c] >> (6 - 2 * (int)(r / h))) & 3;
+    default: return (int)((qft_twin_load_u32(packed + 4 * ((r % h) * C + c)) >>
+                           (27 - 3 * (int)(r / h))) & 7u);
+    }
+}
+/* The group of grouped element (r, c). */
+QFT_TWIN int64_t qft_twin_hqq_group(const qft_twin_hqq_geom *g, int64_t r, int64_t c) {
+    return g->axis == 1 ? r : c;
+}
+QFT_TWIN float qft_twin_sub(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fsub_rn(a, b);
+#else
+    return a - b;
+#endif
+}
+/* Group g's zero point: fp32, or (zero_q - meta zero) * meta scale with one global pair. */
+QFT_TWIN float qft_twin_hqq_zero(const float *zero, const uint8_t *zero_q, float meta_scale,
+                                 float meta_zero, int64_t g) {
+    if (zero) return zero[g];
+    return qft_twin_mul(qft_twin_sub((float)zero_q[g], meta_zero), meta_scale);
+}
+/* Group g's scale: fp32, or meta-quantized in the (128, n_groups / 128) view, whose
+ * column g % mc has its pair in meta (2, mc): scale row, then zero row. */
+QFT_TWIN float qft_twin_hqq_scale(const float *scale, const uint8_t *scale_q, const float *meta,
+                                  int64_t n_groups, int64_t g) {
+    if (scale) return scale[g];
+    const int64_t mc = n_groups / QFT_HQQ_META_GROUP, c = g % mc;
+    return qft_twin_mul(qft_twin_sub((float)scale_q[g], meta[mc + c]), meta[c]);
+}
+/* (code - zero) * scale, each rounded, as hqq's dequantize in fp32. */
+QFT_TWIN float qft_twin_hqq_value(int code, float zero, float scale) {
+    return qft_twin_mul(qft_twin_sub((float)code, zero), scale);
+}
+
+/* ---- GEMM calls as data ------------------------------------------------------------------
+ * The quantized linear and the LoRA/DoRA pieces are sequences of row-major GEMMs over
+ * named operands. Each sequence is built here once; the .cu files run it with device
+ * pointers (cuBLASLt), the twin test with host pointers (the CPU backend's GEMM), so a
+ * wrong transpose, leading dimension, offset or beta fails without a GPU.
+ * C[c_off..] (M, N) = alpha op(A[a_off..]) op(B[b_off..]) + beta C, as qft_ops.gemm. */
+enum {
+    QFT_OPD_X = 0, /* the linear's input (N, ldx) */
+    QFT_OPD_W,     /* the dequantized weight tile (rows, in) */
+    QFT_OPD_Y,     /* the linear's output (N, ldy) */
+    QFT_OPD_DY,    /* the output gradient (N, ldg) */
+    QFT_OPD_DX,    /* the input gradient (N, ldx) */
+    QFT_OPD_A,     /* lora_A (r, in) */
+    QFT_OPD_B,     /* lora_B (out, r) */
+    QFT_OPD_U,     /* x A^T (N, r) */
+    QFT_OPD_H,     /* DoRA's W x + s B A x (N, out) */
+    QFT_OPD_DU,    /* s dy B (N, r) */
+    QFT_OPD_DA,    /* (r, in) */
+    QFT_OPD_DB,    /* (out, r) */
+    QFT_OPD_COUNT
+};
+typedef struct qft_twin_gemm_call {
+    int ta, tb, M, N, K;
+    float alpha, beta;
+    int a, b, c;                 /* QFT_OPD_* */
+    int64_t a_off, b_off, c_off; /* elements */
+    int lda, ldb, ldc;
+} qft_twin_gemm_call;
+
+QFT_TWIN qft_twin_gemm_call qft_twin_call(int ta, int tb, int M, int N, int K, float alpha,
+                                          int a, int64_t a_off, int lda, int b, int64_t b_off,
+                                          int ldb, float beta, int c, int64_t c_off, int ldc) {
+    qft_twin_gemm_call k;
+    k.ta = ta, k.tb = tb, k.M = M, k.N = N, k.K = K, k.alpha = alpha, k.beta = beta;
+    k.a = a, k.b = b, k.c = c, k.a_off = a_off, k.b_off = b_off, k.c_off = c_off;
+    k.lda = lda, k.ldb = ldb, k.ldc = ldc;
+    return k;
+}
+
+/* ---- the quantized linear: dequantize row tiles into a bf16 scratch, one GEMM each ----
+ * Rows per tile: all of W when the scratch holds it (one GEMM), else the most rows that
+ * fit, rounded down to a multiple of 8 so that every tile starts 16 bytes into Y's row
+ * (cuBLASLt's tensor-core alignment); 0 when the scratch holds fewer than 8 rows. */
+QFT_TWIN int64_t qft_twin_qlinear_tile_rows(int64_t out, int64_t in, int64_t scratch_elems) {
+    if (out * in <= scratch_elems) return out;
+    int64_t t = scratch_elems / in;
+    return t - t % 8;
+}
+/* Forward, tile of rows [r0, r0 + n): Y[:, r0:r0+n] = X W_t^T + beta Y[:, r0:r0+n]; the
+ * tiles own disjoint columns of Y, so each applies beta. */
+QFT_TWIN qft_twin_gemm_call qft_twin_qlinear_fwd_tile(int N, int in, int64_t r0, int n, int ldx,
+                                                      int ldy, float beta) {
+    return qft_twin_call(0, 1, N, n, in, 1.0f, QFT_OPD_X, 0, ldx, QFT_OPD_W, 0, in, beta,
+                         QFT_OPD_Y, r0, ldy);
+}
+/* Input gradient, tile t of rows [r0, r0 + n): dX += dY[:, r0:r0+n] W_t, the first tile
+ * applying the caller's beta and the others accumulating (beta 1). */
+QFT_TWIN qft_twin_gemm_call qft_twin_qlinear_bwd_tile(int N, int in, int64_t r0, int n, int ldg,
+                                                      int ldx, float beta, int first) {
+    return qft_twin_call(0, 0, N, in, n, 1.0f, QFT_OPD_DY, r0, ldg, QFT_OPD_W, 0, in,
+                         first ? beta : 1.0f, QFT_OPD_DX, 0, ldx);
+}
+
+/* ---- LoRA and DoRA (adapters/common/lora_linear.c with dropout 0, PEFT's semantics) ----
+ * Forward, into y holding W x (the core's base product):
+ *   u = x A^T; LoRA: y += s u B^T; DoRA: h = y, h += s u B^T, then y = f h per row (f below).
+ * Backward, dy (N, ldg): DoRA first dm += sum_n dy h / norm and dy *= f in place; then
+ *   dB += s dy^T u; du = s dy B; dA += du^T x; dx += du A.
+ * The calls below are those of the CPU plugin, argument for argument. Returns the count. */
+QFT_TWIN int qft_twin_lora_fwd_calls(qft_twin_gemm_call *k, int dora, int N, int out, int in,
+                                     int r, float s, int ldy) {
+    k[0] = qft_twin_call(0, 1, N, r, in, 1.0f, QFT_OPD_X, 0, in, QFT_OPD_A, 0, in, 0.0f, QFT_OPD_U,
+                         0, r);
+    k[1] = qft_twin_call(0, 1, N, out, r, s, QFT_OPD_U, 0, r, QFT_OPD_B, 0, r, 1.0f,
+                         dora ? QFT_OPD_H : QFT_OPD_Y, 0, dora ? out : ldy);
+    return 2;
+}
+QFT_TWIN int qft_twin_lora_bwd_calls(qft_twin_gemm_call *k, int N, int out, int in, int r, float s,
+                                     int ldg) {
+    k[0] = qft_twin_call(1, 0, out, r, N, s, QFT_OPD_DY, 0, ldg, QFT_OPD_U, 0, r, 1.0f, QFT_OPD_DB,
+                         0, r);
+    k[1] = qft_twin_call(0, 0, N, r, out, s, QFT_OPD_DY, 0, ldg, QFT_OPD_B, 0, r, 0.0f, QFT_OPD_DU,
+                         0, r);
+    k[2] = qft_twin_call(1, 0, r, in, N, 1.0f, QFT_OPD_DU, 0, r, QFT_OPD_X, 0, in, 1.0f, QFT_OPD_DA,
+                         0, in);
+    k[3] = qft_twin_call(0, 0, N, in, r, 1.0f, QFT_OPD_DU, 0, r, QFT_OPD_A, 0, in, 1.0f, QFT_OPD_DX,
+                         0, in);
+    return 4;
+}
+
+/* DoRA's norm ||W + s B A|| per row, from a scratch tile of rows [r0, r0 + n) of W in fp32
+ * (the base's dequantized rows, as the CPU's exact path): the tile += s B[r0:r0+n] A, then
+ * one block of QFT_NORM_LANES threads per row sums squares in double, lane l over columns
+ * l, l + LANES, ..., and the lanes merge pairwise (l with l + off, off = LANES/2 .. 1).
+ * The whole s B A is never formed; the tile is as large as the caller's scratch. */
+#define QFT_NORM_LANES 256
+QFT_TWIN qft_twin_gemm_call qft_twin_dora_norm_tile_call(int64_t r0, int n, int in, int r,
+                                                         float s) {
+    return qft_twin_call(0, 0, n, in, r, s, QFT_OPD_B, r0 * r, r, QFT_OPD_A, 0, in, 1.0f,
+                         QFT_OPD_W, 0, in);
+}
+QFT_TWIN double qft_twin_sumsq_lane(const float *row, int64_t in, int lane) {
+    double s = 0.0;
+    for (int64_t k = lane; k < in; k += QFT_NORM_LANES) s += (double)row[k] * (double)row[k];
+    return s;
+}
+/* f = m / norm (the norm detached, as PEFT's), and the row scaling of y and of dy. */
+QFT_TWIN float qft_twin_dora_f(float m, float norm) { return m / norm; }
+QFT_TWIN float qft_twin_dora_scale(float f, float v) { return qft_twin_mul(f, v); }
+/* The magnitude gradient's increment for column j: sum over rows n = 0..N-1 in order of
+ * dy h in double, divided by the norm, rounded once (the CPU's dora_dm). */
+QFT_TWIN float qft_twin_dora_dm(const float *dy, int64_t ldg, const float *h, int64_t out,
+                                int64_t N, int64_t j, float norm) {
+    double acc = 0.0;
+    for (int64_t n = 0; n < N; n++) acc += (double)dy[n * ldg + j] * (double)h[n * out + j];
+    return (float)(acc / (double)norm);
+}
+
 #endif /* QFT_CUDA_TWIN_H */

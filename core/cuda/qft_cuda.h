@@ -1,7 +1,18 @@
 /*
  * The CUDA backend: the qft_ops table (plugins/qft/qft_ops.h) for one NVIDIA GPU, plus the
- * entry points the table has no slot for yet (bf16 GEMM, NF4 dequantization, AdamW, dtype
- * conversion) that the training path and the benchmarks call directly.
+ * entry points the table has no slot for yet (bf16 GEMM, NF4 and HQQ dequantization, the
+ * quantized linear, LoRA/DoRA, AdamW, dtype conversion) that the training path and the
+ * benchmarks call directly.
+ *
+ * Status: everything here is compiled (nvcc 13, sm_80 and sm_90) and linked, but was
+ * written on a machine without a GPU: no kernel has run on a GPU yet. What has run is
+ * each kernel's CPU twin (cuda_twin.h, tests/cuda/test_cuda_twin*.c) against the CPU
+ * backend and the plugins it must reproduce (bnb_nf4, hqq, adapters/common);
+ * tests/cuda/test_cuda_ops*.c and bench/cuda_bench are waiting for scripts/gpu-check.sh
+ * on a GPU. The quantized linear dequantizes into a bf16 scratch feeding cuBLASLt; the
+ * alternative the design names (a GEMM that dequantizes its tiles on chip) is not
+ * written, so the comparison between the two is not made. LoRA/DoRA run without dropout.
+ * The model does not call any of the linear-path entry points yet.
  *
  * What this first version is:
  *   - Storage in the op table is fp32, because the table is fp32 (the CPU backend is the
@@ -90,6 +101,103 @@ typedef struct qft_cuda_nf4 {
  * nf4_dequantize_range (then rounded to bf16 when asked). 0, or -1 with err. */
 int qft_cuda_nf4_dequantize(const qft_cuda_nf4 *w, int64_t f0, int64_t count, void *dst,
                             qft_dtype out_dtype, qft_err *err);
+
+/* ---- HQQ dequantization -------------------------------------------------------------------
+ * The packed state of one weight as the hqq plugin holds it (quant/hqq/hqq.h), in device
+ * memory. The flattened weight (n = out * in) is grouped as hqq does (cuda_twin.h, "HQQ"):
+ * axis 1, one group per run of group_size consecutive elements; axis 0, one group per
+ * column of the (group_size, n / group_size) view. Codes are packed as hqq packs them
+ * (8/4/2 bits in bytes, 3 bits ten to a little-endian int32 word). Scale (hqq's stored
+ * 1/s) and zero are fp32 per group, or meta-quantized to 8 bits: the zero with one global
+ * (scale, zero) pair, the scale in groups of 128 along axis 0 of (128, n_groups / 128). */
+typedef struct qft_cuda_hqq {
+    const uint8_t *packed;    // (packed_rows, C) bytes, or int32 words for 3 bits (4-aligned)
+    const float *scale;       // (n_groups) fp32, or NULL when meta-quantized
+    const float *zero;        // (n_groups) fp32, or NULL when meta-quantized
+    const uint8_t *zero_q;    // (n_groups) when zero is NULL
+    float zero_meta[2];       // host values: the zero codes' scale, then their zero
+    const uint8_t *scale_q;   // (n_groups) when scale is NULL
+    const float *scale_meta;  // (2, n_groups / 128) when scale is NULL: scale row, zero row
+    int nbits;                // 2, 3, 4 or 8
+    int group_size;
+    int axis;                 // 0 or 1
+    int64_t n;                // out * in
+} qft_cuda_hqq;
+/* Elements [f0, f0 + count) of the flattened weight into dst (count), fp32 or bf16. Values
+ * are bit-identical to the plugin's hqq_dequantize_range (then rounded to bf16 when asked).
+ * 0, or -1 with err (a geometry hqq cannot hold, a range outside the weight, missing
+ * buffers). */
+int qft_cuda_hqq_dequantize(const qft_cuda_hqq *w, int64_t f0, int64_t count, void *dst,
+                            qft_dtype out_dtype, qft_err *err);
+
+/* ---- a frozen base weight W (out, in) on the device ----------------------------------------
+ * Exactly one of nf4, hqq (packed, dequantized tile by tile) or bf16 (dense, row-major). */
+typedef struct qft_cuda_weight {
+    const qft_cuda_nf4 *nf4;
+    const qft_cuda_hqq *hqq;
+    const uint16_t *bf16;     // (out, in)
+    int out, in;
+} qft_cuda_weight;
+/* Rows [row0, row0 + n) of W into dst (n, in), fp32 or bf16 (a dense bf16 weight is
+ * converted or copied). 0, or -1 with err. */
+int qft_cuda_weight_rows(const qft_cuda_weight *w, int64_t row0, int64_t n, void *dst,
+                         qft_dtype dt, qft_err *err);
+
+/* ---- the quantized linear --------------------------------------------------------------------
+ * Y = X W^T and dX = dY W for a packed W: a tile of W's rows is dequantized into the
+ * caller's bf16 scratch (the whole weight when scratch_elems >= out * in, else the most
+ * rows that fit, a multiple of 8: qft_twin_qlinear_tile_rows), then one cuBLASLt bf16 GEMM
+ * with fp32 accumulation per tile (cuda_twin.h's qft_twin_qlinear_*_tile calls). A dense
+ * bf16 W needs no scratch (one GEMM). One scratch serves every linear of the model, as
+ * the linears run one at a time; its contents are dead between calls. Leading dimensions
+ * and `in` should be multiples of 8 (tensor-core alignment; cuBLASLt falls back otherwise).
+ *
+ * Y (N, ldy)[:, 0:out] = X (N, ldx)[:, 0:in] W^T + beta Y; Y bf16 or fp32. */
+int qft_cuda_qlinear_fwd(const qft_cuda_weight *w, const uint16_t *X, int N, int ldx, void *Y,
+                         qft_dtype y_dtype, int ldy, float beta, uint16_t *scratch,
+                         int64_t scratch_elems, qft_err *err);
+/* dX (N, ldx)[:, 0:in] = dY (N, ldg)[:, 0:out] W + beta dX. The tiles' partial products
+ * accumulate in dX, so a bf16 dX needs a scratch holding all of W (one GEMM): tiles would
+ * round each partial sum to bf16, and that is refused with err. */
+int qft_cuda_qlinear_bwd_input(const qft_cuda_weight *w, const uint16_t *dY, int ldg, int N,
+                               void *dX, qft_dtype dx_dtype, int ldx, float beta,
+                               uint16_t *scratch, int64_t scratch_elems, qft_err *err);
+
+/* ---- LoRA and DoRA on one linear -------------------------------------------------------------
+ * PEFT's semantics as adapters/common computes them (lora_linear.c, lora_dora.c) without
+ * dropout (p = 0: evaluation, or lora_dropout = 0; the dropout mask is not ported yet).
+ * Adapter tensors, their gradients and the activations they touch are fp32, and the GEMMs
+ * are the op table's fp32 GEMM: the adapter's products are r / out of the base's, so fp32
+ * costs little and keeps the CPU's precision. s = alpha / r (or alpha / sqrt(r)). */
+typedef struct qft_cuda_lora {
+    const float *A;        // (r, in)
+    const float *B;        // (out, r)
+    float *dA, *dB;        // (r, in), (out, r): accumulated by the backward
+    const float *m;        // (out) DoRA's magnitude; NULL for LoRA
+    float *dm;             // (out) its gradient, accumulated (DoRA)
+    const float *norm;     // (out) ||W + s B A|| per row, from qft_cuda_dora_norm (DoRA)
+    float *f;              // (out) m / norm, written by the forward, read by the backward
+    int out, in, r;
+    float scale;           // s
+} qft_cuda_lora;
+/* y (N, ldy) holds the base's W x on entry. u (N, r) = x (N, in) A^T is kept for the
+ * backward. LoRA: y += s u B^T. DoRA: f = m / norm; h (N, out) = y + s u B^T, kept for
+ * the backward; y = f h per row. h may be NULL for LoRA. 0, or -1 with err. */
+int qft_cuda_lora_fwd(const qft_cuda_lora *l, const float *x, int N, float *u, float *h,
+                      float *y, int ldy, qft_err *err);
+/* dy (N, ldg) is the output gradient. DoRA first: dm += sum over rows of dy h / norm, and
+ * dy *= f in place (the caller then adds this scaled dy W into dx for the base, as the
+ * engine does after an adapter's backward). Then dB += s dy^T u; du (N, r) = s dy B
+ * (scratch); dA += du^T x; dx (N, in) += du A. 0, or -1 with err. */
+int qft_cuda_lora_bwd(const qft_cuda_lora *l, const float *x, const float *u, const float *h,
+                      int N, float *dy, int ldg, float *du, float *dx, qft_err *err);
+/* norm (out) = ||W + s B A||_2 per row, exactly (as PEFT, and the CPU plugin's exact path):
+ * tiles of W's rows are dequantized to fp32 into `tile` (tile_elems floats, at least `in`),
+ * s B_t A is added by one GEMM, and one block per row sums the squares in double
+ * (qft_twin_sumsq_lane's lanes, merged pairwise). s B A is never formed whole: the tile is
+ * the only scratch. 0, or -1 with err. */
+int qft_cuda_dora_norm(const qft_cuda_lora *l, const qft_cuda_weight *w, float *tile,
+                       int64_t tile_elems, float *norm, qft_err *err);
 
 /* ---- AdamW over one flat fp32 buffer -------------------------------------------------------
  * The update of core/train/optim.c (torch's single-tensor AdamW) element for element; the

@@ -92,7 +92,30 @@ typedef struct qft_llama_build {
      * inserted block (trains; o_proj and down_proj start at zero). NULL: no expansion. */
     const int *layer_src, *layer_new;
     int n_layers, n_src_layers;
+    /* > 0: the unit layout of full sharding (see qft_llama_unit): each unit's trainable
+     * and frozen floats start on a page and are padded to a multiple of unit_pad, the
+     * buffers are releasable address space (qft_vm_*). 0: one packed flat buffer. */
+    int unit_pad;
 } qft_llama_build;
+
+/* Full sharding (FSDP FULL_SHARD) cuts the model into units that are gathered whole just
+ * before they run and released right after: unit 0 is the embedding, unit l + 1 block l
+ * with its adapters, unit L + 1 the final norm and the head. Each unit owns one page-
+ * aligned range of the trainable floats (in params and grads alike), one of the frozen
+ * floats, and one region of the packed weights of its quantized linears, once placed. */
+typedef struct qft_llama_unit {
+    size_t t_off, t_len; /* trainable floats [t_off, t_off + t_len), t_len % unit_pad == 0 */
+    size_t f_off, f_len; /* frozen floats, likewise */
+    uint8_t *q;          /* (q_len) placed packed weights, NULL before placement */
+    size_t q_len, q_cap; /* q_len a multiple of 64 * unit_pad bytes; q_cap reserved */
+} qft_llama_unit;
+
+/* What the model tells the unit hook, in the order the passes use the units. */
+enum {
+    QFT_UNIT_GATHER = 0,  /* the unit's parameters are needed whole now */
+    QFT_UNIT_RELEASE,     /* ... and not any more, until the next GATHER */
+    QFT_UNIT_GRADS_DONE,  /* this backward added its last gradient into the unit */
+};
 
 struct qft_llama_acts; /* activation storage, private to the model code */
 
@@ -126,6 +149,14 @@ typedef struct qft_llama_model {
     int *layer_src, *layer_new;      /* [L] block expansion (see qft_llama_build), or NULL */
     int recompute;            /* keep only block inputs; recompute the rest in backward */
     struct qft_llama_acts *acts;
+    /* the unit layout (qft_llama_build.unit_pad), NULL units without it */
+    int unit_pad, n_units;
+    qft_llama_unit *units;    /* [n_units] */
+    uint8_t *packed;          /* the units' packed regions, one reservation of packed_cap */
+    size_t packed_cap;
+    /* Called around every use of a unit when set (full sharding); returns 0 or -1 with err. */
+    int (*unit_hook)(void *ctx, int event, int unit, qft_err *err);
+    void *unit_ctx;
 } qft_llama_model;
 
 /* Allocates parameters for `cfg` (zeroed) and fills entries and p; every tensor trains. */
@@ -160,6 +191,16 @@ size_t qft_llama_weight_bytes(const qft_llama_model *m);
 /* Allocates grads (n_trainable, zeroed) and the g views of trainable tensors. */
 int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err);
 void qft_llama_zero_grads(qft_llama_model *m);
+
+/* ---- the unit layout (core/model/llama_units.c) ---------------------------------------- */
+/* The unit an entry belongs to. */
+int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e);
+/* Moves every quantized weight's buffers into its unit's packed region through the
+ * quantizer's `place`; q_len becomes a multiple of 64 * unit_pad. Needs the unit layout
+ * and a quantizer with `place`; once, after the weights are in. */
+int qft_llama_place_packed(qft_llama_model *m, qft_err *err);
+/* Tells the hook (if any) about unit u. */
+int qft_llama_unit_event(qft_llama_model *m, int event, int u, qft_err *err);
 void qft_llama_free(qft_llama_model *m);
 const qft_param_entry *qft_llama_find_entry(const qft_llama_model *m, const char *name);
 /* Fills a config with transformers' LlamaConfig defaults for the fields it leaves open. */

@@ -54,6 +54,22 @@ static int block_backward(qft_llama_model *m, int l, int slot, const float *x_in
     return 0;
 }
 
+/* A backward with nothing to add still tells the unit hook what a full one would, in the
+ * same order: under full sharding the peers' backward runs the same collectives. */
+static int units_without_grads(qft_llama_model *m, qft_err *err) {
+    const int L = m->cfg.num_hidden_layers;
+    if (qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, L + 1, err) ||
+        qft_llama_unit_event(m, QFT_UNIT_RELEASE, L + 1, err) ||
+        (m->cfg.tie_word_embeddings && qft_llama_unit_event(m, QFT_UNIT_RELEASE, 0, err)))
+        return -1;
+    for (int l = L - 1; l >= 0; l--)
+        if (qft_llama_unit_event(m, QFT_UNIT_GATHER, l + 1, err) ||
+            qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, l + 1, err) ||
+            qft_llama_unit_event(m, QFT_UNIT_RELEASE, l + 1, err))
+            return -1;
+    return qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, 0, err);
+}
+
 int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err) {
     struct qft_llama_acts *a = m->acts;
     if (!m->grads) return qft_err_setf(err, "llama backward: gradients are not allocated "
@@ -65,7 +81,7 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
         return qft_err_setf(err, "llama backward: batch is %dx%d but the last forward ran on "
                                  "%dx%d", b ? b->B : 0, b ? b->T : 0, a->B, a->T);
     a->grad_ready = 0;
-    if (a->n_valid == 0) return 0; /* the loss is a constant 0: nothing to add */
+    if (a->n_valid == 0) return units_without_grads(m, err); /* the loss is a constant 0 */
     const qft_ops *o = a->ops;
     const qft_llama_config *c = &m->cfg;
     const int N = a->B * a->T, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
@@ -83,14 +99,24 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
         o->gemm(1, 0, V, C, N, 1.0f, dlogits, V, a->lnf, C, 1.0f, m->g.lm_head, C); // (V, C)
     o->zero(a->dres, (size_t)N * C);
     o->rmsnorm_bwd(a->dres, m->g.norm, a->dln, a->x + L * cN * C, m->p.norm, a->rstdf, N, C);
+    /* the head unit, kept from forward, is done; a tied head's gradient went into the
+     * embedding's, which embedding_bwd completes below */
+    if (qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, L + 1, err) ||
+        qft_llama_unit_event(m, QFT_UNIT_RELEASE, L + 1, err) ||
+        (c->tie_word_embeddings && qft_llama_unit_event(m, QFT_UNIT_RELEASE, 0, err)))
+        return -1;
 
     for (int l = L - 1; l >= 0; l--) {
         const float *x_in = a->x + l * cN * C; // (N, C)
         /* the mode forward ran in, not m->recompute now: the buffers hold what it kept */
         m->astep.no_grad = 0; /* this pass keeps what the backward right after needs */
+        if (qft_llama_unit_event(m, QFT_UNIT_GATHER, l + 1, err)) return -1;
         if (a->fwd_recompute && qft_llama_block_forward(m, l, 0, x_in, NULL, err)) return -1;
-        if (block_backward(m, l, a->fwd_recompute ? 0 : l, x_in, err)) return -1;
+        if (block_backward(m, l, a->fwd_recompute ? 0 : l, x_in, err) ||
+            qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, l + 1, err) ||
+            qft_llama_unit_event(m, QFT_UNIT_RELEASE, l + 1, err))
+            return -1;
     }
     if (m->g.embed) o->embedding_bwd(m->g.embed, a->dres, b->ids, N, C);
-    return 0;
+    return qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, 0, err);
 }

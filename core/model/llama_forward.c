@@ -83,13 +83,22 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
         a->rope_T = T;
     }
 
+    /* Units come and go around their use (full sharding; no-ops otherwise). A tied head
+     * reads the embedding, which then stays until backward is past the head. */
+    const int tied = m->cfg.tie_word_embeddings;
+    if (qft_llama_unit_event(m, QFT_UNIT_GATHER, 0, err)) return -1;
     o->embedding_fwd(a->x, b->ids, m->p.embed, N, C);
+    if (!tied && qft_llama_unit_event(m, QFT_UNIT_RELEASE, 0, err)) return -1;
     /* with recomputation, adapters keep nothing in this pass: backward repeats it */
     m->astep.no_grad = a->fwd_recompute;
     for (int l = 0; l < L; l++)
-        if (qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, a->x + l * cN * C,
-                                    a->x + (l + 1) * cN * C, err))
+        if (qft_llama_unit_event(m, QFT_UNIT_GATHER, l + 1, err) ||
+            qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, a->x + l * cN * C,
+                                    a->x + (l + 1) * cN * C, err) ||
+            qft_llama_unit_event(m, QFT_UNIT_RELEASE, l + 1, err))
             return -1;
+    /* the head unit stays for the backward that follows */
+    if (qft_llama_unit_event(m, QFT_UNIT_GATHER, L + 1, err)) return -1;
     const float *xL = a->x + L * cN * C; // (N, C)
     o->rmsnorm_fwd(a->lnf, a->rstdf, xL, m->p.norm, N, C, c->rms_norm_eps);
     o->gemm(0, 1, N, V, C, 1.0f, a->lnf, C, m->p.lm_head, C, 0.0f, a->logits, V); // (N, V)

@@ -208,20 +208,29 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
                                 e->name, lin ? "none given" : "not a block linear");
         }
     }
-    size_t off = 0;
-    for (int pass = QFT_ROLE_TRAIN; pass <= QFT_ROLE_FROZEN; pass++) {
-        for (int i = 0; i < m->n_entries; i++) {
-            qft_param_entry *e = &m->entries[i];
-            if (e->role != pass) continue;
-            e->offset = off;
-            off += e->numel;
+    if (build && build->unit_pad > 0) {
+        if (qft_llama_units_layout(m, build->unit_pad, err)) {
+            qft_llama_free(m);
+            return -1;
         }
-        if (pass == QFT_ROLE_TRAIN) m->n_trainable = off;
+    } else {
+        size_t off = 0;
+        for (int pass = QFT_ROLE_TRAIN; pass <= QFT_ROLE_FROZEN; pass++) {
+            for (int i = 0; i < m->n_entries; i++) {
+                qft_param_entry *e = &m->entries[i];
+                if (e->role != pass) continue;
+                e->offset = off;
+                off += e->numel;
+            }
+            if (pass == QFT_ROLE_TRAIN) m->n_trainable = off;
+        }
+        m->n_params = off;
     }
     for (int i = 0; i < m->n_entries; i++)
         if (m->entries[i].role == QFT_ROLE_QUANTIZED) m->n_quantized += m->entries[i].numel;
-    m->n_params = off;
-    m->params = qft_mem_calloc((off ? off : 1) * sizeof(float), "parameters");
+    const size_t off = m->n_params;
+    m->params = m->units ? qft_vm_reserve(off * sizeof(float), err)
+                         : qft_mem_calloc((off ? off : 1) * sizeof(float), "parameters");
     if (!m->params) {
         qft_llama_free(m);
         return qft_err_setf(err, "out of memory allocating %zu Llama parameters", off);
@@ -348,7 +357,9 @@ size_t qft_llama_weight_bytes(const qft_llama_model *m) {
  * buffer of n_trainable floats; frozen and packed tensors have none. */
 int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err) {
     if (m->grads) return 0;
-    m->grads = qft_mem_calloc((m->n_trainable ? m->n_trainable : 1) * sizeof(float), "gradients");
+    m->grads = m->units ? qft_vm_reserve(m->n_trainable * sizeof(float), err)
+                        : qft_mem_calloc((m->n_trainable ? m->n_trainable : 1) * sizeof(float),
+                                         "gradients");
     m->g.layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->g.layers);
     if (!m->grads || !m->g.layers) return qft_err_setf(err, "out of memory allocating gradients");
     for (int i = 0; i < m->n_entries; i++) {
@@ -364,7 +375,12 @@ int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err) {
 }
 
 void qft_llama_zero_grads(qft_llama_model *m) {
-    if (m->grads) memset(m->grads, 0, m->n_trainable * sizeof(float));
+    /* releasing zeroes too, and leaves untouched pages untouched (a sharded run's grads
+     * are resident only while a unit's backward fills them) */
+    if (m->grads && m->units)
+        qft_vm_release(m->grads, m->n_trainable * sizeof(float));
+    else if (m->grads)
+        memset(m->grads, 0, m->n_trainable * sizeof(float));
 }
 
 void qft_llama_free(qft_llama_model *m) {
@@ -381,8 +397,16 @@ void qft_llama_free(qft_llama_model *m) {
     }
     for (int i = 0; i < m->n_entries; i++)
         if (m->entries[i].qw) m->qvt->free_weight(m->entries[i].qw);
-    qft_mem_free(m->params);
-    qft_mem_free(m->grads);
+    if (m->units) {
+        qft_vm_free(m->params, m->n_params * sizeof(float));
+        qft_vm_free(m->grads, m->n_trainable * sizeof(float));
+        qft_vm_free(m->packed, m->packed_cap);
+    } else {
+        qft_mem_free(m->params);
+        qft_mem_free(m->grads);
+    }
+    free(m->units);
+    m->units = NULL, m->packed = NULL, m->n_units = 0;
     free(m->entries);
     free(m->lin_entry);
     free(m->layer_src);

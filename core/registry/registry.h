@@ -35,6 +35,12 @@ int qft_registry_add_file(qft_registry *r, const char *path, qft_err *err);
 /* Finds (kind, name); a miss lists the names of that kind that exist and where it looked. */
 const qft_plugin *qft_registry_find(const qft_registry *r, qft_kind kind, const char *name,
                                     qft_err *err);
+/* Finds a quantizer, adapter or shard plugin, checks the keys of its `section` (unless
+ * check_keys is 0: a section the caller built itself) and lets it read its options:
+ * *out is the plugin (its desc->vtable of kind's type), *state the configured options. */
+int qft_registry_open(const qft_registry *r, qft_kind kind, const char *name,
+                      const config_setting_t *section, int check_keys, const qft_plugin **out,
+                      void **state, qft_err *err);
 void qft_registry_free(qft_registry *r);
 const char *qft_kind_name(qft_kind kind);
 

@@ -16,10 +16,12 @@
  * adapter, only its tensors train and the block linears are packed by the quantizer (or
  * frozen dense); with a quantizer alone, the linears are packed and the tensors it leaves
  * dense (embeddings, norms, head) train; with neither, every tensor trains. The adapter
- * is attached (initialised, or loaded from adapter.path) and gradients are allocated. */
+ * is attached (initialised, or loaded from adapter.path) and gradients are allocated.
+ * unit_pad > 0 builds the unit layout of full sharding (qft_llama_build.unit_pad). */
 struct qft_run_data;
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
-                        const struct qft_run_data *d, qft_llama_model *m, qft_err *err);
+                        const struct qft_run_data *d, int unit_pad, qft_llama_model *m,
+                        qft_err *err);
 
 /* Block expansion (Llama-Pro): an adapter plugin with an `expand` hook plans the expanded
  * block list from a checkpoint's n_src blocks, and the plan is set on the build (its

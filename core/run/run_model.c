@@ -91,10 +91,11 @@ int qft_run_plan_expansion(const qft_adapter_vtable *avt, const void *astate, in
 }
 
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
-                        const qft_run_data *d, qft_llama_model *m, qft_err *err) {
+                        const qft_run_data *d, int unit_pad, qft_llama_model *m, qft_err *err) {
     const intptr_t flags = (d->qvt ? 1 : 0) | (d->avt ? 2 : 0);
     qft_llama_build build = {.role = run_role, .ctx = (void *)flags, .qvt = d->qvt,
-                             .qstate = d->qstate, .avt = d->avt, .astate = d->astate};
+                             .qstate = d->qstate, .avt = d->avt, .astate = d->astate,
+                             .unit_pad = unit_pad};
     static qft_run_expansion x; /* one run per process; too big for the stack */
     qft_llama_config c;
     if (rc->model.path) {

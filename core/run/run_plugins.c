@@ -7,35 +7,30 @@
 
 #include <string.h>
 
-/* The adapter: found, its section's keys checked and its options read by the plugin. */
+/* The adapter and the quantizer: found, their sections' keys checked and their options
+ * read by the plugins; "none" takes no keys. */
 static int open_adapter(const qft_run_config *rc, const qft_registry *reg,
                         const qft_adapter_vtable **avt, void **astate, qft_err *err) {
-    static const char *const none_keys[] = {NULL};
     *avt = NULL, *astate = NULL;
     if (strcmp(rc->adapter_plugin, "none") == 0)
-        return qft_config_check_keys(rc->sec_adapter, none_keys, err);
-    const qft_plugin *p = qft_registry_find(reg, QFT_KIND_ADAPTER, rc->adapter_plugin, err);
-    if (!p) return -1;
-    const qft_adapter_vtable *vt = p->desc->vtable;
-    if (qft_config_check_keys(rc->sec_adapter, vt->config_keys, err) ||
-        vt->configure(qft_registry_services(), rc->sec_adapter, astate, err))
+        return qft_config_check_keys(rc->sec_adapter, NULL, err);
+    const qft_plugin *p;
+    if (qft_registry_open(reg, QFT_KIND_ADAPTER, rc->adapter_plugin, rc->sec_adapter, 1, &p,
+                          astate, err))
         return -1;
-    *avt = vt;
+    *avt = p->desc->vtable;
     return 0;
 }
 
-/* The quantizer: found, its section's keys checked and its options read by the plugin. */
 static int open_quantizer(const qft_run_config *rc, const qft_registry *reg,
                           const qft_quantizer_vtable **qvt, void **qstate, qft_err *err) {
     *qvt = NULL, *qstate = NULL;
     if (strcmp(rc->quant_plugin, "none") == 0) return qft_config_check_keys(rc->sec_quant, NULL, err);
-    const qft_plugin *p = qft_registry_find(reg, QFT_KIND_QUANTIZER, rc->quant_plugin, err);
-    if (!p) return -1;
-    const qft_quantizer_vtable *vt = p->desc->vtable;
-    if (qft_config_check_keys(rc->sec_quant, vt->config_keys, err) ||
-        vt->configure(qft_registry_services(), rc->sec_quant, qstate, err))
+    const qft_plugin *p;
+    if (qft_registry_open(reg, QFT_KIND_QUANTIZER, rc->quant_plugin, rc->sec_quant, 1, &p,
+                          qstate, err))
         return -1;
-    *qvt = vt;
+    *qvt = p->desc->vtable;
     return 0;
 }
 

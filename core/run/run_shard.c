@@ -30,17 +30,42 @@ int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const q
         return -1;
     }
     const qft_shard_vtable *vt = p->desc->vtable;
-    if (qft_config_check_keys(rc->sec_shard, vt->config_keys, err) ||
-        vt->configure(qft_registry_services(), rc->sec_shard, &sh->state, err))
+    if (!vt->param_group && (!vt->plan || !vt->reduce_grads || !vt->gather_params))
+        return qft_err_setf(err, "shard plugin \"%s\" (%s) has neither param_group nor all of "
+                                 "plan, reduce_grads and gather_params",
+                            rc->shard.plugin, p->path);
+    if (qft_registry_open(reg, QFT_KIND_SHARD, rc->shard.plugin, rc->sec_shard, 1, &p,
+                          &sh->state, err))
         return -1;
     sh->vt = vt;
+    if (vt->param_group) {
+        if (vt->param_group(sh->state, sh->t, &sh->group, &sh->replicas, err)) return -1;
+        /* one rank holds everything anyway: cutting the model into one piece would only
+         * keep a second copy of it */
+        sh->full = sh->group->world > 1 || sh->replicas;
+    }
     return 0;
 }
 
-int qft_run_shard_plan(qft_run_shard *sh, size_t n, qft_err *err) {
+int qft_run_shard_unit_pad(const qft_run_shard *sh) {
+    /* 16 floats a rank: every piece starts 64-byte aligned */
+    return sh->full ? 16 * sh->group->world : 0;
+}
+
+int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
+    if (sh->full) {
+        if (qft_run_fsdp_init(&sh->fsdp, m, sh->group, sh->replicas, err)) return -1;
+        /* the optimizer's slice is this rank's pieces; n counts the padded trainable
+         * floats of one copy of the model, for the clipping norm's copy count */
+        sh->len = sh->fsdp.n_t;
+        sh->n = sh->len * (size_t)sh->group->world;
+        sh->offset = sh->len * (size_t)sh->group->rank;
+        return 0;
+    }
+    const size_t n = m->n_trainable;
     sh->n = n;
     sh->offset = 0, sh->len = n;
-    if (!sh->vt) return 0;
+    if (!sh->vt || !sh->vt->plan) return 0; /* no plan: a full strategy on one rank */
     if (sh->vt->plan(sh->state, sh->t, n, &sh->offset, &sh->len, err)) return -1;
     if (sh->offset > n || sh->len > n - sh->offset)
         return qft_err_setf(err, "shard plugin \"%s\": rank %d's slice [%zu, %zu) is outside "
@@ -49,20 +74,51 @@ int qft_run_shard_plan(qft_run_shard *sh, size_t n, qft_err *err) {
     return 0;
 }
 
+float *qft_run_shard_opt_params(qft_run_shard *sh, qft_llama_model *m) {
+    return sh->full ? sh->fsdp.shard_t : m->params + sh->offset;
+}
+
+float *qft_run_shard_opt_grads(qft_run_shard *sh, qft_llama_model *m) {
+    return sh->full ? sh->fsdp.shard_g : m->grads + sh->offset;
+}
+
+void qft_run_shard_set_last_micro(qft_run_shard *sh, int last) {
+    if (sh->full) sh->fsdp.sync = last;
+}
+
+int qft_run_shard_gather_model(qft_run_shard *sh, qft_err *err) {
+    return sh->full ? qft_run_fsdp_gather_all(&sh->fsdp, err) : 0;
+}
+
+void qft_run_shard_memory(qft_run_shard *sh, const qft_llama_model *m, size_t opt_bytes,
+                          int grad_accum, size_t *measured, size_t *expected) {
+    if (sh->full) {
+        const size_t fixed = qft_run_fsdp_shard_bytes(&sh->fsdp) + opt_bytes;
+        *measured = fixed + sh->fsdp.peak;
+        *expected = fixed + qft_run_fsdp_expected_peak(&sh->fsdp, grad_accum);
+        return;
+    }
+    /* whole buffers: what the pages hold now, against their sizes */
+    const size_t packed = qft_llama_weight_bytes(m) - m->n_params * sizeof(float);
+    *measured = qft_vm_resident(m->params, m->n_params * sizeof(float)) +
+                qft_vm_resident(m->grads, m->n_trainable * sizeof(float)) + packed + opt_bytes;
+    *expected = (m->n_params + m->n_trainable) * sizeof(float) + packed + opt_bytes;
+}
+
 int qft_run_shard_reduce_grads(qft_run_shard *sh, float *grads, qft_err *err) {
-    if (!sh->vt) return 0;
+    if (!sh->vt || !sh->vt->reduce_grads || sh->full) return 0;
     return sh->vt->reduce_grads(sh->state, sh->t, grads, sh->n, err);
 }
 
-int qft_run_shard_clip(qft_run_shard *sh, float *grads, float max_norm, float *norm,
+int qft_run_shard_clip(qft_run_shard *sh, qft_llama_model *m, float max_norm, float *norm,
                        qft_err *err) {
-    if (sh->len == sh->n) {
+    float *slice = qft_run_shard_opt_grads(sh, m); // (len)
+    if (sh->len == sh->n && !sh->full) {
         /* the whole sum is here (no_shard, or one rank): the one-process code path, bits
          * and all */
-        *norm = qft_optim_clip_grad_norm(grads, sh->n, max_norm);
+        *norm = qft_optim_clip_grad_norm(slice, sh->n, max_norm);
         return 0;
     }
-    float *slice = grads + sh->offset; // (len)
     /* (2): squares and floats of the slices. A hybrid strategy holds each slice on several
      * machines alike; the floats summed over ranks say how many times, to count it once. */
     double v[2] = {qft_optim_grad_sumsq(slice, sh->len), (double)sh->len};
@@ -78,7 +134,8 @@ int qft_run_shard_clip(qft_run_shard *sh, float *grads, float max_norm, float *n
 }
 
 int qft_run_shard_gather_params(qft_run_shard *sh, float *params, qft_err *err) {
-    if (!sh->vt) return 0;
+    /* full sharding: the pieces are the parameters; the next gather of a unit brings them */
+    if (!sh->vt || !sh->vt->gather_params || sh->full) return 0;
     return sh->vt->gather_params(sh->state, sh->t, params, sh->n, err);
 }
 
@@ -89,7 +146,60 @@ int qft_run_shard_sum_f64(qft_run_shard *sh, double *v, size_t n, qft_err *err) 
 
 void qft_run_shard_close(qft_run_shard *sh, int failed, const char *why) {
     if (failed && sh->t && sh->t->world > 1) sh->t->vt->abort(sh->t, 1, why);
+    if (sh->full) qft_run_fsdp_free(&sh->fsdp);
     if (sh->vt && sh->state) sh->vt->close(sh->state);
     if (sh->t) sh->t->vt->close(sh->t);
     memset(sh, 0, sizeof *sh);
 }
+
+/* ---- the strategy's traffic, from the model's sizes ------------------------------------
+ * Per rank and optimizer step, in the transport's bandwidth-optimal convention
+ * (qft_transport_stats): all-gather (W-1) x the piece, reduce-scatter (W-1) x the block,
+ * all-reduce (n - c) + (W-1) c elements for this rank's share c. */
+static double ag_bytes(int W, double piece) { return (W - 1) * piece; }
+static double ar_bytes(int W, int rank, size_t n, size_t e) {
+    if (W <= 1) return 0;
+    const size_t c = qft_transport_share(n, W, rank, NULL);
+    return (double)(n - c) * (double)e + (double)(W - 1) * (double)c * (double)e;
+}
+
+double qft_run_shard_expected_bytes(const qft_run_shard *sh, const qft_llama_model *m,
+                                    int grad_accum) {
+    const qft_transport *t = sh->t;
+    const int W = t->world, r = t->rank;
+    if (W == 1) return 0;
+    double b = ar_bytes(W, r, 2, sizeof(double)); /* the step's loss and token sums */
+    if (sh->full || sh->len != sh->n) b += ar_bytes(W, r, 2, sizeof(double)); /* clipping */
+    const char *s = sh->name;
+    if (sh->full) {
+        const int G = sh->group->world, L = m->n_units - 2;
+        double gathered = 0, reduced = 0;
+        for (int u = 0; u < m->n_units; u++) {
+            const qft_llama_unit *un = &m->units[u];
+            const double piece = (double)(un->t_len + un->f_len) * 4 / G + (double)un->q_len / G;
+            /* every unit in forward; blocks again in backward (the embedding and the head
+             * stay from forward into backward, or are not needed there) */
+            gathered += ag_bytes(G, piece) * (u >= 1 && u <= L ? 2 : 1);
+            if (un->t_len) {
+                reduced += (double)(G - 1) * (double)(un->t_len / (size_t)G) * 4;
+                if (sh->replicas)
+                    reduced += ar_bytes(sh->replicas->world, sh->replicas->rank,
+                                        un->t_len / (size_t)G, 4);
+            }
+        }
+        return b + gathered * grad_accum + reduced;
+    }
+    const size_t n = sh->n;
+    if (strcmp(s, "no_shard") == 0) return b + ar_bytes(W, r, n, 4);
+    if (strcmp(s, "shard_grad_op") == 0 || strcmp(s, "hybrid_shard_grad_op") == 0) {
+        const int S = strcmp(s, "shard_grad_op") == 0 ? W : t->node_size;
+        const int l = S == W ? r : t->node_rank;
+        const size_t block = n / (size_t)S, tail = n - (size_t)S * block;
+        b += 2.0 * (S - 1) * (double)block * 4; /* reduce-scatter and all-gather */
+        if (tail) b += ar_bytes(S, l, tail, 4) + (double)tail * 4; /* all-reduce, broadcast */
+        if (S != W) b += ar_bytes(t->nodes, t->node_index, sh->len, 4); /* across machines */
+        return b;
+    }
+    return -1; /* another plugin: its algorithm is its own */
+}
+

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "registry.h"
 #include "qft_transport.h"
+#include "run_fsdp.h"
 
 typedef struct qft_run_shard {
     qft_transport *t;           /* the run's transport ("local" or "mpi") */
@@ -15,6 +16,11 @@ typedef struct qft_run_shard {
     const char *name;           /* the strategy, for messages */
     size_t n;                   /* trainable floats */
     size_t offset, len;         /* this rank's optimizer slice [offset, offset + len) of (n) */
+    /* full sharding (the plugin has param_group): the group and replicas it named, and
+     * the model's units cut over them once the model is attached */
+    const qft_transport *group, *replicas;
+    int full;
+    qft_run_fsdp fsdp;
 } qft_run_shard;
 
 /* Opens the transport ("auto": MPI under mpirun, else local). Before anything else of a
@@ -23,18 +29,40 @@ int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err);
 /* Finds and configures rc->shard.plugin in reg. */
 int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const qft_registry *reg,
                             qft_err *err);
-/* Asks the plugin for this rank's slice of the n trainable floats. */
-int qft_run_shard_plan(qft_run_shard *sh, size_t n, qft_err *err);
-/* grads (n): this rank's slice becomes the sum over ranks. */
+/* The model build's qft_llama_build.unit_pad: 0 unless the strategy shards parameters. */
+int qft_run_shard_unit_pad(const qft_run_shard *sh);
+/* Takes the run's model (built, loaded, adapters attached): asks the plugin for this rank's
+ * slice of its trainable floats, or, under full sharding, cuts the model over the group. */
+int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err);
+/* The parameters and gradients this rank's optimizer updates: len floats each. */
+float *qft_run_shard_opt_params(qft_run_shard *sh, qft_llama_model *m);
+float *qft_run_shard_opt_grads(qft_run_shard *sh, qft_llama_model *m);
+/* Whether the micro-batch about to run is the last of its step: under full sharding only
+ * its backward reduces gradients (the others accumulate them unsynchronised). */
+void qft_run_shard_set_last_micro(qft_run_shard *sh, int last);
+/* The whole model on every rank (full sharding gathers every unit; otherwise a no-op):
+ * before saving. Collective. */
+int qft_run_shard_gather_model(qft_run_shard *sh, qft_err *err);
+/* The per-rank memory of parameters, gradients and optimizer state: the peak measured
+ * during training and the figure the strategy implies, in bytes. */
+void qft_run_shard_memory(qft_run_shard *sh, const qft_llama_model *m, size_t opt_bytes,
+                          int grad_accum, size_t *measured, size_t *expected);
+/* grads (n): this rank's slice becomes the sum over ranks (under full sharding the
+ * model's backward did it unit by unit). */
 int qft_run_shard_reduce_grads(qft_run_shard *sh, float *grads, qft_err *err);
 /* Global-norm clipping of the reduced gradient: returns the norm before clipping in *norm.
  * A rank that holds the whole sum clips it locally, as one process does; sharded ranks
  * all-reduce their slices' sums of squares in f64 (each slice counted once, however many
  * machines hold it) and scale their slices alike. */
-int qft_run_shard_clip(qft_run_shard *sh, float *grads, float max_norm, float *norm,
+int qft_run_shard_clip(qft_run_shard *sh, qft_llama_model *m, float max_norm, float *norm,
                        qft_err *err);
 /* params (n): every rank receives every slice's update. */
 int qft_run_shard_gather_params(qft_run_shard *sh, float *params, qft_err *err);
+/* The bytes this rank sends per optimizer step under its strategy (the transport's
+ * convention, qft_transport_stats), computed from the model's sizes; -1 for a plugin whose
+ * algorithm the core does not know. After plan. */
+double qft_run_shard_expected_bytes(const qft_run_shard *sh, const qft_llama_model *m,
+                                    int grad_accum);
 /* v (n) summed over ranks in rank order (loss and token counts). */
 int qft_run_shard_sum_f64(qft_run_shard *sh, double *v, size_t n, qft_err *err);
 /* Ends the run's part in the job. failed = 0: closes the plugin and the transport (every

@@ -7,8 +7,10 @@
 #include "optim.h"
 #include "registry.h"
 #include "run.h"
+#include "run_ckpt.h"
 #include "run_shard.h"
 #include "schedule.h"
+#include "transport.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@ typedef struct run_state {
     qft_metrics metrics;
     qft_run_shard shard;
     int have_loader, have_model, have_opt, have_metrics;
+    size_t opt_bytes; /* the optimizer state's allocation on this rank */
 } run_state;
 
 static void run_state_free(run_state *s) {
@@ -102,6 +105,7 @@ static int prepare_optimizer(const qft_run_config *rc, run_state *s, int quiet, 
     if (qft_optim_init(&s->opt, &oc, s->shard.len, err)) return -1;
     s->have_opt = 1;
     const size_t bytes = qft_mem_current() - before;
+    s->opt_bytes = bytes;
     const qft_transport *t = s->shard.t;
     if (!quiet && t->world > 1)
         qft_log(QFT_LOG_INFO,
@@ -112,6 +116,31 @@ static int prepare_optimizer(const qft_run_config *rc, run_state *s, int quiet, 
     return 0;
 }
 
+/* Each rank's peak of parameters, gradients and optimizer state over the steps, measured
+ * (resident pages and allocations), beside the figure its strategy implies. */
+static void report_memory(const qft_run_config *rc, run_state *s, int quiet, long steps,
+                          uint64_t comm_bytes) {
+    if (quiet) return;
+    size_t measured = 0, expected = 0;
+    qft_run_shard_memory(&s->shard, &s->model, s->opt_bytes, rc->train.grad_accum, &measured,
+                         &expected);
+    const qft_transport *t = s->shard.t;
+    qft_log(QFT_LOG_INFO,
+            "memory: rank %d of %d (%s): parameters, gradients and optimizer state peaked at "
+            "%.3f MiB measured, %.3f MiB expected",
+            t->rank, t->world, rc->shard.plugin, measured / 1048576.0, expected / 1048576.0);
+    if (t->world == 1 || steps <= 0) return;
+    const double want = qft_run_shard_expected_bytes(&s->shard, &s->model, rc->train.grad_accum);
+    char exp_s[64] = "no figure for this plugin";
+    if (want >= 0) snprintf(exp_s, sizeof exp_s, "%.0f expected", want);
+    qft_log(QFT_LOG_INFO, "comm: rank %d of %d (%s): %.0f bytes sent per step measured, %s",
+            t->rank, t->world, rc->shard.plugin, (double)comm_bytes / (double)steps, exp_s);
+}
+
+/* The parameters and gradients this rank's optimizer updates: shard.len floats. */
+static float *opt_params(run_state *s) { return qft_run_shard_opt_params(&s->shard, &s->model); }
+static float *opt_grads(run_state *s) { return qft_run_shard_opt_grads(&s->shard, &s->model); }
+
 /* After every rank's backward: gradients reduced, clipped by the global norm, this rank's
  * slice updated, the slices gathered. *gnorm gets the norm before clipping. */
 static int optimizer_step(const qft_run_config *rc, run_state *s, float lr, float *gnorm,
@@ -119,9 +148,9 @@ static int optimizer_step(const qft_run_config *rc, run_state *s, float lr, floa
     qft_llama_model *m = &s->model;
     qft_run_shard *sh = &s->shard;
     if (qft_run_shard_reduce_grads(sh, m->grads, err) ||
-        qft_run_shard_clip(sh, m->grads, (float)rc->train.grad_clip, gnorm, err))
+        qft_run_shard_clip(sh, m, (float)rc->train.grad_clip, gnorm, err))
         return -1;
-    qft_optim_step(&s->opt, m->params + sh->offset, m->grads + sh->offset, lr); // (len) slices
+    qft_optim_step(&s->opt, opt_params(s), opt_grads(s), lr); // (len) slices
     return qft_run_shard_gather_params(sh, m->params, err);
 }
 
@@ -141,7 +170,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         goto done;
 
     if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
-                            &s.data, &s.model, err))
+                            &s.data, qft_run_shard_unit_pad(&s.shard), &s.model, err))
         goto done;
     s.have_model = 1;
     if (qft_tokenizer_vocab_size(s.data.tok) > s.model.cfg.vocab_size) {
@@ -158,8 +187,15 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     }
     s.model.recompute = rc->train.recompute;
 
-    if (qft_run_shard_plan(&s.shard, s.model.n_trainable, err) ||
+    if (qft_run_shard_plan(&s.shard, &s.model, err) ||
         prepare_optimizer(rc, &s, user_quiet, err))
+        goto done;
+    /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
+     * checkpoint, then every rank holds the full parameters; the loop starts after it. */
+    long start_step = 0;
+    if (rc->train.resume_from &&
+        (qft_run_ckpt_load(rc, &s.shard, &s.opt, opt_params(&s), &start_step, err) ||
+         qft_run_shard_gather_params(&s.shard, s.model.params, err)))
         goto done;
 
     /* One optimizer step takes world * grad_accum micro-batches of the one-process order;
@@ -188,7 +224,10 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     if (lead && rc->output.jsonl) {
         char path[8192];
         snprintf(path, sizeof path, "%s/metrics.jsonl", rc->output.dir);
-        if (qft_metrics_open(&s.metrics, path, 0, err)) goto done;
+        /* a resumed run continues the file after the checkpoint's step */
+        if ((start_step > 0 && qft_run_ckpt_trim_metrics(path, start_step, err)) ||
+            qft_metrics_open(&s.metrics, path, start_step > 0, err))
+            goto done;
         s.have_metrics = 1;
     }
     report_start(rc, &s, total, quiet);
@@ -198,11 +237,12 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                       rc->output.progress && !quiet ? QFT_PROGRESS_AUTO : QFT_PROGRESS_PLAIN);
     const int show = rc->output.progress && !quiet;
     const double t_start = qft_time_now();
+    const uint64_t comm_start = qft_transport_process_bytes();
     long tokens_total = 0;
     int epoch = 0;
     /* each micro-batch's share of the global mean, so that the sum over ranks is it */
     const float loss_scale = 1.0f / (float)micro_per_step;
-    for (long step = 0; step < total; step++) {
+    for (long step = start_step; step < total; step++) {
         const double t0 = qft_time_now();
         qft_llama_zero_grads(&s.model);
         double sums[2] = {0, 0}; /* (loss, tokens) of this rank's micro-batches */
@@ -223,6 +263,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
              * micro-batch gets the mask one process would give it */
             s.model.astep = (qft_adapter_step){.seed = (uint64_t)rc->train.seed, .step = step,
                                                .micro = j, .training = 1};
+            qft_run_shard_set_last_micro(&s.shard, k == G - 1);
             if (qft_data_loader_get(&s.loader, micro % batches_per_epoch, &b, &nt, err) ||
                 qft_llama_forward(&s.model, &b, &loss, err) ||
                 qft_llama_backward(&s.model, &b, loss_scale, err))
@@ -245,7 +286,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         const double t1 = qft_time_now();
         const double tps = step_tokens / (t1 - t0 > 1e-9 ? t1 - t0 : 1e-9);
         tokens_total += step_tokens;
-        if (step == 0) summary->first_loss = loss;
+        if (step == start_step) summary->first_loss = loss;
         summary->last_loss = loss;
         summary->steps = step + 1;
         if (s.have_metrics) {
@@ -255,11 +296,23 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
             if (qft_metrics_write(&s.metrics, &row, err)) goto done;
         }
         if (show) qft_progress_update(&prog, step + 1, loss, lr, tps);
+        /* output.save_state_every (run_ckpt.c): collective, every rank after the same step */
+        const qft_run_ckpt_info ck = {.step = step + 1, .total_steps = total,
+                                      .epoch = (double)((step + 1) * micro_per_step) /
+                                               (double)batches_per_epoch};
+        if (qft_run_ckpt_due(rc, step + 1, total) &&
+            qft_run_ckpt_save(rc, &s.shard, &s.opt, opt_params(&s), &ck, err))
+            goto done;
     }
     if (show) qft_progress_finish(&prog);
     summary->elapsed_s = qft_time_now() - t_start;
     summary->tokens_per_s = tokens_total / (summary->elapsed_s > 1e-9 ? summary->elapsed_s : 1e-9);
 
+    report_memory(rc, &s, user_quiet, summary->steps - start_step,
+                  qft_transport_process_bytes() - comm_start);
+    /* full sharding holds pieces: every rank helps make the model whole for rank 0's save */
+    if (strcmp(rc->output.save, "none") != 0 && qft_run_shard_gather_model(&s.shard, err))
+        goto done;
     if (lead && strcmp(rc->output.save, "model") == 0 && qft_run_save_model(rc, &s.model, err))
         goto done;
     if (lead && strcmp(rc->output.save, "adapter") == 0 &&

@@ -38,5 +38,7 @@ int qft_transport_check_world(const qft_transport *t, int saved_world, qft_err *
 /* "all_gather", "reduce_scatter", ...: the names the stats and messages use. */
 const char *qft_transport_coll_name(qft_coll c);
 void qft_transport_stats_add(qft_transport_stats *dst, const qft_transport_stats *src);
+/* bytes_sent summed over every transport this process opened, sub-transports included. */
+uint64_t qft_transport_process_bytes(void);
 
 #endif

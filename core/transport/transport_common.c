@@ -167,6 +167,12 @@ void qft_transport_backoff(double waited_s) {
     nanosleep(&ts, NULL);
 }
 
+/* Every transport of the process together, sub-transports included (a shard plugin's
+ * own splits are invisible to the core otherwise). One thread drives the collectives. */
+static uint64_t g_process_bytes;
+
+uint64_t qft_transport_process_bytes(void) { return g_process_bytes; }
+
 void qft_transport_count(const qft_transport *t, qft_coll c, size_t n, size_t elt, double t0) {
     qft_transport_stats *st = t->stats;
     uint64_t w = (uint64_t)t->world, bytes = 0;
@@ -185,6 +191,7 @@ void qft_transport_count(const qft_transport *t, qft_coll c, size_t n, size_t el
     }
     st->calls[c]++;
     st->bytes_sent[c] += bytes;
+    g_process_bytes += bytes;
     st->seconds[c] += qft_time_now() - t0;
 }
 

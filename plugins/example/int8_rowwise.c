@@ -10,7 +10,12 @@
  *   train_type = "int8_full";
  *   quant: { plugin = "int8_rowwise"; };
  *
- * Saved as "<prefix>.weight" (I8, (out, in)) and "<prefix>.weight_scale" (F32, (out)). */
+ * Saved as "<prefix>.weight" (I8, (out, in)) and "<prefix>.weight_scale" (F32, (out)).
+ *
+ * `place` (for full sharding) copies scales then codes into one block the core hands out,
+ * exactly bytes() long, and frees the plugin's copies; from then on free_weight leaves the
+ * block to the core. The weight keeps nothing derived from its data, so the core may zero
+ * the block and refill it with the same bytes. A second place is refused. */
 #include <qft_sdk.h>
 
 #include <math.h>
@@ -24,6 +29,7 @@ struct qft_qweight {
     int64_t out, in;
     int8_t *q;    /* (out, in) codes */
     float *scale; /* (out) */
+    int placed;   /* q and scale live in the core's memory: not ours to free */
 };
 
 typedef struct {
@@ -44,7 +50,8 @@ static int int8_configure(const qft_services *svc, const config_setting_t *secti
 
 static void int8_free_weight(qft_qweight *w) {
     if (!w) return;
-    w->svc->free(w->q), w->svc->free(w->scale), free(w);
+    if (!w->placed) w->svc->free(w->q), w->svc->free(w->scale);
+    free(w);
 }
 
 static struct qft_qweight *new_weight(const qft_services *svc, int64_t out, int64_t in) {
@@ -128,6 +135,28 @@ static int int8_load(const void *state, const char *prefix, int64_t out, int64_t
     return 0;
 }
 
+static int int8_place(qft_qweight *w, const qft_placer *pl, qft_err *err) {
+    if (w->placed)
+        return qft_err_setf(err, "int8_rowwise: the (%lld, %lld) weight is already placed",
+                            (long long)w->out, (long long)w->in);
+    const size_t b_scale = (size_t)w->out * sizeof(float); // (out) fp32, first: stays aligned
+    const size_t b_q = (size_t)(w->out * w->in);            // (out, in) int8
+    unsigned char *block = pl->alloc(pl->ctx, b_scale + b_q, err);
+    if (!block) {
+        char why[sizeof err->msg] = "the placer returned no memory";
+        if (err && err->code && err->msg[0]) memcpy(why, err->msg, sizeof why - 1);
+        return qft_err_setf(err, "int8_rowwise: placing the %zu bytes of a (%lld, %lld) weight: %s",
+                            b_scale + b_q, (long long)w->out, (long long)w->in, why);
+    }
+    memcpy(block, w->scale, b_scale);
+    memcpy(block + b_scale, w->q, b_q);
+    w->svc->free(w->scale), w->svc->free(w->q);
+    w->scale = (float *)block;
+    w->q = (int8_t *)(block + b_scale);
+    w->placed = 1;
+    return 0;
+}
+
 static void int8_close(void *state) { free(state); }
 
 static const qft_quantizer_vtable k_vtable = {
@@ -140,6 +169,7 @@ static const qft_quantizer_vtable k_vtable = {
     .load = int8_load,
     .free_weight = int8_free_weight,
     .close = int8_close,
+    .place = int8_place,
 };
 
 static const qft_plugin_desc k_desc = {

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define QFT_ABI_VERSION 1
+#define QFT_ABI_VERSION 2
 #define QFT_PLUGIN_ENTRY_SYMBOL "qft_plugin_entry"
 
 /* ---- errors -------------------------------------------------------------------------
@@ -170,6 +170,14 @@ typedef struct qft_tensor_source {
  * whole dense weight. */
 typedef struct qft_qweight qft_qweight; /* a plugin's packed weight, opaque to the core */
 
+/* Memory the core hands a quantizer for its weight's buffers (see `place` below). */
+typedef struct qft_placer {
+    void *ctx;
+    /* `bytes` of memory aligned to 64 bytes, or NULL (with err naming the need) when the
+     * core's region for this weight is exhausted. Valid until the model is freed. */
+    void *(*alloc)(void *ctx, size_t bytes, qft_err *err);
+} qft_placer;
+
 typedef struct qft_quantizer_vtable {
     /* Keys of the `quant` section this plugin accepts besides `plugin` (NULL-ended). */
     const char *const *config_keys;
@@ -200,6 +208,17 @@ typedef struct qft_quantizer_vtable {
      * transformers expects in config.json beside weights written by save(), as JSON text
      * in buf. */
     int (*hf_quantization_config)(const void *state, char *buf, size_t size, qft_err *err);
+    /* Optional (NULL: the weight cannot be fully sharded): moves every data buffer of qw
+     * (packed codes and all statistics; not the small fixed header) into memory the core
+     * hands out through `pl`, copying the bytes, and frees the plugin's own copies. From
+     * then on dequantize_rows reads the placed memory, and free_weight must not free it
+     * (the core owns it). Full sharding (FSDP FULL_SHARD) uses this to cut a block's packed
+     * weights into per-rank pieces and to gather them back in their packed form, in place,
+     * right before the block runs: the placed bytes are the weight's whole state. The
+     * core may call place once per weight, after quantize or load, never while another
+     * call uses the weight. The plugin may call pl->alloc up to 8 times, for at most
+     * bytes(qw) bytes in all (each call's start is 64-byte aligned). */
+    int (*place)(qft_qweight *qw, const struct qft_placer *pl, qft_err *err);
 } qft_quantizer_vtable;
 
 /* ---- adapter plugins (per-linear: LoRA, DoRA) ------------------------------------------
@@ -315,7 +334,17 @@ typedef struct qft_adapter_vtable {
  *
  * Every entry except configure and close is collective: all ranks call it in the same
  * order with the same n. A plugin that owns the whole buffer on every rank (no_shard)
- * returns offset 0, len n. With world size 1 every strategy degenerates to the identity. */
+ * returns offset 0, len n. With world size 1 every strategy degenerates to the identity.
+ *
+ * Full sharding (FSDP FULL_SHARD, HYBRID_SHARD) cuts the parameters themselves: a plugin
+ * with `param_group` names the ranks a parameter is cut over, and the core then keeps
+ * only this rank's piece of every unit of the model (the embedding, each block with its
+ * adapters, the head; trainable, frozen and packed quantized bytes alike), gathers a unit
+ * over the group right before it runs and frees it after, in forward and again in
+ * backward; reduce-scatters a unit's gradients over the group when its backward is done
+ * (on the last micro-batch of a step: earlier ones accumulate unsynchronised) and sums
+ * this rank's piece over the replicas; runs the optimizer over the pieces it keeps.
+ * plan, reduce_grads and gather_params are then not called. */
 struct qft_transport; /* qft_transport.h */
 
 typedef struct qft_shard_vtable {
@@ -342,6 +371,14 @@ typedef struct qft_shard_vtable {
     int (*gather_params)(void *state, const struct qft_transport *t, float *params, size_t n,
                          qft_err *err);
     void (*close)(void *state);
+    /* Optional (NULL: parameters stay whole on every rank). Called once, collectively,
+     * after configure. *group: the ranks every unit is cut over (t itself for full_shard,
+     * this rank's machine for hybrid_shard); *replicas: the ranks holding the same piece
+     * as this one, whose pieces are summed after the group's reduce-scatter (NULL when the
+     * group is the whole world). Both stay the plugin's: it closes them in close. */
+    int (*param_group)(void *state, const struct qft_transport *t,
+                       const struct qft_transport **group,
+                       const struct qft_transport **replicas, qft_err *err);
 } qft_shard_vtable;
 
 #ifdef __cplusplus

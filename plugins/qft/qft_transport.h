@@ -171,6 +171,28 @@ static inline int qft_transport_split(const qft_transport *t, int color, int key
     return t->vt->split(t, color, key, sub, err);
 }
 
+/* Hybrid strategies: splits t into this machine's ranks (*intra) and the ranks with this
+ * local index on every machine (*inter), after checking on every rank alike that all
+ * machines hold the same number of ranks (so that slices line up across machines).
+ * `who` names the caller in the message. Collective. */
+static inline int qft_transport_split_machines(const qft_transport *t, const char *who,
+                                               qft_transport **intra, qft_transport **inter,
+                                               qft_err *err) {
+    double lo = t->node_size, hi = t->node_size; /* the smallest and largest machine */
+    if (t->vt->all_reduce_f64(t, &lo, 1, QFT_REDUCE_MIN, err) ||
+        t->vt->all_reduce_f64(t, &hi, 1, QFT_REDUCE_MAX, err))
+        return -1;
+    if (lo != hi)
+        return qft_err_setf(err, "%s: rank %d of %d: the machines hold between %.0f and %.0f "
+                                 "ranks; hybrid sharding needs the same number on each "
+                                 "(launch with --map-by ppr:N:node)",
+                            who, t->rank, t->world, lo, hi);
+    if (t->vt->split(t, t->node_index, t->rank, intra, err) ||
+        t->vt->split(t, t->node_rank, t->rank, inter, err))
+        return -1;
+    return 0;
+}
+
 /* This rank's share of n elements split over the world in rank order: the first n % world
  * ranks hold one more. Shard plugins use it to cut flat buffers the way all_reduce does. */
 static inline size_t qft_transport_share(size_t n, int world, int rank, size_t *offset) {

@@ -36,6 +36,9 @@ struct qft_qweight {
      * bytes to outlive the save call */
     char qs_json[384];
     int qs_len;
+    /* 1 once place() moved the buffers above into one block of core-owned memory: then
+     * free_weight frees only this struct */
+    int placed;
 };
 
 /* NF4 codebook and bitsandbytes' signed 8-bit dynamic map (256 values, as torch rounds them). */
@@ -61,6 +64,9 @@ void nf4_dequantize_range(const struct qft_qweight *qw, int64_t f0, int64_t coun
 
 /* Fills qw->qs_json from the weight's fields; -1 if it does not fit. */
 int nf4_build_qs_json(struct qft_qweight *qw);
+
+/* Moves packed, absmax / qabsmax and nested_absmax into memory from pl (nf4_place.c). */
+int nf4_place(struct qft_qweight *qw, const qft_placer *pl, qft_err *err);
 
 /* Saving and loading with bitsandbytes' key names (nf4_io.c). */
 int nf4_save(const struct qft_qweight *qw, const char *prefix, const qft_tensor_sink *sink,

@@ -80,10 +80,12 @@ void nf4_free(const qft_services *svc, void *p) {
 void nf4_weight_free(struct qft_qweight *qw) {
     if (!qw) return;
     const qft_services *svc = qw->svc;
-    nf4_free(svc, qw->packed);
-    nf4_free(svc, qw->absmax);
-    nf4_free(svc, qw->qabsmax);
-    nf4_free(svc, qw->nested_absmax);
+    if (!qw->placed) { /* placed buffers belong to the core */
+        nf4_free(svc, qw->packed);
+        nf4_free(svc, qw->absmax);
+        nf4_free(svc, qw->qabsmax);
+        nf4_free(svc, qw->nested_absmax);
+    }
     nf4_free(svc, qw);
 }
 

@@ -3,7 +3,8 @@
  * the dtype written as the quant_state "dtype", i.e. what bitsandbytes dequantizes to when
  * it loads our file; qft itself always dequantizes to fp32), quant_storage ("uint8"; or
  * "bfloat16", "float16", "float32": the dtype the packed bytes are viewed as in a saved
- * file, as bitsandbytes' quant_storage does for FSDP). */
+ * file, as bitsandbytes' quant_storage does for FSDP). `place` (nf4_place.c) moves the
+ * packed codes and absmax statistics into one block of core memory for full sharding. */
 #include "nf4.h"
 
 #include <math.h>
@@ -214,6 +215,7 @@ static const qft_quantizer_vtable k_vtable = {
     .free_weight = nf4_free_weight,
     .close = nf4_close,
     .hf_quantization_config = nf4_hf_config,
+    .place = nf4_place,
 };
 
 static const qft_plugin_desc k_desc = {

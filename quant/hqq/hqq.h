@@ -38,6 +38,9 @@ struct qft_qweight {
     int32_t s_nbits, s_group_size, s_axis;
     int64_t s_shape[2];
     uint8_t s_one, s_zero, s_optimize, s_round_zero, s_quant_zero, s_quant_scale;
+    /* 1 once place() moved the buffers above into one block of core-owned memory: then
+     * free_weight frees only this struct */
+    int placed;
 };
 
 void *hqq_alloc(const qft_services *svc, size_t bytes);
@@ -59,6 +62,10 @@ float hqq_group_zero(const struct qft_qweight *qw, int64_t g);
  * column of a row-major matrix at column index col of ncols (outer reduction). */
 float hqq_torch_sum_inner(const float *x, int64_t n);
 float hqq_torch_sum_outer(const float *x, int64_t rows, int64_t ncols, int64_t col);
+
+/* Moves packed, scale/zero and their meta-quantized forms into memory from pl
+ * (hqq_place.c). */
+int hqq_place(struct qft_qweight *qw, const qft_placer *pl, qft_err *err);
 
 int hqq_save(const qft_qweight *qw, const char *prefix, const qft_tensor_sink *sink,
              qft_err *err);

@@ -29,12 +29,14 @@ void hqq_free(const qft_services *svc, void *p) {
 void hqq_weight_free(struct qft_qweight *qw) {
     if (!qw) return;
     const qft_services *svc = qw->svc;
-    hqq_free(svc, qw->packed);
-    hqq_free(svc, qw->scale);
-    hqq_free(svc, qw->zero);
-    hqq_free(svc, qw->zero_q);
-    hqq_free(svc, qw->scale_q);
-    hqq_free(svc, qw->scale_meta);
+    if (!qw->placed) { /* placed buffers belong to the core */
+        hqq_free(svc, qw->packed);
+        hqq_free(svc, qw->scale);
+        hqq_free(svc, qw->zero);
+        hqq_free(svc, qw->zero_q);
+        hqq_free(svc, qw->scale_q);
+        hqq_free(svc, qw->scale_meta);
+    }
     hqq_free(svc, qw);
 }
 

@@ -3,7 +3,9 @@
  * v0.1.8 with axis = 0), optimize (true: the proximal zero-point refinement), round_zero
  * (true for 4 bits, else false, as hqq's BaseQuantizeConfig), quant_zero and quant_scale
  * (false; the seed's v0.1.8 setting was true for both: zero points to 8 bits with one
- * global min/max, scales to 8 bits in groups of 128). qft dequantizes in fp32. */
+ * global min/max, scales to 8 bits in groups of 128). qft dequantizes in fp32. `place`
+ * (hqq_place.c) moves the packed codes and all statistics into one block of core memory
+ * for full sharding. */
 #include "hqq.h"
 
 #include <stdlib.h>
@@ -136,6 +138,7 @@ static const qft_quantizer_vtable k_vtable = {
     .load = hqq_load,
     .free_weight = hqq_free_weight,
     .close = hqq_close,
+    .place = hqq_place,
 };
 
 static const qft_plugin_desc k_desc = {

@@ -33,18 +33,7 @@ static int hsgo_configure(const qft_services *svc, const config_setting_t *secti
 static int hsgo_plan(void *state, const struct qft_transport *t, size_t n, size_t *offset,
                      size_t *len, qft_err *err) {
     hsgo_state *s = state;
-    /* (2): the smallest and largest machine, so that every rank takes the same decision */
-    double lo = t->node_size, hi = t->node_size;
-    if (qft_transport_all_reduce_f64(t, &lo, 1, QFT_REDUCE_MIN, err) ||
-        qft_transport_all_reduce_f64(t, &hi, 1, QFT_REDUCE_MAX, err))
-        return -1;
-    if (lo != hi)
-        return qft_err_setf(err, "hybrid_shard_grad_op: rank %d of %d: the machines hold "
-                                 "between %.0f and %.0f ranks; hybrid sharding needs the same "
-                                 "number on each (launch with --map-by ppr:N:node)",
-                            t->rank, t->world, lo, hi);
-    if (qft_transport_split(t, t->node_index, t->rank, &s->intra, err) ||
-        qft_transport_split(t, t->node_rank, t->rank, &s->inter, err))
+    if (qft_transport_split_machines(t, "hybrid_shard_grad_op", &s->intra, &s->inter, err))
         return -1;
     const size_t S = (size_t)s->intra->world, l = (size_t)s->intra->rank;
     s->n = n;

@@ -1,5 +1,6 @@
 /* Every entry of the CUDA op table, and the CUDA-only entry points (bf16 GEMM, NF4
- * dequantization, AdamW, bf16 conversion), against the CPU backend (qft_cpu_ops) and
+ * dequantization, AdamW, bf16 conversion; HQQ, the quantized linear and LoRA/DoRA in
+ * test_cuda_ops_linear.c), against the CPU backend (qft_cpu_ops) and
  * core/train's optimizer, on seeded random inputs with shapes that are not multiples of
  * the kernels' tiles. Errors are max |gpu - cpu| / max |cpu| over a tensor.
  *
@@ -16,6 +17,7 @@
 #include "qft_base.h"
 #include "qft_cuda.h"
 #include "cuda_twin.h"
+#include "ops_suites.h"
 
 #include <check.h>
 #include <math.h>
@@ -525,6 +527,7 @@ int main(void) {
     tcase_add_test(tc, test_adamw);
     tcase_add_loop_test(tc, test_nf4, 0, 2);
     tcase_add_test(tc, test_bf16_gemm);
+    ops_linear_add_tests(tc, G);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -16,6 +16,7 @@
 #include "cuda_twin.h"
 #include "optim.h"
 #include "qft_base.h"
+#include "twin_suites.h"
 
 #include <check.h>
 #include <math.h>
@@ -450,6 +451,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_adamw_elem, 0, 2);
     tcase_add_loop_test(tc, test_rope_table, 0, 2);
     tcase_add_test(tc, test_loader_message);
+    twin_linear_add_tests(tc);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -11,8 +11,17 @@
  *   - each rank's measured optimizer state (the allocator's bytes, from the log line
  *     "shard: rank R of W (...): optimizer state B bytes for trainable floats [a, b) of n")
  *     against AdamW's 2 * 4 bytes per float of the rank's slice: the whole n for no_shard,
- *     n / W (the last rank also the n mod W tail) for shard_grad_op.
- * hybrid_shard_grad_op runs 4 ranks on two pretend machines of 2 (QFT_TRANSPORT_NODE_SIZE).
+ *     n / W (the last rank also the n mod W tail) for shard_grad_op; for full_shard and
+ *     hybrid_shard, the rank's pieces of the padded units;
+ *   - each rank's peak of parameters, gradients and optimizer state (resident pages of the
+ *     model's buffers, measured at every unit event, plus allocations) against the figure
+ *     its strategy implies, and below one process's for every sharding strategy;
+ *   - each rank's bytes sent per step (the transport's counters) equal to the strategy's
+ *     figure from the model's sizes.
+ * The train_types are full, qlora and bnb_dora (QDoRA), the strategies no_shard,
+ * shard_grad_op and full_shard under 2 ranks (grad_accum 2 each) and 3 (uneven pieces);
+ * hybrid_shard_grad_op and hybrid_shard run 4 ranks on two pretend machines of 2
+ * (QFT_TRANSPORT_NODE_SIZE).
  * Dropout is on in qlora.cfg (0.05): equal losses also show that each micro-batch draws
  * the mask one process would give it.
  *
@@ -41,13 +50,22 @@ typedef struct eq_case {
 } eq_case;
 
 static const eq_case k_cases[] = {
-    {"full", "no_shard", 2, 2, 0},      {"full", "shard_grad_op", 2, 2, 0},
-    {"full", "no_shard", 3, 1, 0},      {"full", "shard_grad_op", 3, 1, 0},
-    {"qlora", "no_shard", 2, 2, 0},     {"qlora", "shard_grad_op", 2, 2, 0},
-    {"qlora", "no_shard", 3, 1, 0},     {"qlora", "shard_grad_op", 3, 1, 0},
+    {"full", "no_shard", 2, 2, 0},          {"full", "shard_grad_op", 2, 2, 0},
+    {"full", "full_shard", 2, 2, 0},        {"full", "no_shard", 3, 1, 0},
+    {"full", "shard_grad_op", 3, 1, 0},     {"full", "full_shard", 3, 1, 0},
+    {"qlora", "no_shard", 2, 2, 0},         {"qlora", "shard_grad_op", 2, 2, 0},
+    {"qlora", "full_shard", 2, 2, 0},       {"qlora", "no_shard", 3, 1, 0},
+    {"qlora", "shard_grad_op", 3, 1, 0},    {"qlora", "full_shard", 3, 1, 0},
+    {"bnb_dora", "no_shard", 2, 2, 0},      {"bnb_dora", "shard_grad_op", 2, 2, 0},
+    {"bnb_dora", "full_shard", 2, 2, 0},    {"bnb_dora", "no_shard", 3, 1, 0},
+    {"bnb_dora", "shard_grad_op", 3, 1, 0}, {"bnb_dora", "full_shard", 3, 1, 0},
     /* two pretend machines of two ranks: sharded within, replicated across */
     {"full", "hybrid_shard_grad_op", 4, 1, 2},
     {"qlora", "hybrid_shard_grad_op", 4, 1, 2},
+    {"bnb_dora", "hybrid_shard_grad_op", 4, 1, 2},
+    {"full", "hybrid_shard", 4, 1, 2},
+    {"qlora", "hybrid_shard", 4, 1, 2},
+    {"bnb_dora", "hybrid_shard", 4, 1, 2},
 };
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 #define N_STEPS 5
@@ -149,6 +167,10 @@ static double compare_safetensors(const char *pa, const char *pb) {
     return worst;
 }
 
+static int is_full(const eq_case *c) {
+    return strcmp(c->strategy, "full_shard") == 0 || strcmp(c->strategy, "hybrid_shard") == 0;
+}
+
 /* Parses the ranks' optimizer lines and checks them against the strategy's figure: the
  * trainable floats split over the S ranks of a machine (S = W for shard_grad_op, the
  * machine size for the hybrid one), or not at all (no_shard). */
@@ -173,6 +195,20 @@ static void check_memory(const eq_case *c, const char *out) {
                   out);
     const int sharded = strcmp(c->strategy, "no_shard") != 0;
     const int S = c->node > 0 ? c->node : c->world, l_last = S - 1;
+    if (is_full(c)) {
+        /* the optimizer runs over the rank's pieces of every unit: len floats each, the
+         * S ranks of a machine together one padded copy of the trainable floats */
+        for (int r = 0; r < c->world; r++) {
+            const size_t len = hi[r] - lo[r];
+            printf("  %s %s W=%d rank %d: optimizer state %zu bytes measured, %zu expected "
+                   "(2 x %zu floats x 4; %zu padded trainable floats)\n",
+                   c->type, c->strategy, c->world, r, bytes[r], 2 * len * sizeof(float), len, n);
+            ck_assert_uint_eq(len * (size_t)S, n);
+            ck_assert_uint_eq(lo[r], (size_t)(r % S) * len);
+            ck_assert_uint_eq(bytes[r], 2 * len * sizeof(float));
+        }
+        return;
+    }
     size_t covered = 0, peak = 0;
     for (int r = 0; r < c->world; r++) {
         const size_t len = hi[r] - lo[r];
@@ -200,6 +236,58 @@ static void check_memory(const eq_case *c, const char *out) {
     }
 }
 
+/* The ranks' "memory: rank R of W (...): ... peaked at X MiB measured, Y MiB expected"
+ * lines: every rank's measured peak of parameters, gradients and optimizer state within
+ * 2% (+ 16 KiB of page rounding) of the figure its strategy implies; *max_mib the largest
+ * measured. */
+static void check_rank_memory(const eq_case *c, const char *out, int world, double *max_mib) {
+    int seen = 0;
+    *max_mib = 0;
+    for (const char *p = strstr(out, "memory: rank "); p; p = strstr(p + 1, "memory: rank ")) {
+        int r, w;
+        double meas, expect;
+        char strat[64];
+        if (sscanf(p, "memory: rank %d of %d (%63[^)]): parameters, gradients and optimizer "
+                      "state peaked at %lf MiB measured, %lf MiB expected",
+                   &r, &w, strat, &meas, &expect) != 5)
+            continue;
+        ck_assert_int_eq(w, world);
+        ck_assert_str_eq(strat, c->strategy);
+        ck_assert(r >= 0 && r < world && !(seen & (1 << r)));
+        seen |= 1 << r;
+        ck_assert_msg(fabs(meas - expect) <= 0.02 * expect + 16.0 / 1024,
+                      "%s %s rank %d of %d: %.3f MiB measured, %.3f MiB expected", c->type,
+                      c->strategy, r, w, meas, expect);
+        if (meas > *max_mib) *max_mib = meas;
+    }
+    ck_assert_msg(seen == (1 << world) - 1, "not every rank reported its memory:\n%s", out);
+}
+
+/* The ranks' "comm: rank R of W (...): B bytes sent per step measured, E expected" lines:
+ * the transport's count equals the strategy's figure from the model's sizes. */
+static void check_comm(const eq_case *c, const char *out) {
+    int seen = 0;
+    for (const char *p = strstr(out, "comm: rank "); p; p = strstr(p + 1, "comm: rank ")) {
+        int r, w;
+        double meas, expect;
+        char strat[64];
+        if (sscanf(p, "comm: rank %d of %d (%63[^)]): %lf bytes sent per step measured, %lf "
+                      "expected",
+                   &r, &w, strat, &meas, &expect) != 5)
+            continue;
+        ck_assert_int_eq(w, c->world);
+        ck_assert(r >= 0 && r < w && !(seen & (1 << r)));
+        seen |= 1 << r;
+        ck_assert_msg(meas > 0 && fabs(meas - expect) <= 1e-6 * expect,
+                      "%s %s rank %d: %.0f bytes per step sent, %.0f expected", c->type,
+                      c->strategy, r, meas, expect);
+        if (r == 0)
+            printf("  %s %s W=%d G=%d: %.0f bytes sent per step by rank 0 (expected %.0f)\n",
+                   c->type, c->strategy, c->world, c->accum, meas, expect);
+    }
+    ck_assert_msg(seen == (1 << c->world) - 1, "not every rank reported its traffic:\n%s", out);
+}
+
 START_TEST(test_equivalence) {
     const eq_case *c = &k_cases[_i];
     if (!types_built(c->type)) {
@@ -221,10 +309,12 @@ START_TEST(test_equivalence) {
 
     snprintf(cmd, sizeof cmd,
              "%s train %s/configs/%s.cfg %s --set shard.plugin=\\\"%s\\\" "
-             "--set train.grad_accum=%d --set output.dir=\\\"%s\\\" -q 2>&1",
+             "--set train.grad_accum=%d --set output.dir=\\\"%s\\\" 2>&1",
              qft, root, c->type, k_overrides, c->strategy, c->world * c->accum, one);
     int st = run_cmd(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "one process failed (%d):\n%s\n%s", st, cmd, out);
+    double mib_one = 0, mib_rank = 0;
+    check_rank_memory(c, out, 1, &mib_one);
 
     snprintf(cmd, sizeof cmd,
              "%s -np %d -x OMP_NUM_THREADS=1 %s %s train %s/configs/%s.cfg %s "
@@ -263,6 +353,17 @@ START_TEST(test_equivalence) {
            c->type, c->strategy, c->world, c->accum, c->node ? " (machines of 2)" : "", l1[0],
            l1[N_STEPS - 1], worst_loss, worst_t);
     check_memory(c, out);
+    check_rank_memory(c, out, c->world, &mib_rank);
+    check_comm(c, out);
+    printf("  %s %s W=%d: parameters + gradients + optimizer state peak per rank %.3f MiB "
+           "(one process %.3f MiB)\n",
+           c->type, c->strategy, c->world, mib_rank, mib_one);
+    /* sharding strategies hold less per rank than one process; no_shard the same */
+    if (strcmp(c->strategy, "no_shard") == 0)
+        ck_assert(fabs(mib_rank - mib_one) <= 0.02 * mib_one);
+    else
+        ck_assert_msg(mib_rank < mib_one, "%s: %.3f MiB per rank, %.3f on one process",
+                      c->strategy, mib_rank, mib_one);
     fflush(stdout);
 }
 END_TEST

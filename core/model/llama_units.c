@@ -1,0 +1,112 @@
+/* The unit layout of full sharding (see qft_llama_unit in llama.h): offsets assigned unit by
+ * unit so that each unit's tensors form one page-aligned, padded range per role, and the
+ * packed weights of quantized linears moved into per-unit regions the core owns. The
+ * padding makes every unit cut into equal pieces for any group of up to unit_pad ranks
+ * that divides it, so gathers and reduce-scatters move whole blocks with no scratch. */
+#include "llama_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e) {
+    const int L = m->cfg.num_hidden_layers;
+    if (e->layer >= 0) return e->layer + 1;
+    if (e->layer == -2) return e->field / QFT_ADAPTER_MAX_PARAMS / QFT_LIN_COUNT + 1;
+    return e->field == 0 ? 0 : L + 1; /* embed; final norm and head */
+}
+
+static size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
+
+int qft_llama_units_layout(qft_llama_model *m, int pad, qft_err *err) {
+    const int U = m->cfg.num_hidden_layers + 2;
+    m->units = calloc((size_t)U, sizeof *m->units);
+    if (!m->units) return qft_err_setf(err, "out of memory allocating the unit table");
+    m->n_units = U, m->unit_pad = pad;
+    const size_t page_f = qft_vm_page() / sizeof(float);
+    size_t off = 0;
+    for (int pass = QFT_ROLE_TRAIN; pass <= QFT_ROLE_FROZEN; pass++) {
+        for (int u = 0; u < U; u++) {
+            off = round_up(off, page_f);
+            const size_t start = off;
+            for (int i = 0; i < m->n_entries; i++) {
+                qft_param_entry *e = &m->entries[i];
+                if (e->role != pass || qft_llama_unit_of(m, e) != u) continue;
+                e->offset = off;
+                off += e->numel;
+            }
+            off = start + round_up(off - start, (size_t)pad);
+            if (pass == QFT_ROLE_TRAIN)
+                m->units[u].t_off = start, m->units[u].t_len = off - start;
+            else
+                m->units[u].f_off = start, m->units[u].f_len = off - start;
+        }
+        if (pass == QFT_ROLE_TRAIN) m->n_trainable = off;
+    }
+    m->n_params = off;
+    return 0;
+}
+
+/* Bump allocation from one unit's packed region. */
+typedef struct unit_placer {
+    qft_llama_unit *u;
+    const char *name; /* the weight being placed, for messages */
+} unit_placer;
+
+static void *unit_alloc(void *ctx, size_t bytes, qft_err *err) {
+    unit_placer *p = ctx;
+    const size_t at = round_up(p->u->q_len, 64);
+    if (at + bytes > p->u->q_cap) {
+        qft_err_setf(err, "%s: the quantizer asked for %zu more bytes than its weights' "
+                          "reported size leaves in the unit's packed region (%zu of %zu used)",
+                     p->name, bytes, at, p->u->q_cap);
+        return NULL;
+    }
+    p->u->q_len = at + bytes;
+    return p->u->q + at;
+}
+
+int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
+    if (!m->units || m->packed) return 0;
+    if (!m->n_quantized) return 0;
+    if (!m->qvt->place)
+        return qft_err_setf(err, "the quantizer cannot place its weights in memory the core "
+                                 "owns (no `place` entry), so its packed weights cannot be "
+                                 "sharded; use a strategy that keeps parameters whole "
+                                 "(shard_grad_op, no_shard)");
+    /* each unit's room: the weights' own byte counts, the 64-byte alignment of up to eight
+     * buffers each, and the round-up to whole pieces */
+    const size_t piece = 64 * (size_t)m->unit_pad, page = qft_vm_page();
+    size_t total = 0;
+    for (int u = 0; u < m->n_units; u++) {
+        size_t need = 0;
+        for (int i = 0; i < m->n_entries; i++) {
+            const qft_param_entry *e = &m->entries[i];
+            if (e->role == QFT_ROLE_QUANTIZED && e->qw && qft_llama_unit_of(m, e) == u)
+                need += m->qvt->bytes(e->qw) + 8 * 64;
+        }
+        m->units[u].q_cap = need ? round_up(need + piece, page) : 0;
+        total += m->units[u].q_cap;
+    }
+    m->packed = qft_vm_reserve(total, err);
+    if (!m->packed) return -1;
+    m->packed_cap = total;
+    size_t at = 0;
+    for (int u = 0; u < m->n_units; u++) {
+        m->units[u].q = m->units[u].q_cap ? m->packed + at : NULL;
+        at += m->units[u].q_cap;
+    }
+    for (int i = 0; i < m->n_entries; i++) {
+        qft_param_entry *e = &m->entries[i];
+        if (e->role != QFT_ROLE_QUANTIZED || !e->qw) continue;
+        unit_placer up = {&m->units[qft_llama_unit_of(m, e)], e->name};
+        const qft_placer pl = {&up, unit_alloc};
+        if (m->qvt->place(e->qw, &pl, err)) return -1;
+    }
+    for (int u = 0; u < m->n_units; u++)
+        m->units[u].q_len = round_up(m->units[u].q_len, piece);
+    return 0;
+}
+
+int qft_llama_unit_event(qft_llama_model *m, int event, int u, qft_err *err) {
+    return m->unit_hook ? m->unit_hook(m->unit_ctx, event, u, err) : 0;
+}

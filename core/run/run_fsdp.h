@@ -1,0 +1,44 @@
+/* Full sharding of a model's units over a group of ranks (FSDP FULL_SHARD / HYBRID_SHARD;
+ * see `param_group` in qft_sdk.h and qft_llama_unit in llama.h). Each rank keeps its piece
+ * of every unit — trainable floats, frozen floats and packed quantized bytes — in compact
+ * shard buffers; the model's own buffers keep their full layout as address space whose
+ * pages exist only while a unit is gathered (qft_vm_*), so every pointer into them (tensor
+ * views, adapters' and quantizers' cached pointers) stays valid. */
+#ifndef QFT_RUN_FSDP_H
+#define QFT_RUN_FSDP_H
+
+#include "llama.h"
+#include "qft_transport.h"
+
+typedef struct qft_run_fsdp {
+    qft_llama_model *m;
+    const qft_transport *group;    /* a unit is cut over these ranks */
+    const qft_transport *replicas; /* ranks holding the same piece (hybrid), or NULL */
+    int G, r;                      /* group size and this rank's place in it */
+    size_t *pt, *pf, *pq;          /* [n_units] each piece's offset in the shard buffers */
+    float *shard_t;                /* (n_t) trainable pieces: the optimizer's parameters */
+    float *shard_g;                /* (n_t) their gradients, summed over the job */
+    float *shard_f;                /* (n_f) frozen pieces */
+    uint8_t *shard_q;              /* (n_q) packed pieces */
+    size_t n_t, n_f, n_q;
+    int *gathered;                 /* [n_units] 1 while the unit is whole here */
+    int sync;                      /* reduce gradients at GRADS_DONE (a step's last micro) */
+    size_t peak;                   /* the model buffers' resident bytes, max over events */
+} qft_run_fsdp;
+
+/* Cuts m (loaded whole, adapters attached, built with the unit layout) over group: places
+ * the packed weights, copies this rank's pieces out, releases the full buffers and hooks
+ * the model so that its passes gather and release units. Collective over the job. */
+int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
+                      const qft_transport *replicas, qft_err *err);
+/* Every unit whole (before a save), or every unit released. Collective. */
+int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err);
+void qft_run_fsdp_release_all(qft_run_fsdp *f);
+/* The resident-bytes peak the schedule implies for one step of grad_accum micro-batches,
+ * from the units' sizes (page-rounded), beside which `peak` is measured. */
+size_t qft_run_fsdp_expected_peak(const qft_run_fsdp *f, int grad_accum);
+/* Bytes of this rank's shard buffers (parameters, gradients, frozen, packed). */
+size_t qft_run_fsdp_shard_bytes(const qft_run_fsdp *f);
+void qft_run_fsdp_free(qft_run_fsdp *f);
+
+#endif

@@ -1,0 +1,157 @@
+/* Helpers of the resume tests (tests/apps/test_resume.c, tests/shard/test_resume_ranks.c):
+ * run a command, read a run's metrics.jsonl, compare two runs exactly. Static functions in a
+ * header, since each test is one translation unit and they share nothing else. */
+#ifndef QFT_TEST_RESUME_UTIL_H
+#define QFT_TEST_RESUME_UTIL_H
+
+#include "safetensors.h"
+
+#include <check.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define RU_MAX_STEPS 64
+
+typedef struct ru_row {
+    long step;
+    double loss, lr, grad_norm;
+} ru_row;
+
+/* Runs cmd through the shell, its stdout and stderr into out; returns the wait status. */
+static int ru_run(const char *cmd, char *out, size_t size) {
+    FILE *p = popen(cmd, "r");
+    ck_assert_msg(p != NULL, "popen failed: %s", cmd);
+    size_t len = 0;
+    while (len + 1 < size) {
+        size_t got = fread(out + len, 1, size - 1 - len, p);
+        if (got == 0) break;
+        len += got;
+    }
+    out[len] = '\0';
+    char sink[4096];
+    while (fread(sink, 1, sizeof sink, p) > 0) {
+    }
+    return pclose(p);
+}
+
+static int ru_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* The rows of dir/metrics.jsonl; they must be steps 1, 2, ... in order, each once. */
+static int ru_metrics(const char *dir, ru_row *rows) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        ck_assert_msg(o != NULL, "%s: bad JSON line %d: %s", path, n + 1, je.text);
+        ck_assert_int_lt(n, RU_MAX_STEPS);
+        rows[n].step = (long)json_integer_value(json_object_get(o, "step"));
+        rows[n].loss = json_number_value(json_object_get(o, "loss"));
+        rows[n].lr = json_number_value(json_object_get(o, "lr"));
+        rows[n].grad_norm = json_number_value(json_object_get(o, "grad_norm"));
+        ck_assert_msg(rows[n].step == n + 1, "%s: line %d is step %ld (duplicated or missing "
+                                             "rows)", path, n + 1, rows[n].step);
+        n++;
+        json_decref(o);
+    }
+    fclose(f);
+    return n;
+}
+
+/* Both runs logged `steps` steps with the same loss, learning rate and gradient norm, to
+ * the last printed digit (%.9g of the double loss: the float sums agree bit for bit). */
+static void ru_same_metrics(const char *a, const char *b, int steps) {
+    ru_row ra[RU_MAX_STEPS], rb[RU_MAX_STEPS];
+    const int na = ru_metrics(a, ra), nb = ru_metrics(b, rb);
+    ck_assert_msg(na == steps && nb == steps, "%d and %d rows logged, expected %d", na, nb,
+                  steps);
+    for (int s = 0; s < steps; s++) {
+        ck_assert_msg(ra[s].loss == rb[s].loss, "step %d: loss %.9g (uninterrupted) vs %.9g "
+                                                "(resumed)", s + 1, ra[s].loss, rb[s].loss);
+        ck_assert_msg(ra[s].lr == rb[s].lr, "step %d: lr %.9g vs %.9g", s + 1, ra[s].lr,
+                      rb[s].lr);
+        ck_assert_msg(ra[s].grad_norm == rb[s].grad_norm, "step %d: grad_norm %.9g vs %.9g",
+                      s + 1, ra[s].grad_norm, rb[s].grad_norm);
+    }
+    /* a run whose loss stays put would hide a missing update */
+    ck_assert_msg(ra[steps - 1].loss < ra[0].loss, "loss did not fall: %.9g -> %.9g", ra[0].loss,
+                  ra[steps - 1].loss);
+}
+
+/* Every tensor of two safetensors files: the same names and shapes, equal bit for bit,
+ * and not all zeros (a zero tensor would pass any comparison). Returns the tensor count. */
+static int ru_same_tensors(const char *pa, const char *pb) {
+    qft_st_file a, b;
+    qft_err err = {0, ""};
+    ck_assert_msg(qft_st_open(pa, &a, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_st_open(pb, &b, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(a.n_entries, b.n_entries);
+    ck_assert_int_gt(a.n_entries, 0);
+    for (int i = 0; i < a.n_entries; i++) {
+        const qft_st_entry *ea = &a.entries[i];
+        const qft_st_entry *eb = qft_st_find(&b, ea->name);
+        ck_assert_msg(eb != NULL, "%s lacks %s", pb, ea->name);
+        const size_t n = qft_st_numel(&ea->t);
+        ck_assert_uint_eq(n, qft_st_numel(&eb->t));
+        ck_assert_int_eq(ea->t.dtype, eb->t.dtype);
+        float *va = malloc(n * sizeof(float)), *vb = malloc(n * sizeof(float)); // (n) each
+        ck_assert(va && vb);
+        ck_assert_msg(qft_st_entry_to_f32(&a, ea, va, &err) == 0, "%s", err.msg);
+        ck_assert_msg(qft_st_entry_to_f32(&b, eb, vb, &err) == 0, "%s", err.msg);
+        double sumsq = 0;
+        for (size_t k = 0; k < n; k++) {
+            ck_assert_msg(memcmp(&va[k], &vb[k], sizeof(float)) == 0,
+                          "%s[%zu]: %.9g (%s) vs %.9g (%s)", ea->name, k, (double)va[k], pa,
+                          (double)vb[k], pb);
+            sumsq += (double)va[k] * va[k];
+        }
+        ck_assert_msg(sumsq > 0, "%s: %s is all zeros", pa, ea->name);
+        free(va);
+        free(vb);
+    }
+    const int n = a.n_entries;
+    qft_st_close(&a);
+    qft_st_close(&b);
+    return n;
+}
+
+/* The optimizer files of two checkpoints, rank by rank: equal tensors and metadata. */
+static void ru_same_checkpoint(const char *a, const char *b, int world) {
+    for (int r = 0; r < world; r++) {
+        char pa[8192], pb[8192];
+        snprintf(pa, sizeof pa, "%s/optimizer-rank%d-of-%d.safetensors", a, r, world);
+        snprintf(pb, sizeof pb, "%s/optimizer-rank%d-of-%d.safetensors", b, r, world);
+        ck_assert_int_eq(ru_same_tensors(pa, pb), 3); /* params, exp_avg, exp_avg_sq */
+        qft_st_file fa, fb;
+        qft_err err = {0, ""};
+        ck_assert_msg(qft_st_open(pa, &fa, &err) == 0, "%s", err.msg);
+        ck_assert_msg(qft_st_open(pb, &fb, &err) == 0, "%s", err.msg);
+        ck_assert_int_eq(fa.n_meta, fb.n_meta);
+        for (int i = 0; i < fa.n_meta; i++) {
+            const char *vb = qft_st_meta(&fb, fa.meta_keys[i]);
+            ck_assert_msg(vb && strcmp(vb, fa.meta_vals[i]) == 0, "%s: %s = %s, %s has %s", pa,
+                          fa.meta_keys[i], fa.meta_vals[i], pb, vb ? vb : "(none)");
+        }
+        qft_st_close(&fa);
+        qft_st_close(&fb);
+    }
+}
+
+/* "cp -r" and "rm -rf" through the shell, for preparing damaged checkpoints. */
+static void ru_sh(const char *fmt, const char *a, const char *b) {
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, fmt, a, b);
+    ck_assert_msg(system(cmd) == 0, "failed: %s", cmd);
+}
+
+#endif

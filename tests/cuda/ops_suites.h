@@ -1,0 +1,13 @@
+/* The GPU test's cases that live outside test_cuda_ops.c (one file per kernel family). */
+#ifndef QFT_OPS_SUITES_H
+#define QFT_OPS_SUITES_H
+
+#include "qft_ops.h"
+
+#include <check.h>
+
+/* HQQ dequantization, the quantized linear, LoRA/DoRA (test_cuda_ops_linear.c), on the
+ * CUDA table `gpu`. Added before the error test, whose recorded error is sticky. */
+void ops_linear_add_tests(TCase *tc, const qft_ops *gpu);
+
+#endif

@@ -1,0 +1,10 @@
+/* The twin test's cases that live outside test_cuda_twin.c (one file per kernel family). */
+#ifndef QFT_TWIN_SUITES_H
+#define QFT_TWIN_SUITES_H
+
+#include <check.h>
+
+/* HQQ dequantization, the quantized linear's tiles, LoRA/DoRA (test_cuda_twin_linear.c). */
+void twin_linear_add_tests(TCase *tc);
+
+#endif

@@ -1,0 +1,212 @@
+/* Resumable training under `mpirun -np 2` with shard.plugin = "shard_grad_op", where each
+ * rank's optimizer owns half of the trainable floats and saves its own file.
+ *   - lora and qlora: 6 steps straight vs 3 steps resumed to 6 (constant schedule, as in
+ *     tests/apps/test_resume.c): every step's loss, learning rate and gradient norm equal
+ *     exactly, metrics.jsonl continues without duplicates, and the saved adapters and both
+ *     ranks' checkpoint-3 and checkpoint-6 optimizer files equal bit for bit;
+ *   - the 2-rank checkpoint resumed with -np 3: every rank ends, non-zero, within 60 s, and
+ *     the output names the rank and both world sizes;
+ *   - rank 1's file cut short: rank 1 fails while rank 0 has gone on to the parameter
+ *     gather; the job still ends within 60 s, naming the file.
+ * argv: mpirun, then mpirun's flags. $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the
+ * tree, $QFT_RESUME_TYPES the train_types this build has plugins for. */
+#include "resume_util.h"
+
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char **g_argv;
+static int g_argc;
+static char g_tmp[4096];
+static char g_mpirun[4096];
+
+static const char *const k_types[] = {"lora", "qlora"};
+#define N_TYPES 2
+
+/* 16 examples: 8 batches of 2 per epoch, 2 micro-batches per step over the ranks, so the 6
+ * steps cross into epoch 1 at step 5. */
+static const char *k_overrides =
+    "--set data.count=16 --set train.batch_size=2 --set train.grad_accum=1 "
+    "--set model.config.hidden_size=64 --set model.config.intermediate_size=128 "
+    "--set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2 "
+    "--set model.config.num_key_value_heads=1 --set data.context_length=160 "
+    "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1 "
+    "--set shard.plugin=\\\"shard_grad_op\\\" --set train.schedule=\\\"constant\\\"";
+
+static int type_built(const char *type) {
+    const char *built = getenv("QFT_RESUME_TYPES");
+    if (!built) return 1;
+    char buf[512], want[64];
+    snprintf(buf, sizeof buf, ",%s,", built);
+    snprintf(want, sizeof want, ",%s,", type);
+    return strstr(buf, want) != NULL;
+}
+
+/* timeout 120 mpirun -np W qft train configs/<type>.cfg ... extra; the wait status, and the
+ * seconds it took in *secs. */
+static int train_ranks(int world, const char *type, const char *extra, char *out, size_t size,
+                       double *secs) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd,
+             "timeout 120 %s -np %d -x OMP_NUM_THREADS=1 %s train %s/configs/%s.cfg %s %s -q "
+             "2>&1",
+             g_mpirun, world, qft, root, type, k_overrides, extra);
+    const time_t t0 = time(NULL);
+    const int st = ru_run(cmd, out, size);
+    if (secs) *secs = difftime(time(NULL), t0);
+    return st;
+}
+
+static void train_ok(const char *type, const char *extra) {
+    static char out[1 << 18];
+    const int st = train_ranks(2, type, extra, out, sizeof out, NULL);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "mpirun -np 2 qft train %s %s failed "
+                  "(%d):\n%s", type, extra, st, out);
+}
+
+/* The job fails, every rank gone within 60 s (timeout's 124 would mean a hang), and the
+ * output holds every string of want (NULL-terminated). */
+static void train_fails(int world, const char *type, const char *extra,
+                        const char *const *want) {
+    static char out[1 << 18];
+    double secs = 0;
+    const int st = train_ranks(world, type, extra, out, sizeof out, &secs);
+    ck_assert_msg(st != 0, "the job succeeded:\n%s", out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 124, "the job hung:\n%s", out);
+    ck_assert_msg(secs <= 60, "the job took %.0f s to end:\n%s", secs, out);
+    for (const char *const *w = want; *w; w++)
+        ck_assert_msg(strstr(out, *w) != NULL, "the output lacks \"%s\":\n%s", *w, out);
+    const char *line = strstr(out, want[0] ? want[0] : "rank ");
+    while (line && line > out && line[-1] != '\n') line--;
+    printf("  -np %d failed in %.0f s, status %d: %.*s\n", world, secs, WEXITSTATUS(st),
+           line ? (int)strcspn(line, "\n") : 0, line ? line : "");
+}
+
+static void ckpt_dir(char *buf, size_t n, const char *type) {
+    snprintf(buf, n, "%s/%s-resumed/checkpoint-3", g_tmp, type);
+}
+
+START_TEST(test_resume_two_ranks) {
+    const char *type = k_types[_i];
+    if (!type_built(type)) {
+        printf("skip: %s (its plugins are not built)\n", type);
+        return;
+    }
+    char a[4096], b[4096], extra[16384], pa[8192], pb[8192];
+    snprintf(a, sizeof a, "%s/%s-straight", g_tmp, type);
+    snprintf(b, sizeof b, "%s/%s-resumed", g_tmp, type);
+    snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.save_state_every=3 "
+             "--set output.dir=\\\"%s\\\"", a);
+    train_ok(type, extra);
+    snprintf(extra, sizeof extra, "--set train.max_steps=3 --set output.save_state_every=3 "
+             "--set output.dir=\\\"%s\\\"", b);
+    train_ok(type, extra);
+    snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.save_state_every=3 "
+             "--set output.dir=\\\"%s\\\" --set train.resume_from=\\\"%s/checkpoint-3\\\"", b, b);
+    train_ok(type, extra);
+
+    ru_same_metrics(a, b, 6);
+    snprintf(pa, sizeof pa, "%s/adapter/adapter_model.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/adapter/adapter_model.safetensors", b);
+    const int n = ru_same_tensors(pa, pb);
+    for (int step = 3; step <= 6; step += 3) {
+        snprintf(pa, sizeof pa, "%s/checkpoint-%d", a, step);
+        snprintf(pb, sizeof pb, "%s/checkpoint-%d", b, step);
+        ru_same_checkpoint(pa, pb, 2);
+    }
+    /* each rank saved its half: the slices meet and cover the trainable floats */
+    qft_st_file f0, f1;
+    qft_err err = {0, ""};
+    snprintf(pa, sizeof pa, "%s/checkpoint-3/optimizer-rank0-of-2.safetensors", b);
+    snprintf(pb, sizeof pb, "%s/checkpoint-3/optimizer-rank1-of-2.safetensors", b);
+    ck_assert_msg(qft_st_open(pa, &f0, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_st_open(pb, &f1, &err) == 0, "%s", err.msg);
+    const long long len0 = atoll(qft_st_meta(&f0, "len"));
+    const long long off1 = atoll(qft_st_meta(&f1, "offset"));
+    const long long len1 = atoll(qft_st_meta(&f1, "len"));
+    const long long total = atoll(qft_st_meta(&f0, "n_trainable"));
+    ck_assert_int_eq(atoll(qft_st_meta(&f0, "offset")), 0);
+    ck_assert_int_eq(off1, len0);
+    ck_assert_int_eq(len0 + len1, total);
+    ck_assert_int_eq(len0, total / 2);
+    ck_assert_str_eq(qft_st_meta(&f1, "shard_strategy"), "shard_grad_op");
+    qft_st_close(&f0);
+    qft_st_close(&f1);
+    printf("%s: -np 2 shard_grad_op, 6 steps straight = 3 steps + resume to 6 (losses, lr, "
+           "grad norms; %d adapter tensors; both ranks' optimizer slices of %lld + %lld "
+           "floats), bit for bit\n", type, n, len0, len1);
+}
+END_TEST
+
+START_TEST(test_resume_other_world) {
+    const char *type = type_built("lora") ? "lora" : type_built("qlora") ? "qlora" : NULL;
+    if (!type) {
+        printf("skip: neither lora nor qlora is built\n");
+        return;
+    }
+    char dir[4096], extra[16384];
+    ckpt_dir(dir, sizeof dir, type);
+    ck_assert_msg(ru_exists(dir), "%s is missing (test_resume_two_ranks makes it)", dir);
+    snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.dir=\\\"%s/three\\\" "
+             "--set train.resume_from=\\\"%s\\\"", g_tmp, dir);
+    const char *want[] = {"of 3: checkpoint", "written by 2 ranks", "this run has 3",
+                          "mpirun -np 2", NULL};
+    train_fails(3, type, extra, want);
+}
+END_TEST
+
+START_TEST(test_resume_damaged_rank_file) {
+    const char *type = type_built("lora") ? "lora" : type_built("qlora") ? "qlora" : NULL;
+    if (!type) {
+        printf("skip: neither lora nor qlora is built\n");
+        return;
+    }
+    char src[4096], dir[4096], file[8192], extra[16384];
+    ckpt_dir(src, sizeof src, type);
+    ck_assert_msg(ru_exists(src), "%s is missing (test_resume_two_ranks makes it)", src);
+    snprintf(dir, sizeof dir, "%s/damaged", g_tmp);
+    ru_sh("cp -r '%s' '%s'", src, dir);
+    snprintf(file, sizeof file, "%s/optimizer-rank1-of-2.safetensors", dir);
+    ck_assert_int_eq(truncate(file, 600), 0);
+    snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.dir=\\\"%s/dmg\\\" "
+             "--set train.resume_from=\\\"%s\\\"", g_tmp, dir);
+    const char *want[] = {"rank 1 of 2", file, NULL};
+    train_fails(2, type, extra, want);
+}
+END_TEST
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MPIRUN [MPIRUN-FLAGS...]\n", argv[0]);
+        return 2;
+    }
+    g_argc = argc, g_argv = argv;
+    size_t ml = 0;
+    for (int i = 1; i < g_argc; i++)
+        ml += (size_t)snprintf(g_mpirun + ml, sizeof g_mpirun - ml, "%s ", g_argv[i]);
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-shard-resume-XXXXXX");
+    if (!mkdtemp(g_tmp)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    Suite *s = suite_create("shard_resume");
+    TCase *tc = tcase_create("resume");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_resume_two_ranks, 0, N_TYPES);
+    /* these reuse the first case's checkpoint: CK_NOFORK runs them in order */
+    tcase_add_test(tc, test_resume_other_world);
+    tcase_add_test(tc, test_resume_damaged_rank_file);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+    if (failed == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
