@@ -18,7 +18,7 @@
  *     both values.
  * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree, $QFT_TRAIN_TYPES the train_types
  * this build has plugins for (cases whose plugins are missing are skipped). */
-#include "resume_util.h"
+#include "run_util.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,14 +35,7 @@ static const char *k_overrides =
     "--set model.config.num_key_value_heads=1 --set data.context_length=160 "
     "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1";
 
-static int type_built(const char *type) {
-    const char *built = getenv("QFT_TRAIN_TYPES");
-    if (!built) return 1;
-    char buf[1024], want[64];
-    snprintf(buf, sizeof buf, ",%s,", built);
-    snprintf(want, sizeof want, ",%s,", type);
-    return strstr(buf, want) != NULL;
-}
+static int type_built(const char *type) { return ru_type_built("QFT_TRAIN_TYPES", type); }
 
 /* qft train configs/<type>.cfg with the tiny overrides and `extra`; returns the status. */
 static int train(const char *type, const char *extra, char *out, size_t size) {

@@ -10,7 +10,7 @@
  *     gather; the job still ends within 60 s, naming the file.
  * argv: mpirun, then mpirun's flags. $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the
  * tree, $QFT_RESUME_TYPES the train_types this build has plugins for. */
-#include "resume_util.h"
+#include "run_util.h"
 
 #include <sys/wait.h>
 #include <time.h>
@@ -34,14 +34,7 @@ static const char *k_overrides =
     "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1 "
     "--set shard.plugin=\\\"shard_grad_op\\\" --set train.schedule=\\\"constant\\\"";
 
-static int type_built(const char *type) {
-    const char *built = getenv("QFT_RESUME_TYPES");
-    if (!built) return 1;
-    char buf[512], want[64];
-    snprintf(buf, sizeof buf, ",%s,", built);
-    snprintf(want, sizeof want, ",%s,", type);
-    return strstr(buf, want) != NULL;
-}
+static int type_built(const char *type) { return ru_type_built("QFT_RESUME_TYPES", type); }
 
 /* timeout 120 mpirun -np W qft train configs/<type>.cfg ... extra; the wait status, and the
  * seconds it took in *secs. */

@@ -27,7 +27,7 @@
  *
  * argv: mpirun, then mpirun's flags. $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the
  * tree (for configs/). */
-#include "safetensors.h"
+#include "run_util.h"
 
 #include <check.h>
 #include <jansson.h>
@@ -80,91 +80,14 @@ static const char *k_overrides =
     "--set model.config.num_key_value_heads=1 --set data.context_length=192 "
     "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1";
 
-static int types_built(const char *type) {
-    const char *built = getenv("QFT_SHARD_TYPES");
-    if (!built) return 1;
-    char buf[512];
-    snprintf(buf, sizeof buf, ",%s,", built);
-    char want[64];
-    snprintf(want, sizeof want, ",%s,", type);
-    return strstr(buf, want) != NULL;
-}
-
-/* Runs cmd through the shell, its stdout and stderr into out; returns the exit status. */
-static int run_cmd(const char *cmd, char *out, size_t size) {
-    FILE *p = popen(cmd, "r");
-    ck_assert_msg(p != NULL, "popen failed: %s", cmd);
-    size_t len = 0;
-    while (len + 1 < size) {
-        size_t got = fread(out + len, 1, size - 1 - len, p);
-        if (got == 0) break;
-        len += got;
-    }
-    out[len] = '\0';
-    char sink[4096];
-    while (fread(sink, 1, sizeof sink, p) > 0) {
-    }
-    return pclose(p);
-}
+static int types_built(const char *type) { return ru_type_built("QFT_SHARD_TYPES", type); }
 
 /* loss[N_STEPS] and the gradient norms before clipping, gnorm[N_STEPS]. */
 static void read_losses(const char *dir, double *loss, double *gnorm) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    FILE *f = fopen(path, "r");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f)) {
-        json_error_t je;
-        json_t *o = json_loads(line, 0, &je);
-        ck_assert_msg(o != NULL, "%s: bad JSON line %d: %s", path, n + 1, je.text);
-        ck_assert_int_lt(n, N_STEPS);
-        ck_assert_int_eq(json_integer_value(json_object_get(o, "step")), n + 1);
-        gnorm[n] = json_number_value(json_object_get(o, "grad_norm"));
-        loss[n++] = json_number_value(json_object_get(o, "loss"));
-        json_decref(o);
-    }
-    fclose(f);
-    ck_assert_msg(n == N_STEPS, "%s: %d steps logged, expected %d", path, n, N_STEPS);
-}
-
-/* Every tensor of b matches a's within 1e-5 relative; returns the worst relative error. */
-static double compare_safetensors(const char *pa, const char *pb) {
-    qft_st_file a, b;
-    qft_err err = {0, ""};
-    ck_assert_msg(qft_st_open(pa, &a, &err) == 0, "%s", err.msg);
-    ck_assert_msg(qft_st_open(pb, &b, &err) == 0, "%s", err.msg);
-    ck_assert_int_eq(a.n_entries, b.n_entries);
-    ck_assert_int_gt(a.n_entries, 0);
-    double worst = 0;
-    for (int i = 0; i < a.n_entries; i++) {
-        const qft_st_entry *ea = &a.entries[i];
-        const qft_st_entry *eb = qft_st_find(&b, ea->name);
-        ck_assert_msg(eb != NULL, "%s lacks %s", pb, ea->name);
-        const size_t n = qft_st_numel(&ea->t);
-        ck_assert_uint_eq(n, qft_st_numel(&eb->t));
-        float *va = malloc(n * sizeof(float)), *vb = malloc(n * sizeof(float)); // (n) each
-        ck_assert(va && vb);
-        ck_assert_msg(qft_st_entry_to_f32(&a, ea, va, &err) == 0, "%s", err.msg);
-        ck_assert_msg(qft_st_entry_to_f32(&b, eb, vb, &err) == 0, "%s", err.msg);
-        double sumsq = 0;
-        for (size_t k = 0; k < n; k++) {
-            const double d = fabs((double)va[k] - (double)vb[k]);
-            const double mag = fmax(fabs((double)va[k]), fabs((double)vb[k]));
-            ck_assert_msg(d <= 1e-5 * mag + 1e-7, "%s[%zu]: %.9g (one process) vs %.9g (ranks)",
-                          ea->name, k, (double)va[k], (double)vb[k]);
-            if (mag > 1e-3 && d / mag > worst) worst = d / mag;
-            sumsq += (double)va[k] * va[k];
-        }
-        /* a tensor of zeros would pass any comparison: the trained ones must not be */
-        ck_assert_msg(sumsq > 0, "%s is all zeros", ea->name);
-        free(va);
-        free(vb);
-    }
-    qft_st_close(&a);
-    qft_st_close(&b);
-    return worst;
+    ru_row rows[RU_MAX_STEPS];
+    const int n = ru_metrics(dir, rows);
+    ck_assert_msg(n == N_STEPS, "%s: %d steps logged, expected %d", dir, n, N_STEPS);
+    for (int s = 0; s < n; s++) loss[s] = rows[s].loss, gnorm[s] = rows[s].grad_norm;
 }
 
 static int is_full(const eq_case *c) {
@@ -311,7 +234,7 @@ START_TEST(test_equivalence) {
              "%s train %s/configs/%s.cfg %s --set shard.plugin=\\\"%s\\\" "
              "--set train.grad_accum=%d --set output.dir=\\\"%s\\\" 2>&1",
              qft, root, c->type, k_overrides, c->strategy, c->world * c->accum, one);
-    int st = run_cmd(cmd, out, sizeof out);
+    int st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "one process failed (%d):\n%s\n%s", st, cmd, out);
     double mib_one = 0, mib_rank = 0;
     check_rank_memory(c, out, 1, &mib_one);
@@ -322,7 +245,7 @@ START_TEST(test_equivalence) {
              "--set output.dir=\\\"%s\\\" 2>&1",
              mpirun, c->world, node_env, qft, root, c->type, k_overrides, c->strategy, c->accum,
              many);
-    st = run_cmd(cmd, out, sizeof out);
+    st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "mpirun failed (%d):\n%s\n%s", st, cmd, out);
 
     double l1[N_STEPS], lw[N_STEPS], g1[N_STEPS], gw[N_STEPS], worst_loss = 0;
@@ -347,7 +270,7 @@ START_TEST(test_equivalence) {
              adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
     snprintf(pb, sizeof pb, "%s/%s", many,
              adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
-    const double worst_t = compare_safetensors(pa, pb);
+    const double worst_t = ru_compare_tensors(pa, pb, 1e-5, NULL);
     printf("%s %s W=%d G=%d%s: losses %.6f -> %.6f, worst relative difference: loss %.2e, "
            "saved tensors %.2e\n",
            c->type, c->strategy, c->world, c->accum, c->node ? " (machines of 2)" : "", l1[0],
@@ -389,7 +312,7 @@ START_TEST(test_one_rank_fails) {
              mpirun, qft, root, k_overrides, file);
     static char out[1 << 20];
     const double t0 = (double)time(NULL);
-    const int st = run_cmd(cmd, out, sizeof out);
+    const int st = ru_run(cmd, out, sizeof out);
     const double secs = (double)time(NULL) - t0;
     ck_assert_msg(st != 0, "the job succeeded although rank 0 could not write:\n%s", out);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 124, "the job hung:\n%s", out);

@@ -1,13 +1,15 @@
-/* Helpers of the resume tests (tests/apps/test_resume.c, tests/shard/test_resume_ranks.c):
- * run a command, read a run's metrics.jsonl, compare two runs exactly. Static functions in a
- * header, since each test is one translation unit and they share nothing else. */
-#ifndef QFT_TEST_RESUME_UTIL_H
-#define QFT_TEST_RESUME_UTIL_H
+/* Helpers of the tests that drive `qft train` as a command (tests/apps/test_resume.c,
+ * tests/shard/test_resume_ranks.c, tests/shard/test_shard_equiv.c): run a command, read a
+ * run's metrics.jsonl, compare two runs' tensors. Static functions in a header, since each
+ * test is one translation unit and they share nothing else. */
+#ifndef QFT_TEST_RUN_UTIL_H
+#define QFT_TEST_RUN_UTIL_H
 
 #include "safetensors.h"
 
 #include <check.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +23,7 @@ typedef struct ru_row {
 } ru_row;
 
 /* Runs cmd through the shell, its stdout and stderr into out; returns the wait status. */
-static int ru_run(const char *cmd, char *out, size_t size) {
+static inline int ru_run(const char *cmd, char *out, size_t size) {
     FILE *p = popen(cmd, "r");
     ck_assert_msg(p != NULL, "popen failed: %s", cmd);
     size_t len = 0;
@@ -37,13 +39,13 @@ static int ru_run(const char *cmd, char *out, size_t size) {
     return pclose(p);
 }
 
-static int ru_exists(const char *path) {
+static inline int ru_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
 }
 
 /* The rows of dir/metrics.jsonl; they must be steps 1, 2, ... in order, each once. */
-static int ru_metrics(const char *dir, ru_row *rows) {
+static inline int ru_metrics(const char *dir, ru_row *rows) {
     char path[8192];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     FILE *f = fopen(path, "r");
@@ -70,7 +72,7 @@ static int ru_metrics(const char *dir, ru_row *rows) {
 
 /* Both runs logged `steps` steps with the same loss, learning rate and gradient norm, to
  * the last printed digit (%.9g of the double loss: the float sums agree bit for bit). */
-static void ru_same_metrics(const char *a, const char *b, int steps) {
+static inline void ru_same_metrics(const char *a, const char *b, int steps) {
     ru_row ra[RU_MAX_STEPS], rb[RU_MAX_STEPS];
     const int na = ru_metrics(a, ra), nb = ru_metrics(b, rb);
     ck_assert_msg(na == steps && nb == steps, "%d and %d rows logged, expected %d", na, nb,
@@ -88,15 +90,18 @@ static void ru_same_metrics(const char *a, const char *b, int steps) {
                   ra[steps - 1].loss);
 }
 
-/* Every tensor of two safetensors files: the same names and shapes, equal bit for bit,
- * and not all zeros (a zero tensor would pass any comparison). Returns the tensor count. */
-static int ru_same_tensors(const char *pa, const char *pb) {
+/* Every tensor of two safetensors files: the same names, shapes and dtypes, not all zeros
+ * (a zero tensor would pass any comparison), and equal: bit for bit when rel is 0, else
+ * within rel relative (plus 1e-7 absolute near zero). Returns the worst relative
+ * difference of values above 1e-3 in magnitude; *count (may be NULL) the tensor count. */
+static inline double ru_compare_tensors(const char *pa, const char *pb, double rel, int *count) {
     qft_st_file a, b;
     qft_err err = {0, ""};
     ck_assert_msg(qft_st_open(pa, &a, &err) == 0, "%s", err.msg);
     ck_assert_msg(qft_st_open(pb, &b, &err) == 0, "%s", err.msg);
     ck_assert_int_eq(a.n_entries, b.n_entries);
     ck_assert_int_gt(a.n_entries, 0);
+    double worst = 0;
     for (int i = 0; i < a.n_entries; i++) {
         const qft_st_entry *ea = &a.entries[i];
         const qft_st_entry *eb = qft_st_find(&b, ea->name);
@@ -110,23 +115,49 @@ static int ru_same_tensors(const char *pa, const char *pb) {
         ck_assert_msg(qft_st_entry_to_f32(&b, eb, vb, &err) == 0, "%s", err.msg);
         double sumsq = 0;
         for (size_t k = 0; k < n; k++) {
-            ck_assert_msg(memcmp(&va[k], &vb[k], sizeof(float)) == 0,
-                          "%s[%zu]: %.9g (%s) vs %.9g (%s)", ea->name, k, (double)va[k], pa,
-                          (double)vb[k], pb);
+            if (rel == 0) {
+                ck_assert_msg(memcmp(&va[k], &vb[k], sizeof(float)) == 0,
+                              "%s[%zu]: %.9g (%s) vs %.9g (%s)", ea->name, k, (double)va[k], pa,
+                              (double)vb[k], pb);
+            } else {
+                const double d = fabs((double)va[k] - (double)vb[k]);
+                const double mag = fmax(fabs((double)va[k]), fabs((double)vb[k]));
+                ck_assert_msg(d <= rel * mag + 1e-7, "%s[%zu]: %.9g (%s) vs %.9g (%s)",
+                              ea->name, k, (double)va[k], pa, (double)vb[k], pb);
+                if (mag > 1e-3 && d / mag > worst) worst = d / mag;
+            }
             sumsq += (double)va[k] * va[k];
         }
         ck_assert_msg(sumsq > 0, "%s: %s is all zeros", pa, ea->name);
         free(va);
         free(vb);
     }
-    const int n = a.n_entries;
+    if (count) *count = a.n_entries;
     qft_st_close(&a);
     qft_st_close(&b);
+    return worst;
+}
+
+/* The same tensors bit for bit; returns their count. */
+static inline int ru_same_tensors(const char *pa, const char *pb) {
+    int n = 0;
+    ru_compare_tensors(pa, pb, 0, &n);
     return n;
 }
 
+/* 1 when `type` is in the comma-separated list of environment variable `env` (the train
+ * types or plugins this build has), or when the variable is unset. */
+static inline int ru_type_built(const char *env, const char *type) {
+    const char *built = getenv(env);
+    if (!built) return 1;
+    char buf[1024], want[64];
+    snprintf(buf, sizeof buf, ",%s,", built);
+    snprintf(want, sizeof want, ",%s,", type);
+    return strstr(buf, want) != NULL;
+}
+
 /* The optimizer files of two checkpoints, rank by rank: equal tensors and metadata. */
-static void ru_same_checkpoint(const char *a, const char *b, int world) {
+static inline void ru_same_checkpoint(const char *a, const char *b, int world) {
     for (int r = 0; r < world; r++) {
         char pa[8192], pb[8192];
         snprintf(pa, sizeof pa, "%s/optimizer-rank%d-of-%d.safetensors", a, r, world);
@@ -148,7 +179,7 @@ static void ru_same_checkpoint(const char *a, const char *b, int world) {
 }
 
 /* "cp -r" and "rm -rf" through the shell, for preparing damaged checkpoints. */
-static void ru_sh(const char *fmt, const char *a, const char *b) {
+static inline void ru_sh(const char *fmt, const char *a, const char *b) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd, fmt, a, b);
     ck_assert_msg(system(cmd) == 0, "failed: %s", cmd);
