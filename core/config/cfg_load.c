@@ -150,7 +150,7 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
         return -1;
     /* train */
     config_setting_t *ts = rc->sec_train;
-    static const char *const backends[] = {"cpu", "cuda", NULL};
+    static const char *const backends[] = {"cpu", "cuda", "cpu_guard", NULL};
     static const char *const optims[] = {"adamw", "sgd", NULL};
     static const char *const scheds[] = {"constant", "linear", "cosine", NULL};
     if (qft_cfg_choice(ts, "backend", "cpu", backends, &rc->train.backend, err)) return -1;

@@ -95,6 +95,10 @@ void qft_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids,
 static void *cpu_alloc(size_t bytes, const char *what) { return qft_mem_alloc(bytes, what); }
 static void cpu_free(void *p) { qft_mem_free(p); }
 
+static void cpu_move(void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+}
+
 static const qft_ops cpu_ops = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -118,6 +122,8 @@ static const qft_ops cpu_ops = {
     .cross_entropy_fwd = qft_cpu_cross_entropy_fwd,
     .cross_entropy_bwd = qft_cpu_cross_entropy_bwd,
     .cross_entropy_fused = qft_cpu_cross_entropy_fused,
+    .upload = cpu_move,
+    .download = cpu_move,
 };
 
 const qft_ops *qft_cpu_ops(void) { return &cpu_ops; }

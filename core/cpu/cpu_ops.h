@@ -14,6 +14,9 @@
 
 /* The CPU op table; a static constant, valid for the life of the process. */
 const qft_ops *qft_cpu_ops(void);
+/* The same kernels behind a memory guard (cpu_guard.c): backend memory that host code
+ * outside an op cannot touch, to check device discipline without a device. */
+const qft_ops *qft_cpu_guard_ops(void);
 
 /* The kernels, one family per file, exported for tests and benchmarks that time a kernel
  * alone. Arguments and shapes are those of the qft_ops entries of the same name. */

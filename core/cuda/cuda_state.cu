@@ -99,6 +99,14 @@ void qft_cuda_copy(float *dst, const float *src, size_t n) {
         CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToDevice, 0));
 }
 
+static void cuda_upload(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+static void cuda_download(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
 // Positional (C++17 has no designated initializers): the order of qft_ops's fields.
 static const qft_ops cuda_ops = {
     "cuda",
@@ -123,6 +131,8 @@ static const qft_ops cuda_ops = {
     qft_cuda_cross_entropy_fwd,
     qft_cuda_cross_entropy_bwd,
     qft_cuda_cross_entropy_fused,
+    cuda_upload,
+    cuda_download,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90

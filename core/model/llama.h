@@ -154,6 +154,13 @@ typedef struct qft_llama_model {
     qft_llama_unit *units;    /* [n_units] */
     uint8_t *packed;          /* the units' packed regions, one reservation of packed_cap */
     size_t packed_cap;
+    /* The backend the passes run on; NULL is the CPU backend working on params and grads
+     * directly. Another backend (qft_llama_to_backend) holds its own copies, dev_params
+     * (n_params) and dev_grads (n_trainable), which the views p and g point into; params
+     * and grads stay in host memory for loading, saving and the optimizer (FSDP's CPU
+     * offload of parameters, gradients and optimizer state). */
+    const struct qft_ops *ops;
+    float *dev_params, *dev_grads;
     /* Called around every use of a unit when set (full sharding); returns 0 or -1 with err. */
     int (*unit_hook)(void *ctx, int event, int unit, qft_err *err);
     void *unit_ctx;
@@ -192,6 +199,17 @@ size_t qft_llama_weight_bytes(const qft_llama_model *m);
 int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err);
 void qft_llama_zero_grads(qft_llama_model *m);
 
+/* ---- another backend's memory (core/model/llama_backend.c) ----------------------------
+ * Moves the passes onto `ops` (whose memory host code must not touch): allocates and
+ * uploads dev_params, allocates dev_grads, points the views there. After weights are in
+ * and gradients allocated; dense models only (no quantized weights, no per-linear
+ * adapters, no unit layout), said so otherwise. */
+int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, qft_err *err);
+/* grads[0, n_trainable) on the host from the backend's gradients (no-op without one). */
+void qft_llama_grads_to_host(qft_llama_model *m);
+/* The backend's copy of params[offset, offset + len) from the host's (no-op without one). */
+void qft_llama_params_to_backend(qft_llama_model *m, size_t offset, size_t len);
+
 /* ---- the unit layout (core/model/llama_units.c) ---------------------------------------- */
 /* The unit an entry belongs to. */
 int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e);
@@ -214,8 +232,9 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
  * be the batch of that forward (same shape, ids and mask unchanged); each forward allows one
  * backward, which recomputes block activations if that forward ran with m->recompute. */
 int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err);
-/* Logits of the last forward, (B, T, V) fp32; NULL once backward has run, because backward
- * turns the logits buffer into the logits' gradient in place (no second (B, T, V) buffer). */
+/* Logits of the last forward, (B, T, V) fp32 in the backend's memory; NULL once backward
+ * has run, because backward turns the logits buffer into the logits' gradient in place
+ * (no second (B, T, V) buffer). */
 const float *qft_llama_logits(const qft_llama_model *m);
 
 /* ---- activation storage (core/model/llama_acts.c) ------------------------------------

@@ -17,7 +17,10 @@ static void acts_release(struct qft_llama_acts *a) {
         *bufs[i] = NULL;
     }
     o->free(a->targets);
-    a->targets = NULL;
+    o->free(a->ids);
+    o->free(a->mask_buf);
+    free(a->targets_host);
+    a->targets = NULL, a->ids = NULL, a->mask_buf = NULL, a->targets_host = NULL;
     a->bytes = 0;
 }
 
@@ -42,7 +45,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     if (!a) {
         a = calloc(1, sizeof *a);
         if (!a) return qft_err_setf(err, "out of memory allocating activation bookkeeping");
-        a->ops = qft_cpu_ops();
+        a->ops = m->ops ? m->ops : qft_cpu_ops();
         m->acts = a;
     }
     /* grow to the larger of the old and new shapes, so alternating batches do not thrash */
@@ -98,8 +101,13 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
         a->bytes += t[i].n * sizeof(float);
     }
     a->targets = a->ops->alloc(N * sizeof(int32_t), "activations"); // (N)
-    if (!a->targets) goto oom;
-    a->bytes += N * sizeof(int32_t);
+    /* the batch's ids and mask in the backend's memory, and the targets as the host
+     * builds them before they go there */
+    a->ids = a->ops->alloc(N * sizeof(int32_t), "activations");       // (N)
+    a->mask_buf = a->ops->alloc(N, "activations");                    // (N)
+    a->targets_host = malloc(N * sizeof(int32_t));                    // (N)
+    if (!a->targets || !a->ids || !a->mask_buf || !a->targets_host) goto oom;
+    a->bytes += N * (3 * sizeof(int32_t) + 1);
     return 0;
 oom:;
     size_t had = a->bytes;

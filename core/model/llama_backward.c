@@ -86,7 +86,8 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
     const qft_llama_config *c = &m->cfg;
     const int N = a->B * a->T, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
     const size_t cN = (size_t)a->cap_N;
-    a->mask = b->mask;
+    /* the batch of the forward, whose ids and mask are in the backend's memory already */
+    a->mask = b->mask ? a->mask_buf : NULL;
 
     /* d loss / d logits, in place: the logits are not needed any more */
     o->cross_entropy_bwd(a->logits, a->logits, a->ce_lse, a->targets, N, V,
@@ -117,6 +118,6 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
             qft_llama_unit_event(m, QFT_UNIT_RELEASE, l + 1, err))
             return -1;
     }
-    if (m->g.embed) o->embedding_bwd(m->g.embed, a->dres, b->ids, N, C);
+    if (m->g.embed) o->embedding_bwd(m->g.embed, a->dres, a->ids, N, C);
     return qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, 0, err);
 }

@@ -74,7 +74,11 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     const int B = b->B, T = b->T, N = B * T;
     const int C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
     const size_t cN = (size_t)a->cap_N;
-    a->B = B, a->T = T, a->mask = b->mask, a->fwd_recompute = m->recompute;
+    a->B = B, a->T = T, a->fwd_recompute = m->recompute;
+    /* the batch into the backend's memory (a copy on the CPU backend: small) */
+    o->upload(a->ids, b->ids, (size_t)N * sizeof(int32_t));
+    if (b->mask) o->upload(a->mask_buf, b->mask, (size_t)N);
+    a->mask = b->mask ? a->mask_buf : NULL;
     a->grad_ready = 0, a->logits_valid = 0;
     if (a->rope_T != T) {
         o->rope_table(a->rope_cos, a->rope_sin, T, c->head_dim, c->rope_theta, c->rope_type,
@@ -87,7 +91,7 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
      * reads the embedding, which then stays until backward is past the head. */
     const int tied = m->cfg.tie_word_embeddings;
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, 0, err)) return -1;
-    o->embedding_fwd(a->x, b->ids, m->p.embed, N, C);
+    o->embedding_fwd(a->x, a->ids, m->p.embed, N, C);
     if (!tied && qft_llama_unit_event(m, QFT_UNIT_RELEASE, 0, err)) return -1;
     /* with recomputation, adapters keep nothing in this pass: backward repeats it */
     m->astep.no_grad = a->fwd_recompute;
@@ -106,14 +110,14 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     /* transformers shifts inside the loss: logits[t] is scored against labels[t+1] */
     for (int bi = 0; bi < B; bi++)
         for (int t = 0; t < T; t++)
-            a->targets[bi * T + t] =
+            a->targets_host[bi * T + t] =
                 (b->labels && t + 1 < T) ? b->labels[bi * T + t + 1] : IGNORE_INDEX;
+    o->upload(a->targets, a->targets_host, (size_t)N * sizeof(int32_t));
     int n_valid = 0;
     double sum = o->cross_entropy_fwd(a->logits, a->targets, N, V, a->ce_lse, NULL, &n_valid);
     a->n_valid = n_valid;
     a->logits_valid = 1;
     a->grad_ready = 1;
-    a->mask = b->mask;
     if (loss) *loss = n_valid ? (float)(sum / n_valid) : 0.0f;
     return 0;
 }

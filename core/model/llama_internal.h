@@ -29,6 +29,9 @@ struct qft_llama_acts {
     float *logits;       // (cap_N, V); becomes dlogits in backward
     float *ce_lse;       // (cap_N) log-sum-exp of each logits row
     int32_t *targets;    // (cap_N) labels shifted left by one, -100 at each row's end
+    int32_t *ids;        // (cap_N) the batch's ids, in backend memory
+    uint8_t *mask_buf;   // (cap_N) the batch's mask, in backend memory
+    int32_t *targets_host; // (cap_N) the targets built on the host, then uploaded
     /* scratch, shared by all layers */
     float *ln;           // (cap_N, C) a norm output, recomputed where backward needs it
     float *h;            // (cap_N, I) silu(gate) * up
@@ -43,7 +46,7 @@ struct qft_llama_acts {
     size_t att_work_n;
     /* the last forward */
     int B, T;            /* shape of the last forward's batch, 0 when none */
-    const uint8_t *mask; /* that batch's mask (the caller's memory, only during forward) */
+    const uint8_t *mask; /* that batch's mask in backend memory (mask_buf), NULL for none */
     int fwd_recompute;   /* m->recompute at the last forward: its backward follows it */
     int n_valid;         /* positions counted in the loss */
     int logits_valid;    /* 1 after forward, 0 once backward turned them into gradients */

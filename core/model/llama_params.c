@@ -377,7 +377,9 @@ int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err) {
 void qft_llama_zero_grads(qft_llama_model *m) {
     /* releasing zeroes too, and leaves untouched pages untouched (a sharded run's grads
      * are resident only while a unit's backward fills them) */
-    if (m->grads && m->units)
+    if (m->dev_grads)
+        m->ops->zero(m->dev_grads, m->n_trainable);
+    else if (m->grads && m->units)
         qft_vm_release(m->grads, m->n_trainable * sizeof(float));
     else if (m->grads)
         memset(m->grads, 0, m->n_trainable * sizeof(float));
@@ -385,6 +387,9 @@ void qft_llama_zero_grads(qft_llama_model *m) {
 
 void qft_llama_free(qft_llama_model *m) {
     qft_llama_acts_free(m);
+    if (m->dev_params) m->ops->free(m->dev_params);
+    if (m->dev_grads) m->ops->free(m->dev_grads);
+    m->dev_params = m->dev_grads = NULL, m->ops = NULL;
     if (m->adapted) {
         for (int l = 0; l < m->cfg.num_hidden_layers; l++)
             for (int k = 0; k < QFT_LIN_COUNT; k++) {

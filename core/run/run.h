@@ -49,6 +49,7 @@ typedef struct qft_run_data {
     void *qstate;                    /* its configured options */
     const qft_adapter_vtable *avt;   /* the adapter plugin, NULL when none */
     void *astate;
+    const struct qft_ops *ops;       /* the backend train.backend names */
     qft_data_examples ex; /* the first ex.count of them, tokenized */
 } qft_run_data;
 

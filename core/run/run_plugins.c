@@ -44,25 +44,41 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
     if (strcmp(rc->shard.plugin, "no_shard") != 0 &&
         !qft_registry_find(reg, QFT_KIND_SHARD, rc->shard.plugin, err))
         return -1;
+    d->ops = qft_cpu_ops();
     if (strcmp(rc->train.backend, "cuda") == 0) {
-        /* The device is looked for first, so that a machine without one (or a build
-         * without nvcc) is told exactly that; core/cuda's op table is built and tested,
-         * but the model still keeps its tensors in host memory, so a usable device is
-         * refused too, with the reason, rather than training on the CPU behind the
-         * user's back. */
+        /* the device first, so that a machine without one (or a build without nvcc) is
+         * told exactly that */
         qft_err cerr = {0, ""};
-        if (!qft_cuda_load(rc->train.device, &cerr))
-            return qft_err_setf(err, "%s: %s", rc->file, cerr.msg);
-        return qft_err_setf(err, "%s: train.backend = \"cuda\": device %d is usable, but this "
-                                 "version trains on the CPU backend only (the CUDA op table "
-                                 "is built and tested, the model does not run on device "
-                                 "memory yet); use train.backend = \"cpu\"", rc->file,
-                            rc->train.device);
+        d->ops = qft_cuda_load(rc->train.device, &cerr);
+        if (!d->ops) return qft_err_setf(err, "%s: %s", rc->file, cerr.msg);
+    } else if (strcmp(rc->train.backend, "cpu_guard") == 0) {
+        d->ops = qft_cpu_guard_ops();
+    } else if (strcmp(rc->train.backend, "cpu") != 0) {
+        return qft_err_setf(err, "%s: train.backend = \"%s\": this build has no such backend "
+                                 "(\"cpu\", \"cuda\", or \"cpu_guard\", the CPU kernels "
+                                 "behind a device-memory guard)",
+                            rc->file, rc->train.backend);
     }
-    if (strcmp(rc->train.backend, "cpu") != 0)
-        return qft_err_setf(err, "%s: train.backend = \"%s\": this build has no usable %s "
-                                 "backend (\"cpu\" or \"cuda\")", rc->file, rc->train.backend,
-                            rc->train.backend);
+    if (d->ops != qft_cpu_ops()) {
+        /* The model runs there on its own copies; parameters, gradients and optimizer
+         * state stay in host memory (FSDP's CPU offload), which is the one way this
+         * version trains on another backend: say so rather than imply otherwise. */
+        if (!rc->shard.cpu_offload)
+            return qft_err_setf(err, "%s: train.backend = \"%s\" keeps parameters, gradients "
+                                     "and optimizer state in host memory in this version "
+                                     "(the optimizer runs on the CPU): set shard.cpu_offload "
+                                     "= true",
+                                rc->file, rc->train.backend);
+        if (d->qvt || (d->avt && !d->avt->expand))
+            return qft_err_setf(err, "%s: train.backend = \"%s\" runs dense models only in "
+                                     "this version (train_type %s has %s); use the cpu backend",
+                                rc->file, rc->train.backend, rc->train_type,
+                                d->qvt ? "quantized weights" : "per-linear adapters");
+    } else if (rc->shard.cpu_offload) {
+        return qft_err_setf(err, "%s: shard.cpu_offload = true: the cpu backend keeps "
+                                 "everything in host memory already; remove the key",
+                            rc->file);
+    }
     const qft_plugin *p = qft_registry_find(reg, QFT_KIND_DATASET, rc->data.plugin, err);
     if (!p) return -1;
     d->dvt = p->desc->vtable;

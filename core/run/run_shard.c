@@ -15,11 +15,8 @@ int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err) {
 int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const qft_registry *reg,
                             qft_err *err) {
     sh->name = rc->shard.plugin;
-    if (rc->shard.cpu_offload)
-        return qft_err_setf(err, "%s: shard.cpu_offload = true: CPU offload is not implemented "
-                                 "in this version (the CPU backend keeps everything in host "
-                                 "memory already); remove the key",
-                            rc->file);
+    /* shard.cpu_offload is the backend's business (run_plugins.c): the shards live in host
+     * memory either way */
     const int identity_ok = strcmp(rc->shard.plugin, "no_shard") == 0 && sh->t->world == 1;
     const qft_plugin *p = qft_registry_find(reg, QFT_KIND_SHARD, rc->shard.plugin,
                                             identity_ok ? NULL : err);

@@ -2,6 +2,7 @@
  * grad_accum micro-batches of forward and backward, clipping, the schedule's learning
  * rate, the optimizer, metrics and progress; at the end an atomic Hugging Face save. */
 #include "batch.h"
+#include "cpu_ops.h"
 #include "hf_model.h"
 #include "metrics.h"
 #include "optim.h"
@@ -147,11 +148,14 @@ static int optimizer_step(const qft_run_config *rc, run_state *s, float lr, floa
                           qft_err *err) {
     qft_llama_model *m = &s->model;
     qft_run_shard *sh = &s->shard;
+    qft_llama_grads_to_host(m); /* another backend: the optimizer works in host memory */
     if (qft_run_shard_reduce_grads(sh, m->grads, err) ||
         qft_run_shard_clip(sh, m, (float)rc->train.grad_clip, gnorm, err))
         return -1;
     qft_optim_step(&s->opt, opt_params(s), opt_grads(s), lr); // (len) slices
-    return qft_run_shard_gather_params(sh, m->params, err);
+    if (qft_run_shard_gather_params(sh, m->params, err)) return -1;
+    qft_llama_params_to_backend(m, 0, m->n_trainable);
+    return 0;
 }
 
 int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
@@ -190,6 +194,9 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     if (qft_run_shard_plan(&s.shard, &s.model, err) ||
         prepare_optimizer(rc, &s, user_quiet, err))
         goto done;
+    /* another backend (train.backend): the passes run on its copy of the model */
+    if (s.data.ops != qft_cpu_ops() && qft_llama_to_backend(&s.model, s.data.ops, err))
+        goto done;
     /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
      * checkpoint, then every rank holds the full parameters; the loop starts after it. */
     long start_step = 0;
@@ -197,6 +204,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         (qft_run_ckpt_load(rc, &s.shard, &s.opt, opt_params(&s), &start_step, err) ||
          qft_run_shard_gather_params(&s.shard, s.model.params, err)))
         goto done;
+    if (rc->train.resume_from) qft_llama_params_to_backend(&s.model, 0, s.model.n_trainable);
 
     /* One optimizer step takes world * grad_accum micro-batches of the one-process order;
      * rank r trains those at positions r, r + world, ... of them. */

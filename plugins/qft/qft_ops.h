@@ -137,6 +137,12 @@ typedef struct qft_ops {
      * usually 1/n_valid, which the caller knows from targets beforehand. */
     double (*cross_entropy_fused)(float *logits, const int32_t *targets, int N, int V,
                                   float scale, float *loss, int *n_valid);
+
+    /* ---- host <-> backend memory ------------------------------------------------------- */
+    /* bytes from host memory into backend memory (upload), and back (download); both
+     * complete before they return. On the CPU backend, memcpy. */
+    void (*upload)(void *dst, const void *src_host, size_t bytes);
+    void (*download)(void *dst_host, const void *src, size_t bytes);
 } qft_ops;
 
 #ifdef __cplusplus

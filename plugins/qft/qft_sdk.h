@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define QFT_ABI_VERSION 2
+#define QFT_ABI_VERSION 3
 #define QFT_PLUGIN_ENTRY_SYMBOL "qft_plugin_entry"
 
 /* ---- errors -------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+/* The "cpu_guard" backend: the CPU kernels, with backend memory that host code cannot
+ * touch. Every allocation is its own mapping, kept PROT_NONE except while an op of this
+ * table runs; so any read or write of a backend buffer from outside an op — what would
+ * be a host dereference of GPU memory on the CUDA backend — stops the process with
+ * SIGSEGV at the faulting line. A run on it computes the very bits the CPU backend does;
+ * tests train on both and compare, which checks the engine's device discipline on a
+ * machine without a GPU. Slow (two mprotect calls per live buffer and op): a check, not a
+ * way to train. */
+#include "cpu_ops.h"
+
+#include "qft_base.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define GUARD_MAX 4096
+
+static struct {
+    void *p[GUARD_MAX];
+    size_t n[GUARD_MAX];
+    int count;
+} g_guard;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void set_all(int prot) {
+    for (int i = 0; i < g_guard.count; i++) mprotect(g_guard.p[i], g_guard.n[i], prot);
+}
+/* the op's window: every backend buffer readable and writable, then none again */
+#define OPEN() set_all(PROT_READ | PROT_WRITE)
+#define CLOSE() set_all(PROT_NONE)
+
+static void *guard_alloc(size_t bytes, const char *what) {
+    (void)what;
+    const size_t page = qft_vm_page(), n = (bytes + page - 1) / page * page;
+    void *p = mmap(NULL, n ? n : page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    pthread_mutex_lock(&g_lock);
+    if (g_guard.count == GUARD_MAX) {
+        pthread_mutex_unlock(&g_lock);
+        munmap(p, n ? n : page);
+        return NULL;
+    }
+    g_guard.p[g_guard.count] = p, g_guard.n[g_guard.count] = n ? n : page;
+    g_guard.count++;
+    pthread_mutex_unlock(&g_lock);
+    return p;
+}
+
+static void guard_free(void *p) {
+    if (!p) return;
+    pthread_mutex_lock(&g_lock);
+    for (int i = 0; i < g_guard.count; i++)
+        if (g_guard.p[i] == p) {
+            munmap(p, g_guard.n[i]);
+            g_guard.p[i] = g_guard.p[g_guard.count - 1];
+            g_guard.n[i] = g_guard.n[g_guard.count - 1];
+            g_guard.count--;
+            break;
+        }
+    pthread_mutex_unlock(&g_lock);
+}
+
+static void guard_zero(float *x, size_t n) {
+    OPEN();
+    memset(x, 0, n * sizeof *x);
+    CLOSE();
+}
+static void guard_copy(float *dst, const float *src, size_t n) {
+    OPEN();
+    if (n && dst != src) memmove(dst, src, n * sizeof *dst);
+    CLOSE();
+}
+static void guard_move(void *dst, const void *src, size_t bytes) {
+    OPEN();
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+    CLOSE();
+}
+static void guard_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                       int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    OPEN();
+    qft_cpu_gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    CLOSE();
+}
+static void guard_add(float *out, const float *a, const float *b, size_t n) {
+    OPEN();
+    qft_cpu_add(out, a, b, n);
+    CLOSE();
+}
+static void guard_embedding_fwd(float *out, const int32_t *ids, const float *table, int N, int C) {
+    OPEN();
+    qft_cpu_embedding_fwd(out, ids, table, N, C);
+    CLOSE();
+}
+static void guard_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int N,
+                                int C) {
+    OPEN();
+    qft_cpu_embedding_bwd(dtable, dout, ids, N, C);
+    CLOSE();
+}
+static void guard_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N,
+                              int C, float eps) {
+    OPEN();
+    qft_cpu_rmsnorm_fwd(out, rstd, x, w, N, C, eps);
+    CLOSE();
+}
+static void guard_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x,
+                              const float *w, const float *rstd, int N, int C) {
+    OPEN();
+    qft_cpu_rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, C);
+    CLOSE();
+}
+static void guard_rope_table(float *cos, float *sin, int T, int hd, float theta, int rope_type,
+                             float factor, float lo, float hi, int orig) {
+    OPEN();
+    qft_cpu_rope_table(cos, sin, T, hd, theta, rope_type, factor, lo, hi, orig);
+    CLOSE();
+}
+static void guard_rope_fwd(float *x, int ld, const float *cos, const float *sin, int B, int T,
+                           int nh, int hd) {
+    OPEN();
+    qft_cpu_rope_fwd(x, ld, cos, sin, B, T, nh, hd);
+    CLOSE();
+}
+static void guard_rope_bwd(float *dx, int ld, const float *cos, const float *sin, int B, int T,
+                           int nh, int hd) {
+    OPEN();
+    qft_cpu_rope_bwd(dx, ld, cos, sin, B, T, nh, hd);
+    CLOSE();
+}
+static void guard_attention_fwd(float *out, float *lse, const float *qkv, const uint8_t *mask,
+                                int B, int T, int H, int KV, int hd, float scale, float *work,
+                                size_t work_floats) {
+    OPEN();
+    qft_cpu_attention_fwd(out, lse, qkv, mask, B, T, H, KV, hd, scale, work, work_floats);
+    CLOSE();
+}
+static void guard_attention_bwd(float *dqkv, const float *dout, const float *out,
+                                const float *lse, const float *qkv, const uint8_t *mask, int B,
+                                int T, int H, int KV, int hd, float scale, float *work,
+                                size_t work_floats) {
+    OPEN();
+    qft_cpu_attention_bwd(dqkv, dout, out, lse, qkv, mask, B, T, H, KV, hd, scale, work,
+                          work_floats);
+    CLOSE();
+}
+static void guard_swiglu_fwd(float *h, const float *gu, int N, int inter) {
+    OPEN();
+    qft_cpu_swiglu_fwd(h, gu, N, inter);
+    CLOSE();
+}
+static void guard_swiglu_bwd(float *dgu, const float *dh, const float *gu, int N, int inter) {
+    OPEN();
+    qft_cpu_swiglu_bwd(dgu, dh, gu, N, inter);
+    CLOSE();
+}
+static double guard_xent_fwd(const float *logits, const int32_t *targets, int N, int V,
+                             float *lse, float *loss, int *n_valid) {
+    OPEN();
+    double r = qft_cpu_cross_entropy_fwd(logits, targets, N, V, lse, loss, n_valid);
+    CLOSE();
+    return r;
+}
+static void guard_xent_bwd(float *dlogits, const float *logits, const float *lse,
+                           const int32_t *targets, int N, int V, float scale) {
+    OPEN();
+    qft_cpu_cross_entropy_bwd(dlogits, logits, lse, targets, N, V, scale);
+    CLOSE();
+}
+static double guard_xent_fused(float *logits, const int32_t *targets, int N, int V, float scale,
+                               float *loss, int *n_valid) {
+    OPEN();
+    double r = qft_cpu_cross_entropy_fused(logits, targets, N, V, scale, loss, n_valid);
+    CLOSE();
+    return r;
+}
+
+static const qft_ops guard_ops = {
+    .name = "cpu_guard",
+    .alloc = guard_alloc,
+    .free = guard_free,
+    .zero = guard_zero,
+    .copy = guard_copy,
+    .gemm = guard_gemm,
+    .add = guard_add,
+    .embedding_fwd = guard_embedding_fwd,
+    .embedding_bwd = guard_embedding_bwd,
+    .rmsnorm_fwd = guard_rmsnorm_fwd,
+    .rmsnorm_bwd = guard_rmsnorm_bwd,
+    .rope_table = guard_rope_table,
+    .rope_fwd = guard_rope_fwd,
+    .rope_bwd = guard_rope_bwd,
+    .attention_workspace = qft_cpu_attention_workspace, /* a size: touches no memory */
+    .attention_fwd = guard_attention_fwd,
+    .attention_bwd = guard_attention_bwd,
+    .swiglu_fwd = guard_swiglu_fwd,
+    .swiglu_bwd = guard_swiglu_bwd,
+    .cross_entropy_fwd = guard_xent_fwd,
+    .cross_entropy_bwd = guard_xent_bwd,
+    .cross_entropy_fused = guard_xent_fused,
+    .upload = guard_move,
+    .download = guard_move,
+};
+
+const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Compares two `qft train` output folders: the losses in metrics.jsonl and every tensor of
+model/model.safetensors (f32 saves). Standard library only, for GPU machines without numpy.
+
+Usage: compare_runs.py A B [--loss-rel 1e-3] [--tensor-rel 1e-2]
+Prints the worst relative differences; exits 1 when a tolerance is exceeded. Tensor
+differences are relative to the tensor's largest magnitude (a norm-wise bound, as bf16
+tolerances are meant), losses relative to the loss."""
+import json
+import struct
+import sys
+
+
+def losses(d):
+    with open(f"{d}/metrics.jsonl") as f:
+        return [json.loads(line)["loss"] for line in f if line.strip()]
+
+
+def tensors(d):
+    with open(f"{d}/model/model.safetensors", "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, t in head.items():
+        if name == "__metadata__":
+            continue
+        if t["dtype"] != "F32":
+            sys.exit(f"{d}: {name} is {t['dtype']}; save with output.save_dtype = \"f32\"")
+        a, b = t["data_offsets"]
+        out[name] = struct.unpack(f"<{(b - a) // 4}f", data[a:b])
+    return out
+
+
+def main():
+    args = sys.argv[1:]
+    loss_rel, tensor_rel = 1e-3, 1e-2
+    if "--loss-rel" in args:
+        i = args.index("--loss-rel"); loss_rel = float(args[i + 1]); del args[i:i + 2]
+    if "--tensor-rel" in args:
+        i = args.index("--tensor-rel"); tensor_rel = float(args[i + 1]); del args[i:i + 2]
+    a, b = args
+    la, lb = losses(a), losses(b)
+    if len(la) != len(lb) or not la:
+        sys.exit(f"{len(la)} and {len(lb)} steps logged")
+    worst_loss = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
+    ta, tb = tensors(a), tensors(b)
+    if ta.keys() != tb.keys():
+        sys.exit(f"different tensors: {sorted(set(ta) ^ set(tb))[:5]}")
+    worst_t, where = 0.0, ""
+    for k in ta:
+        scale = max(max(abs(v) for v in ta[k]), 1e-30)
+        d = max(abs(x - y) for x, y in zip(ta[k], tb[k])) / scale
+        if d > worst_t:
+            worst_t, where = d, k
+    ok = worst_loss <= loss_rel and worst_t <= tensor_rel
+    print(f"{a} vs {b}: {len(la)} losses, worst relative {worst_loss:.2e} (limit {loss_rel:g}); "
+          f"{len(ta)} tensors, worst {worst_t:.2e} of the tensor's scale in {where} "
+          f"(limit {tensor_rel:g}): {'ok' if ok else 'FAILED'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

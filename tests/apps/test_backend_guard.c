@@ -1,0 +1,134 @@
+/* The model on another backend's memory, checked without a device (train.backend =
+ * "cpu_guard": the CPU kernels behind a memory guard, core/cpu/cpu_guard.c).
+ *
+ *   - the guard bites: a host write to its memory outside an op kills the process with
+ *     SIGSEGV (in a child), while upload/download round-trip the bytes;
+ *   - full (recompute on and off, tied embeddings) and llama_pro train on cpu_guard with
+ *     shard.cpu_offload = true exactly as on the cpu backend: the same losses and gradient
+ *     norms bit for bit, the same saved model. Any host access to backend memory in the
+ *     model or the training loop would have stopped the run;
+ *   - the refusals: another backend without cpu_offload, a quantized or adapter train_type
+ *     there, cpu_offload on the cpu backend.
+ * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree. */
+#include "cpu_ops.h"
+#include "run_util.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_tmp[4096];
+
+static const char *k_overrides =
+    "--set train.max_steps=4 --set data.count=24 --set train.batch_size=2 "
+    "--set model.config.hidden_size=64 --set model.config.intermediate_size=128 "
+    "--set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2 "
+    "--set model.config.num_key_value_heads=1 --set data.context_length=192 "
+    "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1";
+
+START_TEST(test_guard_bites) {
+    const qft_ops *o = qft_cpu_guard_ops();
+    float host[300], back[300];
+    for (int i = 0; i < 300; i++) host[i] = (float)i * 0.37f - 11.0f;
+    float *dev = o->alloc(sizeof host, "test"); // (300)
+    ck_assert(dev != NULL);
+    o->upload(dev, host, sizeof host);
+    o->download(back, dev, sizeof back);
+    ck_assert_int_eq(memcmp(host, back, sizeof host), 0);
+    fflush(NULL);
+    const pid_t pid = fork();
+    ck_assert(pid >= 0);
+    if (pid == 0) {
+        dev[7] = 1.0f; /* a host write to backend memory */
+        _exit(0);
+    }
+    int st = 0;
+    ck_assert(waitpid(pid, &st, 0) == pid);
+    ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+                  "a host write to guarded memory did not fault (status %d)", st);
+    o->free(dev);
+}
+END_TEST
+
+static void train(const char *type, const char *backend, const char *extra, const char *dir) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    char cmd[16384];
+    static char out[1 << 18];
+    snprintf(cmd, sizeof cmd,
+             "%s train %s/configs/%s.cfg %s --set train.backend=\\\"%s\\\" %s %s "
+             "--set output.dir=\\\"%s\\\" -q 2>&1",
+             qft, root, type, k_overrides, backend,
+             strcmp(backend, "cpu") ? "--set shard.cpu_offload=true" : "", extra, dir);
+    const int st = ru_run(cmd, out, sizeof out);
+    ck_assert_msg(st == 0, "%s failed (%d):\n%s", cmd, st, out);
+}
+
+static const struct {
+    const char *type, *extra;
+} k_cases[] = {
+    {"full", "--set train.recompute=true"},
+    {"full", "--set train.recompute=false --set model.config.tie_word_embeddings=true"},
+    {"llama_pro", ""},
+};
+
+START_TEST(test_same_as_cpu) {
+    char a[8192], b[8192];
+    snprintf(a, sizeof a, "%s/cpu-%d", g_tmp, _i);
+    snprintf(b, sizeof b, "%s/guard-%d", g_tmp, _i);
+    train(k_cases[_i].type, "cpu", k_cases[_i].extra, a);
+    train(k_cases[_i].type, "cpu_guard", k_cases[_i].extra, b);
+    ru_same_metrics(a, b, 4);
+    char pa[8192 + 64], pb[8192 + 64];
+    snprintf(pa, sizeof pa, "%s/model/model.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/model/model.safetensors", b);
+    const int n = ru_same_tensors(pa, pb);
+    printf("%s %s: 4 steps on cpu_guard equal the cpu backend's bit for bit (%d tensors)\n",
+           k_cases[_i].type, k_cases[_i].extra, n);
+}
+END_TEST
+
+/* qft train ... expecting failure with `want` in the output */
+static void refused(const char *type, const char *sets, const char *want) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    char cmd[16384];
+    static char out[1 << 16];
+    snprintf(cmd, sizeof cmd, "%s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s/x\\\" 2>&1",
+             qft, root, type, k_overrides, sets, g_tmp);
+    const int st = ru_run(cmd, out, sizeof out);
+    ck_assert_msg(st != 0, "accepted: %s\n%s", cmd, out);
+    ck_assert_msg(strstr(out, want) != NULL, "no \"%s\" in:\n%s", want, out);
+}
+
+START_TEST(test_refusals) {
+    refused("full", "--set train.backend=\\\"cpu_guard\\\"", "set shard.cpu_offload = true");
+    refused("full", "--set shard.cpu_offload=true", "keeps everything in host memory already");
+    if (ru_type_built("QFT_TRAIN_TYPES", "qlora"))
+        refused("qlora", "--set train.backend=\\\"cpu_guard\\\" --set shard.cpu_offload=true",
+                "runs dense models only");
+    if (ru_type_built("QFT_TRAIN_TYPES", "lora"))
+        refused("lora", "--set train.backend=\\\"cpu_guard\\\" --set shard.cpu_offload=true",
+                "per-linear adapters");
+}
+END_TEST
+
+int main(void) {
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-guard-XXXXXX");
+    if (!mkdtemp(g_tmp)) return 1;
+    Suite *s = suite_create("backend_guard");
+    TCase *tc = tcase_create("guard");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_guard_bites);
+    tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
+    tcase_add_test(tc, test_refusals);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+    if (failed == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
