@@ -18,15 +18,15 @@ static float **view_slot(qft_llama_ptrs *v, int layer, int field) {
 
 int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, qft_err *err) {
     if (m->dev_params) return qft_err_setf(err, "the model is on a backend already");
-    if (m->n_quantized || m->n_adapted || m->units)
+    if (m->units)
+        return qft_err_setf(err, "backend \"%s\": full sharding cuts the model in host memory "
+                                 "in this version; use no_shard or shard_grad_op there",
+                            ops->name);
+    if (m->n_quantized || m->n_adapted)
         return qft_err_setf(err, "backend \"%s\": this version runs only dense models there "
-                                 "(%s); quantized weights and per-linear adapters run on the "
-                                 "CPU backend",
-                            ops->name,
-                            m->n_quantized ? "this one has quantized weights"
-                            : m->n_adapted ? "this one has adapters"
-                                           : "full sharding cuts the model in host memory; "
-                                             "use no_shard or shard_grad_op");
+                                 "(this one has %s); quantized weights and per-linear adapters "
+                                 "run on the cpu backend",
+                            ops->name, m->n_quantized ? "quantized weights" : "adapters");
     if (!m->grads) return qft_err_setf(err, "backend \"%s\": allocate gradients first", ops->name);
     m->dev_params = ops->alloc((m->n_params ? m->n_params : 1) * sizeof(float), "parameters");
     m->dev_grads = ops->alloc((m->n_trainable ? m->n_trainable : 1) * sizeof(float), "gradients");

@@ -50,18 +50,25 @@ START_TEST(test_guard_bites) {
 }
 END_TEST
 
-static void train(const char *type, const char *backend, const char *extra, const char *dir) {
+/* qft train (under `launch`: "" or an mpirun line) configs/<type>.cfg on `backend`. */
+static void train_with(const char *launch, const char *type, const char *backend,
+                       const char *extra, const char *dir) {
     const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
     ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
-    char cmd[16384];
+    char cmd[16384], pre[1024] = "";
     static char out[1 << 18];
+    if (*launch) snprintf(pre, sizeof pre, "%s -np 2 -x OMP_NUM_THREADS=1 ", launch);
     snprintf(cmd, sizeof cmd,
-             "%s train %s/configs/%s.cfg %s --set train.backend=\\\"%s\\\" %s %s "
+             "%s%s train %s/configs/%s.cfg %s --set train.backend=\\\"%s\\\" %s %s "
              "--set output.dir=\\\"%s\\\" -q 2>&1",
-             qft, root, type, k_overrides, backend,
+             pre, qft, root, type, k_overrides, backend,
              strcmp(backend, "cpu") ? "--set shard.cpu_offload=true" : "", extra, dir);
     const int st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "%s failed (%d):\n%s", cmd, st, out);
+}
+
+static void train(const char *type, const char *backend, const char *extra, const char *dir) {
+    train_with("", type, backend, extra, dir);
 }
 
 static const struct {
@@ -88,16 +95,22 @@ START_TEST(test_same_as_cpu) {
 }
 END_TEST
 
-/* qft train ... expecting failure with `want` in the output */
-static void refused(const char *type, const char *sets, const char *want) {
+/* qft train (under `launch`, "" for none) ... expecting failure with `want` in the output */
+static void refused_with(const char *launch, const char *type, const char *sets,
+                         const char *want) {
     const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
     char cmd[16384];
     static char out[1 << 16];
-    snprintf(cmd, sizeof cmd, "%s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s/x\\\" 2>&1",
-             qft, root, type, k_overrides, sets, g_tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s %s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s/x\\\" 2>&1",
+             launch, qft, root, type, k_overrides, sets, g_tmp);
     const int st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st != 0, "accepted: %s\n%s", cmd, out);
     ck_assert_msg(strstr(out, want) != NULL, "no \"%s\" in:\n%s", want, out);
+}
+
+static void refused(const char *type, const char *sets, const char *want) {
+    refused_with("", type, sets, want);
 }
 
 START_TEST(test_refusals) {
@@ -112,6 +125,40 @@ START_TEST(test_refusals) {
 }
 END_TEST
 
+/* Under mpirun ($QFT_MPIRUN and its flags, when the build has MPI): 2 ranks with
+ * shard_grad_op and no_shard on cpu_guard, the strategies working on the host copies, equal
+ * the cpu backend's run bit for bit; full sharding is refused there with a message. */
+START_TEST(test_ranks) {
+    const char *mpirun = getenv("QFT_MPIRUN");
+    if (!mpirun || !*mpirun) {
+        printf("skip: no mpirun in this build\n");
+        return;
+    }
+    const char *strategies[] = {"no_shard", "shard_grad_op"};
+    for (int i = 0; i < 2; i++) {
+        char a[8192], b[8192], extra[256];
+        snprintf(a, sizeof a, "%s/ranks-cpu-%d", g_tmp, i);
+        snprintf(b, sizeof b, "%s/ranks-guard-%d", g_tmp, i);
+        snprintf(extra, sizeof extra, "--set shard.plugin=\\\"%s\\\"", strategies[i]);
+        train_with(mpirun, "full", "cpu", extra, a);
+        train_with(mpirun, "full", "cpu_guard", extra, b);
+        ru_same_metrics(a, b, 4);
+        char pa[8192 + 64], pb[8192 + 64];
+        snprintf(pa, sizeof pa, "%s/model/model.safetensors", a);
+        snprintf(pb, sizeof pb, "%s/model/model.safetensors", b);
+        ru_same_tensors(pa, pb);
+        printf("full, 2 ranks, %s: cpu_guard with cpu_offload equals cpu bit for bit\n",
+               strategies[i]);
+    }
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s -np 2 -x OMP_NUM_THREADS=1", mpirun);
+    refused_with(cmd, "full",
+                 "--set train.backend=\\\"cpu_guard\\\" --set shard.cpu_offload=true "
+                 "--set shard.plugin=\\\"full_shard\\\"",
+                 "full sharding cuts the model in host memory");
+}
+END_TEST
+
 int main(void) {
     snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-guard-XXXXXX");
     if (!mkdtemp(g_tmp)) return 1;
@@ -121,6 +168,7 @@ int main(void) {
     tcase_add_test(tc, test_guard_bites);
     tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_ranks);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
