@@ -14,8 +14,11 @@
  *
  * Counts in MPI calls are ints, so every call moves at most chunk_bytes per block
  * (QFT_TRANSPORT_CHUNK_BYTES, <= INT_MAX); strided blocks use a resized datatype, so large
- * buffers are split without copies. */
-#include "transport_internal.h"
+ * buffers are split without copies.
+ *
+ * Built as its own library, libqft_mpi.so, which alone links MPI; the core dlopens it only
+ * when launched by mpirun (transport_loader.c, transport_plugin.h). */
+#include "transport_plugin.h"
 
 #include "qft_base.h"
 
@@ -437,7 +440,7 @@ static const qft_transport_vtable mpi_vtable = {
     .abort = mpi_abort,
 };
 
-int qft_transport_open_mpi(qft_transport **out, qft_err *err) {
+static int mpi_open(qft_transport **out, qft_err *err) {
     *out = NULL;
     qft_transport_env env;
     if (qft_transport_env_read(&env, err)) return -1;
@@ -480,4 +483,13 @@ done:
     if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
     if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
     return rc;
+}
+
+/* The one symbol libqft_mpi.so exports (libqft_mpi.map); transport_loader.c calls it. */
+int qft_transport_mpi_entry(const qft_transport_host *host, qft_transport_open_mpi_fn *open,
+                            qft_err *err) {
+    *open = NULL;
+    if (qft_transport_shim_bind(host, "libqft_mpi.so", err)) return -1;
+    *open = mpi_open;
+    return 0;
 }

@@ -9,8 +9,12 @@
  *
  * Entries are synchronous (the result is in place on return) on the transport's own
  * stream. Sums follow NCCL's ring or tree order, not rank order (see qft_transport.h).
- * Every CUDA and NCCL call goes through a check that reports the call, file and line. */
-#include "transport_internal.h"
+ * Every CUDA and NCCL call goes through a check that reports the call, file and line.
+ *
+ * Built as its own library, libqft_nccl.so, which alone links NCCL and the CUDA runtime; it
+ * needs no MPI symbols (the bootstrap goes through the host transport's vtable), and the
+ * core dlopens it only when NCCL is asked for (transport_loader.c, transport_plugin.h). */
+#include "transport_plugin.h"
 
 #include "qft_base.h"
 
@@ -343,8 +347,8 @@ static const qft_transport_vtable nccl_vtable = {
     .abort = nccl_abort,
 };
 
-int qft_transport_open_nccl(const qft_transport *boot, int device, qft_transport **out,
-                            qft_err *err) {
+static int nccl_open(const qft_transport *boot, int device, qft_transport **out,
+                     qft_err *err) {
     *out = NULL;
     if (!boot || boot->device != -1) {
         return qft_err_setf(err, "nccl transport: the bootstrap transport must be a host "
@@ -385,4 +389,13 @@ int qft_transport_open_nccl(const qft_transport *boot, int device, qft_transport
 done:
     if (comm) ncclCommDestroy(comm);
     return rc;
+}
+
+/* The one symbol libqft_nccl.so exports (libqft_nccl.map); transport_loader.c calls it. */
+int qft_transport_nccl_entry(const qft_transport_host *host, qft_transport_open_nccl_fn *open,
+                             qft_err *err) {
+    *open = NULL;
+    if (qft_transport_shim_bind(host, "libqft_nccl.so", err)) return -1;
+    *open = nccl_open;
+    return 0;
 }

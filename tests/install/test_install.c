@@ -1,6 +1,8 @@
 /* The SDK proven out of tree: qft is installed into a temporary root, the example
  * quantizer plugin is copied out of the tree and built with its own Makefile against the
- * installed qft only (pkg-config), and the installed qft trains with a config naming it. */
+ * installed qft only (pkg-config), and the installed qft trains with a config naming it;
+ * where MPI is built, the installed qft also trains under mpirun with the installed
+ * libqft_mpi.so. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +78,35 @@ START_TEST(test_out_of_tree_plugin_trains) {
              g_tmp, g_tmp, env, root, g_tmp, g_tmp);
     ck_assert_msg(sh(cmd, &out) == 0, "qft train: %s", out);
     ck_assert_msg(strstr(out, "\"step\": 12") || strstr(out, "\"step\":12"), "%s", out);
+    free(out);
+    /* 4. where this build has the MPI transport: it was installed beside libqft, and the
+     * installed qft launched by mpirun loads that copy (LD_DEBUG=files names every object
+     * the ranks map), not the build tree's. */
+    const char *mpirun = getenv("QFT_MPIRUN");
+    if (!mpirun || !*mpirun) {
+        printf("install: no MPI transport in this build; the mpirun check is skipped\n");
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "test -f '%s/libqft_mpi.so'", lib);
+    ck_assert_msg(sh(cmd, &out) == 0, "libqft_mpi.so not installed in %s: %s", lib, out);
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "sed -i 's|dir = \"%s/run\"|dir = \"%s/run2\"|' '%s/run.cfg' && "
+             "%s OMP_NUM_THREADS=1 QFT_COLLECTIVE_TIMEOUT=60 '%s' --allow-run-as-root "
+             "--oversubscribe --mca btl_vader_single_copy_mechanism none -x LD_DEBUG=files "
+             "-np 2 '%s/bin/qft' train '%s/run.cfg' -q && tail -n 1 '%s/run2/metrics.jsonl'",
+             g_tmp, g_tmp, g_tmp, env, mpirun, root, g_tmp, g_tmp);
+    ck_assert_msg(sh(cmd, &out) == 0, "mpirun -np 2 qft train: %s", out);
+    ck_assert_msg(strstr(out, "\"step\": 12") || strstr(out, "\"step\":12"), "%s", out);
+    char installed[9000], built[9000];
+    snprintf(installed, sizeof installed, "file=%s/libqft_mpi.so", lib);
+    snprintf(built, sizeof built, "file=%s/core/transport/libqft_mpi.so", build);
+    if (strstr(out, "file=")) { /* LD_DEBUG honoured */
+        ck_assert_msg(strstr(out, installed), "the installed libqft_mpi.so was not loaded");
+        ck_assert_msg(!strstr(out, built), "the build tree's libqft_mpi.so was loaded");
+    } else {
+        printf("install: LD_DEBUG not honoured here; checked the mpirun run only\n");
+    }
     free(out);
 }
 END_TEST

@@ -245,6 +245,44 @@ START_TEST(t_nccl_open) {
 }
 END_TEST
 
+/* MPI and NCCL come from libqft_mpi.so / libqft_nccl.so, dlopened on demand: a library
+ * that does not load, or is not a qft transport, is an error naming the library, the path
+ * tried and what the dynamic loader said. ($QFT_MPI_LIB, when set, is the only path tried.) */
+START_TEST(t_library_missing) {
+    not_launched();
+    qft_transport *t = NULL;
+    qft_err err = {0};
+    setenv("QFT_MPI_LIB", "/nonexistent/qft-test/libqft_mpi.so", 1);
+    setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+    ck_assert_int_eq(qft_transport_has_mpi(), 1);
+    ck_assert_int_ne(qft_transport_open(NULL, &t, &err), 0);
+    ck_assert_ptr_null(t);
+    ck_assert_msg(strstr(err.msg, "launched by an MPI launcher with 2 ranks") &&
+                      strstr(err.msg, "libqft_mpi.so did not load") &&
+                      strstr(err.msg, "/nonexistent/qft-test/libqft_mpi.so") &&
+                      strstr(err.msg, "No such file") && strstr(err.msg, "QFT_MPI_LIB"),
+                  "%s", err.msg);
+    not_launched();
+    /* A library that loads but is no transport: the C maths library. */
+    setenv("QFT_MPI_LIB", "libm.so.6", 1);
+    ck_assert_int_ne(qft_transport_open_mpi(&t, &err), 0);
+    ck_assert_msg(strstr(err.msg, "libm.so.6 loaded but has no qft_transport_mpi_entry"), "%s",
+                  err.msg);
+    unsetenv("QFT_MPI_LIB");
+    qft_transport *boot = NULL;
+    ck_assert(qft_transport_open_local(&boot, &err) == 0);
+    setenv("QFT_NCCL_LIB", "/nonexistent/qft-test/libqft_nccl.so", 1);
+    ck_assert_int_ne(qft_transport_open_nccl(boot, -1, &t, &err), 0);
+    ck_assert_ptr_null(t);
+    ck_assert_msg(strstr(err.msg, "libqft_nccl.so did not load") &&
+                      strstr(err.msg, "/nonexistent/qft-test/libqft_nccl.so") &&
+                      strstr(err.msg, "QFT_NCCL_LIB"),
+                  "%s", err.msg);
+    unsetenv("QFT_NCCL_LIB");
+    boot->vt->close(boot);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("transport_local");
     TCase *tc = tcase_create("local");
@@ -256,6 +294,7 @@ int main(void) {
     tcase_add_test(tc, t_node_fields);
     tcase_add_test(tc, t_env);
     tcase_add_test(tc, t_nccl_open);
+    tcase_add_test(tc, t_library_missing);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

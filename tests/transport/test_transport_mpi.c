@@ -12,6 +12,7 @@
  * collective), `hang` (rank 1 sleeps through one), `abort` (rank 1 calls abort while the
  * others wait in a barrier), `world` (a resumed run with a mismatched world size), and
  * `measure` (prints how MPI's own reductions compare with ours; asserts nothing). */
+#include "qft_base.h"
 #include "transport.h"
 #include "transport_test_util.h"
 
@@ -284,9 +285,19 @@ START_TEST(t_stats) {
     tt_fill_f32(f, 3 * 10, 701, R);
     tt_fill_f64(d, 10, 702, R);
     ck_assert_int_le(W, 3);
+    /* The transport lives in libqft_mpi.so but counts into the core's process-wide counter
+     * and allocates its scratch through the core's accounted allocator. */
+    uint64_t process0 = qft_transport_process_bytes();
+    qft_mem_reset_peak();
+    size_t mem0 = qft_mem_current();
     ck_assert(qft_transport_all_gather(g_t, one, bytes, 100, &err) == 0);
     ck_assert(qft_transport_all_gather(g_t, one, bytes, 100, &err) == 0);
     ck_assert(qft_transport_reduce_scatter_f32(g_t, f, g, 10, &err) == 0);
+    ck_assert_uint_eq(qft_mem_current(), mem0);
+    const char *chunk_env = getenv("QFT_TRANSPORT_CHUNK_BYTES");
+    size_t piece = chunk_env ? (size_t)atol(chunk_env) / sizeof(float) : 10;
+    if (piece > 10) piece = 10;
+    ck_assert_uint_ge(qft_mem_peak(), mem0 + (size_t)W * piece * sizeof(float)); // (W, piece)
     ck_assert(qft_transport_all_reduce_f32(g_t, f, 10, QFT_REDUCE_SUM, &err) == 0);
     ck_assert(qft_transport_all_reduce_f64(g_t, d, 10, QFT_REDUCE_MAX, &err) == 0);
     ck_assert(qft_transport_broadcast(g_t, one, 33, W - 1, &err) == 0);
@@ -307,6 +318,9 @@ START_TEST(t_stats) {
     ck_assert_uint_eq(st->bytes_sent[QFT_COLL_BARRIER], 0);
     for (int k = 0; k < QFT_COLL_COUNT; k++) ck_assert(st->seconds[k] >= 0 && st->seconds[k] < 10);
     if (W == 2) ck_assert_uint_eq(st->bytes_sent[QFT_COLL_ALL_REDUCE], 40 + 80); /* 2(W-1)/W n e */
+    uint64_t sum = 0;
+    for (int k = 0; k < QFT_COLL_COUNT; k++) sum += st->bytes_sent[k];
+    ck_assert_uint_eq(qft_transport_process_bytes() - process0, sum);
 }
 END_TEST
 
