@@ -2,8 +2,9 @@
  * tile products (core/qlinear) against a dense fp32 OpenBLAS product of the same shape,
  * for weights 4096x4096 and 11008x4096 and token batches 1, 16, 512; then the
  * quantization error of NF4, NF4 + double quantization and HQQ 4-bit on Gaussian weights.
- * Usage: bench_quant [--quick]  (plugins from the build tree, or $QFT_NF4_PLUGIN and
- * $QFT_HQQ_PLUGIN). Prints markdown tables; see bench/README.md. */
+ * Usage: bench_quant [--quick | --small]  (plugins from the build tree, or $QFT_NF4_PLUGIN
+ * and $QFT_HQQ_PLUGIN); --quick: the 4096x4096 weight only; --small: the linears of the
+ * adapter-step bench (1024x512 and 512x1024, batches 1, 16 and 1024 tokens). Prints markdown tables; see bench/README.md. */
 #include "qft_base.h"
 #include "qlinear.h"
 
@@ -59,27 +60,31 @@ static float *randn(int64_t n, uint64_t seed, float sd) {
 
 int main(int argc, char **argv) {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    const int small = argc > 1 && !strcmp(argv[1], "--small");
     const qft_quantizer_vtable *vts[2] = {load("QFT_NF4_PLUGIN", QFT_NF4_BUILT),
                                           load("QFT_HQQ_PLUGIN", QFT_HQQ_BUILT)};
     if (!vts[0] || !vts[1]) return 1;
     const char *names[2] = {"bnb_nf4 (block 64, double quant)", "hqq (4-bit, group 64, axis 1)"};
     const char *cfgs[2] = {"quant: { blocksize = 64; double_quant = true; };",
                            "quant: { nbits = 4; group_size = 64; axis = 1; };"};
-    const int64_t shapes[2][2] = {{4096, 4096}, {11008, 4096}};
-    const int64_t batches[3] = {1, 16, 512};
+    const int64_t shapes[2][2] = {{small ? 1024 : 4096, small ? 512 : 4096},
+                                  {small ? 512 : 11008, small ? 1024 : 4096}};
+    const int64_t batches[3] = {1, 16, small ? 1024 : 512};
+    const int64_t nmax = batches[2];
     qft_err err = {0};
     printf("## throughput (threads: %s)\n\n", getenv("OMP_NUM_THREADS") ? getenv("OMP_NUM_THREADS")
                                                                           : "default");
     printf("| quantizer | weight | quantize | dequantize | batch | dense sgemm | fused fwd | "
-           "fwd / dense | fused bwd dX | bwd / dense |\n|---|---|---|---|---|---|---|---|---|---|\n");
+           "fwd / dense | dense dX | fused dX | dX / dense |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int s = 0; s < (quick ? 1 : 2); s++) {
         const int64_t out = shapes[s][0], in = shapes[s][1];
         float *w = randn(out * in, 1, 0.02f);             // (out, in)
         float *wd = malloc((size_t)(out * in) * 4);       // (out, in)
-        float *x = randn(512 * in, 2, 1.0f);              // (512, in)
-        float *y = malloc((size_t)(512 * out) * 4);       // (512, out)
-        float *dy = randn(512 * out, 3, 1.0f);            // (512, out)
-        float *dx = malloc((size_t)(512 * in) * 4);       // (512, in)
+        float *x = randn(nmax * in, 2, 1.0f);             // (nmax, in)
+        float *y = malloc((size_t)(nmax * out) * 4);      // (nmax, out)
+        float *dy = randn(nmax * out, 3, 1.0f);           // (nmax, out)
+        float *dx = malloc((size_t)(nmax * in) * 4);      // (nmax, in)
         if (!w || !wd || !x || !y || !dy || !dx) return 1;
         for (int p = 0; p < 2; p++) {
             const qft_quantizer_vtable *vt = vts[p];
@@ -93,31 +98,41 @@ int main(int argc, char **argv) {
                 return 1;
             }
             tq = qft_time_now() - t0;
-            TIME_BEST(3, td, vt->dequantize_rows(qw, 0, out, wd, &err));
+            TIME_BEST(5, td, vt->dequantize_rows(qw, 0, out, wd, &err));
             for (int b = 0; b < 3; b++) {
                 const int64_t N = batches[b];
-                const int reps = N == 512 ? 3 : 10;
-                double tdense, tf, tdb, tb;
-                TIME_BEST(reps, tdense, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N,
-                                                    (int)out, (int)in, 1.0f, x, (int)in, wd,
-                                                    (int)in, 0.0f, y, (int)out));
-                TIME_BEST(reps, tf, qft_qlinear_forward(vt, qw, out, in, x, N, y, out, 0.0f, &err));
-                TIME_BEST(reps, tdb, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N,
-                                                 (int)in, (int)out, 1.0f, dy, (int)out, wd,
-                                                 (int)in, 0.0f, dx, (int)in));
-                TIME_BEST(reps, tb, qft_qlinear_backward_input(vt, qw, out, in, dy, out, N, dx, 0.0f,
-                                                               &err));
+                const int reps = N == nmax ? (small ? 20 : 5) : 20;
+                /* each repetition runs the four products back to back and every column keeps
+                 * its fastest: on a shared machine a burst of other work then disturbs a
+                 * dense and a fused figure alike, not one column of the ratio */
+                double tdense = 1e30, tf = 1e30, tdb = 1e30, tb = 1e30, t;
+                for (int r = 0; r < reps; r++) {
+                    TIME_BEST(1, t, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N,
+                                                (int)out, (int)in, 1.0f, x, (int)in, wd, (int)in,
+                                                0.0f, y, (int)out));
+                    tdense = t < tdense ? t : tdense;
+                    TIME_BEST(1, t, qft_qlinear_forward(vt, qw, out, in, x, N, y, out, 0.0f, &err));
+                    tf = t < tf ? t : tf;
+                    TIME_BEST(1, t, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N,
+                                                (int)in, (int)out, 1.0f, dy, (int)out, wd, (int)in,
+                                                0.0f, dx, (int)in));
+                    tdb = t < tdb ? t : tdb;
+                    TIME_BEST(1, t, qft_qlinear_backward_input(vt, qw, out, in, dy, out, N, dx,
+                                                               0.0f, &err));
+                    tb = t < tb ? t : tb;
+                }
                 printf("| %s | %lldx%lld | %.1f Mw/s | %.0f Mw/s | %lld | %.2f ms | %.2f ms | "
-                       "%.2fx | %.2f ms | %.2fx |\n",
+                       "%.2fx | %.2f ms | %.2f ms | %.2fx |\n",
                        p ? "hqq" : "bnb_nf4", (long long)out, (long long)in,
                        (double)(out * in) / tq / 1e6, (double)(out * in) / td / 1e6, (long long)N,
-                       tdense * 1e3, tf * 1e3, tf / tdense, tdb * 1e3, tb / tdb);
+                       tdense * 1e3, tf * 1e3, tf / tdense, tdb * 1e3, tb * 1e3, tb / tdb);
             }
             vt->free_weight(qw);
             vt->close(st);
         }
         free(w); free(wd); free(x); free(y); free(dy); free(dx);
     }
+    if (small) return 0;
     /* quantization error on Gaussian weights */
     const int64_t out = 1024, in = 4096;
     float *w = randn(out * in, 42, 0.02f), *wd = malloc((size_t)(out * in) * 4);

@@ -70,10 +70,13 @@ static void check_shape(int p, int64_t out, int64_t in, int64_t N) {
 }
 
 START_TEST(test_products_match_dense) {
-    /* out past one tile with a partial last tile (tile rows are a multiple of 8) */
-    const int64_t shapes[][3] = {{1037, 320, 3}, {75, 64, 1}, {1100, 1024, 70}, {16, 4160, 5}};
+    /* out past one tile with a partial last tile (tile rows are a multiple of 16), with
+     * the small tiles of N < 128 (1037 x 320 spans two backward tiles) and the large ones
+     * (4200 x 1024 at N = 130 spans two 16 MiB backward tiles and three forward ones) */
+    const int64_t shapes[][3] = {{1037, 320, 3}, {75, 64, 1}, {1100, 1024, 70}, {16, 4160, 5},
+                                 {4200, 1024, 130}};
     for (int p = 0; p < 2; p++)
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 5; k++) {
             if (p == 1 && (shapes[k][0] * shapes[k][1] / 64) % 2) continue; /* hqq pairs rows */
             check_shape(p, shapes[k][0], shapes[k][1], shapes[k][2]);
         }
