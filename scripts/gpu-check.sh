@@ -96,7 +96,11 @@ parity() { # name config extra-sets...
     "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" --set output.dir="\"$d-cpu\"" &&
     "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" --set train.backend='"cuda"' \
         --set shard.cpu_offload=true --set output.dir="\"$d-cuda\"" &&
-    python3 scripts/compare_runs.py "$d-cpu" "$d-cuda" --loss-rel 1e-3 --tensor-rel 1e-2
+    python3 scripts/compare_runs.py "$d-cpu" "$d-cuda" --loss-rel 1e-3 --tensor-rel 1e-2 &&
+    # without cpu_offload: the optimizer and clipping on the GPU too
+    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" --set train.backend='"cuda"' \
+        --set output.dir="\"$d-cuda-dev\"" &&
+    python3 scripts/compare_runs.py "$d-cpu" "$d-cuda-dev" --loss-rel 1e-3 --tensor-rel 1e-2
 }
 parity_all() {
     parity full-recompute full --set train.recompute=true &&

@@ -7,6 +7,7 @@
  * machine without a GPU. Slow (two mprotect calls per live buffer and op): a check, not a
  * way to train. */
 #include "cpu_ops.h"
+#include "cpu_optim.h"
 
 #include "qft_base.h"
 
@@ -175,6 +176,29 @@ static double guard_xent_fused(float *logits, const int32_t *targets, int N, int
     CLOSE();
     return r;
 }
+static void guard_adamw(float *p, const float *g, float *m, float *v, size_t n,
+                        const qft_ops_adamw_scalars *s) {
+    OPEN();
+    qft_cpu_adamw(p, g, m, v, n, s);
+    CLOSE();
+}
+static void guard_sgd(float *p, const float *g, float *buf, size_t n,
+                      const qft_ops_sgd_scalars *s) {
+    OPEN();
+    qft_cpu_sgd(p, g, buf, n, s);
+    CLOSE();
+}
+static double guard_sumsq(const float *x, size_t n) {
+    OPEN();
+    double r = qft_cpu_sumsq(x, n);
+    CLOSE();
+    return r;
+}
+static void guard_scale(float *x, size_t n, float coef) {
+    OPEN();
+    qft_cpu_scale(x, n, coef);
+    CLOSE();
+}
 
 static const qft_ops guard_ops = {
     .name = "cpu_guard",
@@ -201,6 +225,10 @@ static const qft_ops guard_ops = {
     .cross_entropy_fused = guard_xent_fused,
     .upload = guard_move,
     .download = guard_move,
+    .adamw = guard_adamw,
+    .sgd = guard_sgd,
+    .sumsq = guard_sumsq,
+    .scale = guard_scale,
 };
 
 const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

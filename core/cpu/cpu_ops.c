@@ -1,6 +1,7 @@
 /* The CPU op table, plus the ops too small for a file of their own: memory, GEMM,
  * elementwise add and the embedding gather/scatter. */
 #include "cpu_ops.h"
+#include "cpu_optim.h"
 
 #include "qft_base.h"
 
@@ -124,6 +125,10 @@ static const qft_ops cpu_ops = {
     .cross_entropy_fused = qft_cpu_cross_entropy_fused,
     .upload = cpu_move,
     .download = cpu_move,
+    .adamw = qft_cpu_adamw,
+    .sgd = qft_cpu_sgd,
+    .sumsq = qft_cpu_sumsq,
+    .scale = qft_cpu_scale,
 };
 
 const qft_ops *qft_cpu_ops(void) { return &cpu_ops; }

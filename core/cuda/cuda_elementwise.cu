@@ -3,6 +3,7 @@
 #include "cuda_internal.h"
 
 #include <cuda_bf16.h>
+#include <stdlib.h>
 
 #define GRID_STRIDE(e, n)                                                                     \
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (n);                  \
@@ -76,7 +77,33 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_
         p[e] = pe, m[e] = me, v[e] = ve;
     }
 }
+
 } // namespace
+
+// Outside the anonymous namespace: nvcc's stubs for these did not resolve inside it.
+static __global__ void sgd_kernel(float *p, const float *g, float *buf, size_t n, qft_ops_sgd_scalars s) {
+    const int mom_on = s.mom_on && buf;
+    GRID_STRIDE(e, n) {
+        float pe = p[e], be = mom_on ? buf[e] : 0.0f;
+        qft_twin_sgd_elem(&pe, &be, g[e], s.wd_on, s.wd, mom_on, s.mom, s.first, s.neg_lr);
+        p[e] = pe;
+        if (mom_on) buf[e] = be;
+    }
+}
+
+// One thread per fixed chunk of QFT_OPS_SUMSQ_CHUNK floats, summed in index order: the CPU's
+// partials bit for bit, whatever the launch shape (deterministic; no atomics).
+static __global__ void sumsq_chunks_kernel(double *part, const float *x, size_t n, size_t n_chunks) {
+    GRID_STRIDE(c, n_chunks) {
+        const size_t lo = c * QFT_OPS_SUMSQ_CHUNK;
+        const size_t hi = lo + QFT_OPS_SUMSQ_CHUNK < n ? lo + QFT_OPS_SUMSQ_CHUNK : n;
+        part[c] = qft_twin_sumsq_range(x, lo, hi);
+    }
+}
+
+static __global__ void scale_kernel(float *x, size_t n, float coef) {
+    GRID_STRIDE(e, n) x[e] = qft_twin_mul(x[e], coef);
+}
 
 void qft_cuda_add(float *out, const float *a, const float *b, size_t n) {
     if (!n) return;
@@ -124,5 +151,45 @@ extern "C" void qft_cuda_adamw(float *p, const float *g, float *m, float *v, siz
                                const qft_cuda_adamw_scalars *s) {
     if (!n) return;
     adamw_kernel<<<grid_for(n), TPB>>>(p, g, m, v, n, *s);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void qft_cuda_sgd(float *p, const float *g, float *buf, size_t n,
+                             const qft_ops_sgd_scalars *s) {
+    if (!n) return;
+    sgd_kernel<<<grid_for(n), TPB>>>(p, g, buf, n, *s);
+    CUDA_LAUNCHED();
+}
+
+// The partials on the device, summed on the host in chunk order (as the CPU does): a few
+// doubles per 65536 floats cross the bus once per step.
+extern "C" double qft_cuda_sumsq(const float *x, size_t n) {
+    if (!n) return 0.0;
+    const size_t n_chunks = (n + QFT_OPS_SUMSQ_CHUNK - 1) / QFT_OPS_SUMSQ_CHUNK;
+    double *part = nullptr; // (n_chunks) on the device
+    if (CUDA_CHECK(cudaMalloc(&part, n_chunks * sizeof(double)))) return NAN; // recorded
+    sumsq_chunks_kernel<<<qft_cuda_blocks(n_chunks, 64), 64>>>(part, x, n, n_chunks);
+    CUDA_LAUNCHED();
+    double *host = (double *)malloc(n_chunks * sizeof(double)); // (n_chunks)
+    double s = 0.0;
+    if (host) {
+        CUDA_CHECK(cudaMemcpy(host, part, n_chunks * sizeof(double), cudaMemcpyDeviceToHost));
+        for (size_t c = 0; c < n_chunks; c++) s += host[c];
+        free(host);
+    } else {
+        // no host memory for the partials: one at a time, the same order
+        for (size_t c = 0; c < n_chunks; c++) {
+            double v = 0.0;
+            CUDA_CHECK(cudaMemcpy(&v, part + c, sizeof v, cudaMemcpyDeviceToHost));
+            s += v;
+        }
+    }
+    CUDA_CHECK(cudaFree(part));
+    return s;
+}
+
+extern "C" void qft_cuda_scale(float *x, size_t n, float coef) {
+    if (!n || coef == 1.0f) return;
+    scale_kernel<<<grid_for(n), TPB>>>(x, n, coef);
     CUDA_LAUNCHED();
 }

@@ -107,6 +107,16 @@ static void cuda_download(void *dst, const void *src, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+// qft_ops's AdamW scalars are cuda_twin.h's, field for field.
+static void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n,
+                       const qft_ops_adamw_scalars *s) {
+    qft_cuda_adamw_scalars c;
+    c.decay_on = s->decay_on, c.decay = s->decay, c.w1 = s->w1, c.w1m = s->w1m;
+    c.small = s->small, c.b2 = s->b2, c.c2 = s->c2, c.neg_step = s->neg_step;
+    c.bc2_sqrt = s->bc2_sqrt, c.eps = s->eps;
+    qft_cuda_adamw(p, g, m, v, n, &c);
+}
+
 // Positional (C++17 has no designated initializers): the order of qft_ops's fields.
 static const qft_ops cuda_ops = {
     "cuda",
@@ -133,6 +143,10 @@ static const qft_ops cuda_ops = {
     qft_cuda_cross_entropy_fused,
     cuda_upload,
     cuda_download,
+    cuda_adamw,
+    qft_cuda_sgd,
+    qft_cuda_sumsq,
+    qft_cuda_scale,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90

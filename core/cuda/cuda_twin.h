@@ -186,6 +186,32 @@ QFT_TWIN void qft_twin_adamw_elem(float *p, float *m, float *v, float g,
     *p = qft_twin_add(pi, qft_twin_mul(s->neg_step, mn) / denom);
 }
 
+/* ---- SGD (core/cpu/cpu_optim.c, torch's _single_tensor_sgd) ---------------------------- */
+/* One element: *p and the momentum buffer *buf (NULL-free: pass a dummy when mom_on is 0)
+ * updated from gradient g, with the scalars of qft_ops_sgd_scalars passed one by one. */
+QFT_TWIN void qft_twin_sgd_elem(float *p, float *buf, float g, int wd_on, float wd, int mom_on,
+                                float mom, int first, float neg_lr) {
+    float d = g;
+    if (wd_on) d = fmaf(wd, *p, d);
+    if (mom_on) {
+        d = first ? d : qft_twin_add(qft_twin_mul(*buf, mom), d);
+        *buf = d;
+    }
+    *p = fmaf(neg_lr, d, *p);
+}
+/* The sum of squares of x[lo, hi) in double, in index order (one chunk of sumsq). */
+QFT_TWIN double qft_twin_sumsq_range(const float *x, size_t lo, size_t hi) {
+    double s = 0.0;
+    for (size_t i = lo; i < hi; i++) {
+#ifdef __CUDA_ARCH__
+        s = __dadd_rn(s, __dmul_rn((double)x[i], (double)x[i]));
+#else
+        s += (double)x[i] * (double)x[i];
+#endif
+    }
+    return s;
+}
+
 /* ---- RoPE inverse frequencies (core/cpu/cpu_rope.c's formula, fp32 as transformers) ---- */
 /* inv (hd/2); rope_type 0 default, 1 llama3. Host only. */
 static inline void qft_twin_rope_inv_freq(float *inv, int hd, float theta, int rope_type,

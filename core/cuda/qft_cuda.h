@@ -207,6 +207,13 @@ struct qft_cuda_adamw_scalars;
 /* p, m, v (n) updated in place from g (n). */
 void qft_cuda_adamw(float *p, const float *g, float *m, float *v, size_t n,
                     const struct qft_cuda_adamw_scalars *s);
+/* The op table's optimizer entries (qft_ops.h): SGD, the deterministic sum of squares
+ * (fixed chunks summed in order, the CPU's bits) and the in-place scale of clipping. */
+struct qft_ops_sgd_scalars;
+void qft_cuda_sgd(float *p, const float *g, float *buf, size_t n,
+                  const struct qft_ops_sgd_scalars *s);
+double qft_cuda_sumsq(const float *x, size_t n);
+void qft_cuda_scale(float *x, size_t n, float coef);
 
 #ifdef __cplusplus
 }

@@ -209,6 +209,9 @@ int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, qft_err 
 void qft_llama_grads_to_host(qft_llama_model *m);
 /* The backend's copy of params[offset, offset + len) from the host's (no-op without one). */
 void qft_llama_params_to_backend(qft_llama_model *m, size_t offset, size_t len);
+/* The host's params[offset, offset + len) from the backend's copy (no-op without one): the
+ * master copy refreshed when the optimizer updated the backend's (before a save). */
+void qft_llama_params_to_host(qft_llama_model *m, size_t offset, size_t len);
 
 /* ---- the unit layout (core/model/llama_units.c) ---------------------------------------- */
 /* The unit an entry belongs to. */

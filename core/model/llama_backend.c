@@ -60,3 +60,8 @@ void qft_llama_params_to_backend(qft_llama_model *m, size_t offset, size_t len) 
     if (m->dev_params)
         m->ops->upload(m->dev_params + offset, m->params + offset, len * sizeof(float));
 }
+
+void qft_llama_params_to_host(qft_llama_model *m, size_t offset, size_t len) {
+    if (m->dev_params)
+        m->ops->download(m->params + offset, m->dev_params + offset, len * sizeof(float));
+}

@@ -60,15 +60,10 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
                             rc->file, rc->train.backend);
     }
     if (d->ops != qft_cpu_ops()) {
-        /* The model runs there on its own copies; parameters, gradients and optimizer
-         * state stay in host memory (FSDP's CPU offload), which is the one way this
-         * version trains on another backend: say so rather than imply otherwise. */
-        if (!rc->shard.cpu_offload)
-            return qft_err_setf(err, "%s: train.backend = \"%s\" keeps parameters, gradients "
-                                     "and optimizer state in host memory in this version "
-                                     "(the optimizer runs on the CPU): set shard.cpu_offload "
-                                     "= true",
-                                rc->file, rc->train.backend);
+        /* The model runs there on its own copies. Without shard.cpu_offload the optimizer
+         * runs there too (one process; run_train.c refuses several ranks, whose collectives
+         * work on host memory); with it, parameters, gradients and optimizer state stay in
+         * host memory (FSDP's CPU offload) and the optimizer runs on the CPU. */
         if (d->qvt || (d->avt && !d->avt->expand))
             return qft_err_setf(err, "%s: train.backend = \"%s\" runs dense models only in "
                                      "this version (train_type %s has %s); use the cpu backend",

@@ -26,6 +26,9 @@ typedef struct run_state {
     qft_metrics metrics;
     qft_run_shard shard;
     int have_loader, have_model, have_opt, have_metrics;
+    /* the optimizer runs on the model's backend over dev_params and dev_grads (another
+     * backend without shard.cpu_offload); otherwise on the host copies */
+    int dev_opt;
     size_t opt_bytes; /* the optimizer state's allocation on this rank */
 } run_state;
 
@@ -103,7 +106,8 @@ static int prepare_optimizer(const qft_run_config *rc, run_state *s, int quiet, 
         .momentum = (float)rc->train.momentum,
     };
     const size_t before = qft_mem_current();
-    if (qft_optim_init(&s->opt, &oc, s->shard.len, err)) return -1;
+    if (qft_optim_init_on(&s->opt, &oc, s->shard.len, s->dev_opt ? s->data.ops : NULL, err))
+        return -1;
     s->have_opt = 1;
     const size_t bytes = qft_mem_current() - before;
     s->opt_bytes = bytes;
@@ -138,9 +142,44 @@ static void report_memory(const qft_run_config *rc, run_state *s, int quiet, lon
             t->rank, t->world, rc->shard.plugin, (double)comm_bytes / (double)steps, exp_s);
 }
 
-/* The parameters and gradients this rank's optimizer updates: shard.len floats. */
-static float *opt_params(run_state *s) { return qft_run_shard_opt_params(&s->shard, &s->model); }
-static float *opt_grads(run_state *s) { return qft_run_shard_opt_grads(&s->shard, &s->model); }
+/* The parameters and gradients this rank's optimizer updates: shard.len floats, in the
+ * backend's memory when the optimizer runs there (one rank: the slice is everything). */
+static float *opt_params(run_state *s) {
+    if (s->dev_opt) return s->model.dev_params + s->shard.offset;
+    return qft_run_shard_opt_params(&s->shard, &s->model);
+}
+static float *opt_grads(run_state *s) {
+    if (s->dev_opt) return s->model.dev_grads + s->shard.offset;
+    return qft_run_shard_opt_grads(&s->shard, &s->model);
+}
+
+/* Training-state checkpoints read and write the optimizer's state and the slice in host
+ * memory (run_ckpt.c); with the optimizer on the backend they are staged through a host
+ * optimizer and the host master copy. */
+static int ckpt_save(const qft_run_config *rc, run_state *s, const qft_run_ckpt_info *ck,
+                     qft_err *err) {
+    if (!s->dev_opt) return qft_run_ckpt_save(rc, &s->shard, &s->opt, opt_params(s), ck, err);
+    qft_optim host;
+    if (qft_optim_init(&host, &s->opt.cfg, s->opt.n, err)) return -1;
+    qft_optim_copy_state(&host, &s->opt);
+    qft_llama_params_to_host(&s->model, s->shard.offset, s->shard.len);
+    const int r = qft_run_ckpt_save(rc, &s->shard, &host, s->model.params + s->shard.offset,
+                                    ck, err);
+    qft_optim_free(&host);
+    return r;
+}
+
+static int ckpt_load(const qft_run_config *rc, run_state *s, long *start_step, qft_err *err) {
+    if (!s->dev_opt)
+        return qft_run_ckpt_load(rc, &s->shard, &s->opt, opt_params(s), start_step, err);
+    qft_optim host;
+    if (qft_optim_init(&host, &s->opt.cfg, s->opt.n, err)) return -1;
+    const int r = qft_run_ckpt_load(rc, &s->shard, &host, s->model.params + s->shard.offset,
+                                    start_step, err);
+    if (r == 0) qft_optim_copy_state(&s->opt, &host);
+    qft_optim_free(&host);
+    return r;
+}
 
 /* After every rank's backward: gradients reduced, clipped by the global norm, this rank's
  * slice updated, the slices gathered. *gnorm gets the norm before clipping. */
@@ -148,6 +187,13 @@ static int optimizer_step(const qft_run_config *rc, run_state *s, float lr, floa
                           qft_err *err) {
     qft_llama_model *m = &s->model;
     qft_run_shard *sh = &s->shard;
+    if (s->dev_opt) {
+        /* one process, everything on the backend: no traffic with the host */
+        *gnorm = qft_optim_clip_grad_norm_on(s->opt.ops, opt_grads(s), sh->len,
+                                             (float)rc->train.grad_clip);
+        qft_optim_step(&s->opt, opt_params(s), opt_grads(s), lr); // (len) on the backend
+        return 0;
+    }
     qft_llama_grads_to_host(m); /* another backend: the optimizer works in host memory */
     if (qft_run_shard_reduce_grads(sh, m->grads, err) ||
         qft_run_shard_clip(sh, m, (float)rc->train.grad_clip, gnorm, err))
@@ -172,6 +218,15 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     if (qft_run_data_open_world(rc, cli_plugin_dirs, n_cli, world, &s.data, err) ||
         qft_run_shard_configure(&s.shard, rc, &s.data.reg, err) || prepare_loader(rc, &s, err))
         goto done;
+    s.dev_opt = s.data.ops != qft_cpu_ops() && !rc->shard.cpu_offload;
+    if (s.dev_opt && world > 1) {
+        /* the strategies' collectives reduce and gather host memory */
+        qft_err_setf(err, "%s: train.backend = \"%s\" on %d ranks: the ranks' collectives "
+                          "work on host memory in this version; set shard.cpu_offload = true "
+                          "(the optimizer on the host copies)",
+                     rc->file, rc->train.backend, world);
+        goto done;
+    }
 
     if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
                             &s.data, qft_run_shard_unit_pad(&s.shard), &s.model, err))
@@ -201,7 +256,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
      * checkpoint, then every rank holds the full parameters; the loop starts after it. */
     long start_step = 0;
     if (rc->train.resume_from &&
-        (qft_run_ckpt_load(rc, &s.shard, &s.opt, opt_params(&s), &start_step, err) ||
+        (ckpt_load(rc, &s, &start_step, err) ||
          qft_run_shard_gather_params(&s.shard, s.model.params, err)))
         goto done;
     if (rc->train.resume_from) qft_llama_params_to_backend(&s.model, 0, s.model.n_trainable);
@@ -309,7 +364,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                                       .epoch = (double)((step + 1) * micro_per_step) /
                                                (double)batches_per_epoch};
         if (qft_run_ckpt_due(rc, step + 1, total) &&
-            qft_run_ckpt_save(rc, &s.shard, &s.opt, opt_params(&s), &ck, err))
+            ckpt_save(rc, &s, &ck, err))
             goto done;
     }
     if (show) qft_progress_finish(&prog);
@@ -318,6 +373,8 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
 
     report_memory(rc, &s, user_quiet, summary->steps - start_step,
                   qft_transport_process_bytes() - comm_start);
+    /* the optimizer updated the backend's copy: the host's, which the savers read, follows */
+    if (s.dev_opt) qft_llama_params_to_host(&s.model, 0, s.model.n_trainable);
     /* full sharding holds pieces: every rank helps make the model whole for rank 0's save */
     if (strcmp(rc->output.save, "none") != 0 && qft_run_shard_gather_model(&s.shard, err))
         goto done;

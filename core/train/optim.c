@@ -1,21 +1,19 @@
 /* AdamW and SGD over one flat fp32 buffer, and global-norm clipping, reproducing torch's
  * CPU arithmetic. Scalars that torch computes in Python (double) are computed in double
- * here and rounded to float exactly where torch's kernels receive them; element-wise work
- * is float, fused multiply-add only where torch's vectorised kernels fuse (lerp, add with
- * alpha). The translation unit is compiled with -std=c11, so GCC does not contract a*b+c
- * on its own (ISO mode implies -ffp-contract=off) and every rounding here is deliberate. */
+ * here and rounded to float exactly where torch's kernels receive them; the element-wise
+ * work is the backend's (qft_ops adamw, sgd, sumsq, scale), for host memory core/cpu's
+ * kernels in cpu_optim.c, built without contraction. The translation unit is compiled
+ * with -std=c11, so GCC does not contract a*b+c on its own (ISO mode implies
+ * -ffp-contract=off) and every rounding of the scalars is deliberate. */
 #include "optim.h"
+
+#include "cpu_optim.h"
+#include "qft_ops.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Below this many elements the OpenMP fork costs more than the loop. */
-#define QFT_OPTIM_PAR_MIN 32768
-/* Chunk of the norm's partial sums: fixed, so the summation order (and the result) is the
- * same whatever the thread count. */
-#define QFT_OPTIM_NORM_CHUNK 65536
 
 double qft_optim_float_decimal(float f) {
     /* torch receives the user's decimal (0.9, 1e-5) as a Python double; our config holds
@@ -44,8 +42,32 @@ int qft_optim_parse(const char *name, qft_optim_kind *out) {
     return -1;
 }
 
+/* State memory: the host allocator, or the backend's (zeroed there). */
+static float *state_alloc(const qft_ops *ops, size_t n) {
+    const size_t bytes = (n ? n : 1) * sizeof(float); // (n)
+    if (!ops) return qft_mem_calloc(bytes, "optimizer state");
+    float *p = ops->alloc(bytes, "optimizer state");
+    if (p) ops->zero(p, n ? n : 1);
+    return p;
+}
+static void state_free(const qft_ops *ops, float *p) {
+    if (!p) return;
+    if (ops)
+        ops->free(p);
+    else
+        qft_mem_free(p);
+}
+
 int qft_optim_init(qft_optim *o, const qft_optim_config *cfg, size_t n, qft_err *err) {
+    return qft_optim_init_on(o, cfg, n, NULL, err);
+}
+
+int qft_optim_init_on(qft_optim *o, const qft_optim_config *cfg, size_t n, const qft_ops *ops,
+                      qft_err *err) {
     memset(o, 0, sizeof *o);
+    if (ops && (!ops->adamw || !ops->sgd || !ops->sumsq || !ops->scale))
+        return qft_err_setf(err, "optimizer: backend \"%s\" has no optimizer entries",
+                            ops->name);
     if (cfg->kind != QFT_OPT_ADAMW && cfg->kind != QFT_OPT_SGD)
         return qft_err_setf(err, "optimizer: unknown kind %d", (int)cfg->kind);
     if (cfg->kind == QFT_OPT_ADAMW) {
@@ -62,18 +84,21 @@ int qft_optim_init(qft_optim *o, const qft_optim_config *cfg, size_t n, qft_err 
         return qft_err_setf(err, "optimizer sgd: momentum = %g must be >= 0", (double)cfg->momentum);
     o->cfg = *cfg;
     o->n = n;
-    size_t bytes = (n ? n : 1) * sizeof(float); // (n)
+    o->ops = ops;
     int need_m = cfg->kind == QFT_OPT_ADAMW || cfg->momentum != 0.0f;
     if (need_m) {
-        o->m = qft_mem_calloc(bytes, "optimizer state");
-        if (!o->m) return qft_err_setf(err, "optimizer: out of memory for %zu floats of state", n);
+        o->m = state_alloc(ops, n); // (n)
+        if (!o->m)
+            return qft_err_setf(err, "optimizer: out of %s memory for %zu floats of state",
+                                ops ? ops->name : "host", n);
     }
     if (cfg->kind == QFT_OPT_ADAMW) {
-        o->v = qft_mem_calloc(bytes, "optimizer state");
+        o->v = state_alloc(ops, n); // (n)
         if (!o->v) {
-            qft_mem_free(o->m);
+            state_free(ops, o->m);
             o->m = NULL;
-            return qft_err_setf(err, "optimizer: out of memory for %zu floats of state", n);
+            return qft_err_setf(err, "optimizer: out of %s memory for %zu floats of state",
+                                ops ? ops->name : "host", n);
         }
     }
     return 0;
@@ -81,9 +106,31 @@ int qft_optim_init(qft_optim *o, const qft_optim_config *cfg, size_t n, qft_err 
 
 void qft_optim_free(qft_optim *o) {
     if (!o) return;
-    qft_mem_free(o->m);
-    qft_mem_free(o->v);
+    state_free(o->ops, o->m);
+    state_free(o->ops, o->v);
     o->m = o->v = NULL;
+}
+
+/* One moment buffer (n floats) from src's memory to dst's. */
+static void state_copy(const qft_ops *dops, float *dst, const qft_ops *sops, const float *src,
+                       size_t n) {
+    if (!dst || !src || !n) return;
+    const size_t bytes = n * sizeof(float); // (n)
+    if (dops && sops)
+        dops->copy(dst, src, n);
+    else if (dops)
+        dops->upload(dst, src, bytes);
+    else if (sops)
+        sops->download(dst, src, bytes);
+    else
+        memcpy(dst, src, bytes);
+}
+
+void qft_optim_copy_state(qft_optim *dst, const qft_optim *src) {
+    const size_t n = dst->n < src->n ? dst->n : src->n;
+    state_copy(dst->ops, dst->m, src->ops, src->m, n);
+    state_copy(dst->ops, dst->v, src->ops, src->v, n);
+    dst->step = src->step;
 }
 
 static void adamw_step(qft_optim *o, float *p, const float *g, double lr) {
@@ -94,57 +141,37 @@ static void adamw_step(qft_optim *o, float *p, const float *g, double lr) {
     const double t = (double)o->step; /* already incremented, as torch's step_t */
 
     /* The scalars exactly as torch forms them: Python doubles, cast to float by the kernel. */
-    const int decay_on = wd != 0.0;
-    const float decay = (float)(1.0 - lr * wd);
-    const float w1 = (float)(1.0 - b1); /* lerp weight */
-    const float b2f = (float)b2;
-    const float c2 = (float)(1.0 - b2);
+    qft_ops_adamw_scalars sc;
+    sc.decay_on = wd != 0.0;
+    sc.decay = (float)(1.0 - lr * wd);
+    sc.w1 = (float)(1.0 - b1); /* lerp weight */
+    sc.b2 = (float)b2;
+    sc.c2 = (float)(1.0 - b2);
     const double bc1 = 1.0 - pow(b1, t);
     const double bc2 = 1.0 - pow(b2, t);
-    const float neg_step = (float)(-(lr / bc1));
-    const float bc2_sqrt = (float)pow(bc2, 0.5);
-    const float epsf = (float)eps;
+    sc.neg_step = (float)(-(lr / bc1));
+    sc.bc2_sqrt = (float)pow(bc2, 0.5);
+    sc.eps = (float)eps;
     /* torch's lerp takes the other branch for weights >= 0.5, to stay exact at weight 1. */
-    const int small = fabsf(w1) < 0.5f;
-    const float w1m = w1 - 1.0f;
-    float *m = o->m, *v = o->v;
-    const long long n = (long long)o->n;
-
-#pragma omp parallel for schedule(static) if (n >= QFT_OPTIM_PAR_MIN)
-    for (long long i = 0; i < n; i++) {
-        float pi = p[i];
-        const float gi = g[i];
-        if (decay_on) pi = pi * decay;
-        const float mi = m[i];
-        const float mn = small ? fmaf(w1, gi - mi, mi) : fmaf(w1m, gi - mi, gi);
-        float vi = v[i] * b2f;
-        vi = vi + c2 * gi * gi;
-        const float denom = sqrtf(vi) / bc2_sqrt + epsf;
-        m[i] = mn;
-        v[i] = vi;
-        p[i] = pi + neg_step * mn / denom;
-    }
+    sc.small = fabsf(sc.w1) < 0.5f;
+    sc.w1m = sc.w1 - 1.0f;
+    if (o->ops)
+        o->ops->adamw(p, g, o->m, o->v, o->n, &sc);
+    else
+        qft_cpu_adamw(p, g, o->m, o->v, o->n, &sc);
 }
 
 static void sgd_step(qft_optim *o, float *p, const float *g, double lr) {
     const double wd = qft_optim_float_decimal(o->cfg.weight_decay);
     const double mom = qft_optim_float_decimal(o->cfg.momentum);
-    const int wd_on = wd != 0.0, mom_on = mom != 0.0;
-    const float wdf = (float)wd, momf = (float)mom, neg_lr = (float)(-lr);
-    const int first = o->step == 1; /* torch's momentum buffer starts as a copy of the grad */
-    float *buf = o->m;
-    const long long n = (long long)o->n;
-
-#pragma omp parallel for schedule(static) if (n >= QFT_OPTIM_PAR_MIN)
-    for (long long i = 0; i < n; i++) {
-        float d = g[i];
-        if (wd_on) d = fmaf(wdf, p[i], d);
-        if (mom_on) {
-            d = first ? d : buf[i] * momf + d;
-            buf[i] = d;
-        }
-        p[i] = fmaf(neg_lr, d, p[i]);
-    }
+    qft_ops_sgd_scalars sc;
+    sc.wd_on = wd != 0.0, sc.mom_on = mom != 0.0;
+    sc.wd = (float)wd, sc.mom = (float)mom, sc.neg_lr = (float)(-lr);
+    sc.first = o->step == 1; /* torch's momentum buffer starts as a copy of the grad */
+    if (o->ops)
+        o->ops->sgd(p, g, o->m, o->n, &sc);
+    else
+        qft_cpu_sgd(p, g, o->m, o->n, &sc);
 }
 
 void qft_optim_step(qft_optim *o, float *params, const float *grads, float lr) {
@@ -156,33 +183,7 @@ void qft_optim_step(qft_optim *o, float *params, const float *grads, float lr) {
         sgd_step(o, params, grads, lr_d);
 }
 
-double qft_optim_grad_sumsq(const float *grads, size_t n) {
-    const long long n_chunks = (long long)((n + QFT_OPTIM_NORM_CHUNK - 1) / QFT_OPTIM_NORM_CHUNK);
-    if (n_chunks <= 1) {
-        double s = 0.0;
-        for (size_t i = 0; i < n; i++) s += (double)grads[i] * (double)grads[i];
-        return s;
-    }
-    double *part = malloc((size_t)n_chunks * sizeof(double)); // (n_chunks)
-    if (!part) {
-        /* No memory for the partials: the serial sum is slower but the same kind of answer. */
-        double s = 0.0;
-        for (size_t i = 0; i < n; i++) s += (double)grads[i] * (double)grads[i];
-        return s;
-    }
-#pragma omp parallel for schedule(static)
-    for (long long c = 0; c < n_chunks; c++) {
-        size_t lo = (size_t)c * QFT_OPTIM_NORM_CHUNK;
-        size_t hi = lo + QFT_OPTIM_NORM_CHUNK < n ? lo + QFT_OPTIM_NORM_CHUNK : n;
-        double s = 0.0;
-        for (size_t i = lo; i < hi; i++) s += (double)grads[i] * (double)grads[i];
-        part[c] = s;
-    }
-    double s = 0.0;
-    for (long long c = 0; c < n_chunks; c++) s += part[c];
-    free(part);
-    return s;
-}
+double qft_optim_grad_sumsq(const float *grads, size_t n) { return qft_cpu_sumsq(grads, n); }
 
 float qft_optim_clip_coef(float norm, float max_norm) {
     if (!(max_norm > 0.0f)) return 1.0f;
@@ -192,15 +193,19 @@ float qft_optim_clip_coef(float norm, float max_norm) {
     return c < 1.0f ? c : 1.0f;
 }
 
-void qft_optim_scale(float *grads, size_t n, float coef) {
-    if (coef == 1.0f) return;
-    const long long nn = (long long)n;
-#pragma omp parallel for schedule(static) if (nn >= QFT_OPTIM_PAR_MIN)
-    for (long long i = 0; i < nn; i++) grads[i] *= coef;
-}
+void qft_optim_scale(float *grads, size_t n, float coef) { qft_cpu_scale(grads, n, coef); }
 
 float qft_optim_clip_grad_norm(float *grads, size_t n, float max_norm) {
-    const float norm = (float)sqrt(qft_optim_grad_sumsq(grads, n));
-    qft_optim_scale(grads, n, qft_optim_clip_coef(norm, max_norm));
+    return qft_optim_clip_grad_norm_on(NULL, grads, n, max_norm);
+}
+
+float qft_optim_clip_grad_norm_on(const qft_ops *ops, float *grads, size_t n, float max_norm) {
+    const double ss = ops ? ops->sumsq(grads, n) : qft_cpu_sumsq(grads, n);
+    const float norm = (float)sqrt(ss);
+    const float coef = qft_optim_clip_coef(norm, max_norm);
+    if (ops)
+        ops->scale(grads, n, coef);
+    else
+        qft_cpu_scale(grads, n, coef);
     return norm;
 }

@@ -11,6 +11,8 @@
 
 #include "qft_base.h"
 
+struct qft_ops;
+
 typedef enum { QFT_OPT_ADAMW = 0, QFT_OPT_SGD = 1 } qft_optim_kind;
 
 typedef struct qft_optim_config {
@@ -26,11 +28,23 @@ typedef struct qft_optim {
     float *m;  /* (n) first moment, or SGD momentum buffer (NULL for SGD without momentum) */
     float *v;  /* (n) second moment (AdamW), NULL for SGD */
     long step; /* updates taken */
+    /* The backend m and v live on, whose optimizer entries update them (with params and
+     * grads there too); NULL is host memory (core/cpu's kernels, called directly). */
+    const struct qft_ops *ops;
 } qft_optim;
 
 /* Checks the hyper-parameters (betas in [0, 1), eps >= 0, weight_decay >= 0, momentum >= 0)
  * and allocates zeroed state. */
 int qft_optim_init(qft_optim *o, const qft_optim_config *cfg, size_t n, qft_err *err);
+/* The same with the state in `ops`'s memory (NULL = host, as qft_optim_init); step then
+ * takes params and grads in that memory too and runs the backend's adamw/sgd entries with
+ * scalars made here, the same bits as on the host for the CPU kernels. */
+int qft_optim_init_on(qft_optim *o, const qft_optim_config *cfg, size_t n,
+                      const struct qft_ops *ops, qft_err *err);
+/* Copies m, v and the step count from src to dst, two optimizers of the same config and n
+ * on any backends (host or o->ops): download, upload or copy. For training-state
+ * checkpoints, which read and write the state in host memory. */
+void qft_optim_copy_state(qft_optim *dst, const qft_optim *src);
 /* One update of params[0..n) from grads[0..n) at learning rate lr. grads is not changed. */
 void qft_optim_step(qft_optim *o, float *params, const float *grads, float lr);
 void qft_optim_free(qft_optim *o);
@@ -48,6 +62,10 @@ double qft_optim_grad_sumsq(const float *grads, size_t n);
 /* torch's clamped coefficient min(1, max_norm / (norm + 1e-6)) in fp32; 1 when max_norm <= 0. */
 float qft_optim_clip_coef(float norm, float max_norm);
 void qft_optim_scale(float *grads, size_t n, float coef);
+/* qft_optim_clip_grad_norm over `ops`'s memory (NULL = host) through its sumsq and scale
+ * entries: the same bits as on the host. */
+float qft_optim_clip_grad_norm_on(const struct qft_ops *ops, float *grads, size_t n,
+                                  float max_norm);
 
 /* The double a user's decimal (0.9, 1e-5) means, recovered from the float that holds it:
  * the shortest decimal that rounds to f. torch gets these as Python doubles. */

@@ -32,6 +32,30 @@ extern "C" {
  * queries first, then keys, then values; head h of row n starts at h*hd. */
 #define QFT_QKV_WIDTH(H, KV, hd) (((H) + 2 * (KV)) * (hd))
 
+/* The scalars of one AdamW update (torch's single-tensor AdamW, core/train/optim.c), made
+ * on the host in double from the hyper-parameters, the learning rate and the step t, and
+ * rounded to float where torch's kernel casts them; the op applies them element-wise. */
+typedef struct qft_ops_adamw_scalars {
+    int decay_on;   /* weight decay is applied */
+    float decay;    /* 1 - lr * wd */
+    float w1, w1m;  /* lerp weight 1 - beta1, and w1 - 1 */
+    int small;      /* |w1| < 0.5: torch's lerp branch */
+    float b2, c2;   /* beta2, 1 - beta2 */
+    float neg_step; /* -lr / (1 - beta1^t) */
+    float bc2_sqrt; /* sqrt(1 - beta2^t) */
+    float eps;
+} qft_ops_adamw_scalars;
+
+/* The scalars of one SGD update (torch's single-tensor SGD, dampening 0, no nesterov). */
+typedef struct qft_ops_sgd_scalars {
+    int wd_on;     /* L2 weight decay added to the gradient */
+    float wd;
+    int mom_on;    /* momentum buffer in use */
+    float mom;
+    int first;     /* the first step: the buffer starts as a copy of the gradient */
+    float neg_lr;  /* -lr */
+} qft_ops_sgd_scalars;
+
 /* rope_type values of rope_table (the same numbers as core's QFT_ROPE_*). */
 enum { QFT_OPS_ROPE_DEFAULT = 0, QFT_OPS_ROPE_LLAMA3 = 1 };
 
@@ -143,7 +167,24 @@ typedef struct qft_ops {
      * complete before they return. On the CPU backend, memcpy. */
     void (*upload)(void *dst, const void *src_host, size_t bytes);
     void (*download)(void *dst_host, const void *src, size_t bytes);
+
+    /* ---- optimizer (appended; core/train/optim.c drives them) --------------------------- */
+    /* One AdamW update of p (n) from g (n), with moments m (n) and v (n) updated in place. */
+    void (*adamw)(float *p, const float *g, float *m, float *v, size_t n,
+                  const qft_ops_adamw_scalars *s);
+    /* One SGD update of p (n) from g (n); buf (n) is the momentum buffer (NULL without
+     * momentum). */
+    void (*sgd)(float *p, const float *g, float *buf, size_t n, const qft_ops_sgd_scalars *s);
+    /* The sum of squares of x (n) in double, for the clipping norm: deterministic, the same
+     * bits on every backend (partial sums over fixed chunks of QFT_OPS_SUMSQ_CHUNK floats,
+     * each summed in index order, then the partials in chunk order). */
+    double (*sumsq)(const float *x, size_t n);
+    /* x (n) *= coef in place (no-op when coef == 1). */
+    void (*scale)(float *x, size_t n, float coef);
 } qft_ops;
+
+/* The chunk of sumsq's partial sums. */
+#define QFT_OPS_SUMSQ_CHUNK 65536
 
 #ifdef __cplusplus
 }

@@ -7,8 +7,11 @@
  *     shard.cpu_offload = true exactly as on the cpu backend: the same losses and gradient
  *     norms bit for bit, the same saved model. Any host access to backend memory in the
  *     model or the training loop would have stopped the run;
- *   - the refusals: another backend without cpu_offload, a quantized or adapter train_type
- *     there, cpu_offload on the cpu backend.
+ *   - the same without cpu_offload, the optimizer and clipping on the backend (AdamW, and
+ *     SGD with momentum), and a training-state checkpoint staged through the host and
+ *     resumed from there;
+ *   - the refusals: a quantized or adapter train_type there, cpu_offload on the cpu
+ *     backend, several ranks without cpu_offload.
  * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree. */
 #include "cpu_ops.h"
 #include "run_util.h"
@@ -53,7 +56,7 @@ END_TEST
 
 /* qft train (under `launch`: "" or an mpirun line) configs/<type>.cfg on `backend`. */
 static void train_with(const char *launch, const char *type, const char *backend,
-                       const char *extra, const char *dir) {
+                       int offload, const char *extra, const char *dir) {
     const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
     ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
     char cmd[16384], pre[1024] = "";
@@ -63,37 +66,68 @@ static void train_with(const char *launch, const char *type, const char *backend
              "%s%s train %s/configs/%s.cfg %s --set train.backend=\\\"%s\\\" %s %s "
              "--set output.dir=\\\"%s\\\" -q 2>&1",
              pre, qft, root, type, k_overrides, backend,
-             strcmp(backend, "cpu") ? "--set shard.cpu_offload=true" : "", extra, dir);
+             strcmp(backend, "cpu") && offload ? "--set shard.cpu_offload=true" : "", extra,
+             dir);
     const int st = ru_run(cmd, out, sizeof out);
     if (st != 0) fputs(out, stdout); /* whole, not through Check's bounded message */
     ck_assert_msg(st == 0, "%.2000s failed (%d); its output is above", cmd, st);
 }
 
-static void train(const char *type, const char *backend, const char *extra, const char *dir) {
-    train_with("", type, backend, extra, dir);
+static void train(const char *type, const char *backend, int offload, const char *extra,
+                  const char *dir) {
+    train_with("", type, backend, offload, extra, dir);
 }
 
+/* offload 1: the optimizer on the host copies; 0: on the backend */
 static const struct {
     const char *type, *extra;
+    int offload;
 } k_cases[] = {
-    {"full", "--set train.recompute=true"},
-    {"full", "--set train.recompute=false --set model.config.tie_word_embeddings=true"},
-    {"llama_pro", ""},
+    {"full", "--set train.recompute=true", 1},
+    {"full", "--set train.recompute=false --set model.config.tie_word_embeddings=true", 1},
+    {"llama_pro", "", 1},
+    {"full", "--set train.recompute=true --set train.grad_clip=0.5", 0},
+    {"full", "--set train.recompute=false --set model.config.tie_word_embeddings=true", 0},
+    {"llama_pro", "", 0},
+    {"full", "--set train.optimizer=\\\"sgd\\\" --set train.momentum=0.9 "
+             "--set train.weight_decay=0.01 --set train.lr=0.01", 0},
 };
 
-START_TEST(test_same_as_cpu) {
-    char a[8192], b[8192];
-    snprintf(a, sizeof a, "%s/cpu-%d", g_tmp, _i);
-    snprintf(b, sizeof b, "%s/guard-%d", g_tmp, _i);
-    train(k_cases[_i].type, "cpu", k_cases[_i].extra, a);
-    train(k_cases[_i].type, "cpu_guard", k_cases[_i].extra, b);
+static void same_dirs(const char *a, const char *b, const char *what) {
     ru_same_metrics(a, b, 4);
     char pa[8192 + 64], pb[8192 + 64];
     snprintf(pa, sizeof pa, "%s/model/model.safetensors", a);
     snprintf(pb, sizeof pb, "%s/model/model.safetensors", b);
     const int n = ru_same_tensors(pa, pb);
-    printf("%s %s: 4 steps on cpu_guard equal the cpu backend's bit for bit (%d tensors)\n",
-           k_cases[_i].type, k_cases[_i].extra, n);
+    printf("%s: 4 steps on cpu_guard equal the cpu backend's bit for bit (%d tensors)\n", what,
+           n);
+}
+
+START_TEST(test_same_as_cpu) {
+    char a[8192], b[8192], what[512];
+    snprintf(a, sizeof a, "%s/cpu-%d", g_tmp, _i);
+    snprintf(b, sizeof b, "%s/guard-%d", g_tmp, _i);
+    train(k_cases[_i].type, "cpu", 1, k_cases[_i].extra, a);
+    train(k_cases[_i].type, "cpu_guard", k_cases[_i].offload, k_cases[_i].extra, b);
+    snprintf(what, sizeof what, "%s %s, %s", k_cases[_i].type, k_cases[_i].extra,
+             k_cases[_i].offload ? "cpu_offload" : "optimizer on the backend");
+    same_dirs(a, b, what);
+}
+END_TEST
+
+/* The optimizer on the backend, with a training-state checkpoint after step 2 (staged
+ * through host memory) and a run resumed from it: the cpu backend's uninterrupted bits. */
+START_TEST(test_backend_resume) {
+    char a[8192], b[8192], extra[8192 + 128];
+    snprintf(a, sizeof a, "%s/resume-cpu", g_tmp);
+    snprintf(b, sizeof b, "%s/resume-guard", g_tmp);
+    train("full", "cpu", 1, "--set output.save_state_every=2", a);
+    train("full", "cpu_guard", 0, "--set output.save_state_every=2", b);
+    snprintf(extra, sizeof extra,
+             "--set output.save_state_every=2 --set train.resume_from=\\\"%s/checkpoint-2\\\"",
+             b);
+    train("full", "cpu_guard", 0, extra, b);
+    same_dirs(a, b, "full, optimizer on the backend, resumed from checkpoint-2");
 }
 END_TEST
 
@@ -116,7 +150,6 @@ static void refused(const char *type, const char *sets, const char *want) {
 }
 
 START_TEST(test_refusals) {
-    refused("full", "--set train.backend=\\\"cpu_guard\\\"", "set shard.cpu_offload = true");
     refused("full", "--set shard.cpu_offload=true", "keeps everything in host memory already");
     if (ru_type_built("QFT_TRAIN_TYPES", "qlora"))
         refused("qlora", "--set train.backend=\\\"cpu_guard\\\" --set shard.cpu_offload=true",
@@ -142,8 +175,8 @@ START_TEST(test_ranks) {
         snprintf(a, sizeof a, "%s/ranks-cpu-%d", g_tmp, i);
         snprintf(b, sizeof b, "%s/ranks-guard-%d", g_tmp, i);
         snprintf(extra, sizeof extra, "--set shard.plugin=\\\"%s\\\"", strategies[i]);
-        train_with(mpirun, "full", "cpu", extra, a);
-        train_with(mpirun, "full", "cpu_guard", extra, b);
+        train_with(mpirun, "full", "cpu", 1, extra, a);
+        train_with(mpirun, "full", "cpu_guard", 1, extra, b);
         ru_same_metrics(a, b, 4);
         char pa[8192 + 64], pb[8192 + 64];
         snprintf(pa, sizeof pa, "%s/model/model.safetensors", a);
@@ -158,6 +191,9 @@ START_TEST(test_ranks) {
                  "--set train.backend=\\\"cpu_guard\\\" --set shard.cpu_offload=true "
                  "--set shard.plugin=\\\"full_shard\\\"",
                  "full sharding cuts the model in host memory");
+    /* the strategies' collectives work on host memory: several ranks need cpu_offload */
+    refused_with(cmd, "full", "--set train.backend=\\\"cpu_guard\\\"",
+                 "collectives work on host memory");
 }
 END_TEST
 
@@ -169,6 +205,7 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_guard_bites);
     tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
+    tcase_add_test(tc, test_backend_resume);
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_ranks);
     suite_add_tcase(s, tc);
