@@ -406,6 +406,50 @@ START_TEST(test_adamw_elem) {
 }
 END_TEST
 
+/* ---- SGD: the twin element update against core/train's optimizer, bit for bit --------- */
+START_TEST(test_sgd_elem) {
+    const size_t n = 1000;
+    /* _i: 0 plain, 1 weight decay, 2 momentum, 3 both */
+    const float wd = (_i & 1) ? 0.01f : 0.0f, mom = (_i & 2) ? 0.9f : 0.0f, lr = 0.05f;
+    qft_optim_config cfg = {QFT_OPT_SGD, 0.0f, 0.0f, 0.0f, wd, mom};
+    qft_optim o;
+    qft_err err = {0, ""};
+    ck_assert_int_eq(qft_optim_init(&o, &cfg, n, &err), 0);
+    float *p = xcalloc(n, 4), *g = xcalloc(n, 4), *pt = xcalloc(n, 4), *bt = xcalloc(n, 4);
+    fill(p, n, 19, 1.0f);
+    memcpy(pt, p, n * 4);
+    const double wd_d = qft_optim_float_decimal(wd), mom_d = qft_optim_float_decimal(mom);
+    for (int step = 1; step <= 3; step++) {
+        fill(g, n, 20 + step, 0.1f);
+        qft_optim_step(&o, p, g, lr);
+        const float neg_lr = (float)(-qft_optim_float_decimal(lr));
+        for (size_t i = 0; i < n; i++)
+            qft_twin_sgd_elem(&pt[i], &bt[i], g[i], wd_d != 0.0, (float)wd_d, mom_d != 0.0,
+                              (float)mom_d, step == 1, neg_lr);
+        ck_assert_msg(memcmp(p, pt, n * 4) == 0, "step %d: params differ", step);
+        if (o.m) ck_assert_msg(memcmp(o.m, bt, n * 4) == 0, "step %d: momentum differs", step);
+    }
+    qft_optim_free(&o);
+    free(p), free(g), free(pt), free(bt);
+}
+END_TEST
+
+/* ---- sum of squares: the kernel's per-chunk sums, added in chunk order, against the CPU
+ * op (the clipping norm), bit for bit, across chunk boundaries and a partial last chunk */
+START_TEST(test_sumsq_chunks) {
+    const size_t n = 3 * QFT_OPS_SUMSQ_CHUNK + 12345;
+    float *x = xcalloc(n, 4);
+    fill(x, n, 31, 2.0f);
+    double s = 0.0;
+    for (size_t lo = 0; lo < n; lo += QFT_OPS_SUMSQ_CHUNK)
+        s += qft_twin_sumsq_range(x, lo, lo + QFT_OPS_SUMSQ_CHUNK < n ? lo + QFT_OPS_SUMSQ_CHUNK : n);
+    const double ref = qft_cpu_ops()->sumsq(x, n);
+    ck_assert_msg(memcmp(&s, &ref, sizeof s) == 0, "twin %.17g, cpu %.17g", s, ref);
+    ck_assert(s > 0);
+    free(x);
+}
+END_TEST
+
 /* ---- RoPE table: the twin's inverse frequencies and angles against the CPU table ------ */
 START_TEST(test_rope_table) {
     const int T = 300, hd = 128, half = hd / 2;
@@ -449,6 +493,8 @@ int main(void) {
     tcase_add_test(tc, test_nf4_vs_plugin);
 #endif
     tcase_add_loop_test(tc, test_adamw_elem, 0, 2);
+    tcase_add_loop_test(tc, test_sgd_elem, 0, 4);
+    tcase_add_test(tc, test_sumsq_chunks);
     tcase_add_loop_test(tc, test_rope_table, 0, 2);
     tcase_add_test(tc, test_loader_message);
     twin_linear_add_tests(tc);
