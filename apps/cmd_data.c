@@ -55,9 +55,9 @@ int qft_cmd_data(int argc, char **argv) {
         goto out;
     }
     const qft_data_examples *ex = &d.ex;
-    printf("dataset: plugin %s, %ld rows; %ld examples used (dataset_samples %ld, cut to a "
-           "multiple of batch_size x grad_accum = %d)\n",
-           rc.data.plugin, d.rows, ex->count, rc.data.dataset_samples,
+    printf("dataset: plugin %s, %ld rows (%ld bad rows skipped); %ld examples used "
+           "(dataset_samples %ld, cut to a multiple of batch_size x grad_accum = %d)\n",
+           rc.data.plugin, d.rows, d.skipped, ex->count, rc.data.dataset_samples,
            rc.train.batch_size * rc.train.grad_accum);
     printf("tokens: %ld (%ld trained, %ld masked), longest example %d, context_length %d\n",
            ex->n_tokens, ex->n_target_tokens, ex->n_tokens - ex->n_target_tokens, ex->max_len,

@@ -45,6 +45,7 @@ typedef struct qft_run_data {
     const qft_dataset_vtable *dvt;
     void *dstate;
     long rows;            /* rows the plugin yields */
+    long skipped;         /* bad rows it left out (data.skip_bad_rows) */
     const qft_quantizer_vtable *qvt; /* the quantizer plugin, NULL when none */
     void *qstate;                    /* its configured options */
     const qft_adapter_vtable *avt;   /* the adapter plugin, NULL when none */

@@ -31,6 +31,7 @@ int qft_run_data_open_world(const qft_run_config *rc, const char *const *cli_plu
         return -1;
     }
     d->rows = d->dvt->count(d->dstate);
+    d->skipped = d->dvt->skipped ? d->dvt->skipped(d->dstate) : 0;
     long n = d->rows;
     if (rc->data.dataset_samples >= 0 && n > rc->data.dataset_samples) n = rc->data.dataset_samples;
     /* the global batch: every rank's micro-batches of one optimizer step */

@@ -61,6 +61,8 @@ int qft_ds_set_open(const qft_services *svc, const config_setting_t *section,
 
 long qft_ds_set_count(const void *set) { return ((const qft_ds_set *)set)->n; }
 
+long qft_ds_set_skipped(const void *set) { return ((const qft_ds_set *)set)->rows.n_bad; }
+
 int qft_ds_set_get(const void *set, long index, const char **prompt, const char **response,
                    qft_err *err) {
     const qft_ds_set *s = set;

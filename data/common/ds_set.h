@@ -35,6 +35,7 @@ typedef struct qft_ds_set {
 int qft_ds_set_open(const qft_services *svc, const config_setting_t *section,
                     const qft_ds_spec *spec, qft_ds_set **out, qft_err *err);
 long qft_ds_set_count(const void *set);
+long qft_ds_set_skipped(const void *set); /* bad rows left out (data.skip_bad_rows) */
 int qft_ds_set_get(const void *set, long index, const char **prompt, const char **response,
                    qft_err *err);
 void qft_ds_set_close(void *set);

@@ -84,6 +84,7 @@ static const qft_dataset_vtable k_vtable = {
     .count = qft_ds_set_count,
     .get = qft_ds_set_get,
     .close = qft_ds_set_close,
+    .skipped = qft_ds_set_skipped,
 };
 
 static const qft_plugin_desc k_desc = {

@@ -141,6 +141,9 @@ typedef struct qft_dataset_vtable {
     int (*get)(const void *state, long index, const char **prompt, const char **response,
                qft_err *err);
     void (*close)(void *state);
+    /* Optional (NULL: none): rows of the file left out as bad under data.skip_bad_rows, for
+     * the core's report. */
+    long (*skipped)(const void *state);
 } qft_dataset_vtable;
 
 /* ---- tensor files seen by plugins ----------------------------------------------------

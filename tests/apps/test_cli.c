@@ -168,7 +168,7 @@ START_TEST(test_data_show) {
     char cmd[8192], *out;
     snprintf(cmd, sizeof cmd, "%s data --show 2 --set data.count=64", g_qft);
     ck_assert_int_eq(run(cmd, &out), 0);
-    ck_assert_msg(strstr(out, "64 rows; 64 examples used"), "%s", out);
+    ck_assert_msg(strstr(out, "64 rows (0 bad rows skipped); 64 examples used"), "%s", out);
     ck_assert_msg(strstr(out, "--- example 1:"), "%s", out);
     /* the prompt is the masked part, the answer with its EOS the trained part */
     ck_assert_msg(strstr(out, "masked:  \"<s>###Question:\\n"), "%s", out);

@@ -387,6 +387,8 @@ START_TEST(skip_bad_rows_counts) {
     ASSERT_HAS(g_log, "bad_mixed.jsonl:2: row 2: missing field \"answer\"");
     const qft_dataset_vtable *vt = plugin("orca_math");
     ck_assert_int_eq(vt->count(st), 4);
+    ck_assert_msg(vt->skipped && vt->skipped(st) == 2, "the plugin does not report its 2 "
+                                                        "skipped rows");
     /* the shuffle runs over the 4 good rows (1, 3, 5, 6): default_rng(42).permutation(4) */
     static const char *const good[] = {"Question 1?", "Question 3?", "Question 5?", "Question 6?"};
     long seen = 0;

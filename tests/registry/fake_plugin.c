@@ -30,7 +30,8 @@ static int fake_get(const void *state, long i, const char **p, const char **r, q
 static void fake_close(void *state) { (void)state; }
 
 static const char *const k_keys[] = {"path", NULL};
-static const qft_dataset_vtable k_vt = {k_keys, fake_open, fake_count, fake_get, fake_close};
+static const qft_dataset_vtable k_vt = {k_keys, fake_open, fake_count, fake_get, fake_close,
+                                        NULL};
 static const qft_plugin_desc k_desc = {FAKE_ABI, QFT_KIND_DATASET, FAKE_NAME, "1.2.3",
                                        "three arithmetic rows for tests", &k_vt};
 
