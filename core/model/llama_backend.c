@@ -7,15 +7,6 @@
 
 #include <string.h>
 
-/* The view slot of an entry in a pointer table, as llama_params.c lays them out. */
-static float **view_slot(qft_llama_ptrs *v, int layer, int field) {
-    if (layer < 0) return field == 0 ? &v->embed : field == 1 ? &v->norm : &v->lm_head;
-    qft_llama_layer_ptrs *y = &v->layers[layer];
-    float **f[] = {&y->ln1, &y->wq,    &y->wk,  &y->wv,   &y->wo,
-                   &y->ln2, &y->wgate, &y->wup, &y->wdown};
-    return f[field];
-}
-
 int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, qft_err *err) {
     if (m->dev_params) return qft_err_setf(err, "the model is on a backend already");
     if (m->units)
@@ -41,9 +32,9 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, qft_err *err) {
     ops->zero(m->dev_grads, m->n_trainable);
     for (int i = 0; i < m->n_entries; i++) {
         const qft_param_entry *e = &m->entries[i];
-        *view_slot(&m->p, e->layer, e->field) = m->dev_params + e->offset;
+        *qft_llama_view_slot(&m->p, e->layer, e->field) = m->dev_params + e->offset;
         if (e->role == QFT_ROLE_TRAIN)
-            *view_slot(&m->g, e->layer, e->field) = m->dev_grads + e->offset;
+            *qft_llama_view_slot(&m->g, e->layer, e->field) = m->dev_grads + e->offset;
     }
     if (m->cfg.tie_word_embeddings) m->p.lm_head = m->p.embed, m->g.lm_head = m->g.embed;
     /* activations are the backend's too: the next forward allocates them there */

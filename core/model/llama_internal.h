@@ -53,6 +53,9 @@ struct qft_llama_acts {
     int grad_ready;      /* 1 after forward until its backward */
 };
 
+/* The view slot of an entry (its layer and field) in a pointer table, p or g. */
+float **qft_llama_view_slot(qft_llama_ptrs *v, int layer, int field);
+
 /* Assigns the unit layout's offsets (llama_units.c): sets every dense entry's offset,
  * n_trainable, n_params and the unit table. */
 int qft_llama_units_layout(qft_llama_model *m, int pad, qft_err *err);

@@ -33,8 +33,7 @@ static qft_adapter_param *adapter_param(qft_llama_model *m, const qft_param_entr
     return &m->adapted[lk / QFT_LIN_COUNT][lk % QFT_LIN_COUNT]->params[i];
 }
 
-/* The view slot of an entry in a pointer table (p or g). */
-static float **slot_of(qft_llama_ptrs *v, int layer, int field) {
+float **qft_llama_view_slot(qft_llama_ptrs *v, int layer, int field) {
     if (layer < 0) return field == 0 ? &v->embed : field == 1 ? &v->norm : &v->lm_head;
     qft_llama_layer_ptrs *y = &v->layers[layer];
     float **f[] = {&y->ln1, &y->wq,    &y->wk,  &y->wv,   &y->wo,
@@ -240,7 +239,7 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
         if (e->layer == -2)
             adapter_param(m, e)->data = m->params + e->offset;
         else
-            *slot_of(&m->p, e->layer, e->field) =
+            *qft_llama_view_slot(&m->p, e->layer, e->field) =
                 e->role == QFT_ROLE_QUANTIZED ? NULL : m->params + e->offset;
     }
     if (cfg->tie_word_embeddings) m->p.lm_head = m->p.embed;
@@ -367,7 +366,7 @@ int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err) {
         if (e->layer == -2)
             adapter_param(m, e)->grad = m->grads + e->offset;
         else
-            *slot_of(&m->g, e->layer, e->field) =
+            *qft_llama_view_slot(&m->g, e->layer, e->field) =
                 e->role == QFT_ROLE_TRAIN ? m->grads + e->offset : NULL;
     }
     if (m->cfg.tie_word_embeddings) m->g.lm_head = m->g.embed;

@@ -128,10 +128,6 @@ int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err) {
     return 0;
 }
 
-void qft_run_fsdp_release_all(qft_run_fsdp *f) {
-    for (int u = 0; u < f->m->n_units; u++) release(f, u);
-}
-
 /* Replays the order of the model's unit events (llama_forward.c, llama_backward.c) with
  * the units' page-rounded sizes: parameters resident from GATHER to RELEASE, a unit's
  * gradients from its backward to its reduce-scatter (or the whole step before the last

@@ -31,9 +31,8 @@ typedef struct qft_run_fsdp {
  * the model so that its passes gather and release units. Collective over the job. */
 int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
                       const qft_transport *replicas, qft_err *err);
-/* Every unit whole (before a save), or every unit released. Collective. */
+/* Every unit whole (before a save). Collective. */
 int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err);
-void qft_run_fsdp_release_all(qft_run_fsdp *f);
 /* The resident-bytes peak the schedule implies for one step of grad_accum micro-batches,
  * from the units' sizes (page-rounded), beside which `peak` is measured. */
 size_t qft_run_fsdp_expected_peak(const qft_run_fsdp *f, int grad_accum);

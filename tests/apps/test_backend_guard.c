@@ -209,13 +209,5 @@ int main(void) {
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_ranks);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    if (failed == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ru_run_suite(s, g_tmp);
 }

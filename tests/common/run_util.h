@@ -178,6 +178,37 @@ static inline void ru_same_checkpoint(const char *a, const char *b, int world) {
     }
 }
 
+/* A run resumed at step 3 against the one that went straight to step 6, both saving a
+ * training-state checkpoint every 3 steps: the same metrics, adapter and checkpoint-3 and
+ * -6 optimizer files of `world` ranks, bit for bit. Returns the adapter's tensor count. */
+static inline int ru_same_resumed(const char *straight, const char *resumed, int world) {
+    char pa[8192], pb[8192];
+    ru_same_metrics(straight, resumed, 6);
+    snprintf(pa, sizeof pa, "%s/adapter/adapter_model.safetensors", straight);
+    snprintf(pb, sizeof pb, "%s/adapter/adapter_model.safetensors", resumed);
+    const int n = ru_same_tensors(pa, pb);
+    for (int step = 3; step <= 6; step += 3) {
+        snprintf(pa, sizeof pa, "%s/checkpoint-%d", straight, step);
+        snprintf(pb, sizeof pb, "%s/checkpoint-%d", resumed, step);
+        ru_same_checkpoint(pa, pb, world);
+    }
+    return n;
+}
+
+/* Runs the suite in this process (the cases run in order and may share files), removes
+ * the scratch folder tmp when every case passed, and returns the exit status. */
+static inline int ru_run_suite(Suite *s, const char *tmp) {
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (failed == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
 /* "cp -r" and "rm -rf" through the shell, for preparing damaged checkpoints. */
 static inline void ru_sh(const char *fmt, const char *a, const char *b) {
     char cmd[16384];

@@ -339,13 +339,5 @@ int main(int argc, char **argv) {
     tcase_add_loop_test(tc, test_equivalence, 0, N_CASES);
     tcase_add_test(tc, test_one_rank_fails);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    if (failed == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ru_run_suite(s, g_tmp);
 }
