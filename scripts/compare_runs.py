@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Compares two `qft train` output folders: the losses in metrics.jsonl and every tensor of
-model/model.safetensors (f32 saves). Standard library only, for GPU machines without numpy.
+model/model.safetensors (f32 saves), or of adapter/adapter_model.safetensors when the runs
+saved an adapter (always f32). Standard library only, for GPU machines without numpy.
 
 Usage: compare_runs.py A B [--loss-rel 1e-3] [--tensor-rel 1e-2]
 Prints the worst relative differences; exits 1 when a tolerance is exceeded. Tensor
 differences are relative to the tensor's largest magnitude (a norm-wise bound, as bf16
 tolerances are meant), losses relative to the loss."""
 import json
+import os
 import struct
 import sys
 
@@ -17,7 +19,11 @@ def losses(d):
 
 
 def tensors(d):
-    with open(f"{d}/model/model.safetensors", "rb") as f:
+    # a run saves model/ (output.save = "model") or, for adapter train_types, adapter/
+    path = f"{d}/model/model.safetensors"
+    if not os.path.exists(path) and os.path.exists(f"{d}/adapter/adapter_model.safetensors"):
+        path = f"{d}/adapter/adapter_model.safetensors"
+    with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         head = json.loads(f.read(n))
         data = f.read()

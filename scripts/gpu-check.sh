@@ -4,17 +4,22 @@
 #   1. configures with -Dqft_cuda_arch=sm_90 (nvcc -arch=sm_90) and builds only the CUDA
 #      targets: core/cuda (libqft_cuda.so), tests/cuda/test_cuda_twin,
 #      tests/cuda/test_cuda_ops, bench/cuda_bench, and the hqq plugin the tests dlopen;
+#      then apps/qft and the plugins the parity runs load;
 #   2. runs test_cuda_twin (the kernels' indexing on the CPU) and test_cuda_ops (every op
-#      of the CUDA table, bf16 GEMM, NF4 and HQQ dequantization, the quantized linear,
-#      LoRA/DoRA forward, backward and DoRA's row norm, and AdamW, against the CPU backend
-#      and the CPU plugins; here it must run, a skip is a failure);
-#   3. runs test_cuda_ops under compute-sanitizer (memcheck, then racecheck if time is
-#      left) when compute-sanitizer is installed;
+#      of the CUDA table, the adapter ops (cols_axpby, col_dot, div, row_norms, dropout)
+#      among them, bf16 GEMM, NF4 and HQQ dequantization, the quantized linear, LoRA/DoRA
+#      forward, backward and DoRA's row norm, and AdamW, against the CPU backend and the
+#      CPU plugins; here it must run, a skip is a failure);
+#   3. trains a tiny random Llama on the GPU and on the CPU and compares the runs: the
+#      dense train_types (full, llama_pro), then the adapter ones (lora, qlora, hqq_lora,
+#      dense DoRA, bnb_dora (QDoRA), hqq_dora);
 #   4. runs bench/cuda_bench: bf16 cuBLASLt GEMM TFLOP/s on the Llama-3-8B shapes at
 #      M = 2048 against the measured peak, attention forward/backward time at T = 2048,
 #      H = 32, KV = 8, hd = 128, NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
-#      HQQ against the plain bf16 GEMM at the same shapes.
+#      HQQ against the plain bf16 GEMM at the same shapes;
+#   5. runs test_cuda_ops under compute-sanitizer (memcheck, then racecheck if time is
+#      left) when compute-sanitizer is installed.
 # Everything ends inside 8 minutes (each step is given what is left of the budget). A
 # report with the date, the GPU and the tables is written to $OUT (or the build dir) as
 # gpu-check-report.md, ready to paste under "## CUDA" in bench/README.md.
@@ -30,8 +35,11 @@
 # gradients and optimizer state in host memory (shard.cpu_offload); its device discipline
 # was checked on the CPU through the memory-guarded cpu_guard backend (tests/apps
 # backend_guard), and the parity step below compares it with the CPU backend. Not covered
-# here: parity for the quantized and adapter train_types (they do not run on the GPU yet),
-# and the tokens/s and peak-memory table for full, QLoRA and QDoRA against PyTorch + PEFT.
+# here: the tokens/s and peak-memory table for full, QLoRA and QDoRA against PyTorch + PEFT.
+# The adapter train_types' parity and the adapter ops' kernels (core/cuda/cuda_adapt.cu)
+# were added later, in the same way: compiled and twin-checked on the CPU, not yet run on
+# a GPU; through cpu_guard in place of cuda the same runs pass (LoRA's bit-identical to
+# cpu, DoRA's within 1e-5).
 #
 # Usage: scripts/gpu-check.sh            (from anywhere; QFT_GPU_BUILD overrides the dir)
 set -uo pipefail
@@ -69,7 +77,8 @@ step configure 120 meson setup "$BUILD" -Dqft_cuda_arch=sm_90 -Dbuildtype=releas
     { cat "$BUILD.setup.log"; exit 1; }
 step build 240 ninja -C "$BUILD" core/cuda/libqft_cuda.so tests/cuda/test_cuda_twin \
     tests/cuda/test_cuda_ops bench/cuda_bench quant/hqq/qft_hqq.so apps/qft \
-    data/synth_math/qft_synth_math.so adapters/llama_pro/qft_llama_pro.so || exit 1
+    data/synth_math/qft_synth_math.so adapters/llama_pro/qft_llama_pro.so \
+    adapters/lora/qft_lora.so adapters/dora/qft_dora.so quant/bnb_nf4/qft_bnb_nf4.so || exit 1
 # what meson test would set: the tests dlopen the hqq plugin from the build tree
 case $BUILD in /*) build_abs=$BUILD ;; *) build_abs=$PWD/$BUILD ;; esac
 export QFT_HQQ_PLUGIN="$build_abs/quant/hqq/qft_hqq.so" QFT_SOURCE_ROOT="$PWD"
@@ -114,6 +123,27 @@ else
     parity_note="GPU-vs-CPU parity (full, llama_pro): FAILED"; status=1
 fi
 
+# The adapter train_types the same way (their frozen bases, packed ones included, on the
+# device; the adapters' dropout from the counter-based mask both backends draw alike).
+# Each runs whatever the others do, so one GPU session reports all of them. Dense DoRA has
+# no train_type of its own: lora's config with the dora plugin (and lora's dropout 0.05).
+parity_adapters() {
+    local rc=0 t
+    for t in "lora lora" "qlora qlora" "hqq_lora hqq_lora" "qdora bnb_dora" "hqq_dora hqq_dora"; do
+        # shellcheck disable=SC2086 # name and config, split on purpose
+        parity $t || { echo "parity ${t%% *}: FAILED"; rc=1; }
+    done
+    parity dora lora --set adapter.plugin='"dora"' || { echo "parity dora: FAILED"; rc=1; }
+    return $rc
+}
+if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD=$BUILD; parity_adapters" \
+    | tee "$REPORT_DIR/parity_adapters.txt"; then
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora): ok"
+else
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora): FAILED"
+    status=1
+fi
+
 bench_out="$REPORT_DIR/cuda_bench.md"
 mkdir -p "$REPORT_DIR"
 # the benchmark before the sanitizer: its numbers matter more than a racecheck pass
@@ -143,6 +173,7 @@ fi
     echo "scripts/gpu-check.sh at $(git rev-parse --short HEAD 2>/dev/null || echo '?'): test_cuda_twin, test_cuda_ops exit $rc; $parity_note; $san_note; total $(( $(date +%s) - start ))s."
     echo
     grep -v '^== ' "$REPORT_DIR/parity.txt" 2>/dev/null
+    grep -v '^== ' "$REPORT_DIR/parity_adapters.txt" 2>/dev/null
     echo
     grep -v '^== ' "$bench_out"
 } >"$REPORT_DIR/gpu-check-report.md"

@@ -8,6 +8,7 @@
 #ifndef QFT_LORA_COMMON_H
 #define QFT_LORA_COMMON_H
 
+#include "qft_ops.h"
 #include "qft_sdk.h"
 
 #include <regex.h>
@@ -25,8 +26,10 @@ enum { QFT_LORA_INIT_DEFAULT = 0, QFT_LORA_INIT_GAUSSIAN, QFT_LORA_INIT_NONE };
 
 /* Buffers that live only inside one hook call, shared by every linear of one configured
  * adapter so that their size is one linear's, not the model's. The hooks of one state
- * therefore must not run concurrently (the engine runs linears one at a time). */
+ * therefore must not run concurrently (the engine runs linears one at a time). They are
+ * memory of the backend `ops`, the one the linears last ran on. */
 typedef struct qft_lora_scratch {
+    const qft_ops *ops;
     float *in_buf;   // (cap_in) x_d or an input gradient, (N, in)
     float *out_buf;  // (cap_out) a product of output width, (N, out)
     float *r_buf;    // (cap_r) du, (N, r)
@@ -70,10 +73,12 @@ struct qft_adapter_linear {
     size_t cap_u, cap_h;   /* floats */
     int64_t saved_N;       /* rows of the saved activations, -1 when none */
     qft_adapter_step saved_step;
-    /* DoRA: ||W + s B A|| per row and f = m / norm, recomputed when A or B changed;
-     * ||W||^2 per row once, at attach (W is frozen) */
+    /* DoRA: ||W + s B A|| per row and f = m / norm (backend memory). With host memory the
+     * norm is recomputed only when A or B changed, by an expansion that needs ||W||^2 per
+     * row (wsq, host memory, once at attach: W is frozen); on other backends it is
+     * recomputed exactly at every forward (lora_dora.c says why). */
     float *norm, *f;       // (out), (out)
-    double *wsq;           // (out)
+    double *wsq;           // (out) host memory only
     uint64_t norm_key;
     int norm_valid;
 };
@@ -108,27 +113,27 @@ int qft_lora_merge_rows(qft_adapter_linear *al, int64_t row0, int64_t n, float *
                         qft_err *err);
 
 /* ---- dropout (lora_dropout.c) --------------------------------------------------------- */
-/* The per-call key of the counter-based mask: a hash of (seed, step, micro, layer, name). */
+/* The per-call key of the counter-based mask (qft_ops.h's dropout entry applies it): a hash
+ * of (seed, step, micro, layer, name). */
 uint64_t qft_lora_dropout_key(const qft_adapter_step *st, int layer, const char *name);
-/* 1 when element idx (row-major in the (N, in) input) is kept at drop probability p. */
-int qft_lora_dropout_keep(uint64_t key, uint64_t idx, uint64_t threshold);
-uint64_t qft_lora_dropout_threshold(double p);
-/* dst (N, d) = src * keep / (1 - p), or, with accumulate, dst += src * keep / (1 - p). */
-void qft_lora_dropout_apply(uint64_t key, double p, const float *src, int64_t N, int64_t d,
-                            float *dst, int accumulate);
 
-/* ---- GEMM (lora_gemm.c) ---------------------------------------------------------------- */
-/* C (M, N) = alpha op(A) op(B) + beta C, row-major, as qft_ops.gemm: through the backend's
- * op table when the services offer one, else OpenBLAS split over OpenMP threads. */
-void qft_lora_gemm(const qft_services *svc, int transA, int transB, int64_t M, int64_t N,
+/* ---- GEMM and memory (lora_gemm.c) ------------------------------------------------------ */
+/* C (M, N) = alpha op(A) op(B) + beta C, row-major: ops->gemm, skipping empty products. */
+void qft_lora_gemm(const qft_ops *ops, int transA, int transB, int64_t M, int64_t N,
                    int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                    int64_t ldb, float beta, float *C, int64_t ldc);
-
-/* ---- memory ---------------------------------------------------------------------------- */
+/* Host memory for the adapter's own state (the services' accounted allocator). */
 void *qft_lora_alloc(const qft_services *svc, size_t bytes, const char *what);
 void qft_lora_free(const qft_services *svc, void *p);
-/* Grows *buf to hold at least n floats (contents lost); *cap in floats. */
-int qft_lora_reserve(const qft_services *svc, float **buf, size_t *cap, size_t n,
-                     const char *what, const char *name, qft_err *err);
+/* Grows *buf, memory of backend ops, to hold at least n floats (contents lost); *cap in
+ * floats. */
+int qft_lora_reserve(const qft_ops *ops, float **buf, size_t *cap, size_t n, const char *what,
+                     const char *name, qft_err *err);
+/* qft_lora_reserve for one of the shared scratch buffers, which first moves the whole
+ * scratch to backend ops when it lives on another one. */
+int qft_lora_scratch_reserve(qft_lora_scratch *sc, const qft_ops *ops, float **buf, size_t *cap,
+                             size_t n, const char *name, qft_err *err);
+/* Frees every scratch buffer (with the backend that allocated them). */
+void qft_lora_scratch_release(qft_lora_scratch *sc);
 
 #endif

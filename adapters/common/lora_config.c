@@ -336,11 +336,7 @@ void qft_lora_close(void *state) {
     if (!c) return;
     const qft_services *svc = c->svc;
     if (c->scratch) {
-        qft_lora_free(svc, c->scratch->in_buf);
-        qft_lora_free(svc, c->scratch->out_buf);
-        qft_lora_free(svc, c->scratch->r_buf);
-        qft_lora_free(svc, c->scratch->tile);
-        qft_lora_free(svc, c->scratch->norm_buf);
+        qft_lora_scratch_release(c->scratch);
         qft_lora_free(svc, c->scratch);
     }
     if (c->target_list) {

@@ -8,13 +8,16 @@
  * a refresh costs one base product over r rows and O(r^2 (in + out)) more, and neither W
  * nor W + s B A is ever materialised. Rows where the expansion cancels (the norm far below
  * ||W_j||, where its rounding would show) are recomputed exactly from rows of W + s B A;
- * initialisation and merging use that exact path throughout, one tile of rows at a time. */
+ * initialisation and merging use that exact path throughout, one tile of rows at a time.
+ *
+ * That cache and the expansion read A, B and the products from host code, so they run only
+ * on a backend with host memory (cpu). Elsewhere (cuda) the norm is recomputed exactly at
+ * every forward through the op table: one pass over W's tiles plus a product of r rows
+ * per tile, a cost of about r / N of the linear's own forward product at N rows. */
 #include "lora_common.h"
 
 #include <math.h>
 #include <string.h>
-
-#define SCRATCH_WHAT "adapter scratch"
 
 /* Rows per tile: about 1 MiB of fp32, so a tile is still in cache when its norms are read. */
 static int64_t tile_rows(const qft_adapter_linear *al) {
@@ -31,7 +34,7 @@ static int fused_rows(qft_adapter_linear *al, int64_t row0, int64_t n, float *ds
                       qft_err *err) {
     if (al->base.weight_rows(al->base.ctx, row0, n, dst, err)) return -1;
     if (!plain_w)
-        qft_lora_gemm(al->cfg->svc, 0, 0, n, al->in, al->r, al->scale, al->B + row0 * al->r, al->r,
+        qft_lora_gemm(al->base.ops, 0, 0, n, al->in, al->r, al->scale, al->B + row0 * al->r, al->r,
                       al->A, al->in, 1.0f, dst, al->in);
     return 0;
 }
@@ -47,8 +50,8 @@ static double sumsq(const float *row, int64_t n) {
 static int tile_sumsq(qft_adapter_linear *al, int plain_w, double *out_sq, qft_err *err) {
     qft_lora_scratch *sc = al->cfg->scratch;
     const int64_t T = tile_rows(al);
-    if (qft_lora_reserve(al->cfg->svc, &sc->tile, &sc->cap_tile, (size_t)(T * al->in), SCRATCH_WHAT,
-                         al->base.name, err))
+    if (qft_lora_scratch_reserve(sc, al->base.ops, &sc->tile, &sc->cap_tile, (size_t)(T * al->in),
+                                 al->base.name, err))
         return -1;
     for (int64_t r0 = 0; r0 < al->out; r0 += T) {
         const int64_t n = r0 + T < al->out ? T : al->out - r0;
@@ -66,35 +69,34 @@ int qft_lora_dora_prepare(qft_adapter_linear *al, qft_err *err) {
 
 int qft_lora_row_norms(qft_adapter_linear *al, float *norm, qft_err *err) {
     qft_lora_scratch *sc = al->cfg->scratch;
+    const qft_ops *ops = al->base.ops;
     const int64_t T = tile_rows(al);
-    if (qft_lora_reserve(al->cfg->svc, &sc->tile, &sc->cap_tile, (size_t)(T * al->in), SCRATCH_WHAT,
-                         al->base.name, err))
+    if (qft_lora_scratch_reserve(sc, ops, &sc->tile, &sc->cap_tile, (size_t)(T * al->in),
+                                 al->base.name, err))
         return -1;
     for (int64_t r0 = 0; r0 < al->out; r0 += T) {
         const int64_t n = r0 + T < al->out ? T : al->out - r0;
         if (fused_rows(al, r0, n, sc->tile, 0, err)) return -1; // (n, in)
-#pragma omp parallel for schedule(static) if (n * al->in > 65536)
-        for (int64_t i = 0; i < n; i++)
-            norm[r0 + i] = (float)sqrt(sumsq(sc->tile + i * al->in, al->in));
+        ops->row_norms(norm + r0, sc->tile, al->in, n, al->in);
     }
     return 0;
 }
 
 /* The expansion above; rows that cancel below 1% of ||W_j||^2 go the exact way. */
 static int expanded_norms(qft_adapter_linear *al, float *norm, qft_err *err) {
-    const qft_services *svc = al->cfg->svc;
+    const qft_ops *ops = al->base.ops;
     qft_lora_scratch *sc = al->cfg->scratch;
     const int64_t out = al->out, in = al->in, r = al->r;
     const double s = al->scale;
-    if (qft_lora_reserve(svc, &sc->norm_buf, &sc->cap_norm, (size_t)(2 * r * out + r * r),
-                         SCRATCH_WHAT, al->base.name, err))
+    if (qft_lora_scratch_reserve(sc, ops, &sc->norm_buf, &sc->cap_norm,
+                                 (size_t)(2 * r * out + r * r), al->base.name, err))
         return -1;
     float *P = sc->norm_buf; // (r, out) = A W^T
     float *BG = P + r * out; // (out, r) = B (A A^T)
     float *G = BG + out * r; // (r, r) = A A^T
     if (al->base.forward(al->base.ctx, al->A, r, P, out, 0.0f, err)) return -1;
-    qft_lora_gemm(svc, 0, 1, r, r, in, 1.0f, al->A, in, al->A, in, 0.0f, G, r);
-    qft_lora_gemm(svc, 0, 0, out, r, r, 1.0f, al->B, r, G, r, 0.0f, BG, r);
+    qft_lora_gemm(ops, 0, 1, r, r, in, 1.0f, al->A, in, al->A, in, 0.0f, G, r);
+    qft_lora_gemm(ops, 0, 0, out, r, r, 1.0f, al->B, r, G, r, 0.0f, BG, r);
     int64_t n_exact = 0;
 #pragma omp parallel for schedule(static) reduction(+ : n_exact) if (out * r > 65536)
     for (int64_t j = 0; j < out; j++) {
@@ -114,8 +116,8 @@ static int expanded_norms(qft_adapter_linear *al, float *norm, qft_err *err) {
         }
     }
     if (n_exact == 0) return 0;
-    if (qft_lora_reserve(svc, &sc->tile, &sc->cap_tile, (size_t)in, SCRATCH_WHAT, al->base.name,
-                         err))
+    if (qft_lora_scratch_reserve(sc, ops, &sc->tile, &sc->cap_tile, (size_t)in, al->base.name,
+                                 err))
         return -1;
     for (int64_t j = 0; j < out; j++) {
         if (norm[j] >= 0.0f) continue;
@@ -139,6 +141,12 @@ static uint64_t hash_floats(uint64_t h, const float *p, size_t n) {
 }
 
 int qft_lora_dora_refresh(qft_adapter_linear *al, qft_err *err) {
+    const qft_ops *ops = al->base.ops;
+    if (!ops->host_memory) {
+        if (qft_lora_row_norms(al, al->norm, err)) return -1;
+        ops->div(al->f, al->m, al->norm, (size_t)al->out);
+        return 0;
+    }
     uint64_t key = hash_floats(0xCBF29CE484222325ull, al->A, (size_t)(al->r * al->in));
     key = hash_floats(key, al->B, (size_t)(al->out * al->r));
     if (!al->norm_valid || key != al->norm_key) {
@@ -156,6 +164,10 @@ int qft_lora_merge_rows(qft_adapter_linear *al, int64_t row0, int64_t n, float *
         return qft_err_setf(err, "%s: merge rows [%lld, %lld) outside %lld rows", al->base.name,
                             (long long)row0, (long long)(row0 + n), (long long)al->out);
     if (n == 0) return 0;
+    if (!al->base.ops->host_memory)
+        return qft_err_setf(err, "%s: merging reads the merged rows on the host; the engine "
+                                 "merges on the cpu backend",
+                            al->base.name);
     if (fused_rows(al, row0, n, dst, 0, err)) return -1; // (n, in)
     if (!al->m) return 0;
         /* W' = m / ||W + s B A|| (W + s B A), the exact norm of exactly these rows */

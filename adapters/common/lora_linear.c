@@ -14,16 +14,15 @@
 #include <string.h>
 
 #define ACT_WHAT "adapter activations"
-#define SCRATCH_WHAT "adapter scratch"
 
 static double drop_p(const qft_adapter_linear *al, const qft_adapter_step *st) {
     return st && st->training && al->cfg->dropout > 0.0 ? al->cfg->dropout : 0.0;
 }
 
 static void free_saved(qft_adapter_linear *al) {
-    const qft_services *svc = al->cfg->svc;
-    qft_lora_free(svc, al->u);
-    qft_lora_free(svc, al->h);
+    const qft_ops *ops = al->base.ops;
+    if (al->u) ops->free(al->u);
+    if (al->h) ops->free(al->h);
     al->u = al->h = NULL;
     al->cap_u = al->cap_h = 0;
     al->saved_N = -1;
@@ -49,6 +48,10 @@ static int init_weights(qft_adapter_linear *al, qft_rng *rng, qft_err *err) {
     const qft_services *svc = c->svc;
     if (!svc || !svc->rng_next)
         return qft_err_setf(err, "%s: adapter init needs the services' random numbers",
+                            al->base.name);
+    if (!al->base.ops->host_memory)
+        return qft_err_setf(err, "%s: adapter init writes its tensors from the host; attach "
+                                 "with init on the cpu backend, then move the model",
                             al->base.name);
     const size_t nA = (size_t)(al->r * al->in), nB = (size_t)(al->out * al->r);
     if (c->init == QFT_LORA_INIT_GAUSSIAN) {
@@ -98,11 +101,16 @@ int qft_lora_attach(const void *state, const qft_linear_base *lin, qft_adapter_p
         return -1;
     if (c->dora && (!lin->weight_rows || !lin->forward))
         return qft_err_setf(err, "%s: DoRA needs the base's weight rows and product", lin->name);
+    const qft_ops *ops = lin->ops ? lin->ops : c->svc ? c->svc->ops : NULL;
+    if (!ops)
+        return qft_err_setf(err, "%s: attach needs the op table of the linear's backend",
+                            lin->name);
     qft_adapter_linear *al = qft_lora_alloc(c->svc, sizeof *al, "adapter state");
     if (!al) return qft_err_setf(err, "%s: out of memory", lin->name);
     memset(al, 0, sizeof *al);
     al->cfg = c;
     al->base = *lin;
+    al->base.ops = ops;
     snprintf(al->name_buf, sizeof al->name_buf, "%s", lin->name ? lin->name : "?");
     al->base.name = al->name_buf;
     al->out = lin->out, al->in = lin->in, al->r = c->r, al->scale = c->scale;
@@ -110,14 +118,15 @@ int qft_lora_attach(const void *state, const qft_linear_base *lin, qft_adapter_p
     al->B = params[1].data, al->dB = params[1].grad;
     if (c->dora) {
         al->m = params[2].data, al->dm = params[2].grad;
-        al->norm = qft_lora_alloc(c->svc, (size_t)al->out * sizeof(float), "adapter state");
-        al->f = qft_lora_alloc(c->svc, (size_t)al->out * sizeof(float), "adapter state");
-        al->wsq = qft_lora_alloc(c->svc, (size_t)al->out * sizeof(double), "adapter state");
-        if (!al->norm || !al->f || !al->wsq) {
+        al->norm = ops->alloc((size_t)al->out * sizeof(float), "adapter state");
+        al->f = ops->alloc((size_t)al->out * sizeof(float), "adapter state");
+        if (ops->host_memory)
+            al->wsq = qft_lora_alloc(c->svc, (size_t)al->out * sizeof(double), "adapter state");
+        if (!al->norm || !al->f || (ops->host_memory && !al->wsq)) {
             qft_lora_detach(al);
             return qft_err_setf(err, "%s: out of memory", lin->name);
         }
-        if (qft_lora_dora_prepare(al, err)) {
+        if (ops->host_memory && qft_lora_dora_prepare(al, err)) {
             qft_lora_detach(al);
             return -1;
         }
@@ -134,7 +143,7 @@ int qft_lora_attach(const void *state, const qft_linear_base *lin, qft_adapter_p
 int qft_lora_forward(qft_adapter_linear *al, const qft_adapter_step *st, const float *x, int64_t N,
                      float *y, int64_t ldy, qft_err *err) {
     const qft_lora_config *c = al->cfg;
-    const qft_services *svc = c->svc;
+    const qft_ops *ops = al->base.ops;
     qft_lora_scratch *sc = c->scratch;
     const char *name = al->base.name;
     const int keep = !(st && st->no_grad);
@@ -144,55 +153,49 @@ int qft_lora_forward(qft_adapter_linear *al, const qft_adapter_step *st, const f
 
     const float *xd = x; // (N, in)
     if (p > 0.0) {
-        if (qft_lora_reserve(svc, &sc->in_buf, &sc->cap_in, (size_t)(N * in), SCRATCH_WHAT, name,
-                             err))
+        if (qft_lora_scratch_reserve(sc, ops, &sc->in_buf, &sc->cap_in, (size_t)(N * in), name,
+                                     err))
             return -1;
-        qft_lora_dropout_apply(qft_lora_dropout_key(st, al->base.layer, name), p, x, N, in,
-                               sc->in_buf, 0);
+        ops->dropout(qft_lora_dropout_key(st, al->base.layer, name), p, x, N, in, sc->in_buf, 0);
         xd = sc->in_buf;
     }
     /* what backward needs is kept per linear; a forward without backward uses scratch */
-    float **ub = keep ? &al->u : &sc->r_buf;
-    size_t *ucap = keep ? &al->cap_u : &sc->cap_r;
-    if (qft_lora_reserve(svc, ub, ucap, (size_t)(N * r), keep ? ACT_WHAT : SCRATCH_WHAT, name, err))
-        return -1;
-    float *u = *ub; // (N, r) = x_d A^T
-    qft_lora_gemm(svc, 0, 1, N, r, in, 1.0f, xd, in, al->A, in, 0.0f, u, r);
+    float *u; // (N, r) = x_d A^T
+    if (keep) {
+        if (qft_lora_reserve(ops, &al->u, &al->cap_u, (size_t)(N * r), ACT_WHAT, name, err))
+            return -1;
+        u = al->u;
+    } else {
+        if (qft_lora_scratch_reserve(sc, ops, &sc->r_buf, &sc->cap_r, (size_t)(N * r), name, err))
+            return -1;
+        u = sc->r_buf;
+    }
+    qft_lora_gemm(ops, 0, 1, N, r, in, 1.0f, xd, in, al->A, in, 0.0f, u, r);
 
     if (!c->dora) {
-        qft_lora_gemm(svc, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, y, ldy);
+        qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, y, ldy);
     } else {
         if (qft_lora_dora_refresh(al, err)) return -1;
-        float **hb = keep ? &al->h : &sc->out_buf;
-        size_t *hcap = keep ? &al->cap_h : &sc->cap_out;
-        if (qft_lora_reserve(svc, hb, hcap, (size_t)(N * out), keep ? ACT_WHAT : SCRATCH_WHAT, name,
-                             err))
-            return -1;
-        float *h = *hb;         // (N, out), becomes W x_d + s B A x_d
-        const float *f = al->f; // (out)
+        float *h; // (N, out), becomes W x_d + s B A x_d
+        if (keep) {
+            if (qft_lora_reserve(ops, &al->h, &al->cap_h, (size_t)(N * out), ACT_WHAT, name, err))
+                return -1;
+            h = al->h;
+        } else {
+            if (qft_lora_scratch_reserve(sc, ops, &sc->out_buf, &sc->cap_out, (size_t)(N * out),
+                                         name, err))
+                return -1;
+            h = sc->out_buf;
+        }
         if (p == 0.0) {
-#pragma omp parallel for schedule(static) if (N * out > 65536)
-            for (int64_t n = 0; n < N; n++)
-                memcpy(h + n * out, y + n * ldy, (size_t)out * sizeof *h);
+            ops->cols_axpby(h, out, 0.0f, y, ldy, NULL, 1.0f, N, out); // h = y
         } else {
             if (al->base.forward(al->base.ctx, xd, N, h, out, 0.0f, err)) return -1;
-#pragma omp parallel for schedule(static) if (N * out > 65536)
-            for (int64_t n = 0; n < N; n++) {
-                float *yr = y + n * ldy;       // (out)
-                const float *hr = h + n * out; // (out)
-                for (int64_t j = 0; j < out; j++) yr[j] -= hr[j];
-            }
+            ops->cols_axpby(y, ldy, 1.0f, h, out, NULL, -1.0f, N, out); // y -= h
         }
-        qft_lora_gemm(svc, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, h, out);
-#pragma omp parallel for schedule(static) if (N * out > 65536)
-        for (int64_t n = 0; n < N; n++) {
-            float *yr = y + n * ldy;       // (out)
-            const float *hr = h + n * out; // (out)
-            if (p == 0.0)
-                for (int64_t j = 0; j < out; j++) yr[j] = f[j] * hr[j];
-            else
-                for (int64_t j = 0; j < out; j++) yr[j] += f[j] * hr[j];
-        }
+        qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, h, out);
+        /* y = f h without dropout; y += f h with it (y holds the undropped W x) */
+        ops->cols_axpby(y, ldy, p == 0.0 ? 0.0f : 1.0f, h, out, al->f, 0.0f, N, out);
     }
     if (keep) {
         al->saved_N = N;
@@ -201,28 +204,10 @@ int qft_lora_forward(qft_adapter_linear *al, const qft_adapter_step *st, const f
     return 0;
 }
 
-/* dm (out) += sum over rows of dy * h / norm; threads own column blocks, so every sum runs
- * in row order whatever the thread count */
-static void dora_dm(qft_adapter_linear *al, const float *dy, int64_t ldy, int64_t N) {
-    const int64_t out = al->out;
-    const int64_t nblk = (out + 63) / 64;
-#pragma omp parallel for schedule(static) if (N * out > 65536)
-    for (int64_t b = 0; b < nblk; b++) {
-        const int64_t j0 = b * 64, j1 = j0 + 64 < out ? j0 + 64 : out;
-        double acc[64] = {0};
-        for (int64_t n = 0; n < N; n++) {
-            const float *d = dy + n * ldy;    // (out)
-            const float *h = al->h + n * out; // (out)
-            for (int64_t j = j0; j < j1; j++) acc[j - j0] += (double)d[j] * h[j];
-        }
-        for (int64_t j = j0; j < j1; j++) al->dm[j] += (float)(acc[j - j0] / al->norm[j]);
-    }
-}
-
 int qft_lora_backward(qft_adapter_linear *al, const qft_adapter_step *st, const float *x, float *dy,
                       int64_t ldy, int64_t N, float *dx, qft_err *err) {
     const qft_lora_config *c = al->cfg;
-    const qft_services *svc = c->svc;
+    const qft_ops *ops = al->base.ops;
     qft_lora_scratch *sc = c->scratch;
     const char *name = al->base.name;
     const int64_t out = al->out, in = al->in, r = al->r;
@@ -243,55 +228,44 @@ int qft_lora_backward(qft_adapter_linear *al, const qft_adapter_step *st, const 
     const float *g = dy;
     int64_t ldg = ldy;
     if (c->dora) {
-        dora_dm(al, dy, ldy, N);
-        const float *f = al->f; // (out)
+        /* dm (out) += sum over rows of dy * h / norm, each column's sum in row order */
+        ops->col_dot(al->dm, dy, ldy, al->h, out, al->norm, N, out);
         float *gd = dy;
         if (p > 0.0) { /* dy itself still feeds the unscaled base term */
-            if (qft_lora_reserve(svc, &sc->out_buf, &sc->cap_out, (size_t)(N * out), SCRATCH_WHAT,
-                                 name, err))
+            if (qft_lora_scratch_reserve(sc, ops, &sc->out_buf, &sc->cap_out, (size_t)(N * out),
+                                         name, err))
                 return -1;
             gd = sc->out_buf, ldg = out;
         }
-#pragma omp parallel for schedule(static) if (N * out > 65536)
-        for (int64_t n = 0; n < N; n++) {
-            const float *d = dy + n * ldy; // (out)
-            float *o = gd + n * ldg;       // (out)
-            for (int64_t j = 0; j < out; j++) o[j] = f[j] * d[j];
-        }
+        ops->cols_axpby(gd, ldg, 0.0f, dy, ldy, al->f, 0.0f, N, out); // f dy
         g = gd;
     }
-    if (qft_lora_reserve(svc, &sc->r_buf, &sc->cap_r, (size_t)(N * r), SCRATCH_WHAT, name, err))
+    if (qft_lora_scratch_reserve(sc, ops, &sc->r_buf, &sc->cap_r, (size_t)(N * r), name, err))
         return -1;
     float *du = sc->r_buf; // (N, r) = s g B
-    qft_lora_gemm(svc, 1, 0, out, r, N, al->scale, g, ldg, al->u, r, 1.0f, al->dB, r);
-    qft_lora_gemm(svc, 0, 0, N, r, out, al->scale, g, ldg, al->B, r, 0.0f, du, r);
+    qft_lora_gemm(ops, 1, 0, out, r, N, al->scale, g, ldg, al->u, r, 1.0f, al->dB, r);
+    qft_lora_gemm(ops, 0, 0, N, r, out, al->scale, g, ldg, al->B, r, 0.0f, du, r);
 
     if (p == 0.0) {
-        qft_lora_gemm(svc, 1, 0, r, in, N, 1.0f, du, r, x, in, 1.0f, al->dA, in);
-        qft_lora_gemm(svc, 0, 0, N, in, r, 1.0f, du, r, al->A, in, 1.0f, dx, in);
+        qft_lora_gemm(ops, 1, 0, r, in, N, 1.0f, du, r, x, in, 1.0f, al->dA, in);
+        qft_lora_gemm(ops, 0, 0, N, in, r, 1.0f, du, r, al->A, in, 1.0f, dx, in);
     } else {
-        if (qft_lora_reserve(svc, &sc->in_buf, &sc->cap_in, (size_t)(N * in), SCRATCH_WHAT, name,
-                             err))
+        if (qft_lora_scratch_reserve(sc, ops, &sc->in_buf, &sc->cap_in, (size_t)(N * in), name,
+                                     err))
             return -1;
         float *t = sc->in_buf; // (N, in): x_d, then the gradient of x_d
-        qft_lora_dropout_apply(key, p, x, N, in, t, 0);
-        qft_lora_gemm(svc, 1, 0, r, in, N, 1.0f, du, r, t, in, 1.0f, al->dA, in);
+        ops->dropout(key, p, x, N, in, t, 0);
+        qft_lora_gemm(ops, 1, 0, r, in, N, 1.0f, du, r, t, in, 1.0f, al->dA, in);
         float beta = 0.0f;
         if (c->dora) {
             /* the (f - 1) W x_d term: its input gradient through the base's product */
-            float *gm = sc->out_buf; // (N, out)
-            const float *f = al->f;
-#pragma omp parallel for schedule(static) if (N * out > 65536)
-            for (int64_t n = 0; n < N; n++) {
-                const float *d = dy + n * ldy; // (out)
-                float *o = gm + n * out;       // (out)
-                for (int64_t j = 0; j < out; j++) o[j] = (f[j] - 1.0f) * d[j];
-            }
+            float *gm = sc->out_buf; // (N, out), free again: g was used above
+            ops->cols_axpby(gm, out, 0.0f, dy, ldy, al->f, -1.0f, N, out); // (f - 1) dy
             if (al->base.backward_input(al->base.ctx, gm, out, N, t, 0.0f, err)) return -1;
             beta = 1.0f;
         }
-        qft_lora_gemm(svc, 0, 0, N, in, r, 1.0f, du, r, al->A, in, beta, t, in);
-        qft_lora_dropout_apply(key, p, t, N, in, dx, 1);
+        qft_lora_gemm(ops, 0, 0, N, in, r, 1.0f, du, r, al->A, in, beta, t, in);
+        ops->dropout(key, p, t, N, in, dx, 1);
     }
     free_saved(al);
     return 0;
@@ -300,9 +274,10 @@ int qft_lora_backward(qft_adapter_linear *al, const qft_adapter_step *st, const 
 void qft_lora_detach(qft_adapter_linear *al) {
     if (!al) return;
     const qft_services *svc = al->cfg->svc;
+    const qft_ops *ops = al->base.ops;
     free_saved(al);
-    qft_lora_free(svc, al->norm);
-    qft_lora_free(svc, al->f);
+    if (al->norm) ops->free(al->norm);
+    if (al->f) ops->free(al->f);
     qft_lora_free(svc, al->wsq);
     qft_lora_free(svc, al);
 }

@@ -200,6 +200,41 @@ static void guard_scale(float *x, size_t n, float coef) {
     CLOSE();
 }
 
+static void guard_cols_axpby(float *dst, int64_t ldd, float beta, const float *src,
+                             int64_t lds, const float *f, float fadd, int64_t N, int64_t n) {
+    OPEN();
+    qft_cpu_cols_axpby(dst, ldd, beta, src, lds, f, fadd, N, n);
+    CLOSE();
+}
+static void guard_col_dot(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,
+                          const float *div, int64_t N, int64_t n) {
+    OPEN();
+    qft_cpu_col_dot(acc, a, lda, b, ldb, div, N, n);
+    CLOSE();
+}
+static void guard_div(float *out, const float *a, const float *b, size_t n) {
+    OPEN();
+    qft_cpu_div(out, a, b, n);
+    CLOSE();
+}
+static void guard_row_norms(float *norm, const float *x, int64_t ld, int64_t n, int64_t len) {
+    OPEN();
+    qft_cpu_row_norms(norm, x, ld, n, len);
+    CLOSE();
+}
+static void guard_dropout(uint64_t key, double p, const float *src, int64_t N, int64_t d,
+                          float *dst, int accumulate) {
+    OPEN();
+    qft_cpu_dropout(key, p, src, N, d, dst, accumulate);
+    CLOSE();
+}
+/* the layout struct is host memory; only its buffers and dst are backend memory */
+static void guard_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *dst) {
+    OPEN();
+    qft_cpu_dequantize(w, row0, n, dst);
+    CLOSE();
+}
+
 static const qft_ops guard_ops = {
     .name = "cpu_guard",
     .alloc = guard_alloc,
@@ -229,6 +264,14 @@ static const qft_ops guard_ops = {
     .sgd = guard_sgd,
     .sumsq = guard_sumsq,
     .scale = guard_scale,
+    .host_memory = 0,
+    .dequantize = guard_dequantize,
+    .has_qformat = qft_cpu_has_qformat, /* a table look-up: touches no memory */
+    .cols_axpby = guard_cols_axpby,
+    .col_dot = guard_col_dot,
+    .div = guard_div,
+    .row_norms = guard_row_norms,
+    .dropout = guard_dropout,
 };
 
 const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

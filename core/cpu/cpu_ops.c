@@ -129,6 +129,14 @@ static const qft_ops cpu_ops = {
     .sgd = qft_cpu_sgd,
     .sumsq = qft_cpu_sumsq,
     .scale = qft_cpu_scale,
+    .host_memory = 1,
+    .dequantize = qft_cpu_dequantize,
+    .has_qformat = qft_cpu_has_qformat,
+    .cols_axpby = qft_cpu_cols_axpby,
+    .col_dot = qft_cpu_col_dot,
+    .div = qft_cpu_div,
+    .row_norms = qft_cpu_row_norms,
+    .dropout = qft_cpu_dropout,
 };
 
 const qft_ops *qft_cpu_ops(void) { return &cpu_ops; }

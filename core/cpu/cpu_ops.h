@@ -51,5 +51,11 @@ void qft_cpu_cross_entropy_bwd(float *dlogits, const float *logits, const float 
                                const int32_t *targets, int N, int V, float scale);
 double qft_cpu_cross_entropy_fused(float *logits, const int32_t *targets, int N, int V,
                                    float scale, float *loss, int *n_valid);
+/* Packed weights (cpu_dequant.c, built without contraction in qft_cpu_optim): dst (n, in)
+ * = rows [row0, row0 + n) of the weight w describes, in fp32, the quantizer plugin's
+ * dequantize_rows bit for bit; NaN rows for a layout it cannot decode. has_qformat: 1 for
+ * QFT_QFMT_NF4 and QFT_QFMT_HQQ. */
+void qft_cpu_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *dst);
+int qft_cpu_has_qformat(int format);
 
 #endif

@@ -15,4 +15,15 @@ void qft_cpu_sgd(float *p, const float *g, float *buf, size_t n, const qft_ops_s
 double qft_cpu_sumsq(const float *x, size_t n);
 void qft_cpu_scale(float *x, size_t n, float coef);
 
+/* The element-wise pieces adapters compose (cpu_adapt.c), in the same library for the same
+ * reason: the entries of the same name in qft_ops.h. */
+void qft_cpu_cols_axpby(float *dst, int64_t ldd, float beta, const float *src, int64_t lds,
+                        const float *f, float fadd, int64_t N, int64_t n);
+void qft_cpu_col_dot(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,
+                     const float *div, int64_t N, int64_t n);
+void qft_cpu_div(float *out, const float *a, const float *b, size_t n);
+void qft_cpu_row_norms(float *norm, const float *x, int64_t ld, int64_t n, int64_t len);
+void qft_cpu_dropout(uint64_t key, double p, const float *src, int64_t N, int64_t d, float *dst,
+                     int accumulate);
+
 #endif

@@ -13,5 +13,8 @@
  * is looked for at $QFT_CUDA_LIB, then the build tree, then the install libdir, then the
  * dynamic linker's path; it stays loaded for the life of the process. */
 const qft_ops *qft_cuda_load(int device, qft_err *err);
+/* The loaded library's qft_cuda_mem_peak (bytes), or 0 when qft_cuda_load has not
+ * succeeded in this process. */
+size_t qft_cuda_loaded_mem_peak(void);
 
 #endif

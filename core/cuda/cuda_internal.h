@@ -94,5 +94,8 @@ void qft_cuda_cross_entropy_bwd(float *dlogits, const float *logits, const float
                                 const int32_t *targets, int N, int V, float scale);
 double qft_cuda_cross_entropy_fused(float *logits, const int32_t *targets, int N, int V,
                                     float scale, float *loss, int *n_valid);
+/* cuda_dequant.cu: the packed-weight entries, over a layout whose buffers are on the device */
+extern "C" void qft_cuda_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *dst);
+extern "C" int qft_cuda_has_qformat(int format);
 
 #endif

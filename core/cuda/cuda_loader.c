@@ -6,6 +6,12 @@
 #include <string.h>
 
 typedef const qft_ops *(*cuda_ops_fn)(int device, qft_err *err);
+typedef size_t (*cuda_peak_fn)(void);
+
+/* Found with the op table: the library stays loaded, so the pointer stays valid. */
+static cuda_peak_fn g_mem_peak;
+
+size_t qft_cuda_loaded_mem_peak(void) { return g_mem_peak ? g_mem_peak() : 0; }
 
 const qft_ops *qft_cuda_load(int device, qft_err *err) {
     const char *cands[4];
@@ -42,7 +48,12 @@ const qft_ops *qft_cuda_load(int device, qft_err *err) {
             qft_err_setf(err, "train.backend = \"cuda\": %s has no qft_cuda_ops", cands[i]);
             return NULL;
         }
-        return fn(device, err);
+        const qft_ops *ops = fn(device, err);
+        if (ops) {
+            sym = dlsym(h, "qft_cuda_mem_peak"); /* absent from an older library: no figure */
+            memcpy(&g_mem_peak, &sym, sizeof g_mem_peak);
+        }
+        return ops;
     }
     qft_err_setf(err, "train.backend = \"cuda\": the CUDA backend library did not load (%s)",
                  tried);

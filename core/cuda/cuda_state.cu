@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct qft_cuda_state qft_cuda_g;
@@ -59,14 +60,59 @@ extern "C" int qft_cuda_download(void *dst, const void *src, size_t bytes, qft_e
     return 0;
 }
 
+// The bytes this library holds through cudaMalloc (op table, scratch, cuBLASLt workspace)
+// and their high-water mark, for the run's "device peak" beside PyTorch's
+// max_memory_allocated (both without the CUDA context). cudaFree does not say a buffer's
+// size, so the live buffers are kept here: a few thousand at most (the packed weights'
+// buffers), allocated and freed rarely, so a linear table is enough.
+static pthread_mutex_t mem_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct mem_rec { void *p; size_t bytes; } *mem_tab;
+static size_t mem_n, mem_cap, mem_held, mem_peak;
+
+static void mem_note_alloc(void *p, size_t bytes) {
+    pthread_mutex_lock(&mem_lock);
+    if (mem_n == mem_cap) {
+        size_t cap = mem_cap ? 2 * mem_cap : 1024;
+        void *t = realloc(mem_tab, cap * sizeof *mem_tab);
+        if (t) mem_tab = (struct mem_rec *)t, mem_cap = cap;
+    }
+    // a full table (realloc failed) still counts the bytes: the peak stays a lower bound
+    if (mem_n < mem_cap) mem_tab[mem_n].p = p, mem_tab[mem_n].bytes = bytes, mem_n++;
+    mem_held += bytes;
+    if (mem_held > mem_peak) mem_peak = mem_held;
+    pthread_mutex_unlock(&mem_lock);
+}
+
+static void mem_note_free(void *p) {
+    pthread_mutex_lock(&mem_lock);
+    for (size_t i = mem_n; i-- > 0;) // the newest first: scratch and activations
+        if (mem_tab[i].p == p) {
+            mem_held -= mem_tab[i].bytes;
+            mem_tab[i] = mem_tab[--mem_n];
+            break;
+        }
+    pthread_mutex_unlock(&mem_lock);
+}
+
+extern "C" size_t qft_cuda_mem_peak(void) {
+    pthread_mutex_lock(&mem_lock);
+    size_t peak = mem_peak;
+    pthread_mutex_unlock(&mem_lock);
+    return peak;
+}
+
 void *qft_cuda_scratch(size_t bytes) {
     if (bytes <= qft_cuda_g.scratch_bytes) return qft_cuda_g.scratch;
     // queued kernels may still read the old buffer
     if (CUDA_CHECK(cudaDeviceSynchronize())) return NULL;
-    if (qft_cuda_g.scratch) CUDA_CHECK(cudaFree(qft_cuda_g.scratch));
+    if (qft_cuda_g.scratch) {
+        mem_note_free(qft_cuda_g.scratch);
+        CUDA_CHECK(cudaFree(qft_cuda_g.scratch));
+    }
     qft_cuda_g.scratch = NULL, qft_cuda_g.scratch_bytes = 0;
     size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
     if (CUDA_CHECK(cudaMalloc(&qft_cuda_g.scratch, want))) return NULL;
+    mem_note_alloc(qft_cuda_g.scratch, want);
     qft_cuda_g.scratch_bytes = want;
     return qft_cuda_g.scratch;
 }
@@ -83,11 +129,14 @@ static void *cuda_alloc(size_t bytes, const char *what) {
         qft_cuda_fail("cudaMalloc", __FILE__, __LINE__, msg);
         return NULL;
     }
+    mem_note_alloc(p, bytes ? bytes : 1);
     return p;
 }
 
 static void cuda_free(void *p) {
-    if (p) CUDA_CHECK(cudaFree(p));
+    if (!p) return;
+    mem_note_free(p);
+    CUDA_CHECK(cudaFree(p));
 }
 
 void qft_cuda_zero(float *x, size_t n) {
@@ -147,6 +196,14 @@ static const qft_ops cuda_ops = {
     qft_cuda_sgd,
     qft_cuda_sumsq,
     qft_cuda_scale,
+    0, // host_memory: device pointers, reached only through the ops
+    qft_cuda_dequantize,
+    qft_cuda_has_qformat,
+    qft_cuda_cols_axpby,
+    qft_cuda_col_dot,
+    qft_cuda_div,
+    qft_cuda_row_norms,
+    qft_cuda_dropout,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90
@@ -197,6 +254,7 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
         return NULL;
     }
     g->lt_work_bytes = LT_WORKSPACE;
+    mem_note_alloc(g->lt_work, LT_WORKSPACE);
     g->ready = 1;
     return &cuda_ops;
 }

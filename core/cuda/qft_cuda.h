@@ -11,8 +11,11 @@
  * tests/cuda/test_cuda_ops*.c and bench/cuda_bench are waiting for scripts/gpu-check.sh
  * on a GPU. The quantized linear dequantizes into a bf16 scratch feeding cuBLASLt; the
  * alternative the design names (a GEMM that dequantizes its tiles on chip) is not
- * written, so the comparison between the two is not made. LoRA/DoRA run without dropout.
- * The model does not call any of the linear-path entry points yet.
+ * written, so the comparison between the two is not made. qft_cuda_lora_* run without
+ * dropout; the op table's adapter entries (cols_axpby, col_dot, div, row_norms, dropout:
+ * cuda_adapt.cu, also compiled but not run), which the adapter plugins compose, have the
+ * counter-based dropout of qft_ops.h. The model does not call any of the linear-path
+ * entry points yet.
  *
  * What this first version is:
  *   - Storage in the op table is fp32, because the table is fp32 (the CPU backend is the
@@ -62,6 +65,10 @@ int qft_cuda_status(qft_err *err);
 const char *qft_cuda_device_name(void);
 /* Bytes of device memory in use by the whole process (cudaMemGetInfo), for memory reports. */
 size_t qft_cuda_mem_used(void);
+/* The most bytes this library held at once through cudaMalloc (the op table's buffers,
+ * scratch, cuBLASLt workspace): the run's device peak, like PyTorch's
+ * max_memory_allocated it leaves out the CUDA context and cuBLASLt's own allocations. */
+size_t qft_cuda_mem_peak(void);
 
 /* Host <-> device copies (synchronous). 0 or -1 with err. */
 int qft_cuda_upload(void *dst_dev, const void *src_host, size_t bytes, qft_err *err);
@@ -214,6 +221,24 @@ void qft_cuda_sgd(float *p, const float *g, float *buf, size_t n,
                   const struct qft_ops_sgd_scalars *s);
 double qft_cuda_sumsq(const float *x, size_t n);
 void qft_cuda_scale(float *x, size_t n, float coef);
+
+/* ---- the pieces adapters compose (qft_ops.h, ABI 4; cuda_adapt.cu) -------------------------
+ * The op table's entries of the same names, arguments as documented there, on device
+ * pointers. Deterministic (no atomics): cols_axpby, col_dot, div and dropout give the CPU
+ * backend's bits (each product and sum rounded as its loops do, no FMA contraction);
+ * row_norms sums each row's squares in double over a fixed tree of QFT_NORM_LANES lanes
+ * (within 1e-6 relative of the CPU's). */
+void qft_cuda_cols_axpby(float *dst, int64_t ldd, float beta, const float *src, int64_t lds,
+                         const float *f, float fadd, int64_t N, int64_t n); // dst, src (N, n)
+void qft_cuda_col_dot(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,
+                      const float *div, int64_t N, int64_t n); // acc, div (n); a, b (N, n)
+void qft_cuda_div(float *out, const float *a, const float *b, size_t n); // (n) each
+void qft_cuda_row_norms(float *norm, const float *x, int64_t ld, int64_t n,
+                        int64_t len); // norm (n); x (n, len), row stride ld
+/* dst (N, d) = src (N, d) * mask / (1 - p), or += that with accumulate; the mask is
+ * qft_ops_dropout_keep's for (key, p), element index r * d + c. */
+void qft_cuda_dropout(uint64_t key, double p, const float *src, int64_t N, int64_t d, float *dst,
+                      int accumulate);
 
 #ifdef __cplusplus
 }

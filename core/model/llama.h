@@ -64,6 +64,7 @@ typedef struct qft_param_entry {
     size_t numel;
     int role;              /* QFT_ROLE_* */
     struct qft_qweight *qw; /* the packed weight when role is QFT_ROLE_QUANTIZED */
+    struct qft_qlayout *ql; /* its buffers on another backend (qft_llama_to_backend) */
     int layer, field;      /* where its views live: layer -1 = embed/norm/head (0/1/2),
                             * -2 = an adapter tensor (no view), else the field of
                             * qft_llama_layer_ptrs in declaration order */
@@ -161,6 +162,10 @@ typedef struct qft_llama_model {
      * offload of parameters, gradients and optimizer state). */
     const struct qft_ops *ops;
     float *dev_params, *dev_grads;
+    /* Packed weights on another backend are dequantized a tile of rows at a time into
+     * this scratch (qtile_floats floats of backend memory) and multiplied from there. */
+    float *qtile;
+    size_t qtile_floats;
     /* Called around every use of a unit when set (full sharding); returns 0 or -1 with err. */
     int (*unit_hook)(void *ctx, int event, int unit, qft_err *err);
     void *unit_ctx;
@@ -201,10 +206,14 @@ void qft_llama_zero_grads(qft_llama_model *m);
 
 /* ---- another backend's memory (core/model/llama_backend.c) ----------------------------
  * Moves the passes onto `ops` (whose memory host code must not touch): allocates and
- * uploads dev_params, allocates dev_grads, points the views there. After weights are in
- * and gradients allocated; dense models only (no quantized weights, no per-linear
- * adapters, no unit layout), said so otherwise. */
+ * uploads dev_params, allocates dev_grads, points the views there; copies every packed
+ * weight's buffers there (its quantizer must describe them: the `layout` entry, in a
+ * format ops decodes), and attaches the adapters again on that backend. After weights
+ * are in, gradients allocated and adapters attached; not with a unit layout. */
 int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, qft_err *err);
+/* Attaches the adapters again on the host's copies (the cpu backend), as merging needs,
+ * after qft_llama_params_to_host; the passes stay on the backend's copies. */
+int qft_llama_adapters_to_host(qft_llama_model *m, qft_err *err);
 /* grads[0, n_trainable) on the host from the backend's gradients (no-op without one). */
 void qft_llama_grads_to_host(qft_llama_model *m);
 /* The backend's copy of params[offset, offset + len) from the host's (no-op without one). */

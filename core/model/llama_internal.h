@@ -74,6 +74,11 @@ typedef struct qft_llama_linear {
     float *dw;                       /* (out, in) gradient, NULL when frozen or packed */
     const qft_quantizer_vtable *qvt; /* when packed */
     const struct qft_qweight *qw;
+    /* when packed and the model is on another backend: the buffers there, and the
+     * model's scratch for dequantized tiles */
+    const struct qft_qlayout *ql;
+    float *qtile;
+    size_t qtile_floats;
 } qft_llama_linear;
 
 /* An adapted linear: the adapter plugin's state and the base as the plugin sees it. */
@@ -86,7 +91,15 @@ typedef struct qft_llama_adapted {
     int n_params;
     int first_entry;         /* entries[first_entry .. + n_params) are its tensors */
     qft_adapter_linear *al;  /* NULL until attached */
+    int on_backend;          /* attached to the backend's copies (m->ops), not the host's */
 } qft_llama_adapted;
+
+/* Frees the backend's copies: packed buffers, the tile scratch, dev_params, dev_grads. */
+void qft_llama_backend_free(qft_llama_model *m);
+
+/* Detaches every attached adapter and attaches it again (init = 0) on the backend's copies
+ * (on_backend, m->ops) or the host's (the cpu backend). */
+int qft_llama_adapters_rebind(qft_llama_model *m, int on_backend, qft_err *err);
 
 /* Linear k (QFT_LIN_*) of layer l; gradients only when `grads` is set. */
 qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int grads);

@@ -18,7 +18,10 @@ qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int
     }
     qft_llama_linear lin = {.out = (int)e->shape[0], .in = (int)e->shape[1], .w = w[k],
                             .dw = dw[k], .ad = m->adapted ? m->adapted[l][k] : NULL};
-    if (e->role == QFT_ROLE_QUANTIZED) lin.qvt = m->qvt, lin.qw = e->qw;
+    if (e->role == QFT_ROLE_QUANTIZED) {
+        lin.qvt = m->qvt, lin.qw = e->qw;
+        if (e->ql) lin.ql = e->ql, lin.qtile = m->qtile, lin.qtile_floats = m->qtile_floats;
+    }
     return lin;
 }
 
@@ -59,10 +62,27 @@ static int total_out(const qft_llama_lin_group *g) {
     return s;
 }
 
+/* Rows of a packed weight per tile of the backend's scratch. */
+static int tile_rows_of(const qft_llama_linear *L) {
+    const size_t r = L->qtile_floats / (size_t)L->in;
+    return r < (size_t)L->out ? (int)r : L->out;
+}
+
 int qft_llama_base_fwd(const qft_ops *ops, const qft_llama_linear *L, const float *x, int N,
                        float *y, int ldy, float beta, qft_err *err) {
     if (L->w) {
         ops->gemm(0, 1, N, L->out, L->in, 1.0f, x, L->in, L->w, L->in, beta, y, ldy);
+        return 0;
+    }
+    if (L->ql) {
+        /* on another backend: its dequantization into the scratch, then its GEMM, per tile
+         * of W's rows (the whole weight when the scratch holds it) */
+        const int tr = tile_rows_of(L);
+        for (int r0 = 0; r0 < L->out; r0 += tr) {
+            const int n = L->out - r0 < tr ? L->out - r0 : tr;
+            ops->dequantize(L->ql, r0, n, L->qtile);                    // (n, in)
+            ops->gemm(0, 1, N, n, L->in, 1.0f, x, L->in, L->qtile, L->in, beta, y + r0, ldy);
+        }
         return 0;
     }
     return qft_qlinear_forward(L->qvt, L->qw, L->out, L->in, x, N, y, ldy, beta, err);
@@ -72,6 +92,17 @@ int qft_llama_base_bwd_x(const qft_ops *ops, const qft_llama_linear *L, const fl
                          int N, float *dx, float beta, qft_err *err) {
     if (L->w) {
         ops->gemm(0, 0, N, L->in, L->out, 1.0f, dy, ldy, L->w, L->in, beta, dx, L->in);
+        return 0;
+    }
+    if (L->ql) {
+        /* dx sums over W's rows: the tiles' products accumulate, the first with beta */
+        const int tr = tile_rows_of(L);
+        for (int r0 = 0; r0 < L->out; r0 += tr) {
+            const int n = L->out - r0 < tr ? L->out - r0 : tr;
+            ops->dequantize(L->ql, r0, n, L->qtile); // (n, in)
+            ops->gemm(0, 0, N, L->in, n, 1.0f, dy + r0, ldy, L->qtile, L->in, r0 ? 1.0f : beta,
+                      dx, L->in);
+        }
         return 0;
     }
     return qft_qlinear_backward_input(L->qvt, L->qw, L->out, L->in, dy, ldy, N, dx, beta, err);
@@ -89,11 +120,7 @@ int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const fl
         const int out = total_out(g);
         float *tmp = m->acts->lin_tmp; // (N, out)
         if (qft_llama_lin_fwd(m, g, x, N, tmp, out, 0.0f, err)) return -1;
-        for (int r = 0; r < N; r++) {
-            float *yr = y + (size_t)r * ldy;
-            const float *tr = tmp + (size_t)r * out;
-            for (int c = 0; c < out; c++) yr[c] = beta * yr[c] + tr[c];
-        }
+        ops->cols_axpby(y, ldy, beta, tmp, out, NULL, 1.0f, N, out); // y = beta y + tmp
         return 0;
     }
     if (adjacent(g, 0)) {

@@ -386,9 +386,6 @@ void qft_llama_zero_grads(qft_llama_model *m) {
 
 void qft_llama_free(qft_llama_model *m) {
     qft_llama_acts_free(m);
-    if (m->dev_params) m->ops->free(m->dev_params);
-    if (m->dev_grads) m->ops->free(m->dev_grads);
-    m->dev_params = m->dev_grads = NULL, m->ops = NULL;
     if (m->adapted) {
         for (int l = 0; l < m->cfg.num_hidden_layers; l++)
             for (int k = 0; k < QFT_LIN_COUNT; k++) {
@@ -399,6 +396,9 @@ void qft_llama_free(qft_llama_model *m) {
         free(m->adapted);
         m->adapted = NULL;
     }
+    /* after the adapters, whose buffers may be the backend's too */
+    qft_llama_backend_free(m);
+    m->ops = NULL;
     for (int i = 0; i < m->n_entries; i++)
         if (m->entries[i].qw) m->qvt->free_weight(m->entries[i].qw);
     if (m->units) {

@@ -59,17 +59,12 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
                                  "behind a device-memory guard)",
                             rc->file, rc->train.backend);
     }
-    if (d->ops != qft_cpu_ops()) {
-        /* The model runs there on its own copies. Without shard.cpu_offload the optimizer
-         * runs there too (one process; run_train.c refuses several ranks, whose collectives
-         * work on host memory); with it, parameters, gradients and optimizer state stay in
-         * host memory (FSDP's CPU offload) and the optimizer runs on the CPU. */
-        if (d->qvt || (d->avt && !d->avt->expand))
-            return qft_err_setf(err, "%s: train.backend = \"%s\" runs dense models only in "
-                                     "this version (train_type %s has %s); use the cpu backend",
-                                rc->file, rc->train.backend, rc->train_type,
-                                d->qvt ? "quantized weights" : "per-linear adapters");
-    } else if (rc->shard.cpu_offload) {
+    /* On another backend the model runs on its own copies (qft_llama_to_backend, which
+     * also says when a quantizer cannot go there). Without shard.cpu_offload the optimizer
+     * runs there too (one process; run_train.c refuses several ranks, whose collectives
+     * work on host memory); with it, parameters, gradients and optimizer state stay in host
+     * memory (FSDP's CPU offload) and the optimizer runs on the CPU. */
+    if (d->ops == qft_cpu_ops() && rc->shard.cpu_offload) {
         return qft_err_setf(err, "%s: shard.cpu_offload = true: the cpu backend keeps "
                                  "everything in host memory already; remove the key",
                             rc->file);

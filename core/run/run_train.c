@@ -3,6 +3,7 @@
  * rate, the optimizer, metrics and progress; at the end an atomic Hugging Face save. */
 #include "batch.h"
 #include "cpu_ops.h"
+#include "cuda_backend.h"
 #include "hf_model.h"
 #include "metrics.h"
 #include "optim.h"
@@ -373,12 +374,21 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
 
     report_memory(rc, &s, user_quiet, summary->steps - start_step,
                   qft_transport_process_bytes() - comm_start);
+    /* the CUDA backend counts its own cudaMalloc bytes; bench/run_model_gpu.sh reads this */
+    if (!quiet && strcmp(rc->train.backend, "cuda") == 0)
+        qft_log(QFT_LOG_INFO, "memory: CUDA device peak %.1f MiB allocated by the backend "
+                              "(weights, gradients, optimizer state, activations, scratch; "
+                              "without the CUDA context)",
+                qft_cuda_loaded_mem_peak() / 1048576.0);
     /* the optimizer updated the backend's copy: the host's, which the savers read, follows */
     if (s.dev_opt) qft_llama_params_to_host(&s.model, 0, s.model.n_trainable);
     /* full sharding holds pieces: every rank helps make the model whole for rank 0's save */
     if (strcmp(rc->output.save, "none") != 0 && qft_run_shard_gather_model(&s.shard, err))
         goto done;
-    if (lead && strcmp(rc->output.save, "model") == 0 && qft_run_save_model(rc, &s.model, err))
+    /* a merged save reads the adapters' merged rows on the host */
+    if (lead && strcmp(rc->output.save, "model") == 0 &&
+        ((s.model.dev_params && qft_llama_adapters_to_host(&s.model, err)) ||
+         qft_run_save_model(rc, &s.model, err)))
         goto done;
     if (lead && strcmp(rc->output.save, "adapter") == 0 &&
         qft_run_save_adapter(rc, &s.model, err))

@@ -56,6 +56,74 @@ typedef struct qft_ops_sgd_scalars {
     float neg_lr;  /* -lr */
 } qft_ops_sgd_scalars;
 
+/* ---- packed weights a backend can decode ---------------------------------------------
+ * A quantizer that can run on another backend describes its packed weight as one of these
+ * formats (quantizer entry `layout`, qft_sdk.h); the core copies the buffers into the
+ * backend's memory and the backend's `dequantize` decodes rows from them. The formats are
+ * the peers' (bitsandbytes NF4, hqq), with every buffer in the plugin's own layout; a
+ * plugin with another format runs on the cpu backend only. */
+enum { QFT_QFMT_NONE = 0, QFT_QFMT_NF4 = 1, QFT_QFMT_HQQ = 2 };
+#define QFT_QLAYOUT_MAX_BUFS 8
+/* Buffer indices of QFT_QFMT_NF4 (bitsandbytes): the flattened weight (n = out * in) in
+ * blocks of `blocksize` consecutive elements, two 4-bit codes a byte (the first element
+ * in the high nibble), value = code[c] * absmax[block]; with double quantization the
+ * absmax is qabsmax's code in nested_map times nested_absmax[block / 256], plus offset. */
+enum {
+    QFT_QL_NF4_PACKED = 0,   /* u8 ((n + 1) / 2) */
+    QFT_QL_NF4_CODE,         /* f32 (16) */
+    QFT_QL_NF4_ABSMAX,       /* f32 (n_blocks), absent when double-quantized */
+    QFT_QL_NF4_QABSMAX,      /* u8 (n_blocks), double-quantized only */
+    QFT_QL_NF4_NESTED_ABSMAX,/* f32 (ceil(n_blocks / 256)), double-quantized only */
+    QFT_QL_NF4_NESTED_MAP    /* f32 (256), double-quantized only */
+};
+/* Buffer indices of QFT_QFMT_HQQ (hqq): codes of nbits in hqq's packing over the grouped
+ * matrix (axis 1: (n / group_size, group_size); axis 0: (group_size, n / group_size)),
+ * value = (code - zero[g]) * scale[g] with hqq's stored scale; zero and scale fp32 per
+ * group, or meta-quantized to 8 bits (zero: one global pair zero_meta; scale: groups of
+ * 128 along axis 0 of (128, n_groups / 128) with scale_meta's rows). */
+enum {
+    QFT_QL_HQQ_PACKED = 0,   /* u8 bytes (int32 words for 3 bits) */
+    QFT_QL_HQQ_SCALE,        /* f32 (n_groups), absent when meta-quantized */
+    QFT_QL_HQQ_ZERO,         /* f32 (n_groups), absent when meta-quantized */
+    QFT_QL_HQQ_ZERO_Q,       /* u8 (n_groups) */
+    QFT_QL_HQQ_SCALE_Q,      /* u8 (n_groups) */
+    QFT_QL_HQQ_SCALE_META    /* f32 (2, n_groups / 128): scale row, then zero row */
+};
+typedef struct qft_qlayout {
+    int format;            /* QFT_QFMT_* */
+    int64_t out, in;       /* the dense weight's shape */
+    /* The buffers, by the format's indices (NULL with 0 bytes when absent): the plugin's
+     * own memory when `layout` fills this, the backend's once the core has copied them. */
+    const void *buf[QFT_QLAYOUT_MAX_BUFS];
+    size_t bytes[QFT_QLAYOUT_MAX_BUFS];
+    /* QFT_QFMT_NF4 */
+    int nf4_blocksize;
+    float nf4_offset;      /* double quantization's offset (0 without) */
+    /* QFT_QFMT_HQQ */
+    int hqq_nbits, hqq_group_size, hqq_axis; /* 2/3/4/8 bits, axis 0 or 1 */
+    float hqq_zero_meta[2];/* meta-quantized zero: its scale, then its zero */
+} qft_qlayout;
+
+/* Counter-based dropout (the `dropout` entry): element idx of a call's (N, d) input,
+ * row-major, is kept when the top 24 bits of mix(key + (idx + 1) * golden) are at least
+ * p * 2^24 (rounded), mix being splitmix64's finaliser; kept elements are scaled by
+ * 1 / (1 - p). Adapter plugins derive `key` from the step, micro-batch and linear, so
+ * recomputation and backward draw the forward's mask without storing it. */
+static inline uint64_t qft_ops_mix64(uint64_t z) {
+    z ^= z >> 30;
+    z *= 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 27;
+    z *= 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return z;
+}
+static inline uint64_t qft_ops_dropout_threshold(double p) {
+    return (uint64_t)(p * 16777216.0 + 0.5);
+}
+static inline int qft_ops_dropout_keep(uint64_t key, uint64_t idx, uint64_t threshold) {
+    return (qft_ops_mix64(key + (idx + 1) * 0x9E3779B97F4A7C15ull) >> 40) >= threshold;
+}
+
 /* rope_type values of rope_table (the same numbers as core's QFT_ROPE_*). */
 enum { QFT_OPS_ROPE_DEFAULT = 0, QFT_OPS_ROPE_LLAMA3 = 1 };
 
@@ -181,6 +249,36 @@ typedef struct qft_ops {
     double (*sumsq)(const float *x, size_t n);
     /* x (n) *= coef in place (no-op when coef == 1). */
     void (*scale)(float *x, size_t n, float coef);
+
+    /* ---- appended in ABI 4: packed weights and the pieces adapters compose ----------- */
+    /* 1 when backend pointers are host pointers (cpu): host code may then read them (DoRA's
+     * norm cache does); 0 when every access must go through an op (cuda, cpu_guard). */
+    int host_memory;
+    /* dst (n, w->in) = rows [row0, row0 + n) of the weight w describes, dequantized to
+     * fp32. w is a host struct whose buffers are backend memory; its format is one the
+     * backend decodes (the core checks with has_qformat before copying a weight there).
+     * Values are the quantizer plugin's dequantize_rows, bit for bit. */
+    void (*dequantize)(const qft_qlayout *w, int64_t row0, int64_t n, float *dst);
+    /* 1 when dequantize decodes QFT_QFMT_* `format`. */
+    int (*has_qformat)(int format);
+    /* dst (N, n), row stride ldd: dst[r][j] = beta * dst[r][j] + c_j * src[r][j] (src row
+     * stride lds), c_j = f[j] when fadd == 0, f[j] + fadd otherwise, and fadd alone when f
+     * is NULL; beta = 0 ignores dst's old contents. dst may alias src (same strides). */
+    void (*cols_axpby)(float *dst, int64_t ldd, float beta, const float *src, int64_t lds,
+                       const float *f, float fadd, int64_t N, int64_t n);
+    /* acc[j] += (float)((sum over r of (double)a[r][j] * b[r][j]) / div[j]) for j < n, the
+     * sum in row order; a (N, lda), b (N, ldb), div (n). */
+    void (*col_dot)(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,
+                    const float *div, int64_t N, int64_t n);
+    /* out (n) = a (n) / b (n). */
+    void (*div)(float *out, const float *a, const float *b, size_t n);
+    /* norm[j] = (float)sqrt(sum over k of (double)x[j][k]^2) for the n rows of x (n, ld),
+     * each `len` long. */
+    void (*row_norms)(float *norm, const float *x, int64_t ld, int64_t n, int64_t len);
+    /* dst (N, d) = src * keep / (1 - p), or += that with accumulate, with the counter-based
+     * mask of qft_ops_dropout_keep for (key, p). dst may alias src without accumulate. */
+    void (*dropout)(uint64_t key, double p, const float *src, int64_t N, int64_t d, float *dst,
+                    int accumulate);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define QFT_ABI_VERSION 3
+#define QFT_ABI_VERSION 4
 #define QFT_PLUGIN_ENTRY_SYMBOL "qft_plugin_entry"
 
 /* ---- errors -------------------------------------------------------------------------
@@ -85,7 +85,8 @@ typedef struct qft_rng {
 /* ---- services the core offers to plugins ------------------------------------------- */
 enum { QFT_LOG_ERROR = 0, QFT_LOG_WARN = 1, QFT_LOG_INFO = 2, QFT_LOG_DEBUG = 3 };
 
-struct qft_ops; /* qft_ops.h */
+struct qft_ops;     /* qft_ops.h */
+struct qft_qlayout; /* qft_ops.h */
 
 typedef struct qft_services {
     int abi_version; /* the core's QFT_ABI_VERSION */
@@ -222,6 +223,13 @@ typedef struct qft_quantizer_vtable {
      * call uses the weight. The plugin may call pl->alloc up to 8 times, for at most
      * bytes(qw) bytes in all (each call's start is 64-byte aligned). */
     int (*place)(qft_qweight *qw, const struct qft_placer *pl, qft_err *err);
+    /* Optional (NULL: the weight computes on the cpu backend only): describes qw as one of
+     * the formats backends decode (qft_ops.h, qft_qlayout), with buf[] pointing at the
+     * plugin's own buffers, which must stay as they are while the model lives. The core
+     * copies them to the backend and multiplies through its `dequantize`; the values must
+     * be dequantize_rows' bit for bit. Returns 1 with no error when this weight's
+     * configuration has no such format. */
+    int (*layout)(const qft_qweight *qw, struct qft_qlayout *out, qft_err *err);
 } qft_quantizer_vtable;
 
 /* ---- adapter plugins (per-linear: LoRA, DoRA) ------------------------------------------
@@ -255,6 +263,14 @@ typedef struct qft_linear_base {
                           float beta, qft_err *err);
     /* Rows [row0, row0 + n) of W as dense fp32 (n, in): dequantized when packed. */
     int (*weight_rows)(void *ctx, int64_t row0, int64_t n, float *dst, qft_err *err);
+    /* The backend whose memory every pointer of this linear lives in: x, y, dy, dx, the
+     * declared tensors, the callbacks' buffers. The adapter computes only through it and
+     * allocates its activations and scratch with its alloc; it reads those pointers from
+     * host code only when ops->host_memory says it may. When the engine moves the model to
+     * another backend it detaches every adapter and attaches it again (init = 0) with that
+     * backend's base; an adapter may refuse `init` or merge_rows on a backend without host
+     * memory (the engine initialises and merges on the cpu backend). */
+    const struct qft_ops *ops;
 } qft_linear_base;
 
 /* A trainable tensor an adapter declares for one linear. The core fills data and grad

@@ -68,6 +68,10 @@ int nf4_build_qs_json(struct qft_qweight *qw);
 /* Moves packed, absmax / qabsmax and nested_absmax into memory from pl (nf4_place.c). */
 int nf4_place(struct qft_qweight *qw, const qft_placer *pl, qft_err *err);
 
+/* The weight as QFT_QFMT_NF4 for a backend's dequantize (nf4_layout.c); buffers are the
+ * weight's own. */
+int nf4_layout(const struct qft_qweight *qw, struct qft_qlayout *out, qft_err *err);
+
 /* Saving and loading with bitsandbytes' key names (nf4_io.c). */
 int nf4_save(const struct qft_qweight *qw, const char *prefix, const qft_tensor_sink *sink,
              qft_err *err);

@@ -216,6 +216,7 @@ static const qft_quantizer_vtable k_vtable = {
     .close = nf4_close,
     .hf_quantization_config = nf4_hf_config,
     .place = nf4_place,
+    .layout = nf4_layout,
 };
 
 static const qft_plugin_desc k_desc = {

@@ -67,6 +67,10 @@ float hqq_torch_sum_outer(const float *x, int64_t rows, int64_t ncols, int64_t c
  * (hqq_place.c). */
 int hqq_place(struct qft_qweight *qw, const qft_placer *pl, qft_err *err);
 
+/* The weight as QFT_QFMT_HQQ for a backend's dequantize (hqq_layout.c); buffers are the
+ * weight's own. */
+int hqq_layout(const struct qft_qweight *qw, struct qft_qlayout *out, qft_err *err);
+
 int hqq_save(const qft_qweight *qw, const char *prefix, const qft_tensor_sink *sink,
              qft_err *err);
 int hqq_load(const void *state, const char *prefix, int64_t out, int64_t in,

@@ -139,6 +139,7 @@ static const qft_quantizer_vtable k_vtable = {
     .free_weight = hqq_free_weight,
     .close = hqq_close,
     .place = hqq_place,
+    .layout = hqq_layout,
 };
 
 static const qft_plugin_desc k_desc = {

@@ -6,6 +6,7 @@
  * tensor (the GEMMs sum in other orders, so elements near zero differ in relative terms
  * by more than the tensor's scale does); the bound is 1e-5. */
 #include "adapter_test_util.h"
+#include "cpu_ops.h"
 #include "lora_common.h"
 #include "qft_base.h"
 #include "safetensors.h"
@@ -135,10 +136,10 @@ static void run_case(const fx_case *c, int recompute) {
     if (c->dropout > 0) { /* the mask PEFT was handed is the one the plugin draws */
         float *mask = fx_get(c->name, "mask", NULL);
         uint64_t key = qft_lora_dropout_key(&step, c->layer, c->module_name);
-        uint64_t thr = qft_lora_dropout_threshold(c->dropout);
+        uint64_t thr = qft_ops_dropout_threshold(c->dropout);
         long dropped = 0;
         for (int64_t i = 0; i < N * in; i++) {
-            int k = qft_lora_dropout_keep(key, (uint64_t)i, thr);
+            int k = qft_ops_dropout_keep(key, (uint64_t)i, thr);
             ck_assert_msg(k == (mask[i] != 0.0f), "%s: mask element %lld differs", c->name,
                           (long long)i);
             dropped += !k;
@@ -236,15 +237,15 @@ START_TEST(test_dropout_mask) {
     uint64_t k3 = qft_lora_dropout_key(&st2, 2, nm);
     uint64_t k4 = qft_lora_dropout_key(&st, 2, "model.layers.2.mlp.gate_proj");
     uint64_t k5 = qft_lora_dropout_key(&st, 3, nm);
-    const uint64_t thr = qft_lora_dropout_threshold(p);
+    const uint64_t thr = qft_ops_dropout_threshold(p);
     const uint64_t others[] = {k2, k3, k4, k5};
     long kept = 0, diff[4] = {0}, pair_kk = 0;
     for (int64_t i = 0; i < N * d; i++) {
-        int a = qft_lora_dropout_keep(k1, (uint64_t)i, thr);
+        int a = qft_ops_dropout_keep(k1, (uint64_t)i, thr);
         kept += a;
         for (int j = 0; j < 4; j++)
-            diff[j] += a != qft_lora_dropout_keep(others[j], (uint64_t)i, thr);
-        if (i + 1 < N * d) pair_kk += a && qft_lora_dropout_keep(k1, (uint64_t)(i + 1), thr);
+            diff[j] += a != qft_ops_dropout_keep(others[j], (uint64_t)i, thr);
+        if (i + 1 < N * d) pair_kk += a && qft_ops_dropout_keep(k1, (uint64_t)(i + 1), thr);
     }
     const double n = (double)(N * d), q = 1.0 - p;
     const double sd = sqrt(n * p * q);
@@ -266,10 +267,10 @@ START_TEST(test_dropout_mask) {
     ck_assert_ptr_nonnull(x);
     ck_assert_ptr_nonnull(o);
     for (int64_t i = 0; i < N * d; i++) x[i] = 1.0f + (float)(i % 7);
-    qft_lora_dropout_apply(k1, p, x, N, d, o, 0);
+    qft_cpu_ops()->dropout(k1, p, x, N, d, o, 0);
     double sum_x = 0, sum_o = 0;
     for (int64_t i = 0; i < N * d; i++) {
-        int a = qft_lora_dropout_keep(k1, (uint64_t)i, thr);
+        int a = qft_ops_dropout_keep(k1, (uint64_t)i, thr);
         ck_assert(o[i] == (a ? x[i] * (float)(1.0 / q) : 0.0f));
         sum_x += x[i], sum_o += o[i];
     }
@@ -332,7 +333,7 @@ START_TEST(test_dropout_forward) {
 
     /* reference in double: W x + (f - 1) W x_d + f s B A x_d, and eval f (W x + s B A x) */
     const double s = 16.0 / 4.0;
-    const uint64_t key = qft_lora_dropout_key(&s1, 1, nm), thr = qft_lora_dropout_threshold(0.4);
+    const uint64_t key = qft_lora_dropout_key(&s1, 1, nm), thr = qft_ops_dropout_threshold(0.4);
     double *norm = malloc((size_t)out * sizeof *norm);
     ck_assert_ptr_nonnull(norm);
     for (int64_t j = 0; j < out; j++) {
@@ -351,7 +352,7 @@ START_TEST(test_dropout_forward) {
             for (int64_t i = 0; i < in; i++) {
                 const double xi = x[n * in + i];
                 const double xd =
-                    qft_lora_dropout_keep(key, (uint64_t)(n * in + i), thr) ? xi / 0.6 : 0.0;
+                    qft_ops_dropout_keep(key, (uint64_t)(n * in + i), thr) ? xi / 0.6 : 0.0;
                 double ba = 0;
                 for (int k = 0; k < r; k++) ba += p[1].data[j * r + k] * p[0].data[k * in + i];
                 wx += W[j * in + i] * xi, wxd += W[j * in + i] * xd;

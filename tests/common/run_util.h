@@ -156,6 +156,28 @@ static inline int ru_type_built(const char *env, const char *type) {
     return strstr(buf, want) != NULL;
 }
 
+/* Like ru_same_metrics, within rel (relative) for the loss and gradient norm: two
+ * backends whose sums run in different orders. Returns the largest relative difference. */
+static inline double ru_close_metrics(const char *a, const char *b, int steps, double rel) {
+    ru_row ra[RU_MAX_STEPS], rb[RU_MAX_STEPS];
+    const int na = ru_metrics(a, ra), nb = ru_metrics(b, rb);
+    ck_assert_msg(na == steps && nb == steps, "%d and %d rows logged, expected %d", na, nb,
+                  steps);
+    double worst = 0.0;
+    for (int s = 0; s < steps; s++) {
+        const double dl = fabs(ra[s].loss - rb[s].loss) / fabs(ra[s].loss);
+        const double dg = fabs(ra[s].grad_norm - rb[s].grad_norm) / fabs(ra[s].grad_norm);
+        ck_assert_msg(dl <= rel, "step %d: loss %.9g vs %.9g", s + 1, ra[s].loss, rb[s].loss);
+        ck_assert_msg(dg <= rel, "step %d: grad_norm %.9g vs %.9g", s + 1, ra[s].grad_norm,
+                      rb[s].grad_norm);
+        worst = dl > worst ? dl : worst;
+        worst = dg > worst ? dg : worst;
+    }
+    ck_assert_msg(ra[steps - 1].loss < ra[0].loss, "loss did not fall: %.9g -> %.9g", ra[0].loss,
+                  ra[steps - 1].loss);
+    return worst;
+}
+
 /* The optimizer files of two checkpoints, rank by rank: equal tensors and metadata. */
 static inline void ru_same_checkpoint(const char *a, const char *b, int world) {
     for (int r = 0; r < world; r++) {

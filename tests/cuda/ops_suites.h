@@ -9,5 +9,7 @@
 /* HQQ dequantization, the quantized linear, LoRA/DoRA (test_cuda_ops_linear.c), on the
  * CUDA table `gpu`. Added before the error test, whose recorded error is sticky. */
 void ops_linear_add_tests(TCase *tc, const qft_ops *gpu);
+/* The adapter ops: cols_axpby, col_dot, div, row_norms, dropout (test_cuda_ops_adapt.c). */
+void ops_adapt_add_tests(TCase *tc, const qft_ops *gpu);
 
 #endif

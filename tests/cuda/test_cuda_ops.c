@@ -1,8 +1,9 @@
 /* Every entry of the CUDA op table, and the CUDA-only entry points (bf16 GEMM, NF4
  * dequantization, AdamW, bf16 conversion; HQQ, the quantized linear and LoRA/DoRA in
- * test_cuda_ops_linear.c), against the CPU backend (qft_cpu_ops) and
- * core/train's optimizer, on seeded random inputs with shapes that are not multiples of
- * the kernels' tiles. Errors are max |gpu - cpu| / max |cpu| over a tensor.
+ * test_cuda_ops_linear.c; the adapter ops in test_cuda_ops_adapt.c), against the CPU
+ * backend (qft_cpu_ops) and core/train's optimizer, on seeded random inputs with shapes
+ * that are not multiples of the kernels' tiles. Errors are max |gpu - cpu| / max |cpu|
+ * over a tensor.
  *
  * Tolerances: 1e-5 for elementwise ops and row reductions (fp32 on both sides, different
  * summation trees); 1e-4 for GEMM and attention (long dot products summed in another
@@ -428,6 +429,45 @@ START_TEST(test_nf4) {
                       (double)got[e], (double)want[f0 + e]);
         ck_assert(gotb[e] == qft_f32_to_bf16(want[f0 + e]));
     }
+    /* the op table's entry: the same buffers as the qft_qlayout of a (323, 139) weight,
+     * rows [7, 307), on the device and through the CPU backend's entry over the host
+     * buffers; both exactly the definition */
+    {
+        const int64_t out = 323, in = 139, r0 = 7, nr = 300; // out * in = n
+        ck_assert_int_eq(out * in, n);
+        qft_qlayout hl, dl;
+        memset(&hl, 0, sizeof hl);
+        hl.format = QFT_QFMT_NF4, hl.out = out, hl.in = in;
+        hl.nf4_blocksize = (int)bs, hl.nf4_offset = dq ? offset : 0.0f;
+        hl.buf[QFT_QL_NF4_PACKED] = packed, hl.bytes[QFT_QL_NF4_PACKED] = (size_t)(n + 1) / 2;
+        hl.buf[QFT_QL_NF4_CODE] = code, hl.bytes[QFT_QL_NF4_CODE] = sizeof code;
+        if (dq) {
+            hl.buf[QFT_QL_NF4_QABSMAX] = qa, hl.bytes[QFT_QL_NF4_QABSMAX] = (size_t)nb;
+            hl.buf[QFT_QL_NF4_NESTED_ABSMAX] = nested;
+            hl.bytes[QFT_QL_NF4_NESTED_ABSMAX] = (size_t)nn * 4;
+            hl.buf[QFT_QL_NF4_NESTED_MAP] = map, hl.bytes[QFT_QL_NF4_NESTED_MAP] = sizeof map;
+        } else {
+            hl.buf[QFT_QL_NF4_ABSMAX] = absmax, hl.bytes[QFT_QL_NF4_ABSMAX] = (size_t)nb * 4;
+        }
+        dl = hl;
+        dl.buf[QFT_QL_NF4_PACKED] = w.packed, dl.buf[QFT_QL_NF4_CODE] = w.code;
+        dl.buf[QFT_QL_NF4_ABSMAX] = w.absmax, dl.buf[QFT_QL_NF4_QABSMAX] = w.qabsmax;
+        dl.buf[QFT_QL_NF4_NESTED_ABSMAX] = w.nested_absmax;
+        dl.buf[QFT_QL_NF4_NESTED_MAP] = w.nested_map;
+        float *cpu = hcalloc((size_t)(nr * in), 4); // (nr, in)
+        C->dequantize(&hl, r0, nr, cpu);
+        ck_assert(memcmp(cpu, want + r0 * in, (size_t)(nr * in) * 4) == 0);
+        ck_assert(G->has_qformat(QFT_QFMT_NF4) && G->has_qformat(QFT_QFMT_HQQ));
+        ck_assert(!G->has_qformat(QFT_QFMT_NONE) && !G->has_qformat(99));
+        G->dequantize(&dl, r0, nr, dout);
+        get(got, dout, (size_t)(nr * in) * 4);
+        synced();
+        for (int64_t e = 0; e < nr * in; e++)
+            ck_assert_msg(memcmp(&got[e], &cpu[e], 4) == 0, "dequantize entry, element %lld: "
+                          "gpu %.9g cpu %.9g", (long long)(r0 * in + e), (double)got[e],
+                          (double)cpu[e]);
+        free(cpu);
+    }
     G->free((void *)w.packed), G->free((void *)w.code);
     if (dq)
         G->free((void *)w.qabsmax), G->free((void *)w.nested_absmax), G->free((void *)w.nested_map);
@@ -528,6 +568,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_nf4, 0, 2);
     tcase_add_test(tc, test_bf16_gemm);
     ops_linear_add_tests(tc, G);
+    ops_adapt_add_tests(tc, G);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -144,6 +144,28 @@ START_TEST(test_hqq_dequantize) {
                       "gpu %.9g plugin %.9g", c.nbits, c.axis, c.meta, (long long)f,
                       (double)got[f], (double)ref[f]);
     for (int64_t e = 0; e < cnt; e++) ck_assert(gotb[e] == qft_f32_to_bf16(ref[f0 + e]));
+    /* the op table's entry over the plugin's own layout, its buffers copied to the device,
+     * rows [1, out - 1): the plugin's bits, and the CPU backend's entry's */
+    if (cth_plugin()->layout) {
+        qft_qlayout hl, dl;
+        ck_assert_msg(cth_plugin()->layout(qw, &hl, &err) == 0, "%s", err.msg);
+        dl = hl;
+        for (int i = 0; i < QFT_QLAYOUT_MAX_BUFS; i++)
+            if (hl.buf[i]) dl.buf[i] = dup_dev(hl.buf[i], hl.bytes[i]);
+        const int64_t r0 = 1, nr = c.out - 2, in = c.in;
+        float *cpu = hcalloc((size_t)(nr * in), 4); // (nr, in)
+        qft_cpu_dequantize(&hl, r0, nr, cpu);
+        ck_assert(memcmp(cpu, ref + r0 * in, (size_t)(nr * in) * 4) == 0);
+        G->dequantize(&dl, r0, nr, d);
+        get(got, d, (size_t)(nr * in) * 4);
+        synced();
+        for (int64_t e = 0; e < nr * in; e++)
+            ck_assert_msg(memcmp(&got[e], &cpu[e], 4) == 0, "nbits %d axis %d meta %d: dequantize "
+                          "entry, element %lld: gpu %.9g cpu %.9g", c.nbits, c.axis, c.meta,
+                          (long long)(r0 * in + e), (double)got[e], (double)cpu[e]);
+        for (int i = 0; i < QFT_QLAYOUT_MAX_BUFS; i++) dfree(dl.buf[i]);
+        free(cpu);
+    }
     hqq_dev_free(&w);
     dfree(d), dfree(db);
     cth_plugin()->free_weight(qw);

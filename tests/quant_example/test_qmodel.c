@@ -2,6 +2,7 @@
  * loaded with dlopen as qft loads any plugin): forward and backward must equal those of
  * the dense model built from the dequantized weights, only the dense tensors train, and
  * a packed checkpoint saved by qft loads back without quantizing again. */
+#include "cpu_ops.h"
 #include "hf_model.h"
 #include "llama.h"
 #include "optim.h"
@@ -186,6 +187,27 @@ START_TEST(test_streaming_load_peak) {
 }
 END_TEST
 
+/* A quantizer without the `layout` entry (this example) keeps its weights on the cpu
+ * backend: moving the model elsewhere is refused with a message naming why, and the model
+ * stays usable where it was. */
+START_TEST(test_no_layout_refused_on_backend) {
+    qft_err err = {0};
+    qft_llama_config c = tiny_config();
+    qft_llama_build build = {.role = role_q, .qvt = g_vt, .qstate = g_state};
+    qft_llama_model q;
+    ck_assert_msg(qft_llama_alloc_build(&q, &c, &build, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_init_random(&q, 5, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_alloc_grads(&q, &err) == 0, "%s", err.msg);
+    ck_assert_ptr_null(g_vt->layout);
+    ck_assert_int_ne(qft_llama_to_backend(&q, qft_cpu_guard_ops(), &err), 0);
+    ck_assert_msg(strstr(err.msg, "does not describe its packed weights") != NULL, "%s",
+                  err.msg);
+    ck_assert_ptr_null(q.dev_params);
+    ck_assert_ptr_null(q.ops);
+    qft_llama_free(&q);
+}
+END_TEST
+
 int main(void) {
     const char *so = getenv("QFT_EXAMPLE_PLUGIN");
     qft_registry reg = {0};
@@ -203,6 +225,7 @@ int main(void) {
     tcase_add_test(tc, test_packed_equals_dense_of_dequantized);
     tcase_add_test(tc, test_packed_checkpoint_round_trip);
     tcase_add_test(tc, test_streaming_load_peak);
+    tcase_add_test(tc, test_no_layout_refused_on_backend);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

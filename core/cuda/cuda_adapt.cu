@@ -1,0 +1,122 @@
+// The pieces adapters compose (qft_ops.h, ABI 4): column scaling, column dot products,
+// division, row norms and the counter-based dropout. The arithmetic is cuda_twin_adapt.h's,
+// shared with the CPU twin test; every output has one owner and a fixed summation order
+// (no atomics), so results are deterministic and, except row_norms' lane tree, the CPU
+// backend's bits.
+#include "cuda_internal.h"
+#include "cuda_twin_adapt.h"
+
+#define GRID_STRIDE(e, n)                                                                     \
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (n);                  \
+         e += (size_t)gridDim.x * blockDim.x)
+
+namespace {
+const unsigned TPB = 256;
+// Enough blocks to fill the device several times over; the loops stride the rest.
+unsigned grid_for(size_t n) {
+    unsigned b = qft_cuda_blocks(n, TPB);
+    unsigned cap = (unsigned)(qft_cuda_g.sm_count > 0 ? qft_cuda_g.sm_count : 1) * 32u;
+    return b < cap ? b : cap;
+}
+} // namespace
+
+// (Kernels are static, outside the anonymous namespace, as cuda_elementwise.cu's: nvcc's
+// launch stubs did not resolve inside it.)
+
+// dst (N, ldd)[:, 0:n] from src (N, lds)[:, 0:n]; in place when dst == src (each element
+// is read, then written, by one thread).
+static __global__ void cols_axpby_kernel(float *dst, int64_t ldd, float beta, const float *src,
+                                         int64_t lds, const float *f, float fadd, int64_t N,
+                                         int64_t n) {
+    const size_t total = (size_t)N * (size_t)n; // (N, n)
+    GRID_STRIDE(e, total) {
+        const int64_t r = (int64_t)(e / (size_t)n), j = (int64_t)(e % (size_t)n);
+        const float c = qft_twin_axpby_coef(f, fadd, j);
+        float *d = dst + r * ldd + j;
+        *d = qft_twin_axpby(beta, beta == 0.0f ? 0.0f : *d, c, src[r * lds + j]);
+    }
+}
+
+// acc, div (n); a (N, lda), b (N, ldb). One thread per column walks the rows in order (the
+// CPU's order): coalesced across the warp, since neighbouring threads read neighbouring
+// columns of the same row.
+static __global__ void col_dot_kernel(float *acc, const float *a, int64_t lda, const float *b,
+                                      int64_t ldb, const float *div, int64_t N, int64_t n) {
+    GRID_STRIDE(j, (size_t)n) {
+        acc[j] = qft_twin_add(acc[j], qft_twin_col_dot(a, lda, b, ldb, div[j], N, (int64_t)j));
+    }
+}
+
+// out, a, b (n)
+static __global__ void div_kernel(float *out, const float *a, const float *b, size_t n) {
+    GRID_STRIDE(e, n) out[e] = qft_twin_div(a[e], b[e]);
+}
+
+// One block of QFT_NORM_LANES threads per row of x (n, ld), rows strided by the grid:
+// lane sums in double, merged pairwise in shared memory, the root's sqrt rounded once.
+static __global__ void row_norms_kernel(float *norm, const float *x, int64_t ld, int64_t n,
+                                        int64_t len) {
+    __shared__ double part[QFT_NORM_LANES];
+    const int lane = threadIdx.x;
+    for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
+        part[lane] = qft_twin_row_sumsq_lane(x + row * ld, len, lane);
+        __syncthreads();
+        for (int off = QFT_NORM_LANES / 2; off > 0; off >>= 1) {
+            if (lane < off) part[lane] = qft_twin_dadd(part[lane], part[lane + off]);
+            __syncthreads();
+        }
+        if (lane == 0) norm[row] = (float)sqrt(part[0]);
+        __syncthreads(); // part is refilled by the next row
+    }
+}
+
+// src, dst (N, d), contiguous: element e is mask index e (row-major).
+static __global__ void dropout_kernel(uint64_t key, uint64_t threshold, float scale,
+                                      const float *src, size_t total, float *dst,
+                                      int accumulate) {
+    GRID_STRIDE(e, total) {
+        const float v = qft_twin_dropout_value(key, (uint64_t)e, threshold, scale, src[e]);
+        dst[e] = accumulate ? qft_twin_add(dst[e], v) : v;
+    }
+}
+
+extern "C" void qft_cuda_cols_axpby(float *dst, int64_t ldd, float beta, const float *src,
+                                    int64_t lds, const float *f, float fadd, int64_t N,
+                                    int64_t n) {
+    if (N <= 0 || n <= 0) return;
+    const size_t total = (size_t)N * (size_t)n; // (N, n)
+    cols_axpby_kernel<<<grid_for(total), TPB>>>(dst, ldd, beta, src, lds, f, fadd, N, n);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void qft_cuda_col_dot(float *acc, const float *a, int64_t lda, const float *b,
+                                 int64_t ldb, const float *div, int64_t N, int64_t n) {
+    // N = 0 still adds (float)(0 / div[j]), as the CPU loop does
+    if (n <= 0 || N < 0) return;
+    col_dot_kernel<<<qft_cuda_blocks((size_t)n, 128), 128>>>(acc, a, lda, b, ldb, div, N, n);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void qft_cuda_div(float *out, const float *a, const float *b, size_t n) {
+    if (!n) return;
+    div_kernel<<<grid_for(n), TPB>>>(out, a, b, n);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void qft_cuda_row_norms(float *norm, const float *x, int64_t ld, int64_t n,
+                                   int64_t len) {
+    if (n <= 0) return;
+    row_norms_kernel<<<qft_cuda_blocks((size_t)n, 1), QFT_NORM_LANES>>>(norm, x, ld, n, len);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void qft_cuda_dropout(uint64_t key, double p, const float *src, int64_t N, int64_t d,
+                                 float *dst, int accumulate) {
+    if (N <= 0 || d <= 0) return;
+    const size_t total = (size_t)N * (size_t)d; // (N, d)
+    // both on the host in double, as qft_ops.h defines them
+    const uint64_t threshold = qft_ops_dropout_threshold(p);
+    const float scale = (float)(1.0 / (1.0 - p));
+    dropout_kernel<<<grid_for(total), TPB>>>(key, threshold, scale, src, total, dst, accumulate);
+    CUDA_LAUNCHED();
+}

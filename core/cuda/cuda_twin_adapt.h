@@ -1,0 +1,99 @@
+/*
+ * The element and column math of the adapter ops (cuda_adapt.cu: cols_axpby, col_dot,
+ * div, row_norms, dropout), written once for both sides as cuda_twin.h does: the kernels
+ * call these from device code, tests/cuda/test_cuda_twin_adapt.c from plain C, where
+ * they are checked against the CPU backend and against qft_ops.h's dropout mask.
+ *
+ * Products and sums go through the _rn intrinsics on the device: nvcc would otherwise
+ * contract a * b + c into an FMA (float or double), and these must round every step as
+ * the CPU loops (built with -ffp-contract=off) do, so that the bits match.
+ *
+ * C11 and CUDA C++ both parse this header.
+ */
+#ifndef QFT_CUDA_TWIN_ADAPT_H
+#define QFT_CUDA_TWIN_ADAPT_H
+
+#include "cuda_twin.h"
+
+#include <stdint.h>
+
+QFT_TWIN double qft_twin_dmul(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+QFT_TWIN double qft_twin_dadd(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+QFT_TWIN float qft_twin_div(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fdiv_rn(a, b); /* IEEE division whatever -prec-div says */
+#else
+    return a / b;
+#endif
+}
+
+/* ---- cols_axpby: dst[r][j] = beta * dst[r][j] + c_j * src[r][j] ---------------------- */
+/* The column's coefficient: f[j], f[j] + fadd when fadd is nonzero, fadd alone without f. */
+QFT_TWIN float qft_twin_axpby_coef(const float *f, float fadd, int64_t j) {
+    if (!f) return fadd;
+    return fadd == 0.0f ? f[j] : f[j] + fadd;
+}
+/* One element, each product rounded before the sum; beta = 0 never reads d (it may be
+ * NaN: dst's old contents are ignored). */
+QFT_TWIN float qft_twin_axpby(float beta, float d, float c, float s) {
+    if (beta == 0.0f) return qft_twin_mul(c, s);
+    return qft_twin_add(qft_twin_mul(beta, d), qft_twin_mul(c, s));
+}
+
+/* ---- col_dot: acc[j] += (float)(sum_r (double)a[r][j] * b[r][j] / div[j]) ------------ */
+/* Column j's increment: rows 0..N-1 in order, each product and sum rounded in double, the
+ * quotient rounded once to float. a (N, lda), b (N, ldb). */
+QFT_TWIN float qft_twin_col_dot(const float *a, int64_t lda, const float *b, int64_t ldb,
+                                float div, int64_t N, int64_t j) {
+    double s = 0.0;
+    for (int64_t r = 0; r < N; r++)
+        s = qft_twin_dadd(s, qft_twin_dmul((double)a[r * lda + j], (double)b[r * ldb + j]));
+    return (float)(s / (double)div);
+}
+
+/* ---- row_norms: one block of QFT_NORM_LANES lanes per row ----------------------------
+ * Lane l sums the squares of columns l, l + LANES, ... in double (row of `len`); the lanes
+ * then merge pairwise, l with l + off for off = LANES/2 .. 1 (a fixed tree), and the root
+ * becomes (float)sqrt(sum). */
+QFT_TWIN double qft_twin_row_sumsq_lane(const float *row, int64_t len, int lane) {
+    double s = 0.0;
+    for (int64_t k = lane; k < len; k += QFT_NORM_LANES)
+        s = qft_twin_dadd(s, qft_twin_dmul((double)row[k], (double)row[k]));
+    return s;
+}
+
+/* ---- dropout: the counter-based mask of qft_ops.h -------------------------------------
+ * qft_ops_mix64 and qft_ops_dropout_keep are host-only C (static inline, no __device__);
+ * these are their copies for the kernel and MUST stay identical to them: the CPU backend
+ * and the adapters' backward draw the same mask from (key, idx). test_cuda_twin_adapt.c
+ * compares the two over many keys, indices and thresholds. */
+QFT_TWIN uint64_t qft_twin_mix64(uint64_t z) {
+    z ^= z >> 30;
+    z *= 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 27;
+    z *= 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return z;
+}
+QFT_TWIN int qft_twin_dropout_keep(uint64_t key, uint64_t idx, uint64_t threshold) {
+    return (qft_twin_mix64(key + (idx + 1) * 0x9E3779B97F4A7C15ull) >> 40) >= threshold;
+}
+/* Element idx of the (N, d) input, row-major: src * scale when kept, else 0. */
+QFT_TWIN float qft_twin_dropout_value(uint64_t key, uint64_t idx, uint64_t threshold, float scale,
+                                      float src) {
+    return qft_twin_dropout_keep(key, idx, threshold) ? qft_twin_mul(src, scale) : 0.0f;
+}
+
+#endif /* QFT_CUDA_TWIN_ADAPT_H */

@@ -1,0 +1,230 @@
+/* The adapter ops' kernels (core/cuda/cuda_adapt.cu) as their twins (cuda_twin_adapt.h)
+ * run them, on the CPU, against the CPU backend's qft_cpu_* of the same names (part of
+ * test_cuda_twin, which needs no GPU):
+ *   - the dropout mask: the kernel's copy of qft_ops.h's mix64/keep against the header's
+ *     own over many keys, indices and thresholds; the whole op bit for bit, overwrite and
+ *     accumulate, and the kept fraction near 1 - p;
+ *   - cols_axpby element by element (every coefficient form, beta 0 over NaN, in place),
+ *     col_dot column by column (rows in order, in double) and div: bit for bit;
+ *   - row_norms through the kernel's lane tree (QFT_NORM_LANES lanes merged pairwise):
+ *     within 1e-6 relative of the CPU's sum (another order).
+ * Shapes are odd, with row strides past the row's end, and col_dot's n crosses the CPU's
+ * 64-column blocks. The test is built with -ffp-contract=off, as the CPU library is. */
+#include "cpu_optim.h"
+#include "cuda_twin_adapt.h"
+#include "qft_base.h"
+#include "twin_suites.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void fill(float *x, size_t n, uint64_t seed, float scale) {
+    qft_rng r;
+    qft_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) x[i] = scale * qft_rng_normal(&r);
+}
+
+static void *xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* The first index where two float arrays differ in their bits, or -1. */
+static long first_diff(const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(a + i, b + i, sizeof *a) != 0) return (long)i;
+    return -1;
+}
+
+/* ---- dropout -------------------------------------------------------------------------------- */
+START_TEST(test_dropout_mask_copy) {
+    static const double ps[] = {0.0, 0.05, 0.1, 0.25, 0.5, 0.9, 0.999, 1.0};
+    qft_rng r;
+    qft_rng_seed(&r, 71);
+    long checked = 0;
+    for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
+        const uint64_t thr = qft_ops_dropout_threshold(ps[pi]);
+        for (int k = 0; k < 64; k++) {
+            /* keys as the plugins make them (small counters) and arbitrary 64-bit ones */
+            const uint64_t key = k < 8 ? (uint64_t)k : qft_rng_next(&r);
+            const uint64_t idx0 = k % 2 ? 0 : qft_rng_next(&r) >> 8;
+            for (uint64_t i = 0; i < 1000; i++, checked++) {
+                const int want = qft_ops_dropout_keep(key, idx0 + i, thr);
+                const int got = qft_twin_dropout_keep(key, idx0 + i, thr);
+                ck_assert_msg(got == want, "p %g key %llu idx %llu: twin %d, qft_ops.h %d", ps[pi],
+                              (unsigned long long)key, (unsigned long long)(idx0 + i), got, want);
+            }
+        }
+    }
+    /* the mixer itself, on values whose every bit matters */
+    for (int k = 0; k < 10000; k++) {
+        const uint64_t z = qft_rng_next(&r);
+        ck_assert(qft_twin_mix64(z) == qft_ops_mix64(z));
+    }
+    ck_assert(checked == 8 * 64 * 1000);
+}
+END_TEST
+
+/* The kernel's schedule: element e of (N, d) is mask index e. */
+static void twin_dropout(uint64_t key, double p, const float *src, int64_t N, int64_t d,
+                         float *dst, int accumulate) {
+    const uint64_t thr = qft_ops_dropout_threshold(p);
+    const float scale = (float)(1.0 / (1.0 - p));
+    for (size_t e = 0; e < (size_t)(N * d); e++) {
+        const float v = qft_twin_dropout_value(key, (uint64_t)e, thr, scale, src[e]);
+        dst[e] = accumulate ? qft_twin_add(dst[e], v) : v;
+    }
+}
+
+START_TEST(test_dropout_op) {
+    static const double ps[] = {0.05, 0.1, 0.5, 0.0};
+    const double p = ps[_i];
+    const int64_t N = 67, d = 129;
+    const size_t n = (size_t)(N * d);
+    float *src = xcalloc(n, 4), *base = xcalloc(n, 4), *got = xcalloc(n, 4),
+          *ref = xcalloc(n, 4);
+    fill(src, n, 81 + (uint64_t)_i, 1.0f);
+    fill(base, n, 91, 0.5f);
+    const uint64_t key = 0x5eed0000ull + 977u * (uint64_t)_i;
+    for (int acc = 0; acc < 2; acc++) {
+        memcpy(got, base, n * 4), memcpy(ref, base, n * 4);
+        twin_dropout(key, p, src, N, d, got, acc);
+        qft_cpu_dropout(key, p, src, N, d, ref, acc);
+        const long at = first_diff(got, ref, n);
+        ck_assert_msg(at < 0, "dropout p %g accumulate %d: element %ld twin %a, cpu %a", p, acc,
+                      at, at < 0 ? 0.0 : got[at], at < 0 ? 0.0 : ref[at]);
+    }
+    /* overwrite mode: kept elements are src / (1 - p) rounded, dropped ones 0 */
+    twin_dropout(key, p, src, N, d, got, 0);
+    size_t kept = 0;
+    const float scale = (float)(1.0 / (1.0 - p));
+    for (size_t e = 0; e < n; e++) {
+        if (got[e] != 0.0f) {
+            kept++;
+            ck_assert(got[e] == src[e] * scale);
+        }
+    }
+    const double frac = (double)kept / (double)n;
+    ck_assert_msg(fabs(frac - (1.0 - p)) < 0.02, "p %g: kept %.4f", p, frac);
+    /* another key draws another mask */
+    if (p > 0) {
+        twin_dropout(key + 1, p, src, N, d, ref, 0);
+        ck_assert(first_diff(got, ref, n) >= 0);
+    }
+    free(src), free(base), free(got), free(ref);
+}
+END_TEST
+
+/* ---- cols_axpby ----------------------------------------------------------------------------- */
+START_TEST(test_cols_axpby) {
+    const int64_t N = 37, n = 131, ldd = n + 5, lds = n + 3;
+    const int form = _i % 3;        /* f alone, f + fadd, fadd alone */
+    const int bform = _i / 3 % 3;   /* beta 0 (over NaN), 1, -0.625 */
+    const int inplace = _i / 9;     /* dst is src (same strides) */
+    const float fadd = form == 0 ? 0.0f : form == 1 ? 0.75f : -1.5f;
+    const float beta = bform == 0 ? 0.0f : bform == 1 ? 1.0f : -0.625f;
+    const size_t nd = (size_t)(N * ldd), ns = (size_t)(N * lds);
+    float *src = xcalloc(ns, 4), *f = xcalloc((size_t)n, 4);
+    float *got = xcalloc(nd, 4), *ref = xcalloc(nd, 4);
+    fill(src, ns, 101, 1.0f), fill(f, (size_t)n, 102, 2.0f);
+    fill(got, nd, 103, 1.0f);
+    if (bform == 0 && !inplace)
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t j = 0; j < n; j++) got[r * ldd + j] = NAN;
+    if (inplace) /* dst is src: the source values, with ldd as the stride of both */
+        for (int64_t r = 0; r < N; r++) memcpy(got + r * ldd, src + r * lds, (size_t)n * 4);
+    memcpy(ref, got, nd * 4);
+    const float *fp = form == 2 ? NULL : f;
+    /* the kernel's schedule: one element per e of (N, n) */
+    const float *tsrc = inplace ? got : src;
+    const int64_t tlds = inplace ? ldd : lds;
+    for (size_t e = 0; e < (size_t)(N * n); e++) {
+        const int64_t r = (int64_t)(e / (size_t)n), j = (int64_t)(e % (size_t)n);
+        const float c = qft_twin_axpby_coef(fp, fadd, j);
+        float *d = got + r * ldd + j;
+        *d = qft_twin_axpby(beta, beta == 0.0f ? 0.0f : *d, c, tsrc[r * tlds + j]);
+    }
+    qft_cpu_cols_axpby(ref, ldd, beta, inplace ? ref : src, inplace ? ldd : lds, fp, fadd, N, n);
+    const long at = first_diff(got, ref, nd);
+    ck_assert_msg(at < 0, "cols_axpby form %d beta %g in place %d: element %ld twin %a cpu %a",
+                  form, beta, inplace, at, at < 0 ? 0.0 : got[at], at < 0 ? 0.0 : ref[at]);
+    /* real values, and the padding past each row untouched */
+    int nonzero = 0;
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t j = 0; j < n; j++) {
+            ck_assert(isfinite(got[r * ldd + j]));
+            nonzero += got[r * ldd + j] != 0.0f;
+        }
+    ck_assert_int_eq(nonzero, (int)(N * n));
+    free(src), free(f), free(got), free(ref);
+}
+END_TEST
+
+/* ---- col_dot and div ------------------------------------------------------------------------ */
+START_TEST(test_col_dot) {
+    const int64_t N = _i ? 1 : 203, n = 197, lda = n + 7, ldb = n + 2;
+    float *a = xcalloc((size_t)(N * lda), 4), *b = xcalloc((size_t)(N * ldb), 4);
+    float *dv = xcalloc((size_t)n, 4), *got = xcalloc((size_t)n, 4), *ref = xcalloc((size_t)n, 4);
+    fill(a, (size_t)(N * lda), 111, 1.0f), fill(b, (size_t)(N * ldb), 112, 3.0f);
+    fill(dv, (size_t)n, 113, 1.0f), fill(got, (size_t)n, 114, 0.1f);
+    for (int64_t j = 0; j < n; j++) dv[j] = 0.5f + fabsf(dv[j]); /* norms: positive */
+    memcpy(ref, got, (size_t)n * 4);
+    for (int64_t j = 0; j < n; j++)
+        got[j] = qft_twin_add(got[j], qft_twin_col_dot(a, lda, b, ldb, dv[j], N, j));
+    qft_cpu_col_dot(ref, a, lda, b, ldb, dv, N, n);
+    const long at = first_diff(got, ref, (size_t)n);
+    ck_assert_msg(at < 0, "col_dot N %lld: column %ld twin %a cpu %a", (long long)N, at,
+                  at < 0 ? 0.0 : got[at], at < 0 ? 0.0 : ref[at]);
+    free(a), free(b), free(dv), free(got), free(ref);
+}
+END_TEST
+
+START_TEST(test_div) {
+    const size_t n = 4099;
+    float *a = xcalloc(n, 4), *b = xcalloc(n, 4), *got = xcalloc(n, 4), *ref = xcalloc(n, 4);
+    fill(a, n, 121, 3.0f), fill(b, n, 122, 1.0f);
+    for (size_t i = 0; i < n; i++) got[i] = qft_twin_div(a[i], b[i]);
+    qft_cpu_div(ref, a, b, n);
+    ck_assert(first_diff(got, ref, n) < 0);
+    free(a), free(b), free(got), free(ref);
+}
+END_TEST
+
+/* ---- row_norms through the lane tree -------------------------------------------------------- */
+START_TEST(test_row_norms) {
+    static const int64_t lens[] = {1000, 77, 256, 4097};
+    const int64_t n = 29, len = lens[_i], ld = len + 11;
+    float *x = xcalloc((size_t)(n * ld), 4), *got = xcalloc((size_t)n, 4),
+          *ref = xcalloc((size_t)n, 4);
+    fill(x, (size_t)(n * ld), 131 + (uint64_t)_i, 1.0f);
+    for (int64_t j = 0; j < n; j++) /* rows of different scales */
+        for (int64_t k = 0; k < len; k++) x[j * ld + k] *= 0.01f * (float)(j + 1);
+    double part[QFT_NORM_LANES];
+    for (int64_t j = 0; j < n; j++) {
+        for (int l = 0; l < QFT_NORM_LANES; l++)
+            part[l] = qft_twin_row_sumsq_lane(x + j * ld, len, l);
+        for (int off = QFT_NORM_LANES / 2; off > 0; off >>= 1)
+            for (int l = 0; l < off; l++) part[l] = qft_twin_dadd(part[l], part[l + off]);
+        got[j] = (float)sqrt(part[0]);
+    }
+    qft_cpu_row_norms(ref, x, ld, n, len);
+    for (int64_t j = 0; j < n; j++) {
+        const double e = fabs((double)got[j] - ref[j]) / ref[j];
+        ck_assert_msg(ref[j] > 0 && e <= 1e-6, "row %lld len %lld: twin %.9g cpu %.9g (rel %g)",
+                      (long long)j, (long long)len, got[j], ref[j], e);
+    }
+    free(x), free(got), free(ref);
+}
+END_TEST
+
+void twin_adapt_add_tests(TCase *tc) {
+    tcase_add_test(tc, test_dropout_mask_copy);
+    tcase_add_loop_test(tc, test_dropout_op, 0, 4);
+    tcase_add_loop_test(tc, test_cols_axpby, 0, 18);
+    tcase_add_loop_test(tc, test_col_dot, 0, 2);
+    tcase_add_test(tc, test_div);
+    tcase_add_loop_test(tc, test_row_norms, 0, 4);
+}
