@@ -7,18 +7,22 @@
 #      then apps/qft and the plugins the parity runs load;
 #   2. runs test_cuda_twin (the kernels' indexing on the CPU) and test_cuda_ops (every op
 #      of the CUDA table, the adapter ops (cols_axpby, col_dot, div, row_norms, dropout)
-#      among them, bf16 GEMM, NF4 and HQQ dequantization, the quantized linear, LoRA/DoRA
-#      forward, backward and DoRA's row norm, and AdamW, against the CPU backend and the
-#      CPU plugins; here it must run, a skip is a failure);
+#      among them, bf16 GEMM, NF4 and HQQ dequantization, the quantized linear, and
+#      AdamW, against the CPU backend and the CPU plugins; here it must run, a skip is a
+#      failure);
 #   3. trains a tiny random Llama on the GPU and on the CPU and compares the runs: the
 #      dense train_types (full, llama_pro), then the adapter ones (lora, qlora, hqq_lora,
 #      dense DoRA, bnb_dora (QDoRA), hqq_dora);
-#   4. runs bench/cuda_bench: bf16 cuBLASLt GEMM TFLOP/s on the Llama-3-8B shapes at
+#   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full,
+#      qlora and bnb_dora (QDoRA) on a random Llama-3-8B-shaped model with fewer layers
+#      (the layers column says how many), context 2048, batch 1, recomputation, and of
+#      PyTorch + PEFT (+ bitsandbytes) on the same shapes when python3 has them;
+#   5. runs bench/cuda_bench: bf16 cuBLASLt GEMM TFLOP/s on the Llama-3-8B shapes at
 #      M = 2048 against the measured peak, attention forward/backward time at T = 2048,
 #      H = 32, KV = 8, hd = 128, NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
-#   5. runs test_cuda_ops under compute-sanitizer (memcheck, then racecheck if time is
+#   6. runs test_cuda_ops under compute-sanitizer (memcheck, then racecheck if time is
 #      left) when compute-sanitizer is installed.
 # Everything ends inside 8 minutes (each step is given what is left of the budget). A
 # report with the date, the GPU and the tables is written to $OUT (or the build dir) as
@@ -28,14 +32,15 @@
 # table and this script were written and compiled (nvcc 13.0, sm_80 and sm_90) on a machine
 # without a GPU; only their CPU twins (test_cuda_twin) have run. No kernel has run on a GPU
 # yet, so the first run of this script is also the kernels' first run. The same holds for
-# the HQQ, quantized-linear and LoRA/DoRA kernels added after it (compiled, not run): their
-# twins check the indexing, GEMM arguments and DoRA math against the hqq plugin and
-# adapters/common on the CPU; the tile-on-chip dequantizing GEMM is not written. The model
+# the HQQ and quantized-linear kernels added after it (compiled, not run): their twins
+# check the indexing and GEMM arguments against the hqq plugin on the CPU; the
+# tile-on-chip dequantizing GEMM is not written. The model
 # runs on the CUDA backend for the dense train_types (full, llama_pro) with parameters,
 # gradients and optimizer state in host memory (shard.cpu_offload); its device discipline
 # was checked on the CPU through the memory-guarded cpu_guard backend (tests/apps
-# backend_guard), and the parity step below compares it with the CPU backend. Not covered
-# here: the tokens/s and peak-memory table for full, QLoRA and QDoRA against PyTorch + PEFT.
+# backend_guard), and the parity step below compares it with the CPU backend. The
+# tokens/s and peak-memory table for full, QLoRA and QDoRA against PyTorch + PEFT (step 4)
+# was added later and has only run on the CPU (cpu and cpu_guard backends, small shapes).
 # The adapter train_types' parity and the adapter ops' kernels (core/cuda/cuda_adapt.cu)
 # were added later, in the same way: compiled and twin-checked on the CPU, not yet run on
 # a GPU; through cpu_guard in place of cuda the same runs pass (LoRA's bit-identical to
@@ -77,7 +82,7 @@ step configure 120 meson setup "$BUILD" -Dqft_cuda_arch=sm_90 -Dbuildtype=releas
     { cat "$BUILD.setup.log"; exit 1; }
 step build 240 ninja -C "$BUILD" core/cuda/libqft_cuda.so tests/cuda/test_cuda_twin \
     tests/cuda/test_cuda_ops bench/cuda_bench quant/hqq/qft_hqq.so apps/qft \
-    data/synth_math/qft_synth_math.so adapters/llama_pro/qft_llama_pro.so \
+    data/synth_math/qft_synth_math.so data/jsonl/qft_jsonl.so adapters/llama_pro/qft_llama_pro.so \
     adapters/lora/qft_lora.so adapters/dora/qft_dora.so quant/bnb_nf4/qft_bnb_nf4.so || exit 1
 # what meson test would set: the tests dlopen the hqq plugin from the build tree
 case $BUILD in /*) build_abs=$BUILD ;; *) build_abs=$PWD/$BUILD ;; esac
@@ -144,8 +149,20 @@ else
     status=1
 fi
 
-bench_out="$REPORT_DIR/cuda_bench.md"
+# The model-level table (bench/run_model_gpu.sh; its header says how it keeps one run on
+# the GPU at a time). It is given up to 150 s but leaves 40 s for cuda_bench, and is told
+# its share so that it stops its runs and prints the table before this step's timeout.
 mkdir -p "$REPORT_DIR"
+model_out="$REPORT_DIR/model_bench.md"
+mb_t=$(( $(left) - 40 )); (( mb_t > 150 )) && mb_t=150
+if (( mb_t >= 30 )); then
+    QFT_MODEL_BENCH_BUDGET=$(( mb_t - 5 )) step model_bench "$mb_t" bench/run_model_gpu.sh "$BUILD" \
+        | tee "$model_out" || status=1
+else
+    echo "== model_bench: skipped, out of time" | tee "$model_out"
+fi
+
+bench_out="$REPORT_DIR/cuda_bench.md"
 # the benchmark before the sanitizer: its numbers matter more than a racecheck pass
 step cuda_bench 150 "$BUILD/bench/cuda_bench" | tee "$bench_out" || status=1
 
@@ -174,6 +191,8 @@ fi
     echo
     grep -v '^== ' "$REPORT_DIR/parity.txt" 2>/dev/null
     grep -v '^== ' "$REPORT_DIR/parity_adapters.txt" 2>/dev/null
+    echo
+    grep -v '^== ' "$model_out"
     echo
     grep -v '^== ' "$bench_out"
 } >"$REPORT_DIR/gpu-check-report.md"

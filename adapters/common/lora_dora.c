@@ -19,11 +19,14 @@
 #include <math.h>
 #include <string.h>
 
-/* Rows per tile: about 1 MiB of fp32, so a tile is still in cache when its norms are read. */
+/* Rows per tile: on the host about 1 MiB of fp32, so a tile is still in cache when its norms
+ * are read; on a device 64 MiB, so that a norm is a few large launches (a 4096-wide weight
+ * of 14336 rows in 4 tiles, not 224), since there it runs at every forward. */
 static int64_t tile_rows(const qft_adapter_linear *al) {
     int64_t t = al->cfg->tile_rows;
     if (t <= 0) {
-        t = (int64_t)((1u << 20) / sizeof(float)) / al->in;
+        const size_t bytes = al->base.ops->host_memory ? (size_t)1 << 20 : (size_t)64 << 20;
+        t = (int64_t)(bytes / sizeof(float)) / al->in;
         if (t < 16) t = 16;
     }
     return t < al->out ? t : al->out;

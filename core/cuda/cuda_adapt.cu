@@ -6,22 +6,8 @@
 #include "cuda_internal.h"
 #include "cuda_twin_adapt.h"
 
-#define GRID_STRIDE(e, n)                                                                     \
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (n);                  \
-         e += (size_t)gridDim.x * blockDim.x)
-
-namespace {
-const unsigned TPB = 256;
-// Enough blocks to fill the device several times over; the loops stride the rest.
-unsigned grid_for(size_t n) {
-    unsigned b = qft_cuda_blocks(n, TPB);
-    unsigned cap = (unsigned)(qft_cuda_g.sm_count > 0 ? qft_cuda_g.sm_count : 1) * 32u;
-    return b < cap ? b : cap;
-}
-} // namespace
-
-// (Kernels are static, outside the anonymous namespace, as cuda_elementwise.cu's: nvcc's
-// launch stubs did not resolve inside it.)
+// (Kernels are static, not in an anonymous namespace, as cuda_elementwise.cu's: nvcc's
+// launch stubs did not resolve inside one.)
 
 // dst (N, ldd)[:, 0:n] from src (N, lds)[:, 0:n]; in place when dst == src (each element
 // is read, then written, by one thread).
@@ -29,7 +15,7 @@ static __global__ void cols_axpby_kernel(float *dst, int64_t ldd, float beta, co
                                          int64_t lds, const float *f, float fadd, int64_t N,
                                          int64_t n) {
     const size_t total = (size_t)N * (size_t)n; // (N, n)
-    GRID_STRIDE(e, total) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         const int64_t r = (int64_t)(e / (size_t)n), j = (int64_t)(e % (size_t)n);
         const float c = qft_twin_axpby_coef(f, fadd, j);
         float *d = dst + r * ldd + j;
@@ -42,14 +28,14 @@ static __global__ void cols_axpby_kernel(float *dst, int64_t ldd, float beta, co
 // columns of the same row.
 static __global__ void col_dot_kernel(float *acc, const float *a, int64_t lda, const float *b,
                                       int64_t ldb, const float *div, int64_t N, int64_t n) {
-    GRID_STRIDE(j, (size_t)n) {
+    QFT_CUDA_GRID_STRIDE(j, (size_t)n) {
         acc[j] = qft_twin_add(acc[j], qft_twin_col_dot(a, lda, b, ldb, div[j], N, (int64_t)j));
     }
 }
 
 // out, a, b (n)
 static __global__ void div_kernel(float *out, const float *a, const float *b, size_t n) {
-    GRID_STRIDE(e, n) out[e] = qft_twin_div(a[e], b[e]);
+    QFT_CUDA_GRID_STRIDE(e, n) out[e] = qft_twin_div(a[e], b[e]);
 }
 
 // One block of QFT_NORM_LANES threads per row of x (n, ld), rows strided by the grid:
@@ -74,7 +60,7 @@ static __global__ void row_norms_kernel(float *norm, const float *x, int64_t ld,
 static __global__ void dropout_kernel(uint64_t key, uint64_t threshold, float scale,
                                       const float *src, size_t total, float *dst,
                                       int accumulate) {
-    GRID_STRIDE(e, total) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         const float v = qft_twin_dropout_value(key, (uint64_t)e, threshold, scale, src[e]);
         dst[e] = accumulate ? qft_twin_add(dst[e], v) : v;
     }
@@ -85,7 +71,8 @@ extern "C" void qft_cuda_cols_axpby(float *dst, int64_t ldd, float beta, const f
                                     int64_t n) {
     if (N <= 0 || n <= 0) return;
     const size_t total = (size_t)N * (size_t)n; // (N, n)
-    cols_axpby_kernel<<<grid_for(total), TPB>>>(dst, ldd, beta, src, lds, f, fadd, N, n);
+    cols_axpby_kernel<<<qft_cuda_grid_for(total), QFT_CUDA_TPB>>>(dst, ldd, beta, src, lds, f,
+                                                                  fadd, N, n);
     CUDA_LAUNCHED();
 }
 
@@ -99,7 +86,7 @@ extern "C" void qft_cuda_col_dot(float *acc, const float *a, int64_t lda, const 
 
 extern "C" void qft_cuda_div(float *out, const float *a, const float *b, size_t n) {
     if (!n) return;
-    div_kernel<<<grid_for(n), TPB>>>(out, a, b, n);
+    div_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>(out, a, b, n);
     CUDA_LAUNCHED();
 }
 
@@ -117,6 +104,7 @@ extern "C" void qft_cuda_dropout(uint64_t key, double p, const float *src, int64
     // both on the host in double, as qft_ops.h defines them
     const uint64_t threshold = qft_ops_dropout_threshold(p);
     const float scale = (float)(1.0 / (1.0 - p));
-    dropout_kernel<<<grid_for(total), TPB>>>(key, threshold, scale, src, total, dst, accumulate);
+    dropout_kernel<<<qft_cuda_grid_for(total), QFT_CUDA_TPB>>>(key, threshold, scale, src, total,
+                                                               dst, accumulate);
     CUDA_LAUNCHED();
 }

@@ -5,27 +5,15 @@
 #include <cuda_bf16.h>
 #include <stdlib.h>
 
-#define GRID_STRIDE(e, n)                                                                     \
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (n);                  \
-         e += (size_t)gridDim.x * blockDim.x)
-
 namespace {
-const unsigned TPB = 256;
-// Enough blocks to fill the device several times over; the loops stride the rest.
-unsigned grid_for(size_t n) {
-    unsigned b = qft_cuda_blocks(n, TPB);
-    unsigned cap = (unsigned)(qft_cuda_g.sm_count > 0 ? qft_cuda_g.sm_count : 1) * 32u;
-    return b < cap ? b : cap;
-}
-
 __global__ void add_kernel(float *out, const float *a, const float *b, size_t n) {
-    GRID_STRIDE(e, n) out[e] = a[e] + b[e];
+    QFT_CUDA_GRID_STRIDE(e, n) out[e] = a[e] + b[e];
 }
 
 __global__ void embedding_fwd_kernel(float *out, const int32_t *ids, const float *table, int N,
                                      int C) {
     const size_t total = (size_t)N * C; // (N, C)
-    GRID_STRIDE(e, total) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         const size_t n = e / C, c = e % C;
         out[e] = table[(size_t)ids[n] * C + c];
     }
@@ -42,7 +30,7 @@ __global__ void embedding_bwd_kernel(float *dtable, const float *dout, const int
 
 __global__ void swiglu_fwd_kernel(float *h, const float *gu, int N, int I) {
     const size_t total = (size_t)N * I; // (N, I)
-    GRID_STRIDE(e, total) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         const size_t n = e / I, i = e % I;
         const float g = gu[n * 2 * I + i], u = gu[n * 2 * I + I + i]; // row n of (N, 2I)
         h[e] = g / (1.0f + expf(-g)) * u;
@@ -51,7 +39,7 @@ __global__ void swiglu_fwd_kernel(float *h, const float *gu, int N, int I) {
 
 __global__ void swiglu_bwd_kernel(float *dgu, const float *dh, const float *gu, int N, int I) {
     const size_t total = (size_t)N * I; // (N, I)
-    GRID_STRIDE(e, total) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         const size_t n = e / I, i = e % I;
         const size_t gi = n * 2 * I + i, ui = gi + I; // gate and up of row n in (N, 2I)
         const float g = gu[gi], u = gu[ui], d = dh[e];
@@ -62,16 +50,16 @@ __global__ void swiglu_bwd_kernel(float *dgu, const float *dh, const float *gu, 
 }
 
 __global__ void f32_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
-    GRID_STRIDE(e, n) dst[e] = __float2bfloat16_rn(src[e]);
+    QFT_CUDA_GRID_STRIDE(e, n) dst[e] = __float2bfloat16_rn(src[e]);
 }
 
 __global__ void bf16_to_f32_kernel(float *dst, const __nv_bfloat16 *src, size_t n) {
-    GRID_STRIDE(e, n) dst[e] = __bfloat162float(src[e]);
+    QFT_CUDA_GRID_STRIDE(e, n) dst[e] = __bfloat162float(src[e]);
 }
 
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n,
                              qft_cuda_adamw_scalars s) {
-    GRID_STRIDE(e, n) {
+    QFT_CUDA_GRID_STRIDE(e, n) {
         float pe = p[e], me = m[e], ve = v[e];
         qft_twin_adamw_elem(&pe, &me, &ve, g[e], &s);
         p[e] = pe, m[e] = me, v[e] = ve;
@@ -83,7 +71,7 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_
 // Outside the anonymous namespace: nvcc's stubs for these did not resolve inside it.
 static __global__ void sgd_kernel(float *p, const float *g, float *buf, size_t n, qft_ops_sgd_scalars s) {
     const int mom_on = s.mom_on && buf;
-    GRID_STRIDE(e, n) {
+    QFT_CUDA_GRID_STRIDE(e, n) {
         float pe = p[e], be = mom_on ? buf[e] : 0.0f;
         qft_twin_sgd_elem(&pe, &be, g[e], s.wd_on, s.wd, mom_on, s.mom, s.first, s.neg_lr);
         p[e] = pe;
@@ -94,7 +82,7 @@ static __global__ void sgd_kernel(float *p, const float *g, float *buf, size_t n
 // One thread per fixed chunk of QFT_OPS_SUMSQ_CHUNK floats, summed in index order: the CPU's
 // partials bit for bit, whatever the launch shape (deterministic; no atomics).
 static __global__ void sumsq_chunks_kernel(double *part, const float *x, size_t n, size_t n_chunks) {
-    GRID_STRIDE(c, n_chunks) {
+    QFT_CUDA_GRID_STRIDE(c, n_chunks) {
         const size_t lo = c * QFT_OPS_SUMSQ_CHUNK;
         const size_t hi = lo + QFT_OPS_SUMSQ_CHUNK < n ? lo + QFT_OPS_SUMSQ_CHUNK : n;
         part[c] = qft_twin_sumsq_range(x, lo, hi);
@@ -102,18 +90,19 @@ static __global__ void sumsq_chunks_kernel(double *part, const float *x, size_t 
 }
 
 static __global__ void scale_kernel(float *x, size_t n, float coef) {
-    GRID_STRIDE(e, n) x[e] = qft_twin_mul(x[e], coef);
+    QFT_CUDA_GRID_STRIDE(e, n) x[e] = qft_twin_mul(x[e], coef);
 }
 
 void qft_cuda_add(float *out, const float *a, const float *b, size_t n) {
     if (!n) return;
-    add_kernel<<<grid_for(n), TPB>>>(out, a, b, n);
+    add_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>(out, a, b, n);
     CUDA_LAUNCHED();
 }
 
 void qft_cuda_embedding_fwd(float *out, const int32_t *ids, const float *table, int N, int C) {
     if (N <= 0 || C <= 0) return;
-    embedding_fwd_kernel<<<grid_for((size_t)N * C), TPB>>>(out, ids, table, N, C);
+    embedding_fwd_kernel<<<qft_cuda_grid_for((size_t)N * C), QFT_CUDA_TPB>>>(out, ids, table, N,
+                                                                             C);
     CUDA_LAUNCHED();
 }
 
@@ -125,39 +114,41 @@ void qft_cuda_embedding_bwd(float *dtable, const float *dout, const int32_t *ids
 
 void qft_cuda_swiglu_fwd(float *h, const float *gu, int N, int inter) {
     if (N <= 0 || inter <= 0) return;
-    swiglu_fwd_kernel<<<grid_for((size_t)N * inter), TPB>>>(h, gu, N, inter);
+    swiglu_fwd_kernel<<<qft_cuda_grid_for((size_t)N * inter), QFT_CUDA_TPB>>>(h, gu, N, inter);
     CUDA_LAUNCHED();
 }
 
 void qft_cuda_swiglu_bwd(float *dgu, const float *dh, const float *gu, int N, int inter) {
     if (N <= 0 || inter <= 0) return;
-    swiglu_bwd_kernel<<<grid_for((size_t)N * inter), TPB>>>(dgu, dh, gu, N, inter);
+    swiglu_bwd_kernel<<<qft_cuda_grid_for((size_t)N * inter), QFT_CUDA_TPB>>>(dgu, dh, gu, N,
+                                                                              inter);
     CUDA_LAUNCHED();
 }
 
 extern "C" void qft_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
     if (!n) return;
-    f32_to_bf16_kernel<<<grid_for(n), TPB>>>((__nv_bfloat16 *)dst, src, n);
+    f32_to_bf16_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>((__nv_bfloat16 *)dst, src, n);
     CUDA_LAUNCHED();
 }
 
 extern "C" void qft_cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
     if (!n) return;
-    bf16_to_f32_kernel<<<grid_for(n), TPB>>>(dst, (const __nv_bfloat16 *)src, n);
+    bf16_to_f32_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>(dst, (const __nv_bfloat16 *)src,
+                                                               n);
     CUDA_LAUNCHED();
 }
 
 extern "C" void qft_cuda_adamw(float *p, const float *g, float *m, float *v, size_t n,
                                const qft_cuda_adamw_scalars *s) {
     if (!n) return;
-    adamw_kernel<<<grid_for(n), TPB>>>(p, g, m, v, n, *s);
+    adamw_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>(p, g, m, v, n, *s);
     CUDA_LAUNCHED();
 }
 
 extern "C" void qft_cuda_sgd(float *p, const float *g, float *buf, size_t n,
                              const qft_ops_sgd_scalars *s) {
     if (!n) return;
-    sgd_kernel<<<grid_for(n), TPB>>>(p, g, buf, n, *s);
+    sgd_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>(p, g, buf, n, *s);
     CUDA_LAUNCHED();
 }
 
@@ -190,6 +181,6 @@ extern "C" double qft_cuda_sumsq(const float *x, size_t n) {
 
 extern "C" void qft_cuda_scale(float *x, size_t n, float coef) {
     if (!n || coef == 1.0f) return;
-    scale_kernel<<<grid_for(n), TPB>>>(x, n, coef);
+    scale_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>(x, n, coef);
     CUDA_LAUNCHED();
 }

@@ -138,8 +138,7 @@ int gemm_any(int transA, int transB, int M, int N, int K, float alpha, const voi
 // not promise, so it is done here as on the CPU backend.
 __global__ void scale_c_kernel(float *C, int M, int N, int ldc, float beta) {
     const size_t total = (size_t)M * N;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         float *c = C + (e / N) * ldc + e % N;
         *c = beta == 0.0f ? 0.0f : beta * *c;
     }
@@ -151,7 +150,7 @@ void qft_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, con
                    int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
-        scale_c_kernel<<<qft_cuda_blocks((size_t)M * N, 256), 256>>>(C, M, N, ldc, beta);
+        scale_c_kernel<<<qft_cuda_grid_for((size_t)M * N), QFT_CUDA_TPB>>>(C, M, N, ldc, beta);
         CUDA_LAUNCHED();
         return;
     }

@@ -55,6 +55,20 @@ struct qft_cuda_state {
     char name[160];
 };
 extern struct qft_cuda_state qft_cuda_g;
+
+/* ---- element-wise launches --------------------------------------------------------------
+ * Threads per block of the one-thread-per-element kernels, the grid that launches them
+ * (enough blocks to fill the device several times over, never more: the loop strides the
+ * rest, so any n fits one launch) and that loop, e over [0, n). */
+#define QFT_CUDA_TPB 256u
+static inline unsigned qft_cuda_grid_for(size_t n) {
+    unsigned b = qft_cuda_blocks(n, QFT_CUDA_TPB);
+    unsigned cap = (unsigned)(qft_cuda_g.sm_count > 0 ? qft_cuda_g.sm_count : 1) * 32u;
+    return b < cap ? b : cap;
+}
+#define QFT_CUDA_GRID_STRIDE(e, n)                                                            \
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (n);                  \
+         e += (size_t)gridDim.x * blockDim.x)
 /* Device scratch of at least `bytes`, grown (after a sync) when needed; NULL on failure. */
 void *qft_cuda_scratch(size_t bytes);
 

@@ -13,8 +13,7 @@ struct inv_freq_arg {
 // CUDA's double cos/sin, so the float results agree but for rare ties).
 __global__ void rope_table_kernel(float *cos_t, float *sin_t, int T, int half, inv_freq_arg inv) {
     const size_t total = (size_t)T * half; // (T, hd/2)
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         const int t = (int)(e / half), i = (int)(e % half);
         const float ang = qft_twin_rope_angle(t, inv.v[i]);
         cos_t[e] = (float)cos((double)ang);
@@ -27,8 +26,7 @@ __global__ void rope_apply_kernel(float *x, int ld, const float *cos_t, const fl
                                   int rows, int T, int nh, int hd, float sign) {
     const int half = hd / 2;
     const size_t total = (size_t)rows * nh * half;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
+    QFT_CUDA_GRID_STRIDE(e, total) {
         const int i = (int)(e % half);
         const size_t rh = e / half;
         const int h = (int)(rh % nh), r = (int)(rh / nh), t = r % T;
@@ -44,8 +42,8 @@ void rope_apply(float *x, int ld, const float *cos_t, const float *sin_t, int B,
                 int hd, float sign) {
     const size_t total = (size_t)B * T * nh * (hd / 2);
     if (!total) return;
-    rope_apply_kernel<<<qft_cuda_blocks(total, 256), 256>>>(x, ld, cos_t, sin_t, B * T, T, nh, hd,
-                                                            sign);
+    rope_apply_kernel<<<qft_cuda_grid_for(total), QFT_CUDA_TPB>>>(x, ld, cos_t, sin_t, B * T, T,
+                                                                  nh, hd, sign);
     CUDA_LAUNCHED();
 }
 } // namespace
@@ -62,7 +60,8 @@ void qft_cuda_rope_table(float *cos_t, float *sin_t, int T, int hd, float theta,
     inv_freq_arg inv;
     qft_twin_rope_inv_freq(inv.v, hd, theta, rope_type, factor, low_freq_factor,
                            high_freq_factor, original_max_pos);
-    rope_table_kernel<<<qft_cuda_blocks((size_t)T * half, 256), 256>>>(cos_t, sin_t, T, half, inv);
+    rope_table_kernel<<<qft_cuda_grid_for((size_t)T * half), QFT_CUDA_TPB>>>(cos_t, sin_t, T, half,
+                                                                             inv);
     CUDA_LAUNCHED();
 }
 

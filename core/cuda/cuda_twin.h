@@ -20,8 +20,9 @@
 #define QFT_TWIN static inline
 #endif
 
-/* Multiply and add rounded separately, on both sides: nvcc contracts a * b + c into an
- * FMA by default, which changes the last bit against the CPU code these twins mirror. */
+/* Arithmetic rounded one operation at a time, on both sides: nvcc contracts a * b + c
+ * into an FMA by default, which changes the last bit against the CPU code these twins
+ * mirror (built with -ffp-contract=off). One home for them: cuda_twin_adapt.h uses these. */
 QFT_TWIN float qft_twin_mul(float a, float b) {
 #ifdef __CUDA_ARCH__
     return __fmul_rn(a, b);
@@ -32,6 +33,35 @@ QFT_TWIN float qft_twin_mul(float a, float b) {
 QFT_TWIN float qft_twin_add(float a, float b) {
 #ifdef __CUDA_ARCH__
     return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+QFT_TWIN float qft_twin_sub(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fsub_rn(a, b);
+#else
+    return a - b;
+#endif
+}
+QFT_TWIN float qft_twin_div(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fdiv_rn(a, b); /* IEEE division whatever -prec-div says */
+#else
+    return a / b;
+#endif
+}
+/* The same in double (nvcc contracts double a * b + c too). */
+QFT_TWIN double qft_twin_dmul(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+QFT_TWIN double qft_twin_dadd(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dadd_rn(a, b);
 #else
     return a + b;
 #endif
@@ -202,13 +232,8 @@ QFT_TWIN void qft_twin_sgd_elem(float *p, float *buf, float g, int wd_on, float 
 /* The sum of squares of x[lo, hi) in double, in index order (one chunk of sumsq). */
 QFT_TWIN double qft_twin_sumsq_range(const float *x, size_t lo, size_t hi) {
     double s = 0.0;
-    for (size_t i = lo; i < hi; i++) {
-#ifdef __CUDA_ARCH__
-        s = __dadd_rn(s, __dmul_rn((double)x[i], (double)x[i]));
-#else
-        s += (double)x[i] * (double)x[i];
-#endif
-    }
+    for (size_t i = lo; i < hi; i++)
+        s = qft_twin_dadd(s, qft_twin_dmul((double)x[i], (double)x[i]));
     return s;
 }
 
@@ -306,13 +331,6 @@ QFT_TWIN int qft_twin_hqq_code(const uint8_t *packed, const qft_twin_hqq_geom *g
 QFT_TWIN int64_t qft_twin_hqq_group(const qft_twin_hqq_geom *g, int64_t r, int64_t c) {
     return g->axis == 1 ? r : c;
 }
-QFT_TWIN float qft_twin_sub(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fsub_rn(a, b);
-#else
-    return a - b;
-#endif
-}
 /* Group g's zero point: fp32, or (zero_q - meta zero) * meta scale with one global pair. */
 QFT_TWIN float qft_twin_hqq_zero(const float *zero, const uint8_t *zero_q, float meta_scale,
                                  float meta_zero, int64_t g) {
@@ -333,10 +351,10 @@ QFT_TWIN float qft_twin_hqq_value(int code, float zero, float scale) {
 }
 
 /* ---- GEMM calls as data ------------------------------------------------------------------
- * The quantized linear and the LoRA/DoRA pieces are sequences of row-major GEMMs over
- * named operands. Each sequence is built here once; the .cu files run it with device
- * pointers (cuBLASLt), the twin test with host pointers (the CPU backend's GEMM), so a
- * wrong transpose, leading dimension, offset or beta fails without a GPU.
+ * The quantized linear is a sequence of row-major GEMMs over named operands. Each call is
+ * built here once; cuda_qlinear.cu runs it with device pointers (cuBLASLt), the twin test
+ * with host pointers (the CPU backend's GEMM), so a wrong transpose, leading dimension,
+ * offset or beta fails without a GPU.
  * C[c_off..] (M, N) = alpha op(A[a_off..]) op(B[b_off..]) + beta C, as qft_ops.gemm. */
 enum {
     QFT_OPD_X = 0, /* the linear's input (N, ldx) */
@@ -344,13 +362,6 @@ enum {
     QFT_OPD_Y,     /* the linear's output (N, ldy) */
     QFT_OPD_DY,    /* the output gradient (N, ldg) */
     QFT_OPD_DX,    /* the input gradient (N, ldx) */
-    QFT_OPD_A,     /* lora_A (r, in) */
-    QFT_OPD_B,     /* lora_B (out, r) */
-    QFT_OPD_U,     /* x A^T (N, r) */
-    QFT_OPD_H,     /* DoRA's W x + s B A x (N, out) */
-    QFT_OPD_DU,    /* s dy B (N, r) */
-    QFT_OPD_DA,    /* (r, in) */
-    QFT_OPD_DB,    /* (out, r) */
     QFT_OPD_COUNT
 };
 typedef struct qft_twin_gemm_call {
@@ -393,61 +404,6 @@ QFT_TWIN qft_twin_gemm_call qft_twin_qlinear_bwd_tile(int N, int in, int64_t r0,
                                                       int ldx, float beta, int first) {
     return qft_twin_call(0, 0, N, in, n, 1.0f, QFT_OPD_DY, r0, ldg, QFT_OPD_W, 0, in,
                          first ? beta : 1.0f, QFT_OPD_DX, 0, ldx);
-}
-
-/* ---- LoRA and DoRA (adapters/common/lora_linear.c with dropout 0, PEFT's semantics) ----
- * Forward, into y holding W x (the core's base product):
- *   u = x A^T; LoRA: y += s u B^T; DoRA: h = y, h += s u B^T, then y = f h per row (f below).
- * Backward, dy (N, ldg): DoRA first dm += sum_n dy h / norm and dy *= f in place; then
- *   dB += s dy^T u; du = s dy B; dA += du^T x; dx += du A.
- * The calls below are those of the CPU plugin, argument for argument. Returns the count. */
-QFT_TWIN int qft_twin_lora_fwd_calls(qft_twin_gemm_call *k, int dora, int N, int out, int in,
-                                     int r, float s, int ldy) {
-    k[0] = qft_twin_call(0, 1, N, r, in, 1.0f, QFT_OPD_X, 0, in, QFT_OPD_A, 0, in, 0.0f, QFT_OPD_U,
-                         0, r);
-    k[1] = qft_twin_call(0, 1, N, out, r, s, QFT_OPD_U, 0, r, QFT_OPD_B, 0, r, 1.0f,
-                         dora ? QFT_OPD_H : QFT_OPD_Y, 0, dora ? out : ldy);
-    return 2;
-}
-QFT_TWIN int qft_twin_lora_bwd_calls(qft_twin_gemm_call *k, int N, int out, int in, int r, float s,
-                                     int ldg) {
-    k[0] = qft_twin_call(1, 0, out, r, N, s, QFT_OPD_DY, 0, ldg, QFT_OPD_U, 0, r, 1.0f, QFT_OPD_DB,
-                         0, r);
-    k[1] = qft_twin_call(0, 0, N, r, out, s, QFT_OPD_DY, 0, ldg, QFT_OPD_B, 0, r, 0.0f, QFT_OPD_DU,
-                         0, r);
-    k[2] = qft_twin_call(1, 0, r, in, N, 1.0f, QFT_OPD_DU, 0, r, QFT_OPD_X, 0, in, 1.0f, QFT_OPD_DA,
-                         0, in);
-    k[3] = qft_twin_call(0, 0, N, in, r, 1.0f, QFT_OPD_DU, 0, r, QFT_OPD_A, 0, in, 1.0f, QFT_OPD_DX,
-                         0, in);
-    return 4;
-}
-
-/* DoRA's norm ||W + s B A|| per row, from a scratch tile of rows [r0, r0 + n) of W in fp32
- * (the base's dequantized rows, as the CPU's exact path): the tile += s B[r0:r0+n] A, then
- * one block of QFT_NORM_LANES threads per row sums squares in double, lane l over columns
- * l, l + LANES, ..., and the lanes merge pairwise (l with l + off, off = LANES/2 .. 1).
- * The whole s B A is never formed; the tile is as large as the caller's scratch. */
-#define QFT_NORM_LANES 256
-QFT_TWIN qft_twin_gemm_call qft_twin_dora_norm_tile_call(int64_t r0, int n, int in, int r,
-                                                         float s) {
-    return qft_twin_call(0, 0, n, in, r, s, QFT_OPD_B, r0 * r, r, QFT_OPD_A, 0, in, 1.0f,
-                         QFT_OPD_W, 0, in);
-}
-QFT_TWIN double qft_twin_sumsq_lane(const float *row, int64_t in, int lane) {
-    double s = 0.0;
-    for (int64_t k = lane; k < in; k += QFT_NORM_LANES) s += (double)row[k] * (double)row[k];
-    return s;
-}
-/* f = m / norm (the norm detached, as PEFT's), and the row scaling of y and of dy. */
-QFT_TWIN float qft_twin_dora_f(float m, float norm) { return m / norm; }
-QFT_TWIN float qft_twin_dora_scale(float f, float v) { return qft_twin_mul(f, v); }
-/* The magnitude gradient's increment for column j: sum over rows n = 0..N-1 in order of
- * dy h in double, divided by the norm, rounded once (the CPU's dora_dm). */
-QFT_TWIN float qft_twin_dora_dm(const float *dy, int64_t ldg, const float *h, int64_t out,
-                                int64_t N, int64_t j, float norm) {
-    double acc = 0.0;
-    for (int64_t n = 0; n < N; n++) acc += (double)dy[n * ldg + j] * (double)h[n * out + j];
-    return (float)(acc / (double)norm);
 }
 
 #endif /* QFT_CUDA_TWIN_H */

@@ -4,9 +4,10 @@
  * call these from device code, tests/cuda/test_cuda_twin_adapt.c from plain C, where
  * they are checked against the CPU backend and against qft_ops.h's dropout mask.
  *
- * Products and sums go through the _rn intrinsics on the device: nvcc would otherwise
- * contract a * b + c into an FMA (float or double), and these must round every step as
- * the CPU loops (built with -ffp-contract=off) do, so that the bits match.
+ * Products and sums go through cuda_twin.h's rounded arithmetic (qft_twin_mul, _add,
+ * _div, _dmul, _dadd): nvcc would otherwise contract a * b + c into an FMA (float or
+ * double), and these must round every step as the CPU loops (built with
+ * -ffp-contract=off) do, so that the bits match.
  *
  * C11 and CUDA C++ both parse this header.
  */
@@ -16,28 +17,6 @@
 #include "cuda_twin.h"
 
 #include <stdint.h>
-
-QFT_TWIN double qft_twin_dmul(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __dmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-QFT_TWIN double qft_twin_dadd(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __dadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-QFT_TWIN float qft_twin_div(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fdiv_rn(a, b); /* IEEE division whatever -prec-div says */
-#else
-    return a / b;
-#endif
-}
 
 /* ---- cols_axpby: dst[r][j] = beta * dst[r][j] + c_j * src[r][j] ---------------------- */
 /* The column's coefficient: f[j], f[j] + fadd when fadd is nonzero, fadd alone without f. */
@@ -67,6 +46,7 @@ QFT_TWIN float qft_twin_col_dot(const float *a, int64_t lda, const float *b, int
  * Lane l sums the squares of columns l, l + LANES, ... in double (row of `len`); the lanes
  * then merge pairwise, l with l + off for off = LANES/2 .. 1 (a fixed tree), and the root
  * becomes (float)sqrt(sum). */
+#define QFT_NORM_LANES 256
 QFT_TWIN double qft_twin_row_sumsq_lane(const float *row, int64_t len, int lane) {
     double s = 0.0;
     for (int64_t k = lane; k < len; k += QFT_NORM_LANES)

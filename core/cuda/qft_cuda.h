@@ -1,21 +1,22 @@
 /*
  * The CUDA backend: the qft_ops table (plugins/qft/qft_ops.h) for one NVIDIA GPU, plus the
  * entry points the table has no slot for yet (bf16 GEMM, NF4 and HQQ dequantization, the
- * quantized linear, LoRA/DoRA, AdamW, dtype conversion) that the training path and the
- * benchmarks call directly.
+ * quantized linear, AdamW, dtype conversion) that the training path and the benchmarks
+ * call directly.
  *
  * Status: everything here is compiled (nvcc 13, sm_80 and sm_90) and linked, but was
  * written on a machine without a GPU: no kernel has run on a GPU yet. What has run is
- * each kernel's CPU twin (cuda_twin.h, tests/cuda/test_cuda_twin*.c) against the CPU
- * backend and the plugins it must reproduce (bnb_nf4, hqq, adapters/common);
+ * each kernel's CPU twin (cuda_twin.h, cuda_twin_adapt.h, tests/cuda/test_cuda_twin*.c)
+ * against the CPU backend and the plugins it must reproduce (bnb_nf4, hqq);
  * tests/cuda/test_cuda_ops*.c and bench/cuda_bench are waiting for scripts/gpu-check.sh
- * on a GPU. The quantized linear dequantizes into a bf16 scratch feeding cuBLASLt; the
- * alternative the design names (a GEMM that dequantizes its tiles on chip) is not
- * written, so the comparison between the two is not made. qft_cuda_lora_* run without
- * dropout; the op table's adapter entries (cols_axpby, col_dot, div, row_norms, dropout:
- * cuda_adapt.cu, also compiled but not run), which the adapter plugins compose, have the
- * counter-based dropout of qft_ops.h. The model does not call any of the linear-path
- * entry points yet.
+ * on a GPU. LoRA and DoRA (and QLoRA, QDoRA) have no entry points of their own: the
+ * adapter plugins compute only through the op table, whose generic entries here
+ * (cols_axpby, col_dot, div, row_norms, dropout: cuda_adapt.cu; dequantize for a packed
+ * base: cuda_dequant.cu) run them on the GPU. The quantized linear dequantizes into a
+ * bf16 scratch feeding cuBLASLt; the alternative the design names (a GEMM that
+ * dequantizes its tiles on chip) is not written, so the comparison between the two is not
+ * made. The model does not call the quantized-linear entry points yet: its packed
+ * weights reach its GEMMs through the table's dequantize.
  *
  * What this first version is:
  *   - Storage in the op table is fp32, because the table is fp32 (the CPU backend is the
@@ -169,42 +170,6 @@ int qft_cuda_qlinear_fwd(const qft_cuda_weight *w, const uint16_t *X, int N, int
 int qft_cuda_qlinear_bwd_input(const qft_cuda_weight *w, const uint16_t *dY, int ldg, int N,
                                void *dX, qft_dtype dx_dtype, int ldx, float beta,
                                uint16_t *scratch, int64_t scratch_elems, qft_err *err);
-
-/* ---- LoRA and DoRA on one linear -------------------------------------------------------------
- * PEFT's semantics as adapters/common computes them (lora_linear.c, lora_dora.c) without
- * dropout (p = 0: evaluation, or lora_dropout = 0; the dropout mask is not ported yet).
- * Adapter tensors, their gradients and the activations they touch are fp32, and the GEMMs
- * are the op table's fp32 GEMM: the adapter's products are r / out of the base's, so fp32
- * costs little and keeps the CPU's precision. s = alpha / r (or alpha / sqrt(r)). */
-typedef struct qft_cuda_lora {
-    const float *A;        // (r, in)
-    const float *B;        // (out, r)
-    float *dA, *dB;        // (r, in), (out, r): accumulated by the backward
-    const float *m;        // (out) DoRA's magnitude; NULL for LoRA
-    float *dm;             // (out) its gradient, accumulated (DoRA)
-    const float *norm;     // (out) ||W + s B A|| per row, from qft_cuda_dora_norm (DoRA)
-    float *f;              // (out) m / norm, written by the forward, read by the backward
-    int out, in, r;
-    float scale;           // s
-} qft_cuda_lora;
-/* y (N, ldy) holds the base's W x on entry. u (N, r) = x (N, in) A^T is kept for the
- * backward. LoRA: y += s u B^T. DoRA: f = m / norm; h (N, out) = y + s u B^T, kept for
- * the backward; y = f h per row. h may be NULL for LoRA. 0, or -1 with err. */
-int qft_cuda_lora_fwd(const qft_cuda_lora *l, const float *x, int N, float *u, float *h,
-                      float *y, int ldy, qft_err *err);
-/* dy (N, ldg) is the output gradient. DoRA first: dm += sum over rows of dy h / norm, and
- * dy *= f in place (the caller then adds this scaled dy W into dx for the base, as the
- * engine does after an adapter's backward). Then dB += s dy^T u; du (N, r) = s dy B
- * (scratch); dA += du^T x; dx (N, in) += du A. 0, or -1 with err. */
-int qft_cuda_lora_bwd(const qft_cuda_lora *l, const float *x, const float *u, const float *h,
-                      int N, float *dy, int ldg, float *du, float *dx, qft_err *err);
-/* norm (out) = ||W + s B A||_2 per row, exactly (as PEFT, and the CPU plugin's exact path):
- * tiles of W's rows are dequantized to fp32 into `tile` (tile_elems floats, at least `in`),
- * s B_t A is added by one GEMM, and one block per row sums the squares in double
- * (qft_twin_sumsq_lane's lanes, merged pairwise). s B A is never formed whole: the tile is
- * the only scratch. 0, or -1 with err. */
-int qft_cuda_dora_norm(const qft_cuda_lora *l, const qft_cuda_weight *w, float *tile,
-                       int64_t tile_elems, float *norm, qft_err *err);
 
 /* ---- AdamW over one flat fp32 buffer -------------------------------------------------------
  * The update of core/train/optim.c (torch's single-tensor AdamW) element for element; the

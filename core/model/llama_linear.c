@@ -165,8 +165,7 @@ int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const 
             /* the adapter adds its input gradient and may rewrite the output gradient
              * into the base product's (DoRA): on a copy, since dy is the caller's */
             float *tmp = m->acts->lin_tmp; // (N, out)
-            for (int r = 0; r < N; r++)
-                ops->copy(tmp + (size_t)r * L->out, dy + (size_t)r * ldy + col, (size_t)L->out);
+            ops->cols_axpby(tmp, L->out, 0.0f, dy + col, ldy, NULL, 1.0f, N, L->out); // a copy
             if (m->avt->backward(L->ad->al, &m->astep, x, tmp, L->out, N, dx, err)) return -1;
             d = tmp, ld = L->out;
         }

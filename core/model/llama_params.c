@@ -318,6 +318,26 @@ int qft_llama_expand_finish(qft_llama_model *m, int copy, qft_err *err) {
     return 0;
 }
 
+/* Elements per stream of the random init: each chunk of a tensor draws from its own stream
+ * (forked from the tensor's by the chunk's index), so chunks fill in parallel and the
+ * values depend on neither the thread count nor the order tensors are visited in. An
+ * 8B-shaped model draws 8e9 normals: one thread takes minutes for it. */
+#define QFT_LLAMA_INIT_CHUNK ((size_t)1 << 20)
+
+static void fill_normal(const qft_rng *tensor, float *p, size_t n, float std) {
+    const long long chunks = (long long)((n + QFT_LLAMA_INIT_CHUNK - 1) / QFT_LLAMA_INIT_CHUNK);
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
+    for (long long c = 0; c < chunks; c++) {
+        char key[32];
+        snprintf(key, sizeof key, "chunk %lld", c);
+        qft_rng r;
+        qft_rng_fork(tensor, key, &r);
+        const size_t lo = (size_t)c * QFT_LLAMA_INIT_CHUNK;
+        const size_t hi = lo + QFT_LLAMA_INIT_CHUNK < n ? lo + QFT_LLAMA_INIT_CHUNK : n;
+        for (size_t j = lo; j < hi; j++) p[j] = std * qft_rng_normal(&r);
+    }
+}
+
 int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
     qft_rng root, r;
     qft_rng_seed(&root, seed);
@@ -337,8 +357,11 @@ int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
         }
         if (e->ndim == 1) /* RMSNorm weights */
             for (size_t j = 0; j < e->numel; j++) p[j] = 1.0f;
-        else
-            for (size_t j = 0; j < e->numel; j++) p[j] = std * qft_rng_normal(&r);
+        else {
+            qft_rng t; /* the tensor's own stream, by its name */
+            qft_rng_fork(&r, e->name, &t);
+            fill_normal(&t, p, e->numel, std);
+        }
         if (e->role == QFT_ROLE_QUANTIZED) rc = qft_llama_set_dense(m, e, tmp, err);
     }
     free(tmp);

@@ -1,5 +1,5 @@
 /* Every entry of the CUDA op table, and the CUDA-only entry points (bf16 GEMM, NF4
- * dequantization, AdamW, bf16 conversion; HQQ, the quantized linear and LoRA/DoRA in
+ * dequantization, AdamW, bf16 conversion; HQQ and the quantized linear in
  * test_cuda_ops_linear.c; the adapter ops in test_cuda_ops_adapt.c), against the CPU
  * backend (qft_cpu_ops) and core/train's optimizer, on seeded random inputs with shapes
  * that are not multiples of the kernels' tiles. Errors are max |gpu - cpu| / max |cpu|
@@ -14,6 +14,7 @@
  * counts as a skip. Runs in one process (CK_NOFORK): a CUDA context does not survive
  * fork. */
 #include "cpu_ops.h"
+#include "cuda_test_util.h"
 #include "optim.h"
 #include "qft_base.h"
 #include "qft_cuda.h"
@@ -29,52 +30,22 @@
 static const qft_ops *G; /* the CUDA table */
 static const qft_ops *C; /* the CPU table */
 
-static void fill(float *x, size_t n, uint64_t seed, float scale) {
-    qft_rng r;
-    qft_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = scale * qft_rng_normal(&r);
-}
-
-static double rel_err(const float *got, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isinf(ref[i]) && got[i] == ref[i]) continue;
-        double e = fabs((double)got[i] - ref[i]);
-        if (!(e <= num)) num = e; /* NaN too */
-        if (fabs(ref[i]) > den) den = fabs(ref[i]);
-    }
-    return den > 0 ? num / den : num;
-}
-
-static void *hcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-static void synced(void) {
+void ops_synced(void) {
     qft_err err = {0, ""};
     ck_assert_msg(qft_cuda_sync(&err) == 0, "%s", err.msg);
 }
 
-/* A device copy of host data (bytes). */
-static void *dup_dev(const void *h, size_t bytes) {
+void *ops_dup(const void *h, size_t bytes) {
     qft_err err = {0, ""};
     void *d = G->alloc(bytes, "test");
     ck_assert_ptr_nonnull(d);
     ck_assert_msg(qft_cuda_upload(d, h, bytes, &err) == 0, "%s", err.msg);
     return d;
 }
-static void get(void *h, const void *d, size_t bytes) {
+void ops_get(void *h, const void *d, size_t bytes) {
     qft_err err = {0, ""};
     ck_assert_msg(qft_cuda_download(h, d, bytes, &err) == 0, "%s", err.msg);
 }
-
-#define CHECK_ERR(got, ref, n, tol, what)                                                     \
-    do {                                                                                      \
-        double e_ = rel_err(got, ref, n);                                                     \
-        ck_assert_msg(e_ < (tol), "%s: rel err %g (tolerance %g)", what, e_, (double)(tol));  \
-    } while (0)
 
 /* ---- gemm ------------------------------------------------------------------------------ */
 START_TEST(test_gemm) {
@@ -86,19 +57,20 @@ START_TEST(test_gemm) {
                 const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
                 const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
                 const size_t nc = (size_t)M * ldc;
-                float *A = hcalloc(na, 4), *B = hcalloc(nb, 4), *Cm = hcalloc(nc, 4),
-                      *got = hcalloc(nc, 4);
-                fill(A, na, 1 + ta, 1.0f), fill(B, nb, 3 + tb, 1.0f), fill(Cm, nc, 5, 1.0f);
+                float *A = ctu_calloc(na, 4), *B = ctu_calloc(nb, 4), *Cm = ctu_calloc(nc, 4),
+                      *got = ctu_calloc(nc, 4);
+                ctu_fill(A, na, 1 + ta, 1.0f), ctu_fill(B, nb, 3 + tb, 1.0f),
+                    ctu_fill(Cm, nc, 5, 1.0f);
                 const float beta = bz ? 0.0f : -1.25f;
                 if (bz)
                     for (size_t i = 0; i < nc; i++) Cm[i] = NAN;
-                float *dA = dup_dev(A, na * 4), *dB = dup_dev(B, nb * 4), *dC = dup_dev(Cm, nc * 4);
+                float *dA = ops_dup(A, na * 4), *dB = ops_dup(B, nb * 4), *dC = ops_dup(Cm, nc * 4);
                 G->gemm(ta, tb, M, N, K, 0.75f, dA, lda, dB, ldb, beta, dC, ldc);
-                get(got, dC, nc * 4);
-                synced();
+                ops_get(got, dC, nc * 4);
+                ops_synced();
                 C->gemm(ta, tb, M, N, K, 0.75f, A, lda, B, ldb, beta, Cm, ldc);
                 for (int i = 0; i < M; i++)
-                    CHECK_ERR(got + (size_t)i * ldc, Cm + (size_t)i * ldc, (size_t)N, 1e-4, "gemm row");
+                    CTU_CHECK_ERR(got + (size_t)i * ldc, Cm + (size_t)i * ldc, (size_t)N, 1e-4, "gemm row");
                 G->free(dA), G->free(dB), G->free(dC);
                 free(A), free(B), free(Cm), free(got);
             }
@@ -110,15 +82,17 @@ END_TEST
 START_TEST(test_gemm_offsets) {
     const int M = 70, N = 50, K = 33, lda = K + 1, ldb = K + 3, ldc = N + 2;
     const size_t na = (size_t)M * lda + 1, nb = (size_t)N * ldb + 3, nc = (size_t)M * ldc + 2;
-    float *A = hcalloc(na, 4), *B = hcalloc(nb, 4), *Cm = hcalloc(nc, 4), *got = hcalloc(nc, 4);
-    fill(A, na, 13, 1.0f), fill(B, nb, 14, 1.0f), fill(Cm, nc, 15, 1.0f);
-    float *dA = dup_dev(A, na * 4), *dB = dup_dev(B, nb * 4), *dC = dup_dev(Cm, nc * 4);
+    float *A = ctu_calloc(na, 4), *B = ctu_calloc(nb, 4), *Cm = ctu_calloc(nc, 4),
+          *got = ctu_calloc(nc, 4);
+    ctu_fill(A, na, 13, 1.0f), ctu_fill(B, nb, 14, 1.0f), ctu_fill(Cm, nc, 15, 1.0f);
+    float *dA = ops_dup(A, na * 4), *dB = ops_dup(B, nb * 4), *dC = ops_dup(Cm, nc * 4);
     G->gemm(0, 1, M, N, K, 1.0f, dA + 1, lda, dB + 3, ldb, 1.0f, dC + 2, ldc);
-    get(got, dC, nc * 4);
-    synced();
+    ops_get(got, dC, nc * 4);
+    ops_synced();
     C->gemm(0, 1, M, N, K, 1.0f, A + 1, lda, B + 3, ldb, 1.0f, Cm + 2, ldc);
     for (int i = 0; i < M; i++)
-        CHECK_ERR(got + 2 + (size_t)i * ldc, Cm + 2 + (size_t)i * ldc, (size_t)N, 1e-4, "gemm row");
+        CTU_CHECK_ERR(got + 2 + (size_t)i * ldc, Cm + 2 + (size_t)i * ldc, (size_t)N, 1e-4,
+                      "gemm row");
     ck_assert(got[0] == Cm[0] && got[1] == Cm[1]); /* before C: untouched */
     G->free(dA), G->free(dB), G->free(dC);
     free(A), free(B), free(Cm), free(got);
@@ -128,11 +102,11 @@ END_TEST
 START_TEST(test_gemm_k0) {
     const int M = 5, N = 7;
     float Cm[35], got[35];
-    fill(Cm, 35, 8, 1.0f);
-    float *dC = dup_dev(Cm, sizeof Cm);
+    ctu_fill(Cm, 35, 8, 1.0f);
+    float *dC = ops_dup(Cm, sizeof Cm);
     G->gemm(0, 0, M, N, 0, 1.0f, dC, 1, dC, N, 0.5f, dC, N);
-    get(got, dC, sizeof got);
-    synced();
+    ops_get(got, dC, sizeof got);
+    ops_synced();
     for (int i = 0; i < 35; i++) ck_assert(got[i] == 0.5f * Cm[i]);
     G->free(dC);
 }
@@ -141,12 +115,13 @@ END_TEST
 /* ---- add, embedding, swiglu -------------------------------------------------------------- */
 START_TEST(test_add) {
     const size_t n = 100003;
-    float *a = hcalloc(n, 4), *b = hcalloc(n, 4), *ref = hcalloc(n, 4), *got = hcalloc(n, 4);
-    fill(a, n, 1, 1.0f), fill(b, n, 2, 1.0f);
-    float *da = dup_dev(a, n * 4), *db = dup_dev(b, n * 4);
+    float *a = ctu_calloc(n, 4), *b = ctu_calloc(n, 4), *ref = ctu_calloc(n, 4),
+          *got = ctu_calloc(n, 4);
+    ctu_fill(a, n, 1, 1.0f), ctu_fill(b, n, 2, 1.0f);
+    float *da = ops_dup(a, n * 4), *db = ops_dup(b, n * 4);
     G->add(da, da, db, n); /* out aliases a */
-    get(got, da, n * 4);
-    synced();
+    ops_get(got, da, n * 4);
+    ops_synced();
     C->add(ref, a, b, n);
     ck_assert(memcmp(got, ref, n * 4) == 0);
     G->free(da), G->free(db);
@@ -156,22 +131,22 @@ END_TEST
 
 START_TEST(test_embedding) {
     const int V = 50, Cd = 333, N = 97;
-    float *table = hcalloc((size_t)V * Cd, 4), *dout = hcalloc((size_t)N * Cd, 4);
-    float *out = hcalloc((size_t)N * Cd, 4), *ref = hcalloc((size_t)N * Cd, 4);
-    float *dt = hcalloc((size_t)V * Cd, 4), *dtref = hcalloc((size_t)V * Cd, 4);
+    float *table = ctu_calloc((size_t)V * Cd, 4), *dout = ctu_calloc((size_t)N * Cd, 4);
+    float *out = ctu_calloc((size_t)N * Cd, 4), *ref = ctu_calloc((size_t)N * Cd, 4);
+    float *dt = ctu_calloc((size_t)V * Cd, 4), *dtref = ctu_calloc((size_t)V * Cd, 4);
     int32_t ids[97];
     qft_rng r;
     qft_rng_seed(&r, 4);
     for (int n = 0; n < N; n++) ids[n] = (int32_t)(qft_rng_next(&r) % 20); /* many repeats */
-    fill(table, (size_t)V * Cd, 5, 1.0f), fill(dout, (size_t)N * Cd, 6, 1.0f);
-    fill(dtref, (size_t)V * Cd, 7, 1.0f); /* accumulated into */
-    float *dtab = dup_dev(table, (size_t)V * Cd * 4), *ddo = dup_dev(dout, (size_t)N * Cd * 4);
-    float *ddt = dup_dev(dtref, (size_t)V * Cd * 4), *dout_d = G->alloc((size_t)N * Cd * 4, "t");
-    int32_t *dids = dup_dev(ids, sizeof ids);
+    ctu_fill(table, (size_t)V * Cd, 5, 1.0f), ctu_fill(dout, (size_t)N * Cd, 6, 1.0f);
+    ctu_fill(dtref, (size_t)V * Cd, 7, 1.0f); /* accumulated into */
+    float *dtab = ops_dup(table, (size_t)V * Cd * 4), *ddo = ops_dup(dout, (size_t)N * Cd * 4);
+    float *ddt = ops_dup(dtref, (size_t)V * Cd * 4), *dout_d = G->alloc((size_t)N * Cd * 4, "t");
+    int32_t *dids = ops_dup(ids, sizeof ids);
     G->embedding_fwd(dout_d, dids, dtab, N, Cd);
     G->embedding_bwd(ddt, ddo, dids, N, Cd);
-    get(out, dout_d, (size_t)N * Cd * 4), get(dt, ddt, (size_t)V * Cd * 4);
-    synced();
+    ops_get(out, dout_d, (size_t)N * Cd * 4), ops_get(dt, ddt, (size_t)V * Cd * 4);
+    ops_synced();
     C->embedding_fwd(ref, ids, table, N, Cd);
     C->embedding_bwd(dtref, dout, ids, N, Cd);
     ck_assert(memcmp(out, ref, (size_t)N * Cd * 4) == 0);
@@ -184,19 +159,20 @@ END_TEST
 START_TEST(test_swiglu) {
     const int N = 37, I = 1000;
     const size_t ngu = (size_t)N * 2 * I, nh = (size_t)N * I;
-    float *gu = hcalloc(ngu, 4), *dh = hcalloc(nh, 4), *h = hcalloc(nh, 4), *href = hcalloc(nh, 4);
-    float *dgu = hcalloc(ngu, 4), *dguref = hcalloc(ngu, 4);
-    fill(gu, ngu, 11, 2.0f), fill(dh, nh, 12, 1.0f);
-    float *dgu_in = dup_dev(gu, ngu * 4), *ddh = dup_dev(dh, nh * 4);
+    float *gu = ctu_calloc(ngu, 4), *dh = ctu_calloc(nh, 4), *h = ctu_calloc(nh, 4),
+          *href = ctu_calloc(nh, 4);
+    float *dgu = ctu_calloc(ngu, 4), *dguref = ctu_calloc(ngu, 4);
+    ctu_fill(gu, ngu, 11, 2.0f), ctu_fill(dh, nh, 12, 1.0f);
+    float *dgu_in = ops_dup(gu, ngu * 4), *ddh = ops_dup(dh, nh * 4);
     float *dhout = G->alloc(nh * 4, "t"), *ddgu = G->alloc(ngu * 4, "t");
     G->swiglu_fwd(dhout, dgu_in, N, I);
     G->swiglu_bwd(ddgu, ddh, dgu_in, N, I);
-    get(h, dhout, nh * 4), get(dgu, ddgu, ngu * 4);
-    synced();
+    ops_get(h, dhout, nh * 4), ops_get(dgu, ddgu, ngu * 4);
+    ops_synced();
     C->swiglu_fwd(href, gu, N, I);
     C->swiglu_bwd(dguref, dh, gu, N, I);
-    CHECK_ERR(h, href, nh, 1e-5, "swiglu fwd");
-    CHECK_ERR(dgu, dguref, ngu, 1e-5, "swiglu bwd");
+    CTU_CHECK_ERR(h, href, nh, 1e-5, "swiglu fwd");
+    CTU_CHECK_ERR(dgu, dguref, ngu, 1e-5, "swiglu bwd");
     G->free(dgu_in), G->free(ddh), G->free(dhout), G->free(ddgu);
     free(gu), free(dh), free(h), free(href), free(dgu), free(dguref);
 }
@@ -206,26 +182,28 @@ END_TEST
 START_TEST(test_rmsnorm) {
     const int N = 67, Cd = 1000;
     const size_t n = (size_t)N * Cd;
-    float *x = hcalloc(n, 4), *w = hcalloc(Cd, 4), *dout = hcalloc(n, 4);
-    float *out = hcalloc(n, 4), *oref = hcalloc(n, 4), *rs = hcalloc(N, 4), *rsref = hcalloc(N, 4);
-    float *dx = hcalloc(n, 4), *dxref = hcalloc(n, 4), *dw = hcalloc(Cd, 4), *dwref = hcalloc(Cd, 4);
-    fill(x, n, 21, 1.5f), fill(w, Cd, 22, 1.0f), fill(dout, n, 23, 1.0f);
-    fill(dxref, n, 24, 1.0f), fill(dwref, Cd, 25, 1.0f); /* both accumulated into */
-    float *dX = dup_dev(x, n * 4), *dW = dup_dev(w, Cd * 4), *dDo = dup_dev(dout, n * 4);
+    float *x = ctu_calloc(n, 4), *w = ctu_calloc(Cd, 4), *dout = ctu_calloc(n, 4);
+    float *out = ctu_calloc(n, 4), *oref = ctu_calloc(n, 4), *rs = ctu_calloc(N, 4),
+          *rsref = ctu_calloc(N, 4);
+    float *dx = ctu_calloc(n, 4), *dxref = ctu_calloc(n, 4), *dw = ctu_calloc(Cd, 4), *dwref = ctu_calloc(Cd, 4);
+    ctu_fill(x, n, 21, 1.5f), ctu_fill(w, Cd, 22, 1.0f), ctu_fill(dout, n, 23, 1.0f);
+    ctu_fill(dxref, n, 24, 1.0f), ctu_fill(dwref, Cd, 25, 1.0f); /* both accumulated into */
+    float *dX = ops_dup(x, n * 4), *dW = ops_dup(w, Cd * 4), *dDo = ops_dup(dout, n * 4);
     float *dOut = G->alloc(n * 4, "t"), *dR = G->alloc(N * 4, "t");
-    float *dDx = dup_dev(dxref, n * 4), *dDw = dup_dev(dwref, Cd * 4);
+    float *dDx = ops_dup(dxref, n * 4), *dDw = ops_dup(dwref, Cd * 4);
     G->rmsnorm_fwd(dOut, dR, dX, dW, N, Cd, 1e-5f);
     G->rmsnorm_bwd(dDx, dDw, dDo, dX, dW, dR, N, Cd);
     G->rmsnorm_bwd(dDx, NULL, dDo, dX, dW, dR, N, Cd); /* frozen weight: dx only, twice */
-    get(out, dOut, n * 4), get(rs, dR, N * 4), get(dx, dDx, n * 4), get(dw, dDw, Cd * 4);
-    synced();
+    ops_get(out, dOut, n * 4), ops_get(rs, dR, N * 4), ops_get(dx, dDx, n * 4),
+        ops_get(dw, dDw, Cd * 4);
+    ops_synced();
     C->rmsnorm_fwd(oref, rsref, x, w, N, Cd, 1e-5f);
     C->rmsnorm_bwd(dxref, dwref, dout, x, w, rsref, N, Cd);
     C->rmsnorm_bwd(dxref, NULL, dout, x, w, rsref, N, Cd);
-    CHECK_ERR(out, oref, n, 1e-5, "rmsnorm out");
-    CHECK_ERR(rs, rsref, (size_t)N, 1e-5, "rmsnorm rstd");
-    CHECK_ERR(dx, dxref, n, 1e-5, "rmsnorm dx");
-    CHECK_ERR(dw, dwref, (size_t)Cd, 1e-5, "rmsnorm dw");
+    CTU_CHECK_ERR(out, oref, n, 1e-5, "rmsnorm out");
+    CTU_CHECK_ERR(rs, rsref, (size_t)N, 1e-5, "rmsnorm rstd");
+    CTU_CHECK_ERR(dx, dxref, n, 1e-5, "rmsnorm dx");
+    CTU_CHECK_ERR(dw, dwref, (size_t)Cd, 1e-5, "rmsnorm dw");
     G->free(dX), G->free(dW), G->free(dDo), G->free(dOut), G->free(dR), G->free(dDx), G->free(dDw);
     free(x), free(w), free(dout), free(out), free(oref), free(rs), free(rsref);
     free(dx), free(dxref), free(dw), free(dwref);
@@ -237,27 +215,28 @@ START_TEST(test_rope) {
     const int B = 2, T = 50, H = 4, KV = 1, hd = 128, half = hd / 2, type = _i;
     const int ld = QFT_QKV_WIDTH(H, KV, hd), nh = H + KV; /* q and k heads, as the model does */
     const size_t nx = (size_t)B * T * ld, nt = (size_t)T * half;
-    float *x = hcalloc(nx, 4), *xr = hcalloc(nx, 4), *got = hcalloc(nx, 4);
-    float *ct = hcalloc(nt, 4), *st = hcalloc(nt, 4), *cg = hcalloc(nt, 4), *sg = hcalloc(nt, 4);
-    fill(x, nx, 31, 1.0f);
+    float *x = ctu_calloc(nx, 4), *xr = ctu_calloc(nx, 4), *got = ctu_calloc(nx, 4);
+    float *ct = ctu_calloc(nt, 4), *st = ctu_calloc(nt, 4), *cg = ctu_calloc(nt, 4),
+          *sg = ctu_calloc(nt, 4);
+    ctu_fill(x, nx, 31, 1.0f);
     memcpy(xr, x, nx * 4);
-    float *dx = dup_dev(x, nx * 4), *dc = G->alloc(nt * 4, "t"), *ds = G->alloc(nt * 4, "t");
+    float *dx = ops_dup(x, nx * 4), *dc = G->alloc(nt * 4, "t"), *ds = G->alloc(nt * 4, "t");
     G->rope_table(dc, ds, T, hd, 500000.0f, type, 8.0f, 1.0f, 4.0f, 8192);
-    get(cg, dc, nt * 4), get(sg, ds, nt * 4);
+    ops_get(cg, dc, nt * 4), ops_get(sg, ds, nt * 4);
     C->rope_table(ct, st, T, hd, 500000.0f, type, 8.0f, 1.0f, 4.0f, 8192);
-    CHECK_ERR(cg, ct, nt, 1e-6, "rope cos");
-    CHECK_ERR(sg, st, nt, 1e-6, "rope sin");
+    CTU_CHECK_ERR(cg, ct, nt, 1e-6, "rope cos");
+    CTU_CHECK_ERR(sg, st, nt, 1e-6, "rope sin");
     G->rope_fwd(dx, ld, dc, ds, B, T, nh, hd);
-    get(got, dx, nx * 4);
-    synced();
+    ops_get(got, dx, nx * 4);
+    ops_synced();
     C->rope_fwd(xr, ld, ct, st, B, T, nh, hd);
-    CHECK_ERR(got, xr, nx, 1e-5, "rope fwd");
+    CTU_CHECK_ERR(got, xr, nx, 1e-5, "rope fwd");
     G->rope_bwd(dx, ld, dc, ds, B, T, nh, hd); /* rotating back restores the input */
-    get(got, dx, nx * 4);
-    synced();
+    ops_get(got, dx, nx * 4);
+    ops_synced();
     C->rope_bwd(xr, ld, ct, st, B, T, nh, hd);
-    CHECK_ERR(got, xr, nx, 1e-5, "rope bwd");
-    CHECK_ERR(got, x, nx, 1e-5, "rope round trip");
+    CTU_CHECK_ERR(got, xr, nx, 1e-5, "rope bwd");
+    CTU_CHECK_ERR(got, x, nx, 1e-5, "rope round trip");
     G->free(dx), G->free(dc), G->free(ds);
     free(x), free(xr), free(got), free(ct), free(st), free(cg), free(sg);
 }
@@ -272,32 +251,32 @@ START_TEST(test_attention) {
     const int w = QFT_QKV_WIDTH(H, KV, hd);
     const size_t nq = (size_t)B * T * w, no = (size_t)B * T * H * hd, nl = (size_t)B * H * T;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *qkv = hcalloc(nq, 4), *dout = hcalloc(no, 4), *out = hcalloc(no, 4),
-          *oref = hcalloc(no, 4), *lse = hcalloc(nl, 4), *lref = hcalloc(nl, 4),
-          *dq = hcalloc(nq, 4), *dqref = hcalloc(nq, 4), *dq2 = hcalloc(nq, 4);
-    uint8_t *mask = hcalloc((size_t)B * T, 1);
-    fill(qkv, nq, 41 + _i, 1.0f), fill(dout, no, 51 + _i, 1.0f);
+    float *qkv = ctu_calloc(nq, 4), *dout = ctu_calloc(no, 4), *out = ctu_calloc(no, 4),
+          *oref = ctu_calloc(no, 4), *lse = ctu_calloc(nl, 4), *lref = ctu_calloc(nl, 4),
+          *dq = ctu_calloc(nq, 4), *dqref = ctu_calloc(nq, 4), *dq2 = ctu_calloc(nq, 4);
+    uint8_t *mask = ctu_calloc((size_t)B * T, 1);
+    ctu_fill(qkv, nq, 41 + _i, 1.0f), ctu_fill(dout, no, 51 + _i, 1.0f);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) mask[(size_t)b * T + t] = !(b == 1 && (t == 0 || t % 5 == 2));
     const uint8_t *hm = masked ? mask : NULL;
-    float *dQKV = dup_dev(qkv, nq * 4), *dDo = dup_dev(dout, no * 4);
-    uint8_t *dM = masked ? dup_dev(mask, (size_t)B * T) : NULL;
+    float *dQKV = ops_dup(qkv, nq * 4), *dDo = ops_dup(dout, no * 4);
+    uint8_t *dM = masked ? ops_dup(mask, (size_t)B * T) : NULL;
     float *dO = G->alloc(no * 4, "t"), *dL = G->alloc(nl * 4, "t"), *dDq = G->alloc(nq * 4, "t");
     const size_t gw = G->attention_workspace(T, hd);
     float *gwork = G->alloc(gw * 4, "t");
     G->attention_fwd(dO, dL, dQKV, dM, B, T, H, KV, hd, scale, gwork, gw);
     G->attention_bwd(dDq, dDo, dO, dL, dQKV, dM, B, T, H, KV, hd, scale, gwork, gw);
-    get(out, dO, no * 4), get(lse, dL, nl * 4), get(dq, dDq, nq * 4);
+    ops_get(out, dO, no * 4), ops_get(lse, dL, nl * 4), ops_get(dq, dDq, nq * 4);
     G->attention_bwd(dDq, dDo, dO, dL, dQKV, dM, B, T, H, KV, hd, scale, gwork, gw);
-    get(dq2, dDq, nq * 4);
-    synced();
+    ops_get(dq2, dDq, nq * 4);
+    ops_synced();
     const size_t cw = C->attention_workspace(T, hd);
-    float *cwork = hcalloc(cw, 4);
+    float *cwork = ctu_calloc(cw, 4);
     C->attention_fwd(oref, lref, qkv, hm, B, T, H, KV, hd, scale, cwork, cw);
     C->attention_bwd(dqref, dout, oref, lref, qkv, hm, B, T, H, KV, hd, scale, cwork, cw);
-    CHECK_ERR(out, oref, no, 1e-4, "attention out");
-    CHECK_ERR(lse, lref, nl, 1e-4, "attention lse");
-    CHECK_ERR(dq, dqref, nq, 1e-4, "attention dqkv");
+    CTU_CHECK_ERR(out, oref, no, 1e-4, "attention out");
+    CTU_CHECK_ERR(lse, lref, nl, 1e-4, "attention lse");
+    CTU_CHECK_ERR(dq, dqref, nq, 1e-4, "attention dqkv");
     ck_assert_msg(memcmp(dq, dq2, nq * 4) == 0, "attention backward is not deterministic");
     if (masked && B > 1) ck_assert(lse[(size_t)H * T] == -INFINITY); /* b 1, h 0, t 0 */
     G->free(dQKV), G->free(dDo), G->free(dO), G->free(dL), G->free(dDq), G->free(gwork);
@@ -311,39 +290,39 @@ END_TEST
 START_TEST(test_cross_entropy) {
     const int N = 33, V = 32003;
     const size_t n = (size_t)N * V;
-    float *lg = hcalloc(n, 4), *d = hcalloc(n, 4), *dref = hcalloc(n, 4);
-    float *lse = hcalloc(N, 4), *lref = hcalloc(N, 4), *loss = hcalloc(N, 4), *lossref = hcalloc(N, 4);
+    float *lg = ctu_calloc(n, 4), *d = ctu_calloc(n, 4), *dref = ctu_calloc(n, 4);
+    float *lse = ctu_calloc(N, 4), *lref = ctu_calloc(N, 4), *loss = ctu_calloc(N, 4), *lossref = ctu_calloc(N, 4);
     int32_t tg[33];
     qft_rng r;
     qft_rng_seed(&r, 61);
     for (int i = 0; i < N; i++) tg[i] = i % 5 == 3 ? -100 : (int32_t)(qft_rng_next(&r) % V);
-    fill(lg, n, 62, 3.0f);
-    float *dLg = dup_dev(lg, n * 4), *dD = G->alloc(n * 4, "t"), *dLse = G->alloc(N * 4, "t");
+    ctu_fill(lg, n, 62, 3.0f);
+    float *dLg = ops_dup(lg, n * 4), *dD = G->alloc(n * 4, "t"), *dLse = G->alloc(N * 4, "t");
     float *dLoss = G->alloc(N * 4, "t");
-    int32_t *dT = dup_dev(tg, sizeof tg);
+    int32_t *dT = ops_dup(tg, sizeof tg);
     int nv = -1, nvref = -2;
     const double tot = G->cross_entropy_fwd(dLg, dT, N, V, dLse, dLoss, &nv);
     const double tot_noloss = G->cross_entropy_fwd(dLg, dT, N, V, dLse, NULL, NULL);
     G->cross_entropy_bwd(dD, dLg, dLse, dT, N, V, 0.125f);
-    get(lse, dLse, N * 4), get(loss, dLoss, N * 4), get(d, dD, n * 4);
-    synced();
+    ops_get(lse, dLse, N * 4), ops_get(loss, dLoss, N * 4), ops_get(d, dD, n * 4);
+    ops_synced();
     const double totref = C->cross_entropy_fwd(lg, tg, N, V, lref, lossref, &nvref);
     C->cross_entropy_bwd(dref, lg, lref, tg, N, V, 0.125f);
     ck_assert_int_eq(nv, nvref);
     ck_assert_msg(fabs(tot - totref) <= 1e-5 * fabs(totref), "loss sum %.9g vs %.9g", tot, totref);
     ck_assert(tot == tot_noloss);
-    CHECK_ERR(lse, lref, (size_t)N, 1e-5, "xent lse");
-    CHECK_ERR(loss, lossref, (size_t)N, 1e-5, "xent loss");
-    CHECK_ERR(d, dref, n, 1e-5, "xent dlogits");
+    CTU_CHECK_ERR(lse, lref, (size_t)N, 1e-5, "xent lse");
+    CTU_CHECK_ERR(loss, lossref, (size_t)N, 1e-5, "xent loss");
+    CTU_CHECK_ERR(d, dref, n, 1e-5, "xent dlogits");
     /* fused, in place */
     const double totf = G->cross_entropy_fused(dLg, dT, N, V, 0.125f, dLoss, &nv);
-    get(d, dLg, n * 4), get(loss, dLoss, N * 4);
-    synced();
+    ops_get(d, dLg, n * 4), ops_get(loss, dLoss, N * 4);
+    ops_synced();
     const double totfref = C->cross_entropy_fused(lg, tg, N, V, 0.125f, lossref, &nvref);
     ck_assert_int_eq(nv, nvref);
     ck_assert_msg(fabs(totf - totfref) <= 1e-5 * fabs(totfref), "fused sum %g vs %g", totf, totfref);
-    CHECK_ERR(loss, lossref, (size_t)N, 1e-5, "xent fused loss");
-    CHECK_ERR(d, lg, n, 1e-5, "xent fused dlogits");
+    CTU_CHECK_ERR(loss, lossref, (size_t)N, 1e-5, "xent fused loss");
+    CTU_CHECK_ERR(d, lg, n, 1e-5, "xent fused dlogits");
     G->free(dLg), G->free(dD), G->free(dLse), G->free(dLoss), G->free(dT);
     free(lg), free(d), free(dref), free(lse), free(lref), free(loss), free(lossref);
 }
@@ -357,13 +336,13 @@ START_TEST(test_adamw) {
     qft_optim o;
     qft_err err = {0, ""};
     ck_assert_int_eq(qft_optim_init(&o, &cfg, n, &err), 0);
-    float *p = hcalloc(n, 4), *g = hcalloc(n, 4), *got = hcalloc(n, 4);
-    fill(p, n, 71, 1.0f);
-    float *dp = dup_dev(p, n * 4), *dm = G->alloc(n * 4, "t"), *dv = G->alloc(n * 4, "t");
+    float *p = ctu_calloc(n, 4), *g = ctu_calloc(n, 4), *got = ctu_calloc(n, 4);
+    ctu_fill(p, n, 71, 1.0f);
+    float *dp = ops_dup(p, n * 4), *dm = G->alloc(n * 4, "t"), *dv = G->alloc(n * 4, "t");
     float *dg = G->alloc(n * 4, "t");
     G->zero(dm, n), G->zero(dv, n);
     for (int step = 1; step <= 3; step++) {
-        fill(g, n, 72 + step, 0.1f);
+        ctu_fill(g, n, 72 + step, 0.1f);
         qft_cuda_upload(dg, g, n * 4, &err);
         qft_optim_step(&o, p, g, lr);
         qft_cuda_adamw_scalars s = qft_cuda_adamw_scalars_make(
@@ -372,9 +351,9 @@ START_TEST(test_adamw) {
             qft_optim_float_decimal(lr), step);
         qft_cuda_adamw(dp, dg, dm, dv, n, &s);
     }
-    get(got, dp, n * 4);
-    synced();
-    CHECK_ERR(got, p, n, 1e-6, "adamw params");
+    ops_get(got, dp, n * 4);
+    ops_synced();
+    CTU_CHECK_ERR(got, p, n, 1e-6, "adamw params");
     qft_optim_free(&o);
     G->free(dp), G->free(dm), G->free(dv), G->free(dg);
     free(p), free(g), free(got);
@@ -392,10 +371,10 @@ START_TEST(test_nf4) {
                                    0.7229568362236023f, 1.0f};
     const int dq = _i; /* plain absmax, then double-quantized */
     const int64_t n = 64 * 701 + 33, bs = 64, nb = (n + bs - 1) / bs, nn = (nb + 255) / 256;
-    uint8_t *packed = hcalloc((size_t)(n + 1) / 2, 1), *qa = hcalloc((size_t)nb, 1);
-    float *absmax = hcalloc((size_t)nb, 4), *nested = hcalloc((size_t)nn, 4), map[256];
-    float *want = hcalloc((size_t)n, 4), *got = hcalloc((size_t)n, 4);
-    uint16_t *gotb = hcalloc((size_t)n, 2);
+    uint8_t *packed = ctu_calloc((size_t)(n + 1) / 2, 1), *qa = ctu_calloc((size_t)nb, 1);
+    float *absmax = ctu_calloc((size_t)nb, 4), *nested = ctu_calloc((size_t)nn, 4), map[256];
+    float *want = ctu_calloc((size_t)n, 4), *got = ctu_calloc((size_t)n, 4);
+    uint16_t *gotb = ctu_calloc((size_t)n, 2);
     qft_rng r;
     qft_rng_seed(&r, 81);
     for (int64_t i = 0; i < (n + 1) / 2; i++) packed[i] = (uint8_t)qft_rng_next(&r);
@@ -404,9 +383,9 @@ START_TEST(test_nf4) {
     for (int64_t k = 0; k < nn; k++) nested[k] = 0.001f * (float)(k + 3);
     for (int k = 0; k < 256; k++) map[k] = -1.0f + (float)k / 127.5f;
     const float offset = 0.05f;
-    qft_cuda_nf4 w = {dup_dev(packed, (size_t)(n + 1) / 2), dup_dev(code, sizeof code),
-                      dq ? NULL : dup_dev(absmax, (size_t)nb * 4), dq ? dup_dev(qa, (size_t)nb) : NULL,
-                      dq ? dup_dev(nested, (size_t)nn * 4) : NULL, dq ? dup_dev(map, sizeof map) : NULL,
+    qft_cuda_nf4 w = {ops_dup(packed, (size_t)(n + 1) / 2), ops_dup(code, sizeof code),
+                      dq ? NULL : ops_dup(absmax, (size_t)nb * 4), dq ? ops_dup(qa, (size_t)nb) : NULL,
+                      dq ? ops_dup(nested, (size_t)nn * 4) : NULL, dq ? ops_dup(map, sizeof map) : NULL,
                       offset, (int)bs, n};
     /* expected, from the definition (not the twin): code[nibble] * block absmax */
     for (int64_t i = 0; i < n; i++) {
@@ -422,8 +401,8 @@ START_TEST(test_nf4) {
     ck_assert_msg(qft_cuda_nf4_dequantize(&w, f0, cnt, dout, QFT_DT_F32, &err) == 0, "%s", err.msg);
     ck_assert_msg(qft_cuda_nf4_dequantize(&w, f0, cnt, doutb, QFT_DT_BF16, &err) == 0, "%s", err.msg);
     ck_assert_int_ne(qft_cuda_nf4_dequantize(&w, n - 3, 4, dout, QFT_DT_F32, &err), 0);
-    get(got, dout, (size_t)cnt * 4), get(gotb, doutb, (size_t)cnt * 2);
-    synced();
+    ops_get(got, dout, (size_t)cnt * 4), ops_get(gotb, doutb, (size_t)cnt * 2);
+    ops_synced();
     for (int64_t e = 0; e < cnt; e++) {
         ck_assert_msg(got[e] == want[f0 + e], "element %lld: %g vs %g", (long long)(f0 + e),
                       (double)got[e], (double)want[f0 + e]);
@@ -454,14 +433,14 @@ START_TEST(test_nf4) {
         dl.buf[QFT_QL_NF4_ABSMAX] = w.absmax, dl.buf[QFT_QL_NF4_QABSMAX] = w.qabsmax;
         dl.buf[QFT_QL_NF4_NESTED_ABSMAX] = w.nested_absmax;
         dl.buf[QFT_QL_NF4_NESTED_MAP] = w.nested_map;
-        float *cpu = hcalloc((size_t)(nr * in), 4); // (nr, in)
+        float *cpu = ctu_calloc((size_t)(nr * in), 4); // (nr, in)
         C->dequantize(&hl, r0, nr, cpu);
         ck_assert(memcmp(cpu, want + r0 * in, (size_t)(nr * in) * 4) == 0);
         ck_assert(G->has_qformat(QFT_QFMT_NF4) && G->has_qformat(QFT_QFMT_HQQ));
         ck_assert(!G->has_qformat(QFT_QFMT_NONE) && !G->has_qformat(99));
         G->dequantize(&dl, r0, nr, dout);
-        get(got, dout, (size_t)(nr * in) * 4);
-        synced();
+        ops_get(got, dout, (size_t)(nr * in) * 4);
+        ops_synced();
         for (int64_t e = 0; e < nr * in; e++)
             ck_assert_msg(memcmp(&got[e], &cpu[e], 4) == 0, "dequantize entry, element %lld: "
                           "gpu %.9g cpu %.9g", (long long)(r0 * in + e), (double)got[e],
@@ -486,17 +465,17 @@ START_TEST(test_bf16_gemm) {
             const int lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
             const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
             const size_t nc = (size_t)M * N;
-            float *A = hcalloc(na, 4), *B = hcalloc(nb, 4), *ref = hcalloc(nc, 4),
-                  *got = hcalloc(nc, 4);
-            uint16_t *Ab = hcalloc(na, 2), *Bb = hcalloc(nb, 2), *gotb = hcalloc(nc, 2);
-            fill(A, na, 91, 1.0f), fill(B, nb, 92, 1.0f);
-            float *dA = dup_dev(A, na * 4), *dB = dup_dev(B, nb * 4);
+            float *A = ctu_calloc(na, 4), *B = ctu_calloc(nb, 4), *ref = ctu_calloc(nc, 4),
+                  *got = ctu_calloc(nc, 4);
+            uint16_t *Ab = ctu_calloc(na, 2), *Bb = ctu_calloc(nb, 2), *gotb = ctu_calloc(nc, 2);
+            ctu_fill(A, na, 91, 1.0f), ctu_fill(B, nb, 92, 1.0f);
+            float *dA = ops_dup(A, na * 4), *dB = ops_dup(B, nb * 4);
             uint16_t *dAb = G->alloc(na * 2, "t"), *dBb = G->alloc(nb * 2, "t"), *dCb = G->alloc(nc * 2, "t");
             float *dC = G->alloc(nc * 4, "t");
             qft_cuda_f32_to_bf16(dAb, dA, na);
             qft_cuda_f32_to_bf16(dBb, dB, nb);
-            get(Ab, dAb, na * 2), get(Bb, dBb, nb * 2);
-            synced();
+            ops_get(Ab, dAb, na * 2), ops_get(Bb, dBb, nb * 2);
+            ops_synced();
             for (size_t i = 0; i < na; i++) {
                 ck_assert(Ab[i] == qft_f32_to_bf16(A[i]));
                 A[i] = qft_bf16_to_f32(Ab[i]);
@@ -510,15 +489,15 @@ START_TEST(test_bf16_gemm) {
                                              QFT_DT_F32, ldc, &err) == 0, "%s", err.msg);
             ck_assert_msg(qft_cuda_gemm_bf16(ta, tb, M, N, K, 1.0f, dAb, lda, dBb, ldb, 0.0f, dCb,
                                              QFT_DT_BF16, ldc, &err) == 0, "%s", err.msg);
-            get(got, dC, nc * 4), get(gotb, dCb, nc * 2);
-            synced();
+            ops_get(got, dC, nc * 4), ops_get(gotb, dCb, nc * 2);
+            ops_synced();
             C->gemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, ref, ldc);
-            CHECK_ERR(got, ref, nc, 1e-4, "bf16 gemm, f32 out");
+            CTU_CHECK_ERR(got, ref, nc, 1e-4, "bf16 gemm, f32 out");
             for (size_t i = 0; i < nc; i++) got[i] = qft_bf16_to_f32(gotb[i]);
-            CHECK_ERR(got, ref, nc, 1e-2, "bf16 gemm, bf16 out");
+            CTU_CHECK_ERR(got, ref, nc, 1e-2, "bf16 gemm, bf16 out");
             qft_cuda_bf16_to_f32(dC, dCb, nc);
-            get(got, dC, nc * 4);
-            synced();
+            ops_get(got, dC, nc * 4);
+            ops_synced();
             for (size_t i = 0; i < nc; i++) ck_assert(got[i] == qft_bf16_to_f32(gotb[i]));
             G->free(dA), G->free(dB), G->free(dAb), G->free(dBb), G->free(dCb), G->free(dC);
             free(A), free(B), free(ref), free(got), free(Ab), free(Bb), free(gotb);

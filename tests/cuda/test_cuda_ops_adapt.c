@@ -8,6 +8,7 @@
 #include "ops_suites.h"
 
 #include "cpu_optim.h"
+#include "cuda_test_util.h"
 #include "qft_base.h"
 #include "qft_cuda.h"
 
@@ -19,45 +20,9 @@
 
 static const qft_ops *G;
 
-static void fill(float *x, size_t n, uint64_t seed, float scale) {
-    qft_rng r;
-    qft_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = scale * qft_rng_normal(&r);
-}
-
-static void *hcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-static void synced(void) {
-    qft_err err = {0, ""};
-    ck_assert_msg(qft_cuda_sync(&err) == 0, "%s", err.msg);
-}
-
-static void *dup_dev(const void *h, size_t bytes) {
-    qft_err err = {0, ""};
-    void *d = G->alloc(bytes, "test");
-    ck_assert_ptr_nonnull(d);
-    ck_assert_msg(qft_cuda_upload(d, h, bytes, &err) == 0, "%s", err.msg);
-    return d;
-}
-static void get(void *h, const void *d, size_t bytes) {
-    qft_err err = {0, ""};
-    ck_assert_msg(qft_cuda_download(h, d, bytes, &err) == 0, "%s", err.msg);
-}
-
-/* The first index where two float arrays differ in their bits, or -1. */
-static long first_diff(const float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(a + i, b + i, sizeof *a) != 0) return (long)i;
-    return -1;
-}
-
 #define CHECK_BITS(got, ref, n, ...)                                                          \
     do {                                                                                      \
-        const long at_ = first_diff(got, ref, n);                                             \
+        const long at_ = ctu_first_diff(got, ref, n);                                         \
         if (at_ >= 0) {                                                                       \
             fprintf(stderr, __VA_ARGS__);                                                     \
             ck_abort_msg("element %ld: gpu %a, cpu %a", at_, (double)(got)[at_],              \
@@ -82,21 +47,21 @@ START_TEST(test_cols_axpby) {
     const float fadd = form == 0 ? 0.0f : form == 1 ? 0.75f : -1.5f;
     const float beta = bform == 0 ? 0.0f : bform == 1 ? 1.0f : -0.625f;
     const size_t nd = (size_t)(N * ldd), ns = (size_t)(N * lds);
-    float *src = hcalloc(ns, 4), *f = hcalloc((size_t)n, 4), *ref = hcalloc(nd, 4),
-          *got = hcalloc(nd, 4);
-    fill(src, ns, 201 + (uint64_t)_i, 1.0f), fill(f, (size_t)n, 202, 2.0f);
-    fill(ref, nd, 203, 1.0f);
+    float *src = ctu_calloc(ns, 4), *f = ctu_calloc((size_t)n, 4), *ref = ctu_calloc(nd, 4),
+          *got = ctu_calloc(nd, 4);
+    ctu_fill(src, ns, 201 + (uint64_t)_i, 1.0f), ctu_fill(f, (size_t)n, 202, 2.0f);
+    ctu_fill(ref, nd, 203, 1.0f);
     if (inplace)
         memcpy(ref, src, nd * 4);
     else if (bform == 0)
         for (int64_t r = 0; r < N; r++)
             for (int64_t j = 0; j < n; j++) ref[r * ldd + j] = NAN;
     const float *fp = form == 2 ? NULL : f;
-    float *dd = dup_dev(ref, nd * 4), *ds = inplace ? dd : dup_dev(src, ns * 4);
-    float *df = dup_dev(f, (size_t)n * 4);
+    float *dd = ops_dup(ref, nd * 4), *ds = inplace ? dd : ops_dup(src, ns * 4);
+    float *df = ops_dup(f, (size_t)n * 4);
     G->cols_axpby(dd, ldd, beta, ds, lds, fp ? df : NULL, fadd, N, n);
-    get(got, dd, nd * 4);
-    synced();
+    ops_get(got, dd, nd * 4);
+    ops_synced();
     qft_cpu_cols_axpby(ref, ldd, beta, inplace ? ref : src, lds, fp, fadd, N, n);
     CHECK_BITS(got, ref, nd, "cols_axpby N %lld n %lld form %d beta %g in place %d\n",
                (long long)N, (long long)n, form, beta, inplace);
@@ -112,16 +77,16 @@ START_TEST(test_col_dot) {
     static const int64_t shapes[4][2] = {{203, 197}, {1, 197}, {64, 5001}, {0, 33}}; /* N, n */
     const int64_t N = shapes[_i][0], n = shapes[_i][1], lda = n + 7, ldb = n + 2;
     const size_t na = (size_t)(N * lda), nb = (size_t)(N * ldb);
-    float *a = hcalloc(na, 4), *b = hcalloc(nb, 4), *dv = hcalloc((size_t)n, 4),
-          *ref = hcalloc((size_t)n, 4), *got = hcalloc((size_t)n, 4);
-    fill(a, na, 211, 1.0f), fill(b, nb, 212, 3.0f), fill(dv, (size_t)n, 213, 1.0f);
-    fill(ref, (size_t)n, 214, 0.1f);
+    float *a = ctu_calloc(na, 4), *b = ctu_calloc(nb, 4), *dv = ctu_calloc((size_t)n, 4),
+          *ref = ctu_calloc((size_t)n, 4), *got = ctu_calloc((size_t)n, 4);
+    ctu_fill(a, na, 211, 1.0f), ctu_fill(b, nb, 212, 3.0f), ctu_fill(dv, (size_t)n, 213, 1.0f);
+    ctu_fill(ref, (size_t)n, 214, 0.1f);
     for (int64_t j = 0; j < n; j++) dv[j] = 0.5f + fabsf(dv[j]); /* norms: positive */
-    float *da = dup_dev(a, na * 4), *db = dup_dev(b, nb * 4), *ddv = dup_dev(dv, (size_t)n * 4);
-    float *dacc = dup_dev(ref, (size_t)n * 4);
+    float *da = ops_dup(a, na * 4), *db = ops_dup(b, nb * 4), *ddv = ops_dup(dv, (size_t)n * 4);
+    float *dacc = ops_dup(ref, (size_t)n * 4);
     G->col_dot(dacc, da, lda, db, ldb, ddv, N, n);
-    get(got, dacc, (size_t)n * 4);
-    synced();
+    ops_get(got, dacc, (size_t)n * 4);
+    ops_synced();
     qft_cpu_col_dot(ref, a, lda, b, ldb, dv, N, n);
     CHECK_BITS(got, ref, (size_t)n, "col_dot N %lld n %lld\n", (long long)N, (long long)n);
     G->free(da), G->free(db), G->free(ddv), G->free(dacc);
@@ -132,13 +97,14 @@ END_TEST
 /* ---- div ------------------------------------------------------------------------------------ */
 START_TEST(test_div) {
     const size_t n = _i ? ((size_t)3 << 20) + 3 : 4099;
-    float *a = hcalloc(n, 4), *b = hcalloc(n, 4), *ref = hcalloc(n, 4), *got = hcalloc(n, 4);
-    fill(a, n, 221, 3.0f), fill(b, n, 222, 1.0f);
-    float *da = dup_dev(a, n * 4), *db = dup_dev(b, n * 4), *dout = G->alloc(n * 4, "test");
+    float *a = ctu_calloc(n, 4), *b = ctu_calloc(n, 4), *ref = ctu_calloc(n, 4),
+          *got = ctu_calloc(n, 4);
+    ctu_fill(a, n, 221, 3.0f), ctu_fill(b, n, 222, 1.0f);
+    float *da = ops_dup(a, n * 4), *db = ops_dup(b, n * 4), *dout = G->alloc(n * 4, "test");
     ck_assert_ptr_nonnull(dout);
     G->div(dout, da, db, n);
-    get(got, dout, n * 4);
-    synced();
+    ops_get(got, dout, n * 4);
+    ops_synced();
     qft_cpu_div(ref, a, b, n);
     CHECK_BITS(got, ref, n, "div n %zu\n", n);
     G->free(da), G->free(db), G->free(dout);
@@ -152,15 +118,15 @@ START_TEST(test_row_norms) {
                                          {3001, 129}}; /* rows, len */
     const int64_t n = shapes[_i][0], len = shapes[_i][1], ld = len + 11;
     const size_t nx = (size_t)(n * ld);
-    float *x = hcalloc(nx, 4), *ref = hcalloc((size_t)n, 4), *got = hcalloc((size_t)n, 4);
-    fill(x, nx, 231 + (uint64_t)_i, 1.0f);
+    float *x = ctu_calloc(nx, 4), *ref = ctu_calloc((size_t)n, 4), *got = ctu_calloc((size_t)n, 4);
+    ctu_fill(x, nx, 231 + (uint64_t)_i, 1.0f);
     for (int64_t j = 0; j < n; j++) /* rows of different scales */
         for (int64_t k = 0; k < len; k++) x[j * ld + k] *= 0.01f * (float)(j % 50 + 1);
-    float *dx = dup_dev(x, nx * 4), *dn = G->alloc((size_t)n * 4, "test");
+    float *dx = ops_dup(x, nx * 4), *dn = G->alloc((size_t)n * 4, "test");
     ck_assert_ptr_nonnull(dn);
     G->row_norms(dn, dx, ld, n, len);
-    get(got, dn, (size_t)n * 4);
-    synced();
+    ops_get(got, dn, (size_t)n * 4);
+    ops_synced();
     qft_cpu_row_norms(ref, x, ld, n, len);
     for (int64_t j = 0; j < n; j++) {
         const double e = fabs((double)got[j] - ref[j]) / ref[j];
@@ -179,17 +145,17 @@ START_TEST(test_dropout) {
     const int big = _i == 4; /* past the capped grid */
     const int64_t N = big ? 1601 : 67, d = big ? 1023 : 129;
     const size_t n = (size_t)(N * d);
-    float *src = hcalloc(n, 4), *base = hcalloc(n, 4), *ref = hcalloc(n, 4),
-          *got = hcalloc(n, 4);
-    fill(src, n, 241 + (uint64_t)_i, 1.0f), fill(base, n, 242, 0.5f);
+    float *src = ctu_calloc(n, 4), *base = ctu_calloc(n, 4), *ref = ctu_calloc(n, 4),
+          *got = ctu_calloc(n, 4);
+    ctu_fill(src, n, 241 + (uint64_t)_i, 1.0f), ctu_fill(base, n, 242, 0.5f);
     const uint64_t key = 0xd0d0ull * (uint64_t)(_i + 1) + 17;
-    float *dsrc = dup_dev(src, n * 4);
+    float *dsrc = ops_dup(src, n * 4);
     for (int mode = 0; mode < 3; mode++) { /* overwrite, accumulate, in place */
         const int acc = mode == 1;
-        float *ddst = mode == 2 ? dup_dev(src, n * 4) : dup_dev(base, n * 4);
+        float *ddst = mode == 2 ? ops_dup(src, n * 4) : ops_dup(base, n * 4);
         G->dropout(key, p, mode == 2 ? ddst : dsrc, N, d, ddst, acc);
-        get(got, ddst, n * 4);
-        synced();
+        ops_get(got, ddst, n * 4);
+        ops_synced();
         memcpy(ref, mode == 2 ? src : base, n * 4);
         qft_cpu_dropout(key, p, src, N, d, ref, acc);
         CHECK_BITS(got, ref, n, "dropout p %g (%lld, %lld) mode %d\n", p, (long long)N,

@@ -12,6 +12,7 @@
  * With QFT_NF4_CODEC the test also checks the twin against the bnb_nf4 plugin's own
  * quantizer and dequantizer. */
 #include "cpu_ops.h"
+#include "cuda_test_util.h"
 #include "cuda_backend.h"
 #include "cuda_twin.h"
 #include "optim.h"
@@ -26,29 +27,6 @@
 #ifdef QFT_NF4_CODEC
 #include "nf4.h"
 #endif
-
-static void fill(float *x, size_t n, uint64_t seed, float scale) {
-    qft_rng r;
-    qft_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = scale * qft_rng_normal(&r);
-}
-
-static double rel_err(const float *got, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isinf(ref[i]) && got[i] == ref[i]) continue;
-        double e = fabs((double)got[i] - ref[i]);
-        if (!(e <= num)) num = e; /* NaN too */
-        if (fabs(ref[i]) > den) den = fabs(ref[i]);
-    }
-    return den > 0 ? num / den : num;
-}
-
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
 
 /* ---- GEMM layout ------------------------------------------------------------------------ */
 /* Column-major C (m, n) = alpha op(F) op(S) + beta C, as cuBLASLt reads the plan. */
@@ -75,8 +53,8 @@ START_TEST(test_gemm_layout) {
             const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
             const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
             const size_t nc = (size_t)M * ldc;
-            float *A = xcalloc(na, 4), *B = xcalloc(nb, 4), *C = xcalloc(nc, 4), *R = xcalloc(nc, 4);
-            fill(A, na, 1 + ta, 1.0f), fill(B, nb, 3 + tb, 1.0f), fill(C, nc, 5, 1.0f);
+            float *A = ctu_calloc(na, 4), *B = ctu_calloc(nb, 4), *C = ctu_calloc(nc, 4), *R = ctu_calloc(nc, 4);
+            ctu_fill(A, na, 1 + ta, 1.0f), ctu_fill(B, nb, 3 + tb, 1.0f), ctu_fill(C, nc, 5, 1.0f);
             memcpy(R, C, nc * 4);
             qft_twin_gemm_plan p = qft_twin_gemm_map(ta, tb, M, N, K, lda, ldb, ldc);
             /* the layouts are what cuBLASLt accepts: ld >= rows, op shapes chain */
@@ -92,7 +70,7 @@ START_TEST(test_gemm_layout) {
             colmajor_gemm(&p, 0.5f, B, A, -1.5f, C); /* first operand B, second A */
             qft_cpu_gemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, -1.5f, R, ldc);
             for (int i = 0; i < M; i++) {
-                double e = rel_err(C + (size_t)i * ldc, R + (size_t)i * ldc, (size_t)N);
+                double e = ctu_rel_err(C + (size_t)i * ldc, R + (size_t)i * ldc, (size_t)N);
                 ck_assert_msg(e < 1e-5, "transA %d transB %d row %d: rel err %g", ta, tb, i, e);
             }
             /* padding columns are not written */
@@ -239,27 +217,27 @@ START_TEST(test_attention_schedule) {
               hd = shapes[_i][4];
     const int w = QFT_QKV_WIDTH(H, KV, hd), od = H * hd;
     const size_t nqkv = (size_t)B * T * w, nout = (size_t)B * T * od, nl = (size_t)B * H * T;
-    float *qkv = xcalloc(nqkv, 4), *out = xcalloc(nout, 4), *ref = xcalloc(nout, 4);
-    float *lse = xcalloc(nl, 4), *lref = xcalloc(nl, 4), *dout = xcalloc(nout, 4);
-    float *dq = xcalloc(nqkv, 4), *dqref = xcalloc(nqkv, 4);
-    uint8_t *mask = xcalloc((size_t)B * T, 1);
-    fill(qkv, nqkv, 100 + _i, 1.0f);
-    fill(dout, nout, 200 + _i, 1.0f);
+    float *qkv = ctu_calloc(nqkv, 4), *out = ctu_calloc(nout, 4), *ref = ctu_calloc(nout, 4);
+    float *lse = ctu_calloc(nl, 4), *lref = ctu_calloc(nl, 4), *dout = ctu_calloc(nout, 4);
+    float *dq = ctu_calloc(nqkv, 4), *dqref = ctu_calloc(nqkv, 4);
+    uint8_t *mask = ctu_calloc((size_t)B * T, 1);
+    ctu_fill(qkv, nqkv, 100 + _i, 1.0f);
+    ctu_fill(dout, nout, 200 + _i, 1.0f);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) /* batch row 1 starts with a padded key: its query 0 sees nothing */
             mask[(size_t)b * T + t] = !(b == 1 && (t == 0 || t % 7 == 3));
     const att_shape s = {B, T, H, KV, hd, qkv, mask, 1.0f / sqrtf((float)hd)};
     twin_att_fwd(&s, out, lse);
     size_t wn = qft_cpu_attention_workspace(T, hd);
-    float *work = xcalloc(wn, 4);
+    float *work = ctu_calloc(wn, 4);
     qft_cpu_attention_fwd(ref, lref, qkv, mask, B, T, H, KV, hd, s.scale, work, wn);
-    double e = rel_err(out, ref, nout), el = rel_err(lse, lref, nl);
+    double e = ctu_rel_err(out, ref, nout), el = ctu_rel_err(lse, lref, nl);
     ck_assert_msg(e < 1e-5, "attention out: rel err %g", e);
     ck_assert_msg(el < 1e-5, "attention lse: rel err %g", el);
     if (B > 1) ck_assert(lse[(size_t)1 * H * T] == -INFINITY); /* (b 1, h 0, t 0) saw no key */
     twin_att_bwd(&s, dout, ref, lref, dq);
     qft_cpu_attention_bwd(dqref, dout, ref, lref, qkv, mask, B, T, H, KV, hd, s.scale, work, wn);
-    e = rel_err(dq, dqref, nqkv);
+    e = ctu_rel_err(dq, dqref, nqkv);
     ck_assert_msg(e < 2e-5, "attention dqkv: rel err %g", e);
     free(qkv), free(out), free(ref), free(lse), free(lref), free(dout), free(dq), free(dqref);
     free(mask), free(work);
@@ -283,8 +261,8 @@ START_TEST(test_xent_chunked_lse) {
      * a wide range so the running maximum changes often */
     static const int Vs[3] = {100, 1000, 32003};
     const int V = Vs[_i], N = 9;
-    float *logits = xcalloc((size_t)N * V, 4), *lse = xcalloc(N, 4), *loss = xcalloc(N, 4);
-    fill(logits, (size_t)N * V, 300 + _i, 4.0f);
+    float *logits = ctu_calloc((size_t)N * V, 4), *lse = ctu_calloc(N, 4), *loss = ctu_calloc(N, 4);
+    ctu_fill(logits, (size_t)N * V, 300 + _i, 4.0f);
     for (int v = 0; v < V; v++) logits[(size_t)2 * V + v] += 0.01f * v; /* rising row */
     int32_t tg[9] = {0, 5, V - 1, -100, 17, 3, -100, 1, 2};
     int nv = 0;
@@ -318,8 +296,8 @@ START_TEST(test_nf4_unpack) {
     const int64_t n = 64 * 37 + 13; /* a partial, odd last block */
     const int bs = 64;
     const int64_t nb = (n + bs - 1) / bs;
-    uint8_t *q = xcalloc((size_t)n, 1), *packed = xcalloc((size_t)(n + 1) / 2, 1);
-    float *absmax = xcalloc((size_t)nb, 4);
+    uint8_t *q = ctu_calloc((size_t)n, 1), *packed = ctu_calloc((size_t)(n + 1) / 2, 1);
+    float *absmax = ctu_calloc((size_t)nb, 4);
     qft_rng r;
     qft_rng_seed(&r, 77);
     for (int64_t i = 0; i < n; i++) q[i] = (uint8_t)(qft_rng_next(&r) & 15);
@@ -334,7 +312,7 @@ START_TEST(test_nf4_unpack) {
     }
     /* double quantization: map[q] * nested[b / 256] + offset */
     const int64_t nb2 = 600;
-    uint8_t *qa = xcalloc((size_t)nb2, 1);
+    uint8_t *qa = ctu_calloc((size_t)nb2, 1);
     float map[256], nested[3], offset = 0.03125f;
     for (int k = 0; k < 256; k++) map[k] = -1.0f + (float)k / 128.0f;
     for (int k = 0; k < 3; k++) nested[k] = 0.01f * (float)(k + 1);
@@ -352,14 +330,14 @@ END_TEST
  * bit for bit, from odd and even starts. */
 START_TEST(test_nf4_vs_plugin) {
     const int64_t out = 37, in = 129, n = out * in;
-    float *w = xcalloc((size_t)n, 4), *ref = xcalloc((size_t)n, 4);
-    fill(w, (size_t)n, 55, 0.02f);
+    float *w = ctu_calloc((size_t)n, 4), *ref = ctu_calloc((size_t)n, 4);
+    ctu_fill(w, (size_t)n, 55, 0.02f);
     struct qft_qweight qw;
     memset(&qw, 0, sizeof qw);
     qw.out = out, qw.in = in, qw.n = n, qw.blocksize = 64, qw.n_blocks = (n + 63) / 64;
     memcpy(qw.code, qft_nf4_code, sizeof qw.code);
-    qw.packed = xcalloc((size_t)(n + 1) / 2, 1);
-    qw.absmax = xcalloc((size_t)qw.n_blocks, 4);
+    qw.packed = ctu_calloc((size_t)(n + 1) / 2, 1);
+    qw.absmax = ctu_calloc((size_t)qw.n_blocks, 4);
     nf4_quantize_blocks(w, n, 64, qw.absmax, qw.packed);
     const int64_t starts[3] = {0, 1, 1000};
     for (int s = 0; s < 3; s++) {
@@ -386,12 +364,12 @@ START_TEST(test_adamw_elem) {
     qft_optim o;
     qft_err err = {0, ""};
     ck_assert_int_eq(qft_optim_init(&o, &cfg, n, &err), 0);
-    float *p = xcalloc(n, 4), *g = xcalloc(n, 4), *pt = xcalloc(n, 4), *mt = xcalloc(n, 4),
-          *vt = xcalloc(n, 4);
-    fill(p, n, 9, 1.0f);
+    float *p = ctu_calloc(n, 4), *g = ctu_calloc(n, 4), *pt = ctu_calloc(n, 4),
+          *mt = ctu_calloc(n, 4), *vt = ctu_calloc(n, 4);
+    ctu_fill(p, n, 9, 1.0f);
     memcpy(pt, p, n * 4);
     for (int step = 1; step <= 3; step++) {
-        fill(g, n, 10 + step, 0.1f);
+        ctu_fill(g, n, 10 + step, 0.1f);
         qft_optim_step(&o, p, g, lr);
         qft_cuda_adamw_scalars s = qft_cuda_adamw_scalars_make(
             qft_optim_float_decimal(cfg.beta1), qft_optim_float_decimal(cfg.beta2),
@@ -415,12 +393,13 @@ START_TEST(test_sgd_elem) {
     qft_optim o;
     qft_err err = {0, ""};
     ck_assert_int_eq(qft_optim_init(&o, &cfg, n, &err), 0);
-    float *p = xcalloc(n, 4), *g = xcalloc(n, 4), *pt = xcalloc(n, 4), *bt = xcalloc(n, 4);
-    fill(p, n, 19, 1.0f);
+    float *p = ctu_calloc(n, 4), *g = ctu_calloc(n, 4), *pt = ctu_calloc(n, 4),
+          *bt = ctu_calloc(n, 4);
+    ctu_fill(p, n, 19, 1.0f);
     memcpy(pt, p, n * 4);
     const double wd_d = qft_optim_float_decimal(wd), mom_d = qft_optim_float_decimal(mom);
     for (int step = 1; step <= 3; step++) {
-        fill(g, n, 20 + step, 0.1f);
+        ctu_fill(g, n, 20 + step, 0.1f);
         qft_optim_step(&o, p, g, lr);
         const float neg_lr = (float)(-qft_optim_float_decimal(lr));
         for (size_t i = 0; i < n; i++)
@@ -438,8 +417,8 @@ END_TEST
  * op (the clipping norm), bit for bit, across chunk boundaries and a partial last chunk */
 START_TEST(test_sumsq_chunks) {
     const size_t n = 3 * QFT_OPS_SUMSQ_CHUNK + 12345;
-    float *x = xcalloc(n, 4);
-    fill(x, n, 31, 2.0f);
+    float *x = ctu_calloc(n, 4);
+    ctu_fill(x, n, 31, 2.0f);
     double s = 0.0;
     for (size_t lo = 0; lo < n; lo += QFT_OPS_SUMSQ_CHUNK)
         s += qft_twin_sumsq_range(x, lo, lo + QFT_OPS_SUMSQ_CHUNK < n ? lo + QFT_OPS_SUMSQ_CHUNK : n);
@@ -454,8 +433,8 @@ END_TEST
 START_TEST(test_rope_table) {
     const int T = 300, hd = 128, half = hd / 2;
     const int type = _i; /* 0 default, 1 llama3 (Llama 3.1's factors) */
-    float *c = xcalloc((size_t)T * half, 4), *s = xcalloc((size_t)T * half, 4);
-    float *ct = xcalloc((size_t)T * half, 4), *st = xcalloc((size_t)T * half, 4), inv[64];
+    float *c = ctu_calloc((size_t)T * half, 4), *s = ctu_calloc((size_t)T * half, 4);
+    float *ct = ctu_calloc((size_t)T * half, 4), *st = ctu_calloc((size_t)T * half, 4), inv[64];
     qft_cpu_rope_table(c, s, T, hd, 500000.0f, type, 8.0f, 1.0f, 4.0f, 8192);
     qft_twin_rope_inv_freq(inv, hd, 500000.0f, type, 8.0f, 1.0f, 4.0f, 8192);
     for (int t = 0; t < T; t++)
@@ -465,7 +444,7 @@ START_TEST(test_rope_table) {
             st[(size_t)t * half + i] = (float)sin((double)a);
         }
     /* the CPU library may fuse the llama3 smoothing into an FMA: an ulp of slack */
-    double ec = rel_err(ct, c, (size_t)T * half), es = rel_err(st, s, (size_t)T * half);
+    double ec = ctu_rel_err(ct, c, (size_t)T * half), es = ctu_rel_err(st, s, (size_t)T * half);
     ck_assert_msg(ec < 1e-6 && es < 1e-6, "rope type %d: cos err %g sin err %g", type, ec, es);
     free(c), free(s), free(ct), free(st);
 }

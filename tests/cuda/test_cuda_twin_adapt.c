@@ -11,6 +11,7 @@
  * Shapes are odd, with row strides past the row's end, and col_dot's n crosses the CPU's
  * 64-column blocks. The test is built with -ffp-contract=off, as the CPU library is. */
 #include "cpu_optim.h"
+#include "cuda_test_util.h"
 #include "cuda_twin_adapt.h"
 #include "qft_base.h"
 #include "twin_suites.h"
@@ -19,25 +20,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void fill(float *x, size_t n, uint64_t seed, float scale) {
-    qft_rng r;
-    qft_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = scale * qft_rng_normal(&r);
-}
-
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-/* The first index where two float arrays differ in their bits, or -1. */
-static long first_diff(const float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(a + i, b + i, sizeof *a) != 0) return (long)i;
-    return -1;
-}
 
 /* ---- dropout -------------------------------------------------------------------------------- */
 START_TEST(test_dropout_mask_copy) {
@@ -84,16 +66,16 @@ START_TEST(test_dropout_op) {
     const double p = ps[_i];
     const int64_t N = 67, d = 129;
     const size_t n = (size_t)(N * d);
-    float *src = xcalloc(n, 4), *base = xcalloc(n, 4), *got = xcalloc(n, 4),
-          *ref = xcalloc(n, 4);
-    fill(src, n, 81 + (uint64_t)_i, 1.0f);
-    fill(base, n, 91, 0.5f);
+    float *src = ctu_calloc(n, 4), *base = ctu_calloc(n, 4), *got = ctu_calloc(n, 4),
+          *ref = ctu_calloc(n, 4);
+    ctu_fill(src, n, 81 + (uint64_t)_i, 1.0f);
+    ctu_fill(base, n, 91, 0.5f);
     const uint64_t key = 0x5eed0000ull + 977u * (uint64_t)_i;
     for (int acc = 0; acc < 2; acc++) {
         memcpy(got, base, n * 4), memcpy(ref, base, n * 4);
         twin_dropout(key, p, src, N, d, got, acc);
         qft_cpu_dropout(key, p, src, N, d, ref, acc);
-        const long at = first_diff(got, ref, n);
+        const long at = ctu_first_diff(got, ref, n);
         ck_assert_msg(at < 0, "dropout p %g accumulate %d: element %ld twin %a, cpu %a", p, acc,
                       at, at < 0 ? 0.0 : got[at], at < 0 ? 0.0 : ref[at]);
     }
@@ -112,7 +94,7 @@ START_TEST(test_dropout_op) {
     /* another key draws another mask */
     if (p > 0) {
         twin_dropout(key + 1, p, src, N, d, ref, 0);
-        ck_assert(first_diff(got, ref, n) >= 0);
+        ck_assert(ctu_first_diff(got, ref, n) >= 0);
     }
     free(src), free(base), free(got), free(ref);
 }
@@ -127,10 +109,10 @@ START_TEST(test_cols_axpby) {
     const float fadd = form == 0 ? 0.0f : form == 1 ? 0.75f : -1.5f;
     const float beta = bform == 0 ? 0.0f : bform == 1 ? 1.0f : -0.625f;
     const size_t nd = (size_t)(N * ldd), ns = (size_t)(N * lds);
-    float *src = xcalloc(ns, 4), *f = xcalloc((size_t)n, 4);
-    float *got = xcalloc(nd, 4), *ref = xcalloc(nd, 4);
-    fill(src, ns, 101, 1.0f), fill(f, (size_t)n, 102, 2.0f);
-    fill(got, nd, 103, 1.0f);
+    float *src = ctu_calloc(ns, 4), *f = ctu_calloc((size_t)n, 4);
+    float *got = ctu_calloc(nd, 4), *ref = ctu_calloc(nd, 4);
+    ctu_fill(src, ns, 101, 1.0f), ctu_fill(f, (size_t)n, 102, 2.0f);
+    ctu_fill(got, nd, 103, 1.0f);
     if (bform == 0 && !inplace)
         for (int64_t r = 0; r < N; r++)
             for (int64_t j = 0; j < n; j++) got[r * ldd + j] = NAN;
@@ -148,7 +130,7 @@ START_TEST(test_cols_axpby) {
         *d = qft_twin_axpby(beta, beta == 0.0f ? 0.0f : *d, c, tsrc[r * tlds + j]);
     }
     qft_cpu_cols_axpby(ref, ldd, beta, inplace ? ref : src, inplace ? ldd : lds, fp, fadd, N, n);
-    const long at = first_diff(got, ref, nd);
+    const long at = ctu_first_diff(got, ref, nd);
     ck_assert_msg(at < 0, "cols_axpby form %d beta %g in place %d: element %ld twin %a cpu %a",
                   form, beta, inplace, at, at < 0 ? 0.0 : got[at], at < 0 ? 0.0 : ref[at]);
     /* real values, and the padding past each row untouched */
@@ -166,16 +148,17 @@ END_TEST
 /* ---- col_dot and div ------------------------------------------------------------------------ */
 START_TEST(test_col_dot) {
     const int64_t N = _i ? 1 : 203, n = 197, lda = n + 7, ldb = n + 2;
-    float *a = xcalloc((size_t)(N * lda), 4), *b = xcalloc((size_t)(N * ldb), 4);
-    float *dv = xcalloc((size_t)n, 4), *got = xcalloc((size_t)n, 4), *ref = xcalloc((size_t)n, 4);
-    fill(a, (size_t)(N * lda), 111, 1.0f), fill(b, (size_t)(N * ldb), 112, 3.0f);
-    fill(dv, (size_t)n, 113, 1.0f), fill(got, (size_t)n, 114, 0.1f);
+    float *a = ctu_calloc((size_t)(N * lda), 4), *b = ctu_calloc((size_t)(N * ldb), 4);
+    float *dv = ctu_calloc((size_t)n, 4), *got = ctu_calloc((size_t)n, 4),
+          *ref = ctu_calloc((size_t)n, 4);
+    ctu_fill(a, (size_t)(N * lda), 111, 1.0f), ctu_fill(b, (size_t)(N * ldb), 112, 3.0f);
+    ctu_fill(dv, (size_t)n, 113, 1.0f), ctu_fill(got, (size_t)n, 114, 0.1f);
     for (int64_t j = 0; j < n; j++) dv[j] = 0.5f + fabsf(dv[j]); /* norms: positive */
     memcpy(ref, got, (size_t)n * 4);
     for (int64_t j = 0; j < n; j++)
         got[j] = qft_twin_add(got[j], qft_twin_col_dot(a, lda, b, ldb, dv[j], N, j));
     qft_cpu_col_dot(ref, a, lda, b, ldb, dv, N, n);
-    const long at = first_diff(got, ref, (size_t)n);
+    const long at = ctu_first_diff(got, ref, (size_t)n);
     ck_assert_msg(at < 0, "col_dot N %lld: column %ld twin %a cpu %a", (long long)N, at,
                   at < 0 ? 0.0 : got[at], at < 0 ? 0.0 : ref[at]);
     free(a), free(b), free(dv), free(got), free(ref);
@@ -184,11 +167,12 @@ END_TEST
 
 START_TEST(test_div) {
     const size_t n = 4099;
-    float *a = xcalloc(n, 4), *b = xcalloc(n, 4), *got = xcalloc(n, 4), *ref = xcalloc(n, 4);
-    fill(a, n, 121, 3.0f), fill(b, n, 122, 1.0f);
+    float *a = ctu_calloc(n, 4), *b = ctu_calloc(n, 4), *got = ctu_calloc(n, 4),
+          *ref = ctu_calloc(n, 4);
+    ctu_fill(a, n, 121, 3.0f), ctu_fill(b, n, 122, 1.0f);
     for (size_t i = 0; i < n; i++) got[i] = qft_twin_div(a[i], b[i]);
     qft_cpu_div(ref, a, b, n);
-    ck_assert(first_diff(got, ref, n) < 0);
+    ck_assert(ctu_first_diff(got, ref, n) < 0);
     free(a), free(b), free(got), free(ref);
 }
 END_TEST
@@ -197,9 +181,9 @@ END_TEST
 START_TEST(test_row_norms) {
     static const int64_t lens[] = {1000, 77, 256, 4097};
     const int64_t n = 29, len = lens[_i], ld = len + 11;
-    float *x = xcalloc((size_t)(n * ld), 4), *got = xcalloc((size_t)n, 4),
-          *ref = xcalloc((size_t)n, 4);
-    fill(x, (size_t)(n * ld), 131 + (uint64_t)_i, 1.0f);
+    float *x = ctu_calloc((size_t)(n * ld), 4), *got = ctu_calloc((size_t)n, 4),
+          *ref = ctu_calloc((size_t)n, 4);
+    ctu_fill(x, (size_t)(n * ld), 131 + (uint64_t)_i, 1.0f);
     for (int64_t j = 0; j < n; j++) /* rows of different scales */
         for (int64_t k = 0; k < len; k++) x[j * ld + k] *= 0.01f * (float)(j + 1);
     double part[QFT_NORM_LANES];

@@ -4,7 +4,7 @@
 
 #include <check.h>
 
-/* HQQ dequantization, the quantized linear's tiles, LoRA/DoRA (test_cuda_twin_linear.c). */
+/* HQQ dequantization and the quantized linear's tiles (test_cuda_twin_linear.c). */
 void twin_linear_add_tests(TCase *tc);
 /* The adapter ops' dropout mask, column ops and row norms (test_cuda_twin_adapt.c). */
 void twin_adapt_add_tests(TCase *tc);

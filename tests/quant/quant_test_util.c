@@ -78,6 +78,57 @@ void qt_cfg_free(config_t *cfg, const char *path) {
     unlink(path);
 }
 
+void *qt_configure(const qft_quantizer_vtable *vt, const char *plugin, const char *body) {
+    char text[1024], path[256];
+    const int len = snprintf(text, sizeof text, "quant: {\n  plugin = \"%s\";\n%s\n};\n", plugin,
+                             body);
+    ck_assert_msg(len > 0 && (size_t)len < sizeof text, "quant section of %d bytes", len);
+    config_t cfg;
+    config_setting_t *s = qt_cfg(&cfg, text, path, sizeof path);
+    void *st = NULL;
+    qft_err err = {0};
+    ck_assert_msg(vt->configure(qt_services(), s, &st, &err) == 0, "%s", err.msg);
+    qt_cfg_free(&cfg, path);
+    return st;
+}
+
+void *qt_nf4_open(const qft_quantizer_vtable *vt, const qt_nf4_case *c, char *what, size_t n) {
+    char body[128];
+    snprintf(body, sizeof body, "  blocksize = %d;\n  double_quant = %s;", c->bs,
+             c->dq ? "true" : "false");
+    snprintf(what, n, "bnb_nf4 (%lld, %lld) bs %d dq %d", (long long)c->out, (long long)c->in,
+             c->bs, c->dq);
+    return qt_configure(vt, "bnb_nf4", body);
+}
+
+void *qt_hqq_open(const qft_quantizer_vtable *vt, const qt_hqq_case *c, char *what, size_t n) {
+    char body[256];
+    snprintf(body, sizeof body,
+             "  nbits = %d;\n  group_size = %d;\n  axis = %d;\n  quant_zero = %s;\n"
+             "  quant_scale = %s;", c->nbits, c->gs, c->axis, c->qz ? "true" : "false",
+             c->qs ? "true" : "false");
+    snprintf(what, n, "hqq (%lld, %lld) %d-bit gs %d axis %d qz %d qs %d", (long long)c->out,
+             (long long)c->in, c->nbits, c->gs, c->axis, c->qz, c->qs);
+    return qt_configure(vt, "hqq", body);
+}
+
+size_t qt_nf4_data_bytes(const qt_nf4_case *c) {
+    const size_t n = (size_t)(c->out * c->in), nb = (n + (size_t)c->bs - 1) / (size_t)c->bs;
+    return (n + 1) / 2 + (c->dq ? nb + 4 * ((nb + 255) / 256) : 4 * nb);
+}
+
+size_t qt_hqq_data_bytes(const qt_hqq_case *c) {
+    const size_t n = (size_t)(c->out * c->in);
+    // the grouped matrix (R, C) and its group count, as hqq groups the flattened weight
+    const size_t R = c->axis == 1 ? n / (size_t)c->gs : (size_t)c->gs, C = n / R;
+    const size_t G = c->axis == 1 ? R : C;
+    const size_t packed = c->nbits == 8   ? R * C
+                          : c->nbits == 4 ? R / 2 * C
+                          : c->nbits == 2 ? R / 4 * C
+                                          : (R + 9) / 10 * C * 4; // 3 bits: int32 words
+    return packed + (c->qz ? G : 4 * G) + (c->qs ? G + 8 * (G / 128) : 4 * G);
+}
+
 static int mem_add(void *ctx, const char *name, const qft_tensor *t, qft_err *err) {
     qt_mem *m = ctx;
     if (m->n >= 64) return qft_err_setf(err, "mem sink full");

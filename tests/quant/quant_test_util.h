@@ -18,6 +18,29 @@ const qft_services *qt_services(void);
  * returns its `quant` group; qt_cfg_free releases it. path receives the file's name. */
 config_setting_t *qt_cfg(config_t *cfg, const char *text, char *path, size_t n);
 void qt_cfg_free(config_t *cfg, const char *path);
+/* The state of quantizer vt configured from a `quant` section naming `plugin`, whose
+ * other settings are the lines of `body`; fails the test when configure refuses them. */
+void *qt_configure(const qft_quantizer_vtable *vt, const char *plugin, const char *body);
+
+/* A weight shape and the plugin settings of one bnb_nf4 or hqq test case. */
+typedef struct qt_nf4_case {
+    int64_t out, in;
+    int bs, dq; /* blocksize, double_quant */
+} qt_nf4_case;
+typedef struct qt_hqq_case {
+    int64_t out, in;
+    int nbits, gs, axis, qz, qs; /* group_size, quant_zero, quant_scale */
+} qt_hqq_case;
+/* The plugin's state for the case (qt_configure), and the case described in what (n). */
+void *qt_nf4_open(const qft_quantizer_vtable *vt, const qt_nf4_case *c, char *what, size_t n);
+void *qt_hqq_open(const qft_quantizer_vtable *vt, const qt_hqq_case *c, char *what, size_t n);
+/* Bytes of the case's weight data as the format defines it: codes and statistics, no
+ * header and no codebook (NF4: packed codes, then the fp32 absmax or, double-quantized,
+ * one byte a block and an fp32 nested absmax per 256 blocks; HQQ: packed codes, then zero
+ * and scale, fp32 per group or 8-bit codes, the scale's with a (2, groups / 128) fp32
+ * meta table). */
+size_t qt_nf4_data_bytes(const qt_nf4_case *c);
+size_t qt_hqq_data_bytes(const qt_hqq_case *c);
 
 /* In-memory sink: the tensors handed to add (views, not copies). */
 typedef struct qt_mem_entry {

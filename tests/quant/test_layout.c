@@ -18,18 +18,6 @@
 
 static const qft_quantizer_vtable *vt_nf4, *vt_hqq;
 
-static void *configure(const qft_quantizer_vtable *vt, const char *plugin, const char *body) {
-    char text[512], path[256];
-    snprintf(text, sizeof text, "quant: {\n  plugin = \"%s\";\n%s\n};\n", plugin, body);
-    config_t cfg;
-    config_setting_t *s = qt_cfg(&cfg, text, path, sizeof path);
-    void *st = NULL;
-    qft_err err = {0};
-    ck_assert_msg(vt->configure(qt_services(), s, &st, &err) == 0, "%s", err.msg);
-    qt_cfg_free(&cfg, path);
-    return st;
-}
-
 /* Seeded normal values scaled per row (1x to 2x), with a few outliers, so blocks and groups
  * have different statistics and a wrong row or block index shows; mild enough that a
  * 4096-element NF4 block still gives its quietest row nonzero codes. */
@@ -153,13 +141,8 @@ static void check_weight(const qft_quantizer_vtable *vt, const void *state, int6
 }
 
 /* ---- bnb_nf4 ---------------------------------------------------------------------------- */
-static size_t nf4_data(int64_t out, int64_t in, int bs, int dq) {
-    const size_t n = (size_t)(out * in), nb = (n + (size_t)bs - 1) / (size_t)bs;
-    return (n + 1) / 2 + (dq ? nb + 4 * ((nb + 255) / 256) : 4 * nb);
-}
-
 START_TEST(test_nf4_layout) {
-    static const struct { int64_t out, in; int bs, dq; } cases[] = {
+    static const qt_nf4_case cases[] = {
         {37, 129, 64, 1},   /* 4773 elements: odd, a partial last block */
         {37, 129, 64, 0},
         {13, 1000, 4096, 1}, /* 13000: four blocks, the last partial */
@@ -169,31 +152,18 @@ START_TEST(test_nf4_layout) {
         {256, 1024, 64, 1}, /* large enough for the parallel chunks */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char body[128], what[128];
-        snprintf(body, sizeof body, "  blocksize = %d;\n  double_quant = %s;", cases[i].bs,
-                 cases[i].dq ? "true" : "false");
-        snprintf(what, sizeof what, "bnb_nf4 (%lld, %lld) bs %d dq %d", (long long)cases[i].out,
-                 (long long)cases[i].in, cases[i].bs, cases[i].dq);
-        void *st = configure(vt_nf4, "bnb_nf4", body);
+        char what[128];
+        void *st = qt_nf4_open(vt_nf4, &cases[i], what, sizeof what);
         check_weight(vt_nf4, st, cases[i].out, cases[i].in, 100 + i, QFT_QFMT_NF4,
-                     nf4_data(cases[i].out, cases[i].in, cases[i].bs, cases[i].dq), what);
+                     qt_nf4_data_bytes(&cases[i]), what);
         vt_nf4->close(st);
     }
 }
 END_TEST
 
 /* ---- hqq -------------------------------------------------------------------------------- */
-static size_t hqq_data(int64_t out, int64_t in, int nbits, int gs, int axis, int qz, int qs) {
-    const size_t n = (size_t)(out * in);
-    const size_t R = axis == 1 ? n / (size_t)gs : (size_t)gs, C = n / R;
-    const size_t G = axis == 1 ? R : C;
-    const size_t packed = nbits == 8 ? R * C : nbits == 4 ? R / 2 * C : nbits == 2 ? R / 4 * C
-                                                                             : (R + 9) / 10 * C * 4;
-    return packed + (qz ? G : 4 * G) + (qs ? G + 8 * (G / 128) : 4 * G);
-}
-
 START_TEST(test_hqq_layout) {
-    static const struct { int64_t out, in; int nbits, gs, axis, qz, qs; } cases[] = {
+    static const qt_hqq_case cases[] = {
         {32, 128, 4, 64, 1, 0, 0},
         {64, 96, 4, 64, 0, 0, 0},   /* axis 0: groups are columns */
         {24, 80, 3, 64, 1, 0, 0},   /* 30 groups: the last int32 word holds no full ten rows */
@@ -209,19 +179,10 @@ START_TEST(test_hqq_layout) {
         {256, 512, 4, 64, 1, 0, 0}, /* large enough for the parallel chunks */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char body[256], what[160];
-        snprintf(body, sizeof body,
-                 "  nbits = %d;\n  group_size = %d;\n  axis = %d;\n  quant_zero = %s;\n"
-                 "  quant_scale = %s;", cases[i].nbits, cases[i].gs, cases[i].axis,
-                 cases[i].qz ? "true" : "false", cases[i].qs ? "true" : "false");
-        snprintf(what, sizeof what, "hqq (%lld, %lld) %d-bit gs %d axis %d qz %d qs %d",
-                 (long long)cases[i].out, (long long)cases[i].in, cases[i].nbits, cases[i].gs,
-                 cases[i].axis, cases[i].qz, cases[i].qs);
-        void *st = configure(vt_hqq, "hqq", body);
+        char what[160];
+        void *st = qt_hqq_open(vt_hqq, &cases[i], what, sizeof what);
         check_weight(vt_hqq, st, cases[i].out, cases[i].in, 200 + i, QFT_QFMT_HQQ,
-                     hqq_data(cases[i].out, cases[i].in, cases[i].nbits, cases[i].gs,
-                              cases[i].axis, cases[i].qz, cases[i].qs),
-                     what);
+                     qt_hqq_data_bytes(&cases[i]), what);
         vt_hqq->close(st);
     }
 }
@@ -249,7 +210,7 @@ static int all_nan(const float *x, int64_t n) {
 }
 
 START_TEST(test_bad_layout_gives_nan) {
-    void *st = configure(vt_nf4, "bnb_nf4", "  blocksize = 64;");
+    void *st = qt_configure(vt_nf4, "bnb_nf4", "  blocksize = 64;");
     float *w = structured_weight(6, 64, 7);
     qft_qweight *qw = NULL;
     qft_err err = {0};
@@ -276,7 +237,7 @@ START_TEST(test_bad_layout_gives_nan) {
     free(w);
 
     /* hqq: meta-quantized scales need a multiple of 128 groups */
-    st = configure(vt_hqq, "hqq", "  nbits = 4;\n  group_size = 64;");
+    st = qt_configure(vt_hqq, "hqq", "  nbits = 4;\n  group_size = 64;");
     w = structured_weight(4, 64, 8);
     ck_assert_msg(vt_hqq->quantize(st, "w", w, 4, 64, &qw, &err) == 0, "%s", err.msg);
     ck_assert_msg(vt_hqq->layout(qw, &L, &err) == 0, "%s", err.msg);

@@ -288,26 +288,9 @@ static void check_fail(const qft_quantizer_vtable *vt, const void *state, int64_
     free(B), free(A), free(w), free(ar.base);
 }
 
-static void *configure(const qft_quantizer_vtable *vt, const char *plugin, const char *body) {
-    char text[512], path[256];
-    snprintf(text, sizeof text, "quant: {\n  plugin = \"%s\";\n%s\n};\n", plugin, body);
-    config_t cfg;
-    config_setting_t *s = qt_cfg(&cfg, text, path, sizeof path);
-    void *st = NULL;
-    qft_err err = {0};
-    ck_assert_msg(vt->configure(qt_services(), s, &st, &err) == 0, "%s", err.msg);
-    qt_cfg_free(&cfg, path);
-    return st;
-}
-
 /* ---- bnb_nf4 ---------------------------------------------------------------------------- */
-static size_t nf4_data(int64_t out, int64_t in, int bs, int dq) {
-    const size_t n = (size_t)(out * in), nb = (n + (size_t)bs - 1) / (size_t)bs;
-    return (n + 1) / 2 + (dq ? nb + 4 * ((nb + 255) / 256) : 4 * nb);
-}
-
 START_TEST(test_nf4_place) {
-    static const struct { int64_t out, in; int bs, dq; } cases[] = {
+    static const qt_nf4_case cases[] = {
         {7, 37, 64, 1},    /* 259 elements: odd, a partial last block */
         {7, 37, 64, 0},
         {301, 129, 64, 1}, /* 607 blocks: three nested blocks, the last partial */
@@ -315,14 +298,10 @@ START_TEST(test_nf4_place) {
         {5, 3, 32, 1},     /* fewer elements than a block */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char body[128], what[128];
-        snprintf(body, sizeof body, "  blocksize = %d;\n  double_quant = %s;", cases[i].bs,
-                 cases[i].dq ? "true" : "false");
-        snprintf(what, sizeof what, "bnb_nf4 (%lld, %lld) bs %d dq %d", (long long)cases[i].out,
-                 (long long)cases[i].in, cases[i].bs, cases[i].dq);
-        void *st = configure(vt_nf4, "bnb_nf4", body);
-        check_case(vt_nf4, st, cases[i].out, cases[i].in, 1000 + i,
-                   nf4_data(cases[i].out, cases[i].in, cases[i].bs, cases[i].dq), what);
+        char what[128];
+        void *st = qt_nf4_open(vt_nf4, &cases[i], what, sizeof what);
+        check_case(vt_nf4, st, cases[i].out, cases[i].in, 1000 + i, qt_nf4_data_bytes(&cases[i]),
+                   what);
         vt_nf4->close(st);
     }
 }
@@ -331,7 +310,7 @@ END_TEST
 START_TEST(test_nf4_place_fails_cleanly) {
     for (int dq = 0; dq <= 1; dq++) {
         void *st =
-            configure(vt_nf4, "bnb_nf4", dq ? "double_quant = true;" : "double_quant = false;");
+            qt_configure(vt_nf4, "bnb_nf4", dq ? "double_quant = true;" : "double_quant = false;");
         check_fail(vt_nf4, st, 9, 31, "bnb_nf4");
         vt_nf4->close(st);
     }
@@ -339,17 +318,8 @@ START_TEST(test_nf4_place_fails_cleanly) {
 END_TEST
 
 /* ---- hqq -------------------------------------------------------------------------------- */
-static size_t hqq_data(int64_t out, int64_t in, int nbits, int gs, int axis, int qz, int qs) {
-    const size_t n = (size_t)(out * in);
-    const size_t R = axis == 1 ? n / (size_t)gs : (size_t)gs, C = n / R;
-    const size_t G = axis == 1 ? R : C;
-    const size_t packed = nbits == 8 ? R * C : nbits == 4 ? R / 2 * C : nbits == 2 ? R / 4 * C
-                                                                             : (R + 9) / 10 * C * 4;
-    return packed + (qz ? G : 4 * G) + (qs ? G + 8 * (G / 128) : 4 * G);
-}
-
 START_TEST(test_hqq_place) {
-    static const struct { int64_t out, in; int nbits, gs, axis, qz, qs; } cases[] = {
+    static const qt_hqq_case cases[] = {
         {32, 128, 4, 64, 1, 0, 0},
         {64, 96, 4, 64, 0, 0, 0},  /* axis 0: groups are columns */
         {24, 80, 3, 64, 1, 0, 0},  /* 30 groups: the last int32 word holds no full ten rows */
@@ -359,18 +329,9 @@ START_TEST(test_hqq_place) {
         {96, 128, 3, 48, 1, 1, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char body[256], what[160];
-        snprintf(body, sizeof body,
-                 "  nbits = %d;\n  group_size = %d;\n  axis = %d;\n  quant_zero = %s;\n"
-                 "  quant_scale = %s;", cases[i].nbits, cases[i].gs, cases[i].axis,
-                 cases[i].qz ? "true" : "false", cases[i].qs ? "true" : "false");
-        snprintf(what, sizeof what, "hqq (%lld, %lld) %d-bit gs %d axis %d qz %d qs %d",
-                 (long long)cases[i].out, (long long)cases[i].in, cases[i].nbits, cases[i].gs,
-                 cases[i].axis, cases[i].qz, cases[i].qs);
-        void *st = configure(vt_hqq, "hqq", body);
-        check_case(vt_hqq, st, cases[i].out, cases[i].in, 2000 + i,
-                   hqq_data(cases[i].out, cases[i].in, cases[i].nbits, cases[i].gs, cases[i].axis,
-                            cases[i].qz, cases[i].qs),
+        char what[160];
+        void *st = qt_hqq_open(vt_hqq, &cases[i], what, sizeof what);
+        check_case(vt_hqq, st, cases[i].out, cases[i].in, 2000 + i, qt_hqq_data_bytes(&cases[i]),
                    what);
         vt_hqq->close(st);
     }
@@ -378,10 +339,10 @@ START_TEST(test_hqq_place) {
 END_TEST
 
 START_TEST(test_hqq_place_fails_cleanly) {
-    void *st = configure(vt_hqq, "hqq", "nbits = 4;");
+    void *st = qt_configure(vt_hqq, "hqq", "nbits = 4;");
     check_fail(vt_hqq, st, 8, 64, "hqq");
     vt_hqq->close(st);
-    st = configure(vt_hqq, "hqq", "nbits = 4; quant_zero = true; quant_scale = true;");
+    st = qt_configure(vt_hqq, "hqq", "nbits = 4; quant_zero = true; quant_scale = true;");
     check_fail(vt_hqq, st, 128, 128, "hqq");
     vt_hqq->close(st);
 }
@@ -393,7 +354,7 @@ START_TEST(test_int8_place) {
         printf("int8_rowwise example plugin not built here: skipping its place checks\n");
         return;
     }
-    void *st = configure(vt_int8, "int8_rowwise", "");
+    void *st = qt_configure(vt_int8, "int8_rowwise", "");
     check_case(vt_int8, st, 13, 37, 3000, 13 * 37 + 4 * 13, "int8_rowwise (13, 37)");
     check_case(vt_int8, st, 1, 200, 3001, 200 + 4, "int8_rowwise (1, 200)");
     check_fail(vt_int8, st, 6, 17, "int8_rowwise");
