@@ -13,7 +13,7 @@
 #   QFT_MODEL_BENCH_BACKEND  cuda (default), or cpu / cpu_guard to check this script
 #   QFT_MODEL_BENCH_SMALL=1  hidden 256, 2 layers, vocabulary 1024, context 256 (seconds
 #                            on a CPU)
-#   QFT_MODEL_BENCH_LAYERS   layers per train_type, "full=4 qlora=4 bnb_dora=4" by default
+#   QFT_MODEL_BENCH_LAYERS   layers per train_type, "full=4 qlora=32 bnb_dora=32" by default
 #   QFT_MODEL_BENCH_STEPS    timed steps (3)
 #   QFT_MODEL_BENCH_BUDGET   seconds for everything (150): runs still going are stopped
 #                            then, and their rows say so
@@ -22,14 +22,14 @@
 #                            check the scheduling on a machine without a GPU
 #   QFT_MODEL_BENCH_DIR      where runs, logs and data go (BUILD_DIR/model-bench)
 #
-# Why layers are fewer than 32: qft builds a random model on the host, one normal draw at a
-# time on one thread (qft_llama_init_random): measured on the 2-core CI Xeon, 85 s wall
-# (60 s of CPU) for 2 layers of these shapes (1.49G parameters, 40 ns each; the embedding
-# and the head are 1.05G of them), so 32 layers would take about 5 minutes before the
-# first step (4 layers: about 80 s, which the three runs spend side by side), and full
-# finetuning's 16 bytes a parameter (fp32 weights, gradients, AdamW's two moments; fp32
-# storage everywhere in this version) would not fit 141 GB at 32 layers anyway. The three
-# qft runs therefore start together and build their models in parallel (one core each),
+# Layers: qft builds a random model on the host (qft_llama_init_random, in parallel, two
+# normals per Box-Muller step, then the quantizer): 22 s on 2 threads of the CI Xeon for
+# 2 layers of these shapes (1.49G parameters, 1.05G of them the embedding and the head),
+# so 32 layers (8.0G) take about a minute on 4 threads; QLoRA and QDoRA run all 32 layers.
+# Full finetuning stores 16 bytes a parameter on the device (fp32 weights, gradients,
+# AdamW's two moments; fp32 storage for all but frozen dense weights), which 32 layers would
+# not fit into 141 GB: it runs 4. The three qft runs start together and build their
+# models in parallel (4 threads each),
 # and the GPU goes to one run at a time: a run that reaches its first step (the log's
 # "model:" line, printed after the upload) while another trains is paused (SIGSTOP) until
 # that one ends, then continued (SIGCONT); the PyTorch process waits for a go-file the same
@@ -60,7 +60,7 @@ if [[ ${QFT_MODEL_BENCH_SMALL:-0} == 1 ]]; then
     layers_spec=${QFT_MODEL_BENCH_LAYERS:-"full=2 qlora=2 bnb_dora=2"}
 else
     hidden=4096 inter=14336 heads=32 kv=8 hd=128 vocab=128256 ctx=2048 shape="Llama-3-8B shapes"
-    layers_spec=${QFT_MODEL_BENCH_LAYERS:-"full=4 qlora=4 bnb_dora=4"}
+    layers_spec=${QFT_MODEL_BENCH_LAYERS:-"full=4 qlora=32 bnb_dora=32"}
 fi
 batch=1
 types=(full qlora bnb_dora)
@@ -106,6 +106,9 @@ adapter_sets() { # the PyTorch rows' LoRA/DoRA: r 16, alpha 32, all 7 linears
     qlora) echo "--set adapter.rank=16 --set adapter.alpha=32 --set adapter.dropout=0.05 --set adapter.target_modules=\"all-linear\"" ;;
     bnb_dora) echo "--set adapter.rank=16 --set adapter.alpha=32 --set adapter.dropout=0.0 --set adapter.target_modules=\"all-linear\"" ;;
     esac
+    # the frozen head as bf16 on the device, as PyTorch holds it (the cpu backend has no
+    # such copy and refuses the key)
+    case $1 in qlora | bnb_dora) [[ $backend == cpu ]] || echo "--set train.frozen_dtype=\"bf16\"" ;; esac
 }
 
 # job tables: name -> pid, state (init|wait|gpu|ended), times
@@ -236,6 +239,7 @@ echo "|---|---|---|---|---|---|"
 for t in "${types[@]}"; do
     log=$out/$t.log m=$out/$t/metrics.jsonl
     notes="qft; fp32 storage"
+    [[ $t != full && $backend != cpu ]] && notes="qft; fp32 storage, frozen head bf16"
     params=$(sed -n 's/^model: .*; \([0-9.]*M\) parameters, \([0-9.]*M\) trainable.*/\1 parameters, \2 trainable/p' "$log" | head -1)
     [[ -n $params ]] && notes+="; $params"
     [[ -n ${t_ready[$t]:-} ]] && notes+="; host build + upload $(secs "${t_launch[$t]}" "${t_ready[$t]}") s"

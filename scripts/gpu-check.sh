@@ -99,20 +99,24 @@ elif (( rc != 0 )); then status=1; fi
 # memory: shard.cpu_offload), 4 steps of a tiny random Llama each, f32 saves; losses within
 # 1e-3 relative, every saved tensor within 1e-2 of its scale (the bf16 tolerances).
 parity_note=""
-parity() { # name config extra-sets...
+parity() { # name config [extra-sets...] [-- sets for the GPU runs only...]
     local name=$1 cfg=$2; shift 2
+    local both=() gpu=() only=0 a
+    for a in "$@"; do
+        if [[ $a == -- ]]; then only=1; elif (( only )); then gpu+=("$a"); else both+=("$a"); fi
+    done
     local sets=(--set train.max_steps=4 --set data.count=24 --set train.batch_size=2
                 --set model.config.hidden_size=64 --set model.config.intermediate_size=128
                 --set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2
                 --set model.config.num_key_value_heads=1 --set data.context_length=192
-                --set output.save_dtype='"f32"' -q "$@")
+                --set output.save_dtype='"f32"' -q "${both[@]}")
     local d="$BUILD/parity-$name"
     "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" --set output.dir="\"$d-cpu\"" &&
-    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" --set train.backend='"cuda"' \
+    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" "${gpu[@]}" --set train.backend='"cuda"' \
         --set shard.cpu_offload=true --set output.dir="\"$d-cuda\"" &&
     python3 scripts/compare_runs.py "$d-cpu" "$d-cuda" --loss-rel 1e-3 --tensor-rel 1e-2 &&
     # without cpu_offload: the optimizer and clipping on the GPU too
-    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" --set train.backend='"cuda"' \
+    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" "${gpu[@]}" --set train.backend='"cuda"' \
         --set output.dir="\"$d-cuda-dev\"" &&
     python3 scripts/compare_runs.py "$d-cpu" "$d-cuda-dev" --loss-rel 1e-3 --tensor-rel 1e-2
 }
@@ -139,13 +143,23 @@ parity_adapters() {
         parity $t || { echo "parity ${t%% *}: FAILED"; rc=1; }
     done
     parity dora lora --set adapter.plugin='"dora"' || { echo "parity dora: FAILED"; rc=1; }
+    # frozen dense weights kept as bf16 on the GPU (train.frozen_dtype) against fp32 on the
+    # CPU: the random fp32 model's frozen weights round to bf16 there. SGD, because AdamW's
+    # first steps move each weight by about lr times the sign of its gradient, so rounding
+    # of that size flips near-zero updates (LoRA's B starts at 0): 0.46 of B's scale apart
+    # with AdamW, 5.9e-3 with SGD (through cpu_guard in place of cuda).
+    local sgd=(--set train.optimizer='"sgd"' --set train.lr=0.05)
+    parity lora_bf16 lora "${sgd[@]}" -- --set train.frozen_dtype='"bf16"' ||
+        { echo "parity lora_bf16: FAILED"; rc=1; }
+    parity llama_pro_bf16 llama_pro "${sgd[@]}" -- --set train.frozen_dtype='"bf16"' ||
+        { echo "parity llama_pro_bf16: FAILED"; rc=1; }
     return $rc
 }
 if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD=$BUILD; parity_adapters" \
     | tee "$REPORT_DIR/parity_adapters.txt"; then
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora): ok"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16): ok"
 else
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora): FAILED"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16): FAILED"
     status=1
 fi
 

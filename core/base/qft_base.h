@@ -34,6 +34,9 @@ void qft_rng_seed(qft_rng *r, uint64_t seed);
 uint64_t qft_rng_next(qft_rng *r);
 double qft_rng_uniform(qft_rng *r);          /* [0, 1) */
 float qft_rng_normal(qft_rng *r);            /* N(0, 1), Box-Muller */
+/* Two independent N(0, 1) draws from one Box-Muller step: half the cost per value of
+ * qft_rng_normal, for bulk fills (random model init). */
+void qft_rng_normal_pair(qft_rng *r, float *a, float *b);
 /* A child stream for a named purpose, so adding a draw in one place does not shift
  * another place's numbers. */
 void qft_rng_fork(const qft_rng *parent, const char *purpose, qft_rng *child);

@@ -40,6 +40,14 @@ float qft_rng_normal(qft_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+void qft_rng_normal_pair(qft_rng *r, float *a, float *b) {
+    double u1 = qft_rng_uniform(r), u2 = qft_rng_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    const double rad = sqrt(-2.0 * log(u1)), t = 6.283185307179586 * u2;
+    *a = (float)(rad * cos(t));
+    *b = (float)(rad * sin(t));
+}
+
 void qft_rng_fork(const qft_rng *parent, const char *purpose, qft_rng *child) {
     /* FNV-1a of the purpose, mixed with the parent's state. */
     uint64_t h = 0xcbf29ce484222325ULL;

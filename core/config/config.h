@@ -44,6 +44,7 @@ typedef struct qft_run_config {
     struct {
         const char *backend;
         int device;
+        const char *frozen_dtype; /* "f32" | "bf16": frozen dense weights on the backend */
         int batch_size, grad_accum, epochs;
         long max_steps; /* -1 = from epochs */
         const char *optimizer;

@@ -13,6 +13,7 @@
 #include "cuda_twin.h"
 
 #include <math.h>
+#include <string.h>
 
 /* Elements per parallel chunk: large enough that a chunk's block or group look-ups are
  * amortised, small enough that a few rows still spread over the threads. */
@@ -20,7 +21,7 @@
 #define DEQ_PAR_MIN (4 * DEQ_CHUNK)
 
 int qft_cpu_has_qformat(int format) {
-    return format == QFT_QFMT_NF4 || format == QFT_QFMT_HQQ;
+    return format == QFT_QFMT_NF4 || format == QFT_QFMT_HQQ || format == QFT_QFMT_BF16;
 }
 
 /* Elements [f0, f0 + count) of an NF4 weight into dst (count). */
@@ -71,11 +72,22 @@ static void hqq_range(const qft_qlayout *w, const qft_twin_hqq_geom *g, int64_t 
     }
 }
 
+/* Elements [f0, f0 + count) of a bf16 weight into dst (count): exact, bf16 is fp32's top
+ * half. */
+static void bf16_range(const qft_qlayout *w, int64_t f0, int64_t count, float *dst) {
+    const uint16_t *v = w->buf[QFT_QL_BF16_VALUES]; // (out * in)
+    for (int64_t i = 0; i < count; i++) {
+        const uint32_t u = (uint32_t)v[f0 + i] << 16;
+        memcpy(&dst[i], &u, sizeof u);
+    }
+}
+
 /* 1 when w can be decoded for rows [row0, row0 + n): a known format with its buffers, a
  * geometry the format holds, rows inside the weight. */
 static int layout_ok(const qft_qlayout *w, int64_t row0, int64_t n, qft_twin_hqq_geom *g) {
     if (!w || w->out <= 0 || w->in <= 0 || row0 < 0 || n < 0 || row0 + n > w->out) return 0;
     const void *const *b = w->buf;
+    if (w->format == QFT_QFMT_BF16) return b[QFT_QL_BF16_VALUES] != NULL;
     if (w->format == QFT_QFMT_NF4)
         return w->nf4_blocksize > 0 && b[QFT_QL_NF4_PACKED] && b[QFT_QL_NF4_CODE] &&
                (b[QFT_QL_NF4_ABSMAX] || (b[QFT_QL_NF4_QABSMAX] && b[QFT_QL_NF4_NESTED_ABSMAX] &&
@@ -103,12 +115,13 @@ void qft_cpu_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *ds
     }
     const int64_t f0 = row0 * w->in, total = n * w->in; // elements of the flattened weight
     const int64_t chunks = (total + DEQ_CHUNK - 1) / DEQ_CHUNK;
-    const int hqq = w->format == QFT_QFMT_HQQ;
+    const int hqq = w->format == QFT_QFMT_HQQ, bf16 = w->format == QFT_QFMT_BF16;
 #pragma omp parallel for schedule(static) if (total >= DEQ_PAR_MIN)
     for (int64_t k = 0; k < chunks; k++) {
         const int64_t lo = k * DEQ_CHUNK;
         const int64_t cnt = total - lo < DEQ_CHUNK ? total - lo : DEQ_CHUNK;
-        if (hqq) hqq_range(w, &g, f0 + lo, cnt, dst + lo);
+        if (bf16) bf16_range(w, f0 + lo, cnt, dst + lo);
+        else if (hqq) hqq_range(w, &g, f0 + lo, cnt, dst + lo);
         else nf4_range(w, f0 + lo, cnt, dst + lo);
     }
 }

@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 extern "C" int qft_cuda_has_qformat(int format) {
-    return format == QFT_QFMT_NF4 || format == QFT_QFMT_HQQ;
+    return format == QFT_QFMT_NF4 || format == QFT_QFMT_HQQ || format == QFT_QFMT_BF16;
 }
 
 // The entry returns void: a layout the kernels cannot take, or a failed launch, becomes the
@@ -55,6 +55,11 @@ extern "C" void qft_cuda_dequantize(const qft_qlayout *w, int64_t row0, int64_t 
         q.axis = w->hqq_axis;
         q.n = w->out * w->in;
         rc = qft_cuda_hqq_dequantize(&q, f0, count, dst, QFT_DT_F32, &err);
+    } else if (w->format == QFT_QFMT_BF16) {
+        const uint16_t *v = (const uint16_t *)w->buf[QFT_QL_BF16_VALUES]; // (out, in)
+        if (!v) return bad_layout("bf16 layout without values");
+        qft_cuda_bf16_to_f32(dst, v + f0, (size_t)count); // records a failed launch itself
+        rc = 0;
     } else {
         snprintf(msg, sizeof msg, "packed format %d is not one this backend decodes", w->format);
         return bad_layout(msg);

@@ -64,7 +64,9 @@ typedef struct qft_param_entry {
     size_t numel;
     int role;              /* QFT_ROLE_* */
     struct qft_qweight *qw; /* the packed weight when role is QFT_ROLE_QUANTIZED */
-    struct qft_qlayout *ql; /* its buffers on another backend (qft_llama_to_backend) */
+    struct qft_qlayout *ql; /* on another backend: a packed weight's buffers there, or a
+                             * frozen dense one kept there as bf16 */
+    size_t dev_offset;      /* on another backend: its offset in dev_params (when no ql) */
     int layer, field;      /* where its views live: layer -1 = embed/norm/head (0/1/2),
                             * -2 = an adapter tensor (no view), else the field of
                             * qft_llama_layer_ptrs in declaration order */
@@ -162,6 +164,7 @@ typedef struct qft_llama_model {
      * offload of parameters, gradients and optimizer state). */
     const struct qft_ops *ops;
     float *dev_params, *dev_grads;
+    size_t n_dev_params;      /* floats of dev_params: trainable prefix + frozen fp32 ones */
     /* Packed weights on another backend are dequantized a tile of rows at a time into
      * this scratch (qtile_floats floats of backend memory) and multiplied from there. */
     float *qtile;
@@ -208,9 +211,13 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * Moves the passes onto `ops` (whose memory host code must not touch): allocates and
  * uploads dev_params, allocates dev_grads, points the views there; copies every packed
  * weight's buffers there (its quantizer must describe them: the `layout` entry, in a
- * format ops decodes), and attaches the adapters again on that backend. After weights
- * are in, gradients allocated and adapters attached; not with a unit layout. */
-int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, qft_err *err);
+ * format ops decodes), and attaches the adapters again on that backend. With frozen_bf16
+ * the frozen dense linears and an untied frozen head are kept there as bf16 (half the
+ * bytes; exact for weights that were bf16 to begin with, as Hugging Face checkpoints are)
+ * and multiplied through the tile path. After weights are in, gradients allocated and
+ * adapters attached; not with a unit layout. */
+int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, int frozen_bf16,
+                         qft_err *err);
 /* Attaches the adapters again on the host's copies (the cpu backend), as merging needs,
  * after qft_llama_params_to_host; the passes stay on the backend's copies. */
 int qft_llama_adapters_to_host(qft_llama_model *m, qft_err *err);

@@ -9,6 +9,42 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Frozen dense weights the backend may keep as bf16 (frozen_bf16): a block's linears and
+ * an untied head, whose products go through the tile path like packed weights. The
+ * embedding (a row lookup) and the norms (vectors) stay fp32. */
+static int bf16_candidate(const qft_llama_model *m, const qft_param_entry *e) {
+    if (e->role != QFT_ROLE_FROZEN || e->ndim != 2) return 0;
+    if (e->layer >= 0) return 1; /* a block's 2-D tensors are its linears */
+    return e->layer == -1 && e->field == 2 && !m->cfg.tie_word_embeddings;
+}
+
+/* Entry e as a QFT_QFMT_BF16 layout on the backend, rounded from the host's fp32 copy. */
+static int upload_bf16(qft_llama_model *m, const qft_ops *ops, qft_param_entry *e,
+                       qft_err *err) {
+    if (!ops->has_qformat || !ops->has_qformat(QFT_QFMT_BF16))
+        return qft_err_setf(err, "backend \"%s\" does not decode bf16 weights "
+                                 "(train.frozen_dtype = \"bf16\")",
+                            ops->name);
+    uint16_t *h = malloc(e->numel * sizeof *h); // (out, in)
+    qft_qlayout *dev = calloc(1, sizeof *dev);
+    void *d = ops->alloc(e->numel * sizeof *h, "frozen weights (bf16)");
+    if (!h || !dev || !d) {
+        free(h), free(dev);
+        if (d) ops->free(d);
+        return qft_err_setf(err, "%s: out of memory for its bf16 copy", e->name);
+    }
+    const float *w = m->params + e->offset; // (out, in)
+    for (size_t i = 0; i < e->numel; i++) h[i] = qft_f32_to_bf16(w[i]);
+    ops->upload(d, h, e->numel * sizeof *h);
+    free(h);
+    dev->format = QFT_QFMT_BF16;
+    dev->out = e->shape[0], dev->in = e->shape[1];
+    dev->buf[QFT_QL_BF16_VALUES] = d;
+    dev->bytes[QFT_QL_BF16_VALUES] = e->numel * sizeof *h;
+    e->ql = dev;
+    return 0;
+}
+
 /* The scratch for dequantized tiles: the largest packed weight, or this many bytes of
  * rows when that is larger (one tile of 64 MiB keeps cuBLASLt's GEMMs large: 4096 rows
  * of a 4096-wide weight). */
@@ -72,24 +108,39 @@ static void free_device(qft_llama_model *m, const qft_ops *ops) {
     if (m->dev_grads) ops->free(m->dev_grads);
     m->qtile = NULL, m->qtile_floats = 0;
     m->dev_params = m->dev_grads = NULL;
+    m->n_dev_params = 0;
 }
 
 void qft_llama_backend_free(qft_llama_model *m) {
     if (m->ops) free_device(m, m->ops);
 }
 
-int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, qft_err *err) {
+int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16, qft_err *err) {
     if (m->dev_params) return qft_err_setf(err, "the model is on a backend already");
     if (m->units)
         return qft_err_setf(err, "backend \"%s\": full sharding cuts the model in host memory "
                                  "in this version; use no_shard or shard_grad_op there",
                             ops->name);
     if (!m->grads) return qft_err_setf(err, "backend \"%s\": allocate gradients first", ops->name);
-    size_t biggest = 0; /* floats of the largest packed weight */
+    /* Packed weights, and frozen dense ones kept as bf16, have no fp32 copy there: the
+     * backend's flat buffer is the trainable prefix (same offsets as the host's) followed
+     * by the frozen fp32 tensors, each at dev_offset. */
+    size_t biggest = 0;               /* floats of the largest weight the tile path serves */
+    size_t n_dev = m->n_trainable;    /* floats of the backend's flat buffer */
     for (int i = 0; i < m->n_entries; i++) {
         qft_param_entry *e = &m->entries[i];
-        if (e->role != QFT_ROLE_QUANTIZED) continue;
-        if (upload_packed(m, ops, e, err)) goto fail;
+        e->dev_offset = e->offset;
+        if (e->role == QFT_ROLE_QUANTIZED) {
+            if (upload_packed(m, ops, e, err)) goto fail;
+        } else if (frozen_bf16 && bf16_candidate(m, e)) {
+            if (upload_bf16(m, ops, e, err)) goto fail;
+        } else {
+            if (e->role != QFT_ROLE_TRAIN) {
+                e->dev_offset = n_dev;
+                n_dev += (e->numel + 15) / 16 * 16; /* 64-byte aligned starts */
+            }
+            continue;
+        }
         if (e->numel > biggest) biggest = e->numel;
     }
     if (biggest) {
@@ -97,8 +148,7 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, qft_err *err) {
         m->qtile_floats = biggest < budget ? biggest : budget;
         /* at least one row of the widest weight */
         for (int i = 0; i < m->n_entries; i++)
-            if (m->entries[i].role == QFT_ROLE_QUANTIZED &&
-                (size_t)m->entries[i].shape[1] > m->qtile_floats)
+            if (m->entries[i].ql && (size_t)m->entries[i].shape[1] > m->qtile_floats)
                 m->qtile_floats = (size_t)m->entries[i].shape[1];
         m->qtile = ops->alloc(m->qtile_floats * sizeof(float), "dequantized tiles");
         if (!m->qtile) {
@@ -108,21 +158,25 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, qft_err *err) {
             goto fail;
         }
     }
-    m->dev_params = ops->alloc((m->n_params ? m->n_params : 1) * sizeof(float), "parameters");
+    m->dev_params = ops->alloc((n_dev ? n_dev : 1) * sizeof(float), "parameters");
     m->dev_grads = ops->alloc((m->n_trainable ? m->n_trainable : 1) * sizeof(float), "gradients");
     if (!m->dev_params || !m->dev_grads) {
-        qft_err_setf(err, "backend \"%s\": out of memory for %zu parameters", ops->name,
-                     m->n_params);
+        qft_err_setf(err, "backend \"%s\": out of memory for %zu parameters", ops->name, n_dev);
         goto fail;
     }
-    ops->upload(m->dev_params, m->params, m->n_params * sizeof(float));
+    m->n_dev_params = n_dev;
+    ops->upload(m->dev_params, m->params, m->n_trainable * sizeof(float));
     ops->zero(m->dev_grads, m->n_trainable);
     for (int i = 0; i < m->n_entries; i++) {
         const qft_param_entry *e = &m->entries[i];
-        /* adapter tensors have no view (their adapter is attached again below); packed
-         * weights have none either (their linears read e->ql) */
+        if (e->role == QFT_ROLE_FROZEN && !e->ql)
+            ops->upload(m->dev_params + e->dev_offset, m->params + e->offset,
+                        e->numel * sizeof(float));
+        /* adapter tensors have no view (their adapter is attached again below); packed and
+         * bf16 weights have none either (their linears read e->ql) */
         if (e->layer == -2 || e->role == QFT_ROLE_QUANTIZED) continue;
-        *qft_llama_view_slot(&m->p, e->layer, e->field) = m->dev_params + e->offset;
+        *qft_llama_view_slot(&m->p, e->layer, e->field) =
+            e->ql ? NULL : m->dev_params + e->dev_offset;
         if (e->role == QFT_ROLE_TRAIN)
             *qft_llama_view_slot(&m->g, e->layer, e->field) = m->dev_grads + e->offset;
     }

@@ -94,7 +94,8 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
                          loss_scale / (float)a->n_valid);
     a->logits_valid = 0;
     const float *dlogits = a->logits;                                            // (N, V)
-    o->gemm(0, 0, N, C, V, 1.0f, dlogits, V, m->p.lm_head, C, 0.0f, a->dln, C);   // (N, C)
+    const qft_llama_linear head = qft_llama_head_of(m);
+    if (qft_llama_base_bwd_x(o, &head, dlogits, V, N, a->dln, 0.0f, err)) return -1; // (N, C)
     /* tied: g.lm_head is g.embed, so the head's gradient lands in the embedding's */
     if (m->g.lm_head)
         o->gemm(1, 0, V, C, N, 1.0f, dlogits, V, a->lnf, C, 1.0f, m->g.lm_head, C); // (V, C)

@@ -105,7 +105,8 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, L + 1, err)) return -1;
     const float *xL = a->x + L * cN * C; // (N, C)
     o->rmsnorm_fwd(a->lnf, a->rstdf, xL, m->p.norm, N, C, c->rms_norm_eps);
-    o->gemm(0, 1, N, V, C, 1.0f, a->lnf, C, m->p.lm_head, C, 0.0f, a->logits, V); // (N, V)
+    const qft_llama_linear head = qft_llama_head_of(m);
+    if (qft_llama_base_fwd(o, &head, a->lnf, N, a->logits, V, 0.0f, err)) return -1; // (N, V)
 
     /* transformers shifts inside the loss: logits[t] is scored against labels[t+1] */
     for (int bi = 0; bi < B; bi++)

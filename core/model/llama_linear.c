@@ -18,9 +18,18 @@ qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int
     }
     qft_llama_linear lin = {.out = (int)e->shape[0], .in = (int)e->shape[1], .w = w[k],
                             .dw = dw[k], .ad = m->adapted ? m->adapted[l][k] : NULL};
-    if (e->role == QFT_ROLE_QUANTIZED) {
-        lin.qvt = m->qvt, lin.qw = e->qw;
-        if (e->ql) lin.ql = e->ql, lin.qtile = m->qtile, lin.qtile_floats = m->qtile_floats;
+    if (e->role == QFT_ROLE_QUANTIZED) lin.qvt = m->qvt, lin.qw = e->qw;
+    if (e->ql) lin.ql = e->ql, lin.qtile = m->qtile, lin.qtile_floats = m->qtile_floats;
+    return lin;
+}
+
+qft_llama_linear qft_llama_head_of(const qft_llama_model *m) {
+    qft_llama_linear lin = {.out = m->cfg.vocab_size, .in = m->cfg.hidden_size,
+                            .w = m->p.lm_head};
+    for (int i = 0; !lin.w && i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (e->layer == -1 && e->field == 2 && e->ql)
+            lin.ql = e->ql, lin.qtile = m->qtile, lin.qtile_floats = m->qtile_floats;
     }
     return lin;
 }

@@ -334,7 +334,13 @@ static void fill_normal(const qft_rng *tensor, float *p, size_t n, float std) {
         qft_rng_fork(tensor, key, &r);
         const size_t lo = (size_t)c * QFT_LLAMA_INIT_CHUNK;
         const size_t hi = lo + QFT_LLAMA_INIT_CHUNK < n ? lo + QFT_LLAMA_INIT_CHUNK : n;
-        for (size_t j = lo; j < hi; j++) p[j] = std * qft_rng_normal(&r);
+        size_t j = lo;
+        for (; j + 1 < hi; j += 2) {
+            float a, b;
+            qft_rng_normal_pair(&r, &a, &b);
+            p[j] = std * a, p[j + 1] = std * b;
+        }
+        if (j < hi) p[j] = std * qft_rng_normal(&r);
     }
 }
 

@@ -64,6 +64,11 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
      * runs there too (one process; run_train.c refuses several ranks, whose collectives
      * work on host memory); with it, parameters, gradients and optimizer state stay in host
      * memory (FSDP's CPU offload) and the optimizer runs on the CPU. */
+    if (d->ops == qft_cpu_ops() && strcmp(rc->train.frozen_dtype, "f32") != 0)
+        return qft_err_setf(err, "%s: train.frozen_dtype = \"%s\" keeps frozen weights in "
+                                 "another backend's memory; the cpu backend computes on the "
+                                 "host's fp32 copies (remove the key, or set train.backend)",
+                            rc->file, rc->train.frozen_dtype);
     if (d->ops == qft_cpu_ops() && rc->shard.cpu_offload) {
         return qft_err_setf(err, "%s: shard.cpu_offload = true: the cpu backend keeps "
                                  "everything in host memory already; remove the key",

@@ -251,7 +251,9 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         prepare_optimizer(rc, &s, user_quiet, err))
         goto done;
     /* another backend (train.backend): the passes run on its copy of the model */
-    if (s.data.ops != qft_cpu_ops() && qft_llama_to_backend(&s.model, s.data.ops, err))
+    if (s.data.ops != qft_cpu_ops() &&
+        qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
+                             err))
         goto done;
     /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
      * checkpoint, then every rank holds the full parameters; the loop starts after it. */

@@ -62,7 +62,7 @@ typedef struct qft_ops_sgd_scalars {
  * backend's memory and the backend's `dequantize` decodes rows from them. The formats are
  * the peers' (bitsandbytes NF4, hqq), with every buffer in the plugin's own layout; a
  * plugin with another format runs on the cpu backend only. */
-enum { QFT_QFMT_NONE = 0, QFT_QFMT_NF4 = 1, QFT_QFMT_HQQ = 2 };
+enum { QFT_QFMT_NONE = 0, QFT_QFMT_NF4 = 1, QFT_QFMT_HQQ = 2, QFT_QFMT_BF16 = 3 };
 #define QFT_QLAYOUT_MAX_BUFS 8
 /* Buffer indices of QFT_QFMT_NF4 (bitsandbytes): the flattened weight (n = out * in) in
  * blocks of `blocksize` consecutive elements, two 4-bit codes a byte (the first element
@@ -88,6 +88,11 @@ enum {
     QFT_QL_HQQ_ZERO_Q,       /* u8 (n_groups) */
     QFT_QL_HQQ_SCALE_Q,      /* u8 (n_groups) */
     QFT_QL_HQQ_SCALE_META    /* f32 (2, n_groups / 128): scale row, then zero row */
+};
+/* Buffer index of QFT_QFMT_BF16: a dense weight stored as bfloat16 (the core's own format
+ * for frozen dense weights on a backend, train.frozen_dtype = "bf16"). */
+enum {
+    QFT_QL_BF16_VALUES = 0   /* u16 (out, in), bfloat16 bit patterns */
 };
 typedef struct qft_qlayout {
     int format;            /* QFT_QFMT_* */

@@ -170,6 +170,40 @@ START_TEST(test_adapters_same_as_cpu) {
 }
 END_TEST
 
+/* train.frozen_dtype = "bf16": the frozen dense linears and head kept as bf16 on the
+ * backend. From a checkpoint saved in bf16 (as Hugging Face ones are) that loses nothing:
+ * LoRA and Llama-Pro on cpu_guard equal the cpu backend's fp32 runs bit for bit. */
+START_TEST(test_frozen_bf16) {
+    char base[8192], a[8192], b[8192], extra[8192 + 256], pa[8192 + 64], pb[8192 + 64];
+    snprintf(base, sizeof base, "%s/bf16-base", g_tmp);
+    train("full", "cpu", 1,
+          "--set train.max_steps=1 --set output.save=\\\"model\\\" "
+          "--set output.save_dtype=\\\"bf16\\\"",
+          base);
+    /* settings under which 4 (8) steps from this base lower the loss */
+    const char *types[] = {"lora", "llama_pro"};
+    const char *sets[] = {"--set train.lr=0.01",
+                          "--set train.lr=0.003 --set train.max_steps=8 --set data.count=40"};
+    const int steps[] = {4, 8};
+    for (int i = 0; i < 2; i++) {
+        if (!ru_type_built("QFT_TRAIN_TYPES", types[i])) continue;
+        snprintf(a, sizeof a, "%s/bf16-cpu-%d", g_tmp, i);
+        snprintf(b, sizeof b, "%s/bf16-guard-%d", g_tmp, i);
+        snprintf(extra, sizeof extra, "--set \"model={ path = \\\"%s/model\\\"; }\" %s", base,
+                 sets[i]);
+        train(types[i], "cpu", 1, extra, a);
+        strncat(extra, " --set train.frozen_dtype=\\\"bf16\\\"", sizeof extra - strlen(extra) - 1);
+        train(types[i], "cpu_guard", 0, extra, b);
+        ru_same_metrics(a, b, steps[i]);
+        saved_file(a, pa, sizeof pa);
+        saved_file(b, pb, sizeof pb);
+        const int n = ru_same_tensors(pa, pb);
+        printf("%s from a bf16 checkpoint, frozen weights bf16 on cpu_guard: equals cpu bit for "
+               "bit (%d tensors)\n", types[i], n);
+    }
+}
+END_TEST
+
 /* The optimizer on the backend, with a training-state checkpoint after step 2 (staged
  * through host memory) and a run resumed from it: the cpu backend's uninterrupted bits. */
 START_TEST(test_backend_resume) {
@@ -206,6 +240,7 @@ static void refused(const char *type, const char *sets, const char *want) {
 
 START_TEST(test_refusals) {
     refused("full", "--set shard.cpu_offload=true", "keeps everything in host memory already");
+    refused("lora", "--set train.frozen_dtype=\\\"bf16\\\"", "the cpu backend computes on the host");
 }
 END_TEST
 
@@ -256,6 +291,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
     tcase_add_loop_test(tc, test_adapters_same_as_cpu, 0,
                         (int)(sizeof k_adapter_cases / sizeof k_adapter_cases[0]));
+    tcase_add_test(tc, test_frozen_bf16);
     tcase_add_test(tc, test_backend_resume);
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_ranks);

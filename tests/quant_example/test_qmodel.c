@@ -199,7 +199,7 @@ START_TEST(test_no_layout_refused_on_backend) {
     ck_assert_msg(qft_llama_init_random(&q, 5, &err) == 0, "%s", err.msg);
     ck_assert_msg(qft_llama_alloc_grads(&q, &err) == 0, "%s", err.msg);
     ck_assert_ptr_null(g_vt->layout);
-    ck_assert_int_ne(qft_llama_to_backend(&q, qft_cpu_guard_ops(), &err), 0);
+    ck_assert_int_ne(qft_llama_to_backend(&q, qft_cpu_guard_ops(), 0, &err), 0);
     ck_assert_msg(strstr(err.msg, "does not describe its packed weights") != NULL, "%s",
                   err.msg);
     ck_assert_ptr_null(q.dev_params);

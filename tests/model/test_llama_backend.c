@@ -1,0 +1,138 @@
+/* The model on another backend's memory with its frozen dense weights kept there as bf16
+ * (qft_llama_to_backend with frozen_bf16), on the memory-guarded cpu_guard backend: every
+ * frozen linear and the untied head become bf16 layouts with no fp32 copy there, the
+ * backend's flat buffer shrinks to the trainable prefix plus the frozen fp32 tensors, and
+ * for weights that are bf16 to begin with (as Hugging Face checkpoints are) the loss and
+ * the gradients equal the cpu backend's fp32 run. */
+#include "cpu_ops.h"
+#include "llama.h"
+#include "qft_base.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* block linears and the head frozen, the rest (embedding, norms) trains */
+static int role_frozen(void *ctx, const char *name, int is_linear) {
+    (void)ctx;
+    return is_linear || strcmp(name, "lm_head.weight") == 0 ? QFT_ROLE_FROZEN : QFT_ROLE_TRAIN;
+}
+
+static void build(qft_llama_model *m) {
+    qft_err err = {0};
+    qft_llama_config c;
+    qft_llama_config_defaults(&c);
+    c.vocab_size = 101, c.hidden_size = 48, c.intermediate_size = 112;
+    c.num_hidden_layers = 2, c.num_attention_heads = 4, c.num_key_value_heads = 2;
+    c.head_dim = 12, c.max_position_embeddings = 64, c.tie_word_embeddings = 0;
+    qft_llama_build b = {.role = role_frozen};
+    ck_assert_msg(qft_llama_alloc_build(m, &c, &b, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_init_random(m, 17, &err) == 0, "%s", err.msg);
+    /* frozen weights as a bf16 checkpoint would hold them */
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (e->role != QFT_ROLE_FROZEN) continue;
+        float *p = m->params + e->offset; // (numel)
+        for (size_t j = 0; j < e->numel; j++) p[j] = qft_bf16_to_f32(qft_f32_to_bf16(p[j]));
+    }
+    ck_assert_msg(qft_llama_alloc_grads(m, &err) == 0, "%s", err.msg);
+}
+
+START_TEST(test_frozen_bf16_on_backend) {
+    qft_err err = {0};
+    qft_llama_model a, b;
+    build(&a);
+    build(&b);
+    ck_assert_msg(qft_llama_to_backend(&b, qft_cpu_guard_ops(), 1, &err) == 0, "%s", err.msg);
+
+    /* what went where: bf16 layouts for the 2-D frozen tensors, fp32 for the rest */
+    size_t want_dev = b.n_trainable, n_bf16 = 0;
+    for (int i = 0; i < b.n_entries; i++) {
+        const qft_param_entry *e = &b.entries[i];
+        if (e->role == QFT_ROLE_FROZEN && e->ndim == 2) {
+            ck_assert_msg(e->ql != NULL, "%s has no bf16 copy", e->name);
+            ck_assert_int_eq(e->ql->format, QFT_QFMT_BF16);
+            ck_assert_uint_eq(e->ql->bytes[QFT_QL_BF16_VALUES], e->numel * 2);
+            n_bf16++;
+        } else {
+            ck_assert_msg(e->ql == NULL, "%s: unexpected layout", e->name);
+            if (e->role == QFT_ROLE_FROZEN) want_dev += (e->numel + 15) / 16 * 16;
+        }
+    }
+    ck_assert_uint_eq(n_bf16, 2 * 7 + 1); /* 7 linears a block and the head */
+    ck_assert_uint_eq(b.n_dev_params, want_dev);
+    ck_assert_uint_lt(b.n_dev_params, b.n_params / 2);
+    ck_assert_ptr_null(b.p.lm_head);
+    ck_assert_ptr_null(b.p.layers[1].wdown);
+
+    /* one forward and backward each: the same loss and gradients */
+    int32_t ids[24], labels[24];
+    uint8_t mask[24];
+    qft_rng r;
+    qft_rng_seed(&r, 5);
+    for (int i = 0; i < 24; i++) {
+        ids[i] = (int32_t)(qft_rng_next(&r) % 101);
+        labels[i] = i % 5 == 2 ? -100 : ids[i];
+        mask[i] = i < 21;
+        if (!mask[i]) labels[i] = -100;
+    }
+    qft_batch batch = {2, 12, ids, labels, mask};
+    float la = NAN, lb = NAN;
+    ck_assert_msg(qft_llama_forward(&a, &batch, &la, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_backward(&a, &batch, 1.0f, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_forward(&b, &batch, &lb, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_backward(&b, &batch, 1.0f, &err) == 0, "%s", err.msg);
+    qft_llama_grads_to_host(&b);
+    ck_assert_msg(fabsf(la - lb) <= 1e-6f * fabsf(la), "loss %.9g (cpu) vs %.9g (bf16 there)",
+                  (double)la, (double)lb);
+    double worst = 0, gmax = 0;
+    for (size_t i = 0; i < a.n_trainable; i++) {
+        const double d = fabs((double)a.grads[i] - b.grads[i]);
+        worst = d > worst ? d : worst;
+        gmax = fabs((double)a.grads[i]) > gmax ? fabs((double)a.grads[i]) : gmax;
+    }
+    ck_assert_msg(gmax > 0, "all gradients are zero");
+    ck_assert_msg(worst <= 1e-6 * gmax, "gradients differ by %.3g (largest %.3g)", worst, gmax);
+    printf("frozen bf16 on cpu_guard: %zu of %zu floats there in fp32, loss %.9g vs %.9g, "
+           "gradients within %.3g of %.3g\n",
+           b.n_dev_params, b.n_params, (double)la, (double)lb, worst, gmax);
+    qft_llama_free(&a);
+    qft_llama_free(&b);
+}
+END_TEST
+
+/* A backend that does not decode bf16 weights is refused with a message, and the model
+ * is left on the host. */
+static int no_formats(int format) {
+    (void)format;
+    return 0;
+}
+
+START_TEST(test_frozen_bf16_refused) {
+    qft_err err = {0};
+    qft_llama_model m;
+    build(&m);
+    qft_ops ops = *qft_cpu_guard_ops();
+    ops.name = "without bf16";
+    ops.has_qformat = no_formats;
+    ck_assert_int_ne(qft_llama_to_backend(&m, &ops, 1, &err), 0);
+    ck_assert_msg(strstr(err.msg, "does not decode bf16 weights") != NULL, "%s", err.msg);
+    ck_assert_ptr_null(m.dev_params);
+    qft_llama_free(&m);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("model_backend");
+    TCase *tc = tcase_create("model_backend");
+    tcase_add_test(tc, test_frozen_bf16_on_backend);
+    tcase_add_test(tc, test_frozen_bf16_refused);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
