@@ -106,8 +106,8 @@ adapter_sets() { # the PyTorch rows' LoRA/DoRA: r 16, alpha 32, all 7 linears
     qlora) echo "--set adapter.rank=16 --set adapter.alpha=32 --set adapter.dropout=0.05 --set adapter.target_modules=\"all-linear\"" ;;
     bnb_dora) echo "--set adapter.rank=16 --set adapter.alpha=32 --set adapter.dropout=0.0 --set adapter.target_modules=\"all-linear\"" ;;
     esac
-    # the frozen head as bf16 on the device, as PyTorch holds it (the cpu backend has no
-    # such copy and refuses the key)
+    # the frozen embedding and head as bf16 on the device, as PyTorch holds them (the cpu
+    # backend has no such copy and refuses the key)
     case $1 in qlora | bnb_dora) [[ $backend == cpu ]] || echo "--set train.frozen_dtype=\"bf16\"" ;; esac
 }
 
@@ -239,7 +239,7 @@ echo "|---|---|---|---|---|---|"
 for t in "${types[@]}"; do
     log=$out/$t.log m=$out/$t/metrics.jsonl
     notes="qft; fp32 storage"
-    [[ $t != full && $backend != cpu ]] && notes="qft; fp32 storage, frozen head bf16"
+    [[ $t != full && $backend != cpu ]] && notes="qft; fp32 storage, frozen embedding and head bf16"
     params=$(sed -n 's/^model: .*; \([0-9.]*M\) parameters, \([0-9.]*M\) trainable.*/\1 parameters, \2 trainable/p' "$log" | head -1)
     [[ -n $params ]] && notes+="; $params"
     [[ -n ${t_ready[$t]:-} ]] && notes+="; host build + upload $(secs "${t_launch[$t]}" "${t_ready[$t]}") s"

@@ -12,10 +12,11 @@
 #      failure);
 #   3. trains a tiny random Llama on the GPU and on the CPU and compares the runs: the
 #      dense train_types (full, llama_pro), then the adapter ones (lora, qlora, hqq_lora,
-#      dense DoRA, bnb_dora (QDoRA), hqq_dora);
-#   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full,
-#      qlora and bnb_dora (QDoRA) on a random Llama-3-8B-shaped model with fewer layers
-#      (the layers column says how many), context 2048, batch 1, recomputation, and of
+#      dense DoRA, bnb_dora (QDoRA), hqq_dora), and lora and llama_pro with their frozen
+#      weights kept as bf16 on the GPU (train.frozen_dtype);
+#   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full
+#      (4 layers), qlora and bnb_dora (QDoRA; 32 layers) on a random Llama-3-8B-shaped
+#      model (the layers column says how many), context 2048, batch 1, recomputation, and of
 #      PyTorch + PEFT (+ bitsandbytes) on the same shapes when python3 has them;
 #   5. runs bench/cuda_bench: bf16 cuBLASLt GEMM TFLOP/s on the Llama-3-8B shapes at
 #      M = 2048 against the measured peak, attention forward/backward time at T = 2048,
@@ -34,11 +35,13 @@
 # yet, so the first run of this script is also the kernels' first run. The same holds for
 # the HQQ and quantized-linear kernels added after it (compiled, not run): their twins
 # check the indexing and GEMM arguments against the hqq plugin on the CPU; the
-# tile-on-chip dequantizing GEMM is not written. The model
-# runs on the CUDA backend for the dense train_types (full, llama_pro) with parameters,
-# gradients and optimizer state in host memory (shard.cpu_offload); its device discipline
-# was checked on the CPU through the memory-guarded cpu_guard backend (tests/apps
-# backend_guard), and the parity step below compares it with the CPU backend. The
+# tile-on-chip dequantizing GEMM is not written. The model runs on the CUDA backend for
+# every train_type (the dense ones first, then the quantized and adapter ones: packed
+# weights uploaded packed, dequantized a tile at a time into the GEMM's scratch, adapters
+# through the op table; frozen dense weights optionally bf16), with the optimizer on the
+# device or in host memory (shard.cpu_offload); its device discipline was checked on the
+# CPU through the memory-guarded cpu_guard backend (tests/apps backend_guard), and the
+# parity steps below compare it with the CPU backend. The
 # tokens/s and peak-memory table for full, QLoRA and QDoRA against PyTorch + PEFT (step 4)
 # was added later and has only run on the CPU (cpu and cpu_guard backends, small shapes).
 # The adapter train_types' parity and the adapter ops' kernels (core/cuda/cuda_adapt.cu)

@@ -235,6 +235,13 @@ static void guard_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, floa
     CLOSE();
 }
 
+static void guard_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table,
+                                     int N, int C) {
+    OPEN();
+    qft_cpu_embedding_fwd_bf16(out, ids, table, N, C);
+    CLOSE();
+}
+
 static const qft_ops guard_ops = {
     .name = "cpu_guard",
     .alloc = guard_alloc,
@@ -272,6 +279,7 @@ static const qft_ops guard_ops = {
     .div = guard_div,
     .row_norms = guard_row_norms,
     .dropout = guard_dropout,
+    .embedding_fwd_bf16 = guard_embedding_fwd_bf16,
 };
 
 const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

@@ -73,6 +73,19 @@ void qft_cpu_embedding_fwd(float *out, const int32_t *ids, const float *table, i
         memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof *out); // (C)
 }
 
+void qft_cpu_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table, int N,
+                                int C) {
+#pragma omp parallel for schedule(static) if (N > 64)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *row = table + (size_t)ids[n] * C; // (C)
+        float *o = out + (size_t)n * C;                   // (C)
+        for (int c = 0; c < C; c++) {
+            const uint32_t u = (uint32_t)row[c] << 16; /* bf16 is fp32's top half */
+            memcpy(&o[c], &u, sizeof u);
+        }
+    }
+}
+
 /* Threads split the columns, not the rows: a token id repeats across rows, and column
  * ownership keeps each sum in row order whatever the thread count. */
 void qft_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int N, int C) {
@@ -137,6 +150,7 @@ static const qft_ops cpu_ops = {
     .div = qft_cpu_div,
     .row_norms = qft_cpu_row_norms,
     .dropout = qft_cpu_dropout,
+    .embedding_fwd_bf16 = qft_cpu_embedding_fwd_bf16,
 };
 
 const qft_ops *qft_cpu_ops(void) { return &cpu_ops; }

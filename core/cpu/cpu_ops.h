@@ -24,6 +24,8 @@ void qft_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, cons
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);
 void qft_cpu_add(float *out, const float *a, const float *b, size_t n);
 void qft_cpu_embedding_fwd(float *out, const int32_t *ids, const float *table, int N, int C);
+void qft_cpu_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table, int N,
+                                int C);
 void qft_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int N, int C);
 void qft_cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C,
                          float eps);

@@ -19,6 +19,16 @@ __global__ void embedding_fwd_kernel(float *out, const int32_t *ids, const float
     }
 }
 
+// The same from a bf16 table: bf16 is fp32's top half, so the widening is exact.
+__global__ void embedding_fwd_bf16_kernel(float *out, const int32_t *ids, const uint16_t *table,
+                                          int N, int C) {
+    const size_t total = (size_t)N * C; // (N, C)
+    QFT_CUDA_GRID_STRIDE(e, total) {
+        const size_t n = e / C, c = e % C;
+        out[e] = __uint_as_float((unsigned)table[(size_t)ids[n] * C + c] << 16);
+    }
+}
+
 // One thread per column walks the rows in order 0..N-1: an id that repeats is summed in
 // row order, as on the CPU, with no atomics (deterministic, bit-identical to the CPU).
 __global__ void embedding_bwd_kernel(float *dtable, const float *dout, const int32_t *ids, int N,
@@ -96,6 +106,14 @@ static __global__ void scale_kernel(float *x, size_t n, float coef) {
 void qft_cuda_add(float *out, const float *a, const float *b, size_t n) {
     if (!n) return;
     add_kernel<<<qft_cuda_grid_for(n), QFT_CUDA_TPB>>>(out, a, b, n);
+    CUDA_LAUNCHED();
+}
+
+void qft_cuda_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table, int N,
+                                 int C) {
+    if (N <= 0 || C <= 0) return;
+    embedding_fwd_bf16_kernel<<<qft_cuda_grid_for((size_t)N * C), QFT_CUDA_TPB>>>(out, ids, table,
+                                                                                  N, C);
     CUDA_LAUNCHED();
 }
 

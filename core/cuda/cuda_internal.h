@@ -80,6 +80,8 @@ void qft_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, con
 void qft_cuda_gemm_release(void);
 void qft_cuda_add(float *out, const float *a, const float *b, size_t n);
 void qft_cuda_embedding_fwd(float *out, const int32_t *ids, const float *table, int N, int C);
+void qft_cuda_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table, int N,
+                                 int C);
 void qft_cuda_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int N, int C);
 void qft_cuda_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C,
                           float eps);

@@ -204,6 +204,7 @@ static const qft_ops cuda_ops = {
     qft_cuda_div,
     qft_cuda_row_norms,
     qft_cuda_dropout,
+    qft_cuda_embedding_fwd_bf16,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90

@@ -212,9 +212,10 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * uploads dev_params, allocates dev_grads, points the views there; copies every packed
  * weight's buffers there (its quantizer must describe them: the `layout` entry, in a
  * format ops decodes), and attaches the adapters again on that backend. With frozen_bf16
- * the frozen dense linears and an untied frozen head are kept there as bf16 (half the
- * bytes; exact for weights that were bf16 to begin with, as Hugging Face checkpoints are)
- * and multiplied through the tile path. After weights are in, gradients allocated and
+ * the frozen dense linears and an untied frozen head and embedding are kept there as bf16
+ * (half the bytes; exact for weights that were bf16 to begin with, as Hugging Face
+ * checkpoints are): the linears and the head multiply through the tile path, the
+ * embedding's rows are widened as they are looked up. After weights are in, gradients allocated and
  * adapters attached; not with a unit layout. */
 int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, int frozen_bf16,
                          qft_err *err);

@@ -10,18 +10,20 @@
 #include <string.h>
 
 /* Frozen dense weights the backend may keep as bf16 (frozen_bf16): a block's linears and
- * an untied head, whose products go through the tile path like packed weights. The
- * embedding (a row lookup) and the norms (vectors) stay fp32. */
+ * an untied head, whose products go through the tile path like packed weights, and an
+ * untied embedding, whose rows the backend widens as it looks them up. The norms
+ * (vectors) stay fp32. */
 static int bf16_candidate(const qft_llama_model *m, const qft_param_entry *e) {
     if (e->role != QFT_ROLE_FROZEN || e->ndim != 2) return 0;
     if (e->layer >= 0) return 1; /* a block's 2-D tensors are its linears */
-    return e->layer == -1 && e->field == 2 && !m->cfg.tie_word_embeddings;
+    /* the embedding (field 0, looked up by embedding_fwd_bf16) and the head (2), untied */
+    return e->layer == -1 && (e->field == 0 || e->field == 2) && !m->cfg.tie_word_embeddings;
 }
 
 /* Entry e as a QFT_QFMT_BF16 layout on the backend, rounded from the host's fp32 copy. */
 static int upload_bf16(qft_llama_model *m, const qft_ops *ops, qft_param_entry *e,
                        qft_err *err) {
-    if (!ops->has_qformat || !ops->has_qformat(QFT_QFMT_BF16))
+    if (!ops->has_qformat || !ops->has_qformat(QFT_QFMT_BF16) || !ops->embedding_fwd_bf16)
         return qft_err_setf(err, "backend \"%s\" does not decode bf16 weights "
                                  "(train.frozen_dtype = \"bf16\")",
                             ops->name);

@@ -91,7 +91,10 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
      * reads the embedding, which then stays until backward is past the head. */
     const int tied = m->cfg.tie_word_embeddings;
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, 0, err)) return -1;
-    o->embedding_fwd(a->x, a->ids, m->p.embed, N, C);
+    if (m->p.embed)
+        o->embedding_fwd(a->x, a->ids, m->p.embed, N, C);
+    else /* frozen and kept as bf16 on the backend */
+        o->embedding_fwd_bf16(a->x, a->ids, qft_llama_embed_bf16(m), N, C);
     if (!tied && qft_llama_unit_event(m, QFT_UNIT_RELEASE, 0, err)) return -1;
     /* with recomputation, adapters keep nothing in this pass: backward repeats it */
     m->astep.no_grad = a->fwd_recompute;

@@ -105,6 +105,8 @@ int qft_llama_adapters_rebind(qft_llama_model *m, int on_backend, qft_err *err);
 qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int grads);
 /* The LM head as a linear (V, C): the view p.lm_head, or its bf16 copy on a backend. */
 qft_llama_linear qft_llama_head_of(const qft_llama_model *m);
+/* The embedding's bf16 copy on a backend (V, C), NULL when it has none. */
+const uint16_t *qft_llama_embed_bf16(const qft_llama_model *m);
 
 /* A group of linears sharing one input, whose outputs sit side by side in one buffer
  * (q,k,v into qkv; gate,up into gu; or one linear alone). When the dense weights (or

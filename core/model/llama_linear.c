@@ -34,6 +34,14 @@ qft_llama_linear qft_llama_head_of(const qft_llama_model *m) {
     return lin;
 }
 
+const uint16_t *qft_llama_embed_bf16(const qft_llama_model *m) {
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (e->layer == -1 && e->field == 0 && e->ql) return e->ql->buf[QFT_QL_BF16_VALUES];
+    }
+    return NULL;
+}
+
 qft_llama_lin_group qft_llama_qkv_group(const qft_llama_model *m, int l, int grads) {
     return (qft_llama_lin_group){3,
                                  {qft_llama_linear_of(m, l, QFT_LIN_Q, grads),

@@ -284,6 +284,10 @@ typedef struct qft_ops {
      * mask of qft_ops_dropout_keep for (key, p). dst may alias src without accumulate. */
     void (*dropout)(uint64_t key, double p, const float *src, int64_t N, int64_t d, float *dst,
                     int accumulate);
+    /* out (N, C) = table (V, C) [ids (N)] from a bf16 table (bit patterns), exactly: a
+     * frozen embedding kept as bf16 (QFT_QFMT_BF16). Ids in [0, V): the caller checks. */
+    void (*embedding_fwd_bf16)(float *out, const int32_t *ids, const uint16_t *table, int N,
+                               int C);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

@@ -7,6 +7,7 @@
  * of 256), so the grid-stride loops wrap. */
 #include "ops_suites.h"
 
+#include "cpu_ops.h"
 #include "cpu_optim.h"
 #include "cuda_test_util.h"
 #include "qft_base.h"
@@ -112,6 +113,31 @@ START_TEST(test_div) {
 }
 END_TEST
 
+/* ---- embedding_fwd_bf16 ---------------------------------------------------------------------- */
+START_TEST(test_embedding_bf16) {
+    const int V = 1000, C = 200, N = 333;
+    uint16_t *table = malloc((size_t)V * C * 2);
+    int32_t *ids = malloc((size_t)N * 4);
+    float *vals = ctu_calloc((size_t)V * C, 4), *ref = ctu_calloc((size_t)N * C, 4),
+          *got = ctu_calloc((size_t)N * C, 4);
+    ck_assert(table && ids);
+    ctu_fill(vals, (size_t)V * C, 231, 2.0f);
+    for (size_t i = 0; i < (size_t)V * C; i++) table[i] = qft_f32_to_bf16(vals[i]);
+    for (int n = 0; n < N; n++) ids[n] = (int32_t)((n * 7919 + 13) % V); /* repeats too */
+    uint16_t *dt = ops_dup(table, (size_t)V * C * 2);
+    int32_t *di = ops_dup(ids, (size_t)N * 4);
+    float *dout = G->alloc((size_t)N * C * 4, "test");
+    ck_assert_ptr_nonnull(dout);
+    G->embedding_fwd_bf16(dout, di, dt, N, C);
+    ops_get(got, dout, (size_t)N * C * 4);
+    ops_synced();
+    qft_cpu_embedding_fwd_bf16(ref, ids, table, N, C);
+    CHECK_BITS(got, ref, (size_t)N * C, "embedding_fwd_bf16 (%d, %d) x %d ids\n", V, C, N);
+    G->free(dt), G->free(di), G->free(dout);
+    free(table), free(ids), free(vals), free(ref), free(got);
+}
+END_TEST
+
 /* ---- row_norms ------------------------------------------------------------------------------ */
 START_TEST(test_row_norms) {
     static const int64_t shapes[5][2] = {{29, 1000}, {29, 77}, {29, 256}, {29, 4097},
@@ -179,4 +205,5 @@ void ops_adapt_add_tests(TCase *tc, const qft_ops *gpu) {
     tcase_add_loop_test(tc, test_div, 0, 2);
     tcase_add_loop_test(tc, test_row_norms, 0, 5);
     tcase_add_loop_test(tc, test_dropout, 0, 5);
+    tcase_add_test(tc, test_embedding_bf16);
 }

@@ -1,6 +1,6 @@
 /* The model on another backend's memory with its frozen dense weights kept there as bf16
  * (qft_llama_to_backend with frozen_bf16), on the memory-guarded cpu_guard backend: every
- * frozen linear and the untied head become bf16 layouts with no fp32 copy there, the
+ * frozen linear, the untied head and a frozen embedding become bf16 layouts with no fp32 copy there, the
  * backend's flat buffer shrinks to the trainable prefix plus the frozen fp32 tensors, and
  * for weights that are bf16 to begin with (as Hugging Face checkpoints are) the loss and
  * the gradients equal the cpu backend's fp32 run. */
@@ -13,20 +13,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* block linears and the head frozen, the rest (embedding, norms) trains */
+/* block linears and the head frozen, and the embedding when *ctx is set; the rest (the
+ * norms) trains */
 static int role_frozen(void *ctx, const char *name, int is_linear) {
-    (void)ctx;
-    return is_linear || strcmp(name, "lm_head.weight") == 0 ? QFT_ROLE_FROZEN : QFT_ROLE_TRAIN;
+    const int embed = *(const int *)ctx && strcmp(name, "model.embed_tokens.weight") == 0;
+    return is_linear || embed || strcmp(name, "lm_head.weight") == 0 ? QFT_ROLE_FROZEN
+                                                                      : QFT_ROLE_TRAIN;
 }
 
-static void build(qft_llama_model *m) {
+static void build(qft_llama_model *m, int freeze_embed) {
     qft_err err = {0};
     qft_llama_config c;
     qft_llama_config_defaults(&c);
     c.vocab_size = 101, c.hidden_size = 48, c.intermediate_size = 112;
     c.num_hidden_layers = 2, c.num_attention_heads = 4, c.num_key_value_heads = 2;
     c.head_dim = 12, c.max_position_embeddings = 64, c.tie_word_embeddings = 0;
-    qft_llama_build b = {.role = role_frozen};
+    qft_llama_build b = {.role = role_frozen, .ctx = &freeze_embed};
     ck_assert_msg(qft_llama_alloc_build(m, &c, &b, &err) == 0, "%s", err.msg);
     ck_assert_msg(qft_llama_init_random(m, 17, &err) == 0, "%s", err.msg);
     /* frozen weights as a bf16 checkpoint would hold them */
@@ -42,8 +44,9 @@ static void build(qft_llama_model *m) {
 START_TEST(test_frozen_bf16_on_backend) {
     qft_err err = {0};
     qft_llama_model a, b;
-    build(&a);
-    build(&b);
+    const int freeze_embed = _i;
+    build(&a, freeze_embed);
+    build(&b, freeze_embed);
     ck_assert_msg(qft_llama_to_backend(&b, qft_cpu_guard_ops(), 1, &err) == 0, "%s", err.msg);
 
     /* what went where: bf16 layouts for the 2-D frozen tensors, fp32 for the rest */
@@ -60,7 +63,9 @@ START_TEST(test_frozen_bf16_on_backend) {
             if (e->role == QFT_ROLE_FROZEN) want_dev += (e->numel + 15) / 16 * 16;
         }
     }
-    ck_assert_uint_eq(n_bf16, 2 * 7 + 1); /* 7 linears a block and the head */
+    /* 7 linears a block, the head, and the embedding when it is frozen */
+    ck_assert_uint_eq(n_bf16, 2 * 7 + 1 + (size_t)freeze_embed);
+    if (freeze_embed) ck_assert_ptr_null(b.p.embed);
     ck_assert_uint_eq(b.n_dev_params, want_dev);
     ck_assert_uint_lt(b.n_dev_params, b.n_params / 2);
     ck_assert_ptr_null(b.p.lm_head);
@@ -93,10 +98,11 @@ START_TEST(test_frozen_bf16_on_backend) {
         gmax = fabs((double)a.grads[i]) > gmax ? fabs((double)a.grads[i]) : gmax;
     }
     ck_assert_msg(gmax > 0, "all gradients are zero");
+    ck_assert_uint_gt(a.n_trainable, 0);
     ck_assert_msg(worst <= 1e-6 * gmax, "gradients differ by %.3g (largest %.3g)", worst, gmax);
-    printf("frozen bf16 on cpu_guard: %zu of %zu floats there in fp32, loss %.9g vs %.9g, "
+    printf("frozen bf16 on cpu_guard (embedding %s): %zu of %zu floats there in fp32, loss %.9g vs %.9g, "
            "gradients within %.3g of %.3g\n",
-           b.n_dev_params, b.n_params, (double)la, (double)lb, worst, gmax);
+           freeze_embed ? "frozen, bf16" : "trains", b.n_dev_params, b.n_params, (double)la, (double)lb, worst, gmax);
     qft_llama_free(&a);
     qft_llama_free(&b);
 }
@@ -112,7 +118,7 @@ static int no_formats(int format) {
 START_TEST(test_frozen_bf16_refused) {
     qft_err err = {0};
     qft_llama_model m;
-    build(&m);
+    build(&m, 0);
     qft_ops ops = *qft_cpu_guard_ops();
     ops.name = "without bf16";
     ops.has_qformat = no_formats;
@@ -126,7 +132,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("model_backend");
     TCase *tc = tcase_create("model_backend");
-    tcase_add_test(tc, test_frozen_bf16_on_backend);
+    tcase_add_loop_test(tc, test_frozen_bf16_on_backend, 0, 2);
     tcase_add_test(tc, test_frozen_bf16_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

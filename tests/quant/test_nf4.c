@@ -16,17 +16,7 @@ static const qft_quantizer_vtable *vt;
 static qft_st_file g_fx;
 static json_t *g_cases;
 
-static void *configure(const char *body) {
-    char text[512], path[256];
-    snprintf(text, sizeof text, "quant: {\n  plugin = \"bnb_nf4\";\n%s\n};\n", body);
-    config_t cfg;
-    config_setting_t *s = qt_cfg(&cfg, text, path, sizeof path);
-    void *st = NULL;
-    qft_err err = {0};
-    ck_assert_msg(vt->configure(qt_services(), s, &st, &err) == 0, "%s", err.msg);
-    qt_cfg_free(&cfg, path);
-    return st;
-}
+static void *configure(const char *body) { return qt_configure(vt, "bnb_nf4", body); }
 
 static int configure_err(const char *body, qft_err *err, char *path) {
     char text[512];
