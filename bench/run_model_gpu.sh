@@ -14,6 +14,8 @@
 #   QFT_MODEL_BENCH_SMALL=1  hidden 256, 2 layers, vocabulary 1024, context 256 (seconds
 #                            on a CPU)
 #   QFT_MODEL_BENCH_LAYERS   layers per train_type, "full=4 qlora=32 bnb_dora=32" by default
+#   QFT_MODEL_BENCH_MATMUL   train.matmul_precision of the cuda runs: medium (bf16 tensor
+#                            cores, the default), high (TF32) or highest (full fp32)
 #   QFT_MODEL_BENCH_STEPS    timed steps (3)
 #   QFT_MODEL_BENCH_BUDGET   seconds for everything (150): runs still going are stopped
 #                            then, and their rows say so
@@ -109,6 +111,11 @@ adapter_sets() { # the PyTorch rows' LoRA/DoRA: r 16, alpha 32, all 7 linears
     # the frozen embedding and head as bf16 on the device, as PyTorch holds them (the cpu
     # backend has no such copy and refuses the key)
     case $1 in qlora | bnb_dora) [[ $backend == cpu ]] || echo "--set train.frozen_dtype=\"bf16\"" ;; esac
+    # bf16 tensor cores for the fp32 GEMMs, fp32 accumulation, as PyTorch's bf16 rows
+    # compute (QFT_MODEL_BENCH_MATMUL: "high" for TF32, "highest" for full fp32); cuda only
+    if [[ $backend == cuda ]]; then
+        echo "--set train.matmul_precision=\"${QFT_MODEL_BENCH_MATMUL:-medium}\""
+    fi
 }
 
 # job tables: name -> pid, state (init|wait|gpu|ended), times
@@ -239,7 +246,8 @@ echo "|---|---|---|---|---|---|"
 for t in "${types[@]}"; do
     log=$out/$t.log m=$out/$t/metrics.jsonl
     notes="qft; fp32 storage"
-    [[ $t != full && $backend != cpu ]] && notes="qft; fp32 storage, frozen embedding and head bf16"
+    [[ $backend == cuda ]] && notes+=", matmul_precision ${QFT_MODEL_BENCH_MATMUL:-medium}"
+    [[ $t != full && $backend != cpu ]] && notes+=", frozen embedding and head bf16"
     params=$(sed -n 's/^model: .*; \([0-9.]*M\) parameters, \([0-9.]*M\) trainable.*/\1 parameters, \2 trainable/p' "$log" | head -1)
     [[ -n $params ]] && notes+="; $params"
     [[ -n ${t_ready[$t]:-} ]] && notes+="; host build + upload $(secs "${t_launch[$t]}" "${t_ready[$t]}") s"

@@ -156,13 +156,19 @@ parity_adapters() {
         { echo "parity lora_bf16: FAILED"; rc=1; }
     parity llama_pro_bf16 llama_pro "${sgd[@]}" -- --set train.frozen_dtype='"bf16"' ||
         { echo "parity llama_pro_bf16: FAILED"; rc=1; }
+    # tensor-core GEMMs the same way: TF32 (train.matmul_precision = "high") and bf16
+    # ("medium", what the model bench runs)
+    parity qlora_tf32 qlora "${sgd[@]}" -- --set train.matmul_precision='"high"' ||
+        { echo "parity qlora_tf32: FAILED"; rc=1; }
+    parity qlora_bf16mm qlora "${sgd[@]}" -- --set train.matmul_precision='"medium"' ||
+        { echo "parity qlora_bf16mm: FAILED"; rc=1; }
     return $rc
 }
 if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD=$BUILD; parity_adapters" \
     | tee "$REPORT_DIR/parity_adapters.txt"; then
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16): ok"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): ok"
 else
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16): FAILED"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): FAILED"
     status=1
 fi
 

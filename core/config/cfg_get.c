@@ -16,7 +16,7 @@ static const char *const k_adapter[] = {"plugin", "path", NULL};
 static const char *const k_data[] = {"plugin", "context_length", "dataset_samples",
                                      "eval_holdout", "seed", "group_by_length",
                                      "pad_to_context", "skip_bad_rows", NULL};
-static const char *const k_train[] = {"backend", "device", "frozen_dtype", "batch_size", "grad_accum",
+static const char *const k_train[] = {"backend", "device", "frozen_dtype", "matmul_precision", "batch_size", "grad_accum",
                                       "epochs", "max_steps", "optimizer", "lr",
                                       "weight_decay", "betas", "eps", "momentum", "schedule",
                                       "warmup", "min_lr_ratio", "grad_clip", "recompute",

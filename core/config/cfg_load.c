@@ -159,6 +159,10 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
     static const char *const frozen[] = {"f32", "bf16", NULL};
     if (qft_cfg_choice(ts, "frozen_dtype", "f32", frozen, &rc->train.frozen_dtype, err))
         return -1;
+    static const char *const precisions[] = {"highest", "high", "medium", NULL};
+    if (qft_cfg_choice(ts, "matmul_precision", "highest", precisions,
+                       &rc->train.matmul_precision, err))
+        return -1;
     if (qft_cfg_int(ts, "batch_size", 1, 1, 1 << 20, &v, err)) return -1;
     rc->train.batch_size = (int)v;
     if (qft_cfg_int(ts, "grad_accum", 1, 1, 1 << 20, &v, err)) return -1;

@@ -45,6 +45,8 @@ typedef struct qft_run_config {
         const char *backend;
         int device;
         const char *frozen_dtype; /* "f32" | "bf16": frozen dense weights on the backend */
+        const char *matmul_precision; /* "highest" | "high" (TF32) | "medium" (bf16): the
+                                       * fp32 GEMMs' tensor-core mode, cuda only */
         int batch_size, grad_accum, epochs;
         long max_steps; /* -1 = from epochs */
         const char *optimizer;

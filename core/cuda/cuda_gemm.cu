@@ -11,6 +11,7 @@ namespace {
 struct plan_key {
     int transA, transB, M, N, K, lda, ldb, ldc;
     int ab_type, c_type;       // cudaDataType_t of A/B and of C/D
+    int compute;               // cublasComputeType_t
     int align_a, align_b, align_c; // bytes each pointer is aligned to, at most 256
 };
 
@@ -52,9 +53,11 @@ int plan_build(plan *p, const plan_key &k) {
     const cublasOperation_t op1 = m.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op2 = m.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cudaDataType_t ab = (cudaDataType_t)k.ab_type, ct = (cudaDataType_t)k.c_type;
-    // fp32 compute for both: CUBLAS_COMPUTE_32F keeps fp32 inputs off TF32 (parity with
-    // the CPU) and accumulates bf16 inputs in fp32.
-    if (CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) ||
+    // fp32 compute: CUBLAS_COMPUTE_32F keeps fp32 inputs off TF32 (parity with the CPU)
+    // unless qft_cuda_set_matmul_precision asked for TF32 or bf16 tensor cores, and
+    // accumulates bf16 inputs in fp32.
+    if (CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, (cublasComputeType_t)k.compute,
+                                              CUDA_R_32F)) ||
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op1,
                                                     sizeof op1)) ||
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op2,
@@ -122,6 +125,11 @@ int gemm_any(int transA, int transB, int M, int N, int K, float alpha, const voi
     memset(&k, 0, sizeof k); // the key is compared bytewise
     k.transA = transA, k.transB = transB, k.M = M, k.N = N, k.K = K;
     k.lda = lda, k.ldb = ldb, k.ldc = ldc, k.ab_type = ab, k.c_type = ct;
+    k.compute = CUBLAS_COMPUTE_32F;
+    if (ab == CUDA_R_32F && qft_cuda_g.matmul_precision == 1)
+        k.compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    else if (ab == CUDA_R_32F && qft_cuda_g.matmul_precision == 2)
+        k.compute = CUBLAS_COMPUTE_32F_FAST_16BF;
     k.align_a = align_of(A), k.align_b = align_of(B), k.align_c = align_of(C);
     plan tmp;
     plan *p = plan_get(k, &tmp);
@@ -170,6 +178,10 @@ extern "C" int qft_cuda_gemm_bf16(int transA, int transB, int M, int N, int K, f
                  c_dtype == QFT_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F))
         return qft_cuda_status(err);
     return 0;
+}
+
+extern "C" void qft_cuda_set_matmul_precision(int level) {
+    qft_cuda_g.matmul_precision = level >= 0 && level <= 2 ? level : 0;
 }
 
 void qft_cuda_gemm_release(void) {

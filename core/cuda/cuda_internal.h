@@ -50,6 +50,7 @@ struct qft_cuda_state {
     cublasLtHandle_t lt;
     void *lt_work;                  /* cuBLASLt workspace */
     size_t lt_work_bytes;
+    int matmul_precision;           /* qft_cuda_set_matmul_precision's level */
     void *scratch;                  /* device scratch for host-visible results */
     size_t scratch_bytes;
     char name[160];

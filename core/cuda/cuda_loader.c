@@ -7,11 +7,21 @@
 
 typedef const qft_ops *(*cuda_ops_fn)(int device, qft_err *err);
 typedef size_t (*cuda_peak_fn)(void);
+typedef void (*cuda_precision_fn)(int level);
 
-/* Found with the op table: the library stays loaded, so the pointer stays valid. */
+/* Found with the op table: the library stays loaded, so the pointers stay valid. */
 static cuda_peak_fn g_mem_peak;
+static cuda_precision_fn g_set_precision;
 
 size_t qft_cuda_loaded_mem_peak(void) { return g_mem_peak ? g_mem_peak() : 0; }
+
+int qft_cuda_loaded_set_matmul_precision(int level, qft_err *err) {
+    if (!g_set_precision)
+        return qft_err_setf(err, "train.matmul_precision: the loaded CUDA backend library has "
+                                 "no such switch (an older libqft_cuda.so?)");
+    g_set_precision(level);
+    return 0;
+}
 
 const qft_ops *qft_cuda_load(int device, qft_err *err) {
     const char *cands[4];
@@ -52,6 +62,8 @@ const qft_ops *qft_cuda_load(int device, qft_err *err) {
         if (ops) {
             sym = dlsym(h, "qft_cuda_mem_peak"); /* absent from an older library: no figure */
             memcpy(&g_mem_peak, &sym, sizeof g_mem_peak);
+            sym = dlsym(h, "qft_cuda_set_matmul_precision");
+            memcpy(&g_set_precision, &sym, sizeof g_set_precision);
         }
         return ops;
     }

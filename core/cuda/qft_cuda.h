@@ -70,6 +70,12 @@ size_t qft_cuda_mem_used(void);
  * scratch, cuBLASLt workspace): the run's device peak, like PyTorch's
  * max_memory_allocated it leaves out the CUDA context and cuBLASLt's own allocations. */
 size_t qft_cuda_mem_peak(void);
+/* The tensor-core mode of the fp32 GEMMs (the op table's gemm), as
+ * torch.set_float32_matmul_precision: 0 "highest" (the default), full fp32, the CPU's
+ * results to about 1e-6; 1 "high", TF32 (cuBLASLt's CUBLAS_COMPUTE_32F_FAST_TF32: inputs
+ * rounded to 10 mantissa bits); 2 "medium", bf16 (CUBLAS_COMPUTE_32F_FAST_16BF: 7 bits).
+ * Accumulation stays fp32. Applies to GEMMs planned after the call. */
+void qft_cuda_set_matmul_precision(int level);
 
 /* Host <-> device copies (synchronous). 0 or -1 with err. */
 int qft_cuda_upload(void *dst_dev, const void *src_host, size_t bytes, qft_err *err);

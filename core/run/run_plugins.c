@@ -51,6 +51,10 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
         qft_err cerr = {0, ""};
         d->ops = qft_cuda_load(rc->train.device, &cerr);
         if (!d->ops) return qft_err_setf(err, "%s: %s", rc->file, cerr.msg);
+        const char *mp = rc->train.matmul_precision;
+        if (qft_cuda_loaded_set_matmul_precision(
+                strcmp(mp, "high") == 0 ? 1 : strcmp(mp, "medium") == 0 ? 2 : 0, &cerr))
+            return qft_err_setf(err, "%s: %s", rc->file, cerr.msg);
     } else if (strcmp(rc->train.backend, "cpu_guard") == 0) {
         d->ops = qft_cpu_guard_ops();
     } else if (strcmp(rc->train.backend, "cpu") != 0) {
@@ -64,6 +68,11 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
      * runs there too (one process; run_train.c refuses several ranks, whose collectives
      * work on host memory); with it, parameters, gradients and optimizer state stay in host
      * memory (FSDP's CPU offload) and the optimizer runs on the CPU. */
+    if (strcmp(rc->train.matmul_precision, "highest") != 0 &&
+        strcmp(rc->train.backend, "cuda") != 0)
+        return qft_err_setf(err, "%s: train.matmul_precision = \"%s\" (tensor-core GEMMs) is a "
+                                 "CUDA setting; the %s backend computes in full fp32",
+                            rc->file, rc->train.matmul_precision, rc->train.backend);
     if (d->ops == qft_cpu_ops() && strcmp(rc->train.frozen_dtype, "f32") != 0)
         return qft_err_setf(err, "%s: train.frozen_dtype = \"%s\" keeps frozen weights in "
                                  "another backend's memory; the cpu backend computes on the "

@@ -241,6 +241,8 @@ static void refused(const char *type, const char *sets, const char *want) {
 START_TEST(test_refusals) {
     refused("full", "--set shard.cpu_offload=true", "keeps everything in host memory already");
     refused("lora", "--set train.frozen_dtype=\\\"bf16\\\"", "the cpu backend computes on the host");
+    refused("full", "--set train.backend=\\\"cpu_guard\\\" --set train.matmul_precision=\\\"high\\\"",
+            "is a CUDA setting");
 }
 END_TEST
 
