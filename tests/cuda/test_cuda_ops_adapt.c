@@ -138,6 +138,37 @@ START_TEST(test_embedding_bf16) {
 }
 END_TEST
 
+/* ---- dequantize of a bf16 layout (train.frozen_dtype = "bf16") --------------------------------- */
+START_TEST(test_dequantize_bf16) {
+    const int64_t out = 37, in = 53, r0 = 3, nr = 27;
+    uint16_t *vals = malloc((size_t)(out * in) * 2);
+    float *src = ctu_calloc((size_t)(out * in), 4), *ref = ctu_calloc((size_t)(nr * in), 4),
+          *got = ctu_calloc((size_t)(nr * in), 4);
+    ck_assert(vals != NULL);
+    ctu_fill(src, (size_t)(out * in), 241, 3.0f);
+    for (int64_t i = 0; i < out * in; i++) vals[i] = qft_f32_to_bf16(src[i]);
+    qft_qlayout hl, dl;
+    memset(&hl, 0, sizeof hl);
+    hl.format = QFT_QFMT_BF16, hl.out = out, hl.in = in;
+    hl.buf[QFT_QL_BF16_VALUES] = vals, hl.bytes[QFT_QL_BF16_VALUES] = (size_t)(out * in) * 2;
+    dl = hl;
+    dl.buf[QFT_QL_BF16_VALUES] = ops_dup(vals, (size_t)(out * in) * 2);
+    float *dout = G->alloc((size_t)(nr * in) * 4, "test");
+    ck_assert_ptr_nonnull(dout);
+    ck_assert(G->has_qformat(QFT_QFMT_BF16));
+    G->dequantize(&dl, r0, nr, dout);
+    ops_get(got, dout, (size_t)(nr * in) * 4);
+    ops_synced();
+    qft_cpu_ops()->dequantize(&hl, r0, nr, ref);
+    for (int64_t i = 0; i < nr * in; i++) /* bf16 widens exactly */
+        ck_assert(ref[i] == qft_bf16_to_f32(vals[r0 * in + i]));
+    CHECK_BITS(got, ref, (size_t)(nr * in), "dequantize bf16 rows [%lld, %lld)\n", (long long)r0,
+               (long long)(r0 + nr));
+    G->free((void *)dl.buf[QFT_QL_BF16_VALUES]), G->free(dout);
+    free(vals), free(src), free(ref), free(got);
+}
+END_TEST
+
 /* ---- row_norms ------------------------------------------------------------------------------ */
 START_TEST(test_row_norms) {
     static const int64_t shapes[5][2] = {{29, 1000}, {29, 77}, {29, 256}, {29, 4097},
@@ -206,4 +237,5 @@ void ops_adapt_add_tests(TCase *tc, const qft_ops *gpu) {
     tcase_add_loop_test(tc, test_row_norms, 0, 5);
     tcase_add_loop_test(tc, test_dropout, 0, 5);
     tcase_add_test(tc, test_embedding_bf16);
+    tcase_add_test(tc, test_dequantize_bf16);
 }
