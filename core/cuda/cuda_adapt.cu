@@ -23,14 +23,18 @@ static __global__ void cols_axpby_kernel(float *dst, int64_t ldd, float beta, co
     }
 }
 
-// acc, div (n); a (N, lda), b (N, ldb). One thread per column walks the rows in order (the
-// CPU's order): coalesced across the warp, since neighbouring threads read neighbouring
-// columns of the same row.
+// acc, div (n); a (N, lda), b (N, ldb). A block of (QFT_COLDOT_COLS, QFT_COLDOT_SLICES)
+// threads takes QFT_COLDOT_COLS columns: thread (x, y) sums slice y of column x (cuda_twin_
+// adapt.h), reading with its warp 32 neighbouring floats of a row, and thread (x, 0) adds
+// the slices in order.
 static __global__ void col_dot_kernel(float *acc, const float *a, int64_t lda, const float *b,
                                       int64_t ldb, const float *div, int64_t N, int64_t n) {
-    QFT_CUDA_GRID_STRIDE(j, (size_t)n) {
-        acc[j] = qft_twin_add(acc[j], qft_twin_col_dot(a, lda, b, ldb, div[j], N, (int64_t)j));
-    }
+    __shared__ double part[QFT_COLDOT_COLS][QFT_COLDOT_SLICES];
+    const int x = threadIdx.x, y = threadIdx.y;
+    const int64_t j = (int64_t)blockIdx.x * QFT_COLDOT_COLS + x;
+    part[x][y] = j < n ? qft_twin_col_dot_slice(a, lda, b, ldb, N, j, y) : 0.0;
+    __syncthreads();
+    if (y == 0 && j < n) acc[j] = qft_twin_add(acc[j], qft_twin_col_dot_merge(part[x], div[j]));
 }
 
 // out, a, b (n)
@@ -80,7 +84,9 @@ extern "C" void qft_cuda_col_dot(float *acc, const float *a, int64_t lda, const 
                                  int64_t ldb, const float *div, int64_t N, int64_t n) {
     // N = 0 still adds (float)(0 / div[j]), as the CPU loop does
     if (n <= 0 || N < 0) return;
-    col_dot_kernel<<<qft_cuda_blocks((size_t)n, 128), 128>>>(acc, a, lda, b, ldb, div, N, n);
+    const dim3 threads(QFT_COLDOT_COLS, QFT_COLDOT_SLICES);
+    col_dot_kernel<<<qft_cuda_blocks((size_t)n, QFT_COLDOT_COLS), threads>>>(acc, a, lda, b, ldb,
+                                                                             div, N, n);
     CUDA_LAUNCHED();
 }
 

@@ -31,14 +31,26 @@ QFT_TWIN float qft_twin_axpby(float beta, float d, float c, float s) {
     return qft_twin_add(qft_twin_mul(beta, d), qft_twin_mul(c, s));
 }
 
-/* ---- col_dot: acc[j] += (float)(sum_r (double)a[r][j] * b[r][j] / div[j]) ------------ */
-/* Column j's increment: rows 0..N-1 in order, each product and sum rounded in double, the
- * quotient rounded once to float. a (N, lda), b (N, ldb). */
-QFT_TWIN float qft_twin_col_dot(const float *a, int64_t lda, const float *b, int64_t ldb,
-                                float div, int64_t N, int64_t j) {
+/* ---- col_dot: acc[j] += (float)(sum_r (double)a[r][j] * b[r][j] / div[j]) ------------
+ * A column's rows are cut into QFT_COLDOT_SLICES slices, slice y holding rows y, y + S,
+ * y + 2S, ...: each slice is summed in order by its own thread (so N = 2048 rows take 128
+ * steps, not 2048), then the slices' sums are added in slice order, the quotient rounded
+ * once to float. Every product and sum is rounded in double. A fixed order, so results
+ * repeat; not the CPU's row order, so they agree with it to double rounding, not bits. */
+#define QFT_COLDOT_SLICES 16
+#define QFT_COLDOT_COLS 32 /* columns per block: a warp reads 32 neighbouring floats */
+/* Slice y's sum of column j. a (N, lda), b (N, ldb). */
+QFT_TWIN double qft_twin_col_dot_slice(const float *a, int64_t lda, const float *b, int64_t ldb,
+                                       int64_t N, int64_t j, int y) {
     double s = 0.0;
-    for (int64_t r = 0; r < N; r++)
+    for (int64_t r = y; r < N; r += QFT_COLDOT_SLICES)
         s = qft_twin_dadd(s, qft_twin_dmul((double)a[r * lda + j], (double)b[r * ldb + j]));
+    return s;
+}
+/* Column j's increment from its slices' sums, part (QFT_COLDOT_SLICES), in slice order. */
+QFT_TWIN float qft_twin_col_dot_merge(const double *part, float div) {
+    double s = 0.0;
+    for (int y = 0; y < QFT_COLDOT_SLICES; y++) s = qft_twin_dadd(s, part[y]);
     return (float)(s / (double)div);
 }
 

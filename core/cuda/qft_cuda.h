@@ -195,10 +195,11 @@ void qft_cuda_scale(float *x, size_t n, float coef);
 
 /* ---- the pieces adapters compose (qft_ops.h, ABI 4; cuda_adapt.cu) -------------------------
  * The op table's entries of the same names, arguments as documented there, on device
- * pointers. Deterministic (no atomics): cols_axpby, col_dot, div and dropout give the CPU
+ * pointers. Deterministic (no atomics): cols_axpby, div and dropout give the CPU
  * backend's bits (each product and sum rounded as its loops do, no FMA contraction);
- * row_norms sums each row's squares in double over a fixed tree of QFT_NORM_LANES lanes
- * (within 1e-6 relative of the CPU's). */
+ * col_dot sums each column in double over QFT_COLDOT_SLICES row slices merged in order,
+ * and row_norms each row's squares over a fixed tree of QFT_NORM_LANES lanes (both agree
+ * with the CPU's sums to rounding, not bits). */
 void qft_cuda_cols_axpby(float *dst, int64_t ldd, float beta, const float *src, int64_t lds,
                          const float *f, float fadd, int64_t N, int64_t n); // dst, src (N, n)
 void qft_cuda_col_dot(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,

@@ -271,8 +271,10 @@ typedef struct qft_ops {
      * is NULL; beta = 0 ignores dst's old contents. dst may alias src (same strides). */
     void (*cols_axpby)(float *dst, int64_t ldd, float beta, const float *src, int64_t lds,
                        const float *f, float fadd, int64_t N, int64_t n);
-    /* acc[j] += (float)((sum over r of (double)a[r][j] * b[r][j]) / div[j]) for j < n, the
-     * sum in row order; a (N, lda), b (N, ldb), div (n). */
+    /* acc[j] += (float)((sum over r of (double)a[r][j] * b[r][j]) / div[j]) for j < n, each
+     * column's sum in double in a fixed order of the backend's (the CPU's: row order; the
+     * CUDA backend's: row slices summed in order, then the slices in order); a (N, lda),
+     * b (N, ldb), div (n). */
     void (*col_dot)(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,
                     const float *div, int64_t N, int64_t n);
     /* out (n) = a (n) / b (n). */

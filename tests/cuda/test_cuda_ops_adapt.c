@@ -2,7 +2,8 @@
  * core/cuda/cuda_adapt.cu) on a GPU against the CPU backend's qft_cpu_* of the same names
  * (part of test_cuda_ops, which skips without a device). Bit for bit (memcmp over the
  * whole strided buffer, so padding past each row must stay untouched), except row_norms:
- * 1e-6 relative (a lane tree against the CPU's sum). Shapes are odd with row strides past
+ * 1e-6 relative (a lane tree against the CPU's sum), and col_dot, which is compared with
+ * its own order (cuda_twin_adapt.h's row slices) replayed on the host, bit for bit. Shapes are odd with row strides past
  * the row's end; one size per op is past the kernels' capped grid (sm_count * 32 blocks
  * of 256), so the grid-stride loops wrap. */
 #include "ops_suites.h"
@@ -10,6 +11,7 @@
 #include "cpu_ops.h"
 #include "cpu_optim.h"
 #include "cuda_test_util.h"
+#include "cuda_twin_adapt.h"
 #include "qft_base.h"
 #include "qft_cuda.h"
 
@@ -88,7 +90,13 @@ START_TEST(test_col_dot) {
     G->col_dot(dacc, da, lda, db, ldb, ddv, N, n);
     ops_get(got, dacc, (size_t)n * 4);
     ops_synced();
-    qft_cpu_col_dot(ref, a, lda, b, ldb, dv, N, n);
+    /* the kernel's order (cuda_twin_adapt.h's slices, then their merge) replayed here */
+    for (int64_t j = 0; j < n; j++) {
+        double part[QFT_COLDOT_SLICES];
+        for (int y = 0; y < QFT_COLDOT_SLICES; y++)
+            part[y] = qft_twin_col_dot_slice(a, lda, b, ldb, N, j, y);
+        ref[j] = qft_twin_add(ref[j], qft_twin_col_dot_merge(part, dv[j]));
+    }
     CHECK_BITS(got, ref, (size_t)n, "col_dot N %lld n %lld\n", (long long)N, (long long)n);
     G->free(da), G->free(db), G->free(ddv), G->free(dacc);
     free(a), free(b), free(dv), free(ref), free(got);
