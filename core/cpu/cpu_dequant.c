@@ -12,8 +12,9 @@
 #include "cpu_ops.h"
 #include "cuda_twin.h"
 
+#include "qft_base.h"
+
 #include <math.h>
-#include <string.h>
 
 /* Elements per parallel chunk: large enough that a chunk's block or group look-ups are
  * amortised, small enough that a few rows still spread over the threads. */
@@ -76,10 +77,7 @@ static void hqq_range(const qft_qlayout *w, const qft_twin_hqq_geom *g, int64_t 
  * half. */
 static void bf16_range(const qft_qlayout *w, int64_t f0, int64_t count, float *dst) {
     const uint16_t *v = w->buf[QFT_QL_BF16_VALUES]; // (out * in)
-    for (int64_t i = 0; i < count; i++) {
-        const uint32_t u = (uint32_t)v[f0 + i] << 16;
-        memcpy(&dst[i], &u, sizeof u);
-    }
+    for (int64_t i = 0; i < count; i++) dst[i] = qft_bf16_to_f32(v[f0 + i]);
 }
 
 /* 1 when w can be decoded for rows [row0, row0 + n): a known format with its buffers, a

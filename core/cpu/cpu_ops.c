@@ -79,10 +79,7 @@ void qft_cpu_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *
     for (int n = 0; n < N; n++) {
         const uint16_t *row = table + (size_t)ids[n] * C; // (C)
         float *o = out + (size_t)n * C;                   // (C)
-        for (int c = 0; c < C; c++) {
-            const uint32_t u = (uint32_t)row[c] << 16; /* bf16 is fp32's top half */
-            memcpy(&o[c], &u, sizeof u);
-        }
+        for (int c = 0; c < C; c++) o[c] = qft_bf16_to_f32(row[c]); /* exact widening */
     }
 }
 

@@ -23,23 +23,24 @@ qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int
     return lin;
 }
 
+/* The backend layout of the embedding (field 0) or the head (field 2), NULL when none. */
+static const qft_qlayout *outer_layout(const qft_llama_model *m, int field) {
+    for (int i = 0; i < m->n_entries; i++)
+        if (m->entries[i].layer == -1 && m->entries[i].field == field) return m->entries[i].ql;
+    return NULL;
+}
+
 qft_llama_linear qft_llama_head_of(const qft_llama_model *m) {
     qft_llama_linear lin = {.out = m->cfg.vocab_size, .in = m->cfg.hidden_size,
                             .w = m->p.lm_head};
-    for (int i = 0; !lin.w && i < m->n_entries; i++) {
-        const qft_param_entry *e = &m->entries[i];
-        if (e->layer == -1 && e->field == 2 && e->ql)
-            lin.ql = e->ql, lin.qtile = m->qtile, lin.qtile_floats = m->qtile_floats;
-    }
+    if (!lin.w) /* kept as bf16 on a backend */
+        lin.ql = outer_layout(m, 2), lin.qtile = m->qtile, lin.qtile_floats = m->qtile_floats;
     return lin;
 }
 
 const uint16_t *qft_llama_embed_bf16(const qft_llama_model *m) {
-    for (int i = 0; i < m->n_entries; i++) {
-        const qft_param_entry *e = &m->entries[i];
-        if (e->layer == -1 && e->field == 0 && e->ql) return e->ql->buf[QFT_QL_BF16_VALUES];
-    }
-    return NULL;
+    const qft_qlayout *ql = outer_layout(m, 0);
+    return ql ? ql->buf[QFT_QL_BF16_VALUES] : NULL;
 }
 
 qft_llama_lin_group qft_llama_qkv_group(const qft_llama_model *m, int l, int grads) {
