@@ -54,6 +54,7 @@ typedef struct qft_run_config {
         const char *schedule;
         double warmup, min_lr_ratio, grad_clip;
         int recompute;
+        int loss_chunk_tokens; /* rows of logits per head-and-loss chunk; 0 = automatic */
         long seed;
         int log_every;
         const char *resume_from; /* a checkpoint-<step> folder to resume from, or NULL */

@@ -151,6 +151,11 @@ typedef struct qft_llama_model {
     qft_adapter_step astep;          /* set by the trainer before each forward */
     int *layer_src, *layer_new;      /* [L] block expansion (see qft_llama_build), or NULL */
     int recompute;            /* keep only block inputs; recompute the rest in backward */
+    /* Rows (tokens) of logits held at once: the head and the loss run over the batch in
+     * chunks of this many rows, so no (N, V) buffer exists; backward computes each chunk's
+     * logits again (one more head GEMM). 0 = the whole batch at once, which also keeps the
+     * logits for qft_llama_logits. */
+    int logit_rows;
     struct qft_llama_acts *acts;
     /* the unit layout (qft_llama_build.unit_pad), NULL units without it */
     int unit_pad, n_units;
@@ -254,7 +259,8 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
 int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale, qft_err *err);
 /* Logits of the last forward, (B, T, V) fp32 in the backend's memory; NULL once backward
  * has run, because backward turns the logits buffer into the logits' gradient in place
- * (no second (B, T, V) buffer). */
+ * (no second (B, T, V) buffer), and NULL when the forward ran the head in chunks
+ * (m->logit_rows below B*T). */
 const float *qft_llama_logits(const qft_llama_model *m);
 
 /* ---- activation storage (core/model/llama_acts.c) ------------------------------------
@@ -263,6 +269,10 @@ const float *qft_llama_logits(const qft_llama_model *m);
  * kept across layers, plus one layer's worth rebuilt during backward. qft_llama_free
  * releases it. */
 int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err);
+/* Rows per head chunk for logit_rows = 0 ("automatic") at this vocabulary: a multiple of
+ * 128 (a GEMM tile's height on the GPU, so the last tile is not mostly empty), as many as
+ * keep the chunk's fp32 logits within 64 MiB, at least 128. */
+int qft_llama_logit_rows_auto(int vocab_size);
 void qft_llama_acts_free(qft_llama_model *m);
 size_t qft_llama_acts_bytes(const qft_llama_model *m); /* 0 when none */
 

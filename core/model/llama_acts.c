@@ -33,6 +33,16 @@ void qft_llama_acts_free(qft_llama_model *m) {
 
 size_t qft_llama_acts_bytes(const qft_llama_model *m) { return m->acts ? m->acts->bytes : 0; }
 
+int qft_llama_logit_rows_auto(int vocab_size) {
+    const size_t budget = (size_t)64 << 20, row = (size_t)(vocab_size > 0 ? vocab_size : 1) * 4;
+    const size_t rows = budget / row / 128 * 128;
+    return rows < 128 ? 128 : rows > (1u << 30) ? 1 << 30 : (int)rows;
+}
+
+int qft_llama_logit_chunk(const qft_llama_model *m, int N) {
+    return m->logit_rows > 0 && m->logit_rows < N ? m->logit_rows : N;
+}
+
 int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     const qft_llama_config *c = &m->cfg;
     if (B <= 0 || T <= 0)
@@ -41,7 +51,9 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
         return qft_err_setf(err, "head_dim %d: RoPE needs an even head_dim", c->head_dim);
     struct qft_llama_acts *a = m->acts;
     const int want_slots = m->recompute ? 1 : c->num_hidden_layers;
-    if (a && a->cap_N >= B * T && a->cap_T >= T && a->slots == want_slots) return 0;
+    if (a && a->cap_N >= B * T && a->cap_T >= T && a->slots == want_slots &&
+        a->logit_cap == qft_llama_logit_chunk(m, a->cap_N))
+        return 0;
     if (!a) {
         a = calloc(1, sizeof *a);
         if (!a) return qft_err_setf(err, "out of memory allocating activation bookkeeping");
@@ -54,6 +66,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     acts_release(a);
     memset((char *)a + sizeof a->ops, 0, sizeof *a - sizeof a->ops);
     a->cap_N = capN, a->cap_T = capT, a->slots = want_slots, a->recompute = m->recompute;
+    a->logit_cap = qft_llama_logit_chunk(m, capN);
     const size_t N = (size_t)capN, S = (size_t)want_slots, L = (size_t)c->num_hidden_layers;
     const size_t C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     const size_t V = (size_t)c->vocab_size, H = (size_t)c->num_attention_heads;
@@ -77,7 +90,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
         {&a->gu, S * N * 2 * I, "activations"},               // (S, N, 2I)
         {&a->lnf, N * C, "activations"},                      // (N, C)
         {&a->rstdf, N, "activations"},                        // (N)
-        {&a->logits, N * V, "logits"},                        // (N, V)
+        {&a->logits, (size_t)a->logit_cap * V, "logits"},     // (logit_cap, V)
         {&a->ce_lse, N, "logits"},                            // (N)
         {&a->ln, N * C, "activation scratch"},                // (N, C)
         {&a->h, N * I, "activation scratch"},                 // (N, I)
@@ -112,7 +125,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
 oom:;
     size_t had = a->bytes;
     acts_release(a);
-    a->cap_N = a->cap_T = a->slots = 0;
+    a->cap_N = a->cap_T = a->slots = a->logit_cap = 0;
     return qft_err_setf(err, "out of memory allocating activations for B=%d, T=%d (%zu bytes "
                         "allocated before the failure)", B, T, had);
 }

@@ -89,16 +89,27 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
     /* the batch of the forward, whose ids and mask are in the backend's memory already */
     a->mask = b->mask ? a->mask_buf : NULL;
 
-    /* d loss / d logits, in place: the logits are not needed any more */
-    o->cross_entropy_bwd(a->logits, a->logits, a->ce_lse, a->targets, N, V,
-                         loss_scale / (float)a->n_valid);
-    a->logits_valid = 0;
-    const float *dlogits = a->logits;                                            // (N, V)
+    /* The head's backward a chunk of rows at a time, as forward ran it: d loss / d logits
+     * in place (the logits are not needed any more; a chunked forward's are computed again
+     * first, the same GEMM on the same rows), then dln's rows and the head's gradient. */
     const qft_llama_linear head = qft_llama_head_of(m);
-    if (qft_llama_base_bwd_x(o, &head, dlogits, V, N, a->dln, 0.0f, err)) return -1; // (N, C)
-    /* tied: g.lm_head is g.embed, so the head's gradient lands in the embedding's */
-    if (m->g.lm_head)
-        o->gemm(1, 0, V, C, N, 1.0f, dlogits, V, a->lnf, C, 1.0f, m->g.lm_head, C); // (V, C)
+    const int R = qft_llama_logit_chunk(m, N);
+    for (int r0 = 0; r0 < N; r0 += R) {
+        const int rows = N - r0 < R ? N - r0 : R;
+        const float *lnf = a->lnf + (size_t)r0 * C;
+        if (!a->logits_valid && qft_llama_base_fwd(o, &head, lnf, rows, a->logits, V, 0.0f, err))
+            return -1;
+        o->cross_entropy_bwd(a->logits, a->logits, a->ce_lse + r0, a->targets + r0, rows, V,
+                             loss_scale / (float)a->n_valid);
+        const float *dlogits = a->logits; // (rows, V)
+        if (qft_llama_base_bwd_x(o, &head, dlogits, V, rows, a->dln + (size_t)r0 * C, 0.0f,
+                                 err))
+            return -1; // (rows, C)
+        /* tied: g.lm_head is g.embed, so the head's gradient lands in the embedding's */
+        if (m->g.lm_head)
+            o->gemm(1, 0, V, C, rows, 1.0f, dlogits, V, lnf, C, 1.0f, m->g.lm_head, C); // (V, C)
+    }
+    a->logits_valid = 0;
     o->zero(a->dres, (size_t)N * C);
     o->rmsnorm_bwd(a->dres, m->g.norm, a->dln, a->x + L * cN * C, m->p.norm, a->rstdf, N, C);
     /* the head unit, kept from forward, is done; a tied head's gradient went into the

@@ -108,8 +108,6 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, L + 1, err)) return -1;
     const float *xL = a->x + L * cN * C; // (N, C)
     o->rmsnorm_fwd(a->lnf, a->rstdf, xL, m->p.norm, N, C, c->rms_norm_eps);
-    const qft_llama_linear head = qft_llama_head_of(m);
-    if (qft_llama_base_fwd(o, &head, a->lnf, N, a->logits, V, 0.0f, err)) return -1; // (N, V)
 
     /* transformers shifts inside the loss: logits[t] is scored against labels[t+1] */
     for (int bi = 0; bi < B; bi++)
@@ -117,10 +115,24 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
             a->targets_host[bi * T + t] =
                 (b->labels && t + 1 < T) ? b->labels[bi * T + t + 1] : IGNORE_INDEX;
     o->upload(a->targets, a->targets_host, (size_t)N * sizeof(int32_t));
+    /* the head and the loss a chunk of rows at a time (one chunk unless m->logit_rows says
+     * otherwise): only the rows' log-sum-exps outlive their chunk */
+    const qft_llama_linear head = qft_llama_head_of(m);
+    const int R = qft_llama_logit_chunk(m, N);
+    double sum = 0.0;
     int n_valid = 0;
-    double sum = o->cross_entropy_fwd(a->logits, a->targets, N, V, a->ce_lse, NULL, &n_valid);
+    for (int r0 = 0; r0 < N; r0 += R) {
+        const int rows = N - r0 < R ? N - r0 : R;
+        int nv = 0;
+        if (qft_llama_base_fwd(o, &head, a->lnf + (size_t)r0 * C, rows, a->logits, V, 0.0f,
+                               err))
+            return -1; // (rows, V)
+        sum += o->cross_entropy_fwd(a->logits, a->targets + r0, rows, V, a->ce_lse + r0, NULL,
+                                    &nv);
+        n_valid += nv;
+    }
     a->n_valid = n_valid;
-    a->logits_valid = 1;
+    a->logits_valid = R == N;
     a->grad_ready = 1;
     if (loss) *loss = n_valid ? (float)(sum / n_valid) : 0.0f;
     return 0;

@@ -26,7 +26,8 @@ struct qft_llama_acts {
     float *gu;           // (slots, cap_N, 2I) gate and up projections
     float *lnf;          // (cap_N, C) final norm output
     float *rstdf;        // (cap_N)
-    float *logits;       // (cap_N, V); becomes dlogits in backward
+    int logit_cap;       /* rows the logits buffer holds: min(cap_N, m->logit_rows) */
+    float *logits;       // (logit_cap, V); becomes dlogits in backward
     float *ce_lse;       // (cap_N) log-sum-exp of each logits row
     int32_t *targets;    // (cap_N) labels shifted left by one, -100 at each row's end
     int32_t *ids;        // (cap_N) the batch's ids, in backend memory
@@ -49,9 +50,13 @@ struct qft_llama_acts {
     const uint8_t *mask; /* that batch's mask in backend memory (mask_buf), NULL for none */
     int fwd_recompute;   /* m->recompute at the last forward: its backward follows it */
     int n_valid;         /* positions counted in the loss */
-    int logits_valid;    /* 1 after forward, 0 once backward turned them into gradients */
+    int logits_valid;    /* 1 after a forward that held all its logits at once, 0 once
+                          * backward turned them into gradients */
     int grad_ready;      /* 1 after forward until its backward */
 };
+
+/* Rows per head-and-loss chunk for a batch of N rows (m->logit_rows, or N). */
+int qft_llama_logit_chunk(const qft_llama_model *m, int N);
 
 /* The view slot of an entry (its layer and field) in a pointer table, p or g. */
 float **qft_llama_view_slot(qft_llama_ptrs *v, int layer, int field);

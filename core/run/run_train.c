@@ -246,6 +246,11 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         s.model.cfg.pad_token_id = qft_tokenizer_pad(s.data.tok);
     }
     s.model.recompute = rc->train.recompute;
+    /* the head and the loss in chunks of tokens, so that no (tokens, vocab) logits buffer
+     * exists (1 GiB at Llama-3's vocabulary and 2048 tokens) */
+    s.model.logit_rows = rc->train.loss_chunk_tokens
+                             ? rc->train.loss_chunk_tokens
+                             : qft_llama_logit_rows_auto(s.model.cfg.vocab_size);
 
     if (qft_run_shard_plan(&s.shard, &s.model, err) ||
         prepare_optimizer(rc, &s, user_quiet, err))
