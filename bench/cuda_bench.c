@@ -3,7 +3,8 @@
  *     M = 2048 tokens, forward (x W^T), input gradient (dY W) and weight gradient (dY^T x),
  *     in TFLOP/s and as a share of the measured peak (the best of large square GEMMs);
  *     the op table's fp32 GEMM (no TF32) on one shape for scale;
- *   - the op table's fp32 flash-style attention, forward and backward, at T = 2048,
+ *   - the op table's attention, forward and backward, at T = 2048: the flash kernels and
+ *     the GEMM path at each matmul precision,
  *     H = 32, KV = 8, hd = 128 (Llama-3-8B), batch 1;
  *   - NF4 and HQQ (4-bit, group 64, axis 1) dequantization of a 14336 x 4096 weight to bf16
  *     and fp32, in GB/s of bytes read and written;
@@ -281,7 +282,8 @@ int main(int argc, char **argv) {
     }
     printf("\npeak = the best bf16 probe above: %.1f TFLOP/s\n\n", peak);
 
-    /* attention, Llama-3-8B shape */
+    /* attention, Llama-3-8B shape: the flash kernels, and the GEMM path at each matmul
+     * precision (its products in cuBLASLt; fp32, TF32, bf16) */
     {
         att_ctx a = {1, 2048, 32, 8, 128, NULL, NULL, NULL, NULL, NULL, NULL, 0};
         const size_t nq = (size_t)a.B * a.T * QFT_QKV_WIDTH(a.H, a.KV, a.hd);
@@ -290,13 +292,23 @@ int main(int argc, char **argv) {
         a.out = dalloc(no * 4), a.dqkv = dalloc(nq * 4), a.lse = dalloc((size_t)a.B * a.H * a.T * 4);
         a.work_n = G->attention_workspace(a.T, a.hd);
         a.work = dalloc(a.work_n * 4);
-        const double tf = time_median(run_att_fwd, &a), tb = time_median(run_att_bwd, &a);
         /* causal: half of the T x T scores; forward 2 matmuls, backward counted as 2.5x */
         const double flops = 4.0 * a.B * a.H * (double)a.T * a.T * a.hd / 2;
-        printf("| attention (fp32, flash-style) B T H KV hd | forward ms | backward ms | fwd+bwd ms "
-               "| fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|\n");
-        printf("| %d %d %d %d %d | %.2f | %.2f | %.2f | %.1f | %.1f |\n\n", a.B, a.T, a.H, a.KV, a.hd,
-               tf * 1e3, tb * 1e3, (tf + tb) * 1e3, flops / tf / 1e12, 2.5 * flops / tb / 1e12);
+        printf("| attention B T H KV hd | kernel | forward ms | backward ms | fwd+bwd ms "
+               "| fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
+        static const char *const kinds[] = {"flash, fp32", "GEMMs, fp32", "GEMMs, TF32",
+                                            "GEMMs, bf16"};
+        for (int k = 0; k < 4; k++) {
+            qft_cuda_set_attention_kernel(k == 0);
+            qft_cuda_set_matmul_precision(k == 0 ? 0 : k - 1);
+            const double tf = time_median(run_att_fwd, &a), tb = time_median(run_att_bwd, &a);
+            printf("| %d %d %d %d %d | %s | %.2f | %.2f | %.2f | %.1f | %.1f |\n", a.B, a.T, a.H,
+                   a.KV, a.hd, kinds[k], tf * 1e3, tb * 1e3, (tf + tb) * 1e3, flops / tf / 1e12,
+                   2.5 * flops / tb / 1e12);
+        }
+        printf("\n");
+        qft_cuda_set_attention_kernel(0);
+        qft_cuda_set_matmul_precision(0);
         G->free(a.qkv), G->free(a.dout), G->free(a.out), G->free(a.dqkv), G->free(a.lse);
         G->free(a.work);
     }

@@ -13,14 +13,15 @@
 #   3. trains a tiny random Llama on the GPU and on the CPU and compares the runs: the
 #      dense train_types (full, llama_pro), then the adapter ones (lora, qlora, hqq_lora,
 #      dense DoRA, bnb_dora (QDoRA), hqq_dora), and lora and llama_pro with their frozen
-#      weights kept as bf16 on the GPU (train.frozen_dtype);
+#      weights kept as bf16 on the GPU (train.frozen_dtype), and lora once more with the
+#      flash attention kernels (QFT_CUDA_ATTENTION=flash) instead of the default GEMM path;
 #   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full
 #      (4 layers), qlora and bnb_dora (QDoRA; 32 layers) on a random Llama-3-8B-shaped
 #      model (the layers column says how many), context 2048, batch 1, recomputation, and of
 #      PyTorch + PEFT (+ bitsandbytes) on the same shapes when python3 has them;
 #   5. runs bench/cuda_bench: bf16 cuBLASLt GEMM TFLOP/s on the Llama-3-8B shapes at
 #      M = 2048 against the measured peak, attention forward/backward time at T = 2048,
-#      H = 32, KV = 8, hd = 128, NF4 and HQQ dequantization GB/s, and the quantized linear
+#      H = 32, KV = 8, hd = 128 (flash kernels; GEMM path in fp32, TF32 and bf16), NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
 #   6. runs test_cuda_ops under compute-sanitizer (memcheck, then racecheck if time is
@@ -47,7 +48,9 @@
 # The adapter train_types' parity and the adapter ops' kernels (core/cuda/cuda_adapt.cu)
 # were added later, in the same way: compiled and twin-checked on the CPU, not yet run on
 # a GPU; through cpu_guard in place of cuda the same runs pass (LoRA's bit-identical to
-# cpu, DoRA's within 1e-5).
+# cpu, DoRA's within 1e-5). The GEMM attention (cuda_attention_gemm.cu, the default since
+# it was added) likewise: its schedule runs on the CPU in test_cuda_twin against the CPU
+# backend's attention; its row kernels and cuBLASLt's batched layouts are first run here.
 #
 # Usage: scripts/gpu-check.sh            (from anywhere; QFT_GPU_BUILD overrides the dir)
 set -uo pipefail
@@ -146,6 +149,9 @@ parity_adapters() {
         parity $t || { echo "parity ${t%% *}: FAILED"; rc=1; }
     done
     parity dora lora --set adapter.plugin='"dora"' || { echo "parity dora: FAILED"; rc=1; }
+    # the flash kernels instead of the default GEMM attention (the op test checks both ops)
+    (export QFT_CUDA_ATTENTION=flash; parity lora_flash lora) ||
+        { echo "parity lora_flash: FAILED"; rc=1; }
     # frozen dense weights kept as bf16 on the GPU (train.frozen_dtype) against fp32 on the
     # CPU: the random fp32 model's frozen weights round to bf16 there. SGD, because AdamW's
     # first steps move each weight by about lr times the sign of its gradient, so rounding
@@ -166,9 +172,9 @@ parity_adapters() {
 }
 if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD=$BUILD; parity_adapters" \
     | tee "$REPORT_DIR/parity_adapters.txt"; then
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): ok"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): ok"
 else
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): FAILED"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): FAILED"
     status=1
 fi
 

@@ -1,4 +1,6 @@
-// Causal grouped-query attention, flash-style: queries and keys in tiles of QFT_ATT_TILE
+// Causal grouped-query attention, flash-style (the op table's entries run the GEMM path of
+// cuda_attention_gemm.cu instead unless qft_cuda_set_attention_kernel(1) chose these
+// kernels or the scratch is too small for it): queries and keys in tiles of QFT_ATT_TILE
 // (cuda_twin.h), scores of one tile pair in registers, an online softmax over key tiles,
 // the log-sum-exp saved; nothing of size (T, T) exists. fp32 throughout (the op table is
 // fp32); the tensor-core bf16 version is later work.
@@ -346,18 +348,36 @@ int qft_cuda_attention_setup(void) {
     return setup_nd<1>() || setup_nd<2>() || setup_nd<3>() || setup_nd<4>();
 }
 
-// Scratch lives in registers and shared memory; the table still asks for a buffer, so a
-// token one is requested.
+// The GEMM path's score blocks (two (H, rows, T) blocks, cuda_twin_attg.h): room for whole
+// sequences of up to 64 heads, at most 128 MiB (Llama-3-8B at T = 2048: 256 query rows
+// per tile). The flash kernels need none.
 size_t qft_cuda_attention_workspace(int T, int hd) {
-    (void)T, (void)hd;
-    return 32;
+    (void)hd;
+    const size_t whole = (size_t)2 * 64 * (size_t)T * (size_t)T, cap = (size_t)32 << 20;
+    return whole < cap ? (whole > 32 ? whole : 32) : cap;
+}
+
+namespace {
+int use_flash; // qft_cuda_set_attention_kernel
+} // namespace
+
+extern "C" void qft_cuda_set_attention_kernel(int flash) { use_flash = flash != 0; }
+
+// Query rows per tile the GEMM path gets from this scratch; 0 sends the call to the flash
+// kernels (chosen, or too little scratch for one step of rows).
+static int gemm_rows(size_t work_floats, int T, int H) {
+    return use_flash ? 0 : qft_twin_attg_rows(work_floats, T, H);
 }
 
 void qft_cuda_attention_fwd(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
                             int T, int H, int KV, int hd, float scale, float *work,
                             size_t work_floats) {
-    (void)work, (void)work_floats;
     if (B <= 0 || T <= 0 || H <= 0 || check_shape("attention_fwd", H, KV, hd)) return;
+    const int rows = gemm_rows(work_floats, T, H);
+    if (rows > 0) {
+        qft_cuda_attg_forward(out, lse, qkv, mask, B, T, H, KV, hd, scale, work, rows);
+        return;
+    }
     const att_args a = {qkv, mask, T, H, KV, hd, scale};
     const dim3 grid(qft_twin_att_tiles(T), H, B), block(WARPS * 32);
     const size_t sm = fwd_smem(hd);
@@ -373,8 +393,13 @@ void qft_cuda_attention_fwd(float *out, float *lse, const float *qkv, const uint
 void qft_cuda_attention_bwd(float *dqkv, const float *dout, const float *out, const float *lse,
                             const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
                             int hd, float scale, float *work, size_t work_floats) {
-    (void)work, (void)work_floats;
     if (B <= 0 || T <= 0 || H <= 0 || check_shape("attention_bwd", H, KV, hd)) return;
+    const int rows = gemm_rows(work_floats, T, H);
+    if (rows > 0) {
+        qft_cuda_attg_backward(dqkv, dout, out, lse, qkv, mask, B, T, H, KV, hd, scale, work,
+                               rows);
+        return;
+    }
     const att_grad_args g = {{qkv, mask, T, H, KV, hd, scale}, dout, out, lse, dqkv};
     const dim3 gq(qft_twin_att_tiles(T), H, B), gkv(qft_twin_att_tiles(T), KV, B);
     const dim3 block(WARPS * 32);

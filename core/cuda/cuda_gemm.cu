@@ -13,13 +13,15 @@ struct plan_key {
     int ab_type, c_type;       // cudaDataType_t of A/B and of C/D
     int compute;               // cublasComputeType_t
     int align_a, align_b, align_c; // bytes each pointer is aligned to, at most 256
+    int count;                     // batched: problems (0 or 1: one)
+    long long stride_a, stride_b, stride_c; // batched: elements from one problem to the next
 };
 
 // cuBLASLt's heuristic assumes 256-byte aligned operands unless told otherwise, and the
 // model passes sub-tensors (a head's slice, the up half of gate|up) that are not: the
 // alignment is part of the plan, so an algorithm is never used on a pointer it cannot read.
-int align_of(const void *p) {
-    const uintptr_t a = (uintptr_t)p;
+int align_of(const void *p, long long stride_bytes = 0) {
+    const uintptr_t a = (uintptr_t)p | (uintptr_t)stride_bytes; // every problem's pointer
     int al = 256;
     while (al > 1 && a % (uintptr_t)al) al >>= 1;
     return al;
@@ -70,6 +72,22 @@ int plan_build(plan *p, const plan_key &k) {
         plan_destroy(p);
         return -1;
     }
+    // strided batches: the first layout is B's storage, the second A's (see above)
+    if (k.count > 1) {
+        const int32_t n = k.count;
+        const int64_t s1 = k.stride_b, s2 = k.stride_a, sc = k.stride_c;
+        const cublasLtMatrixLayoutAttribute_t cnt = CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT;
+        const cublasLtMatrixLayoutAttribute_t off = CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET;
+        if (CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->la, cnt, &n, sizeof n)) ||
+            CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->la, off, &s1, sizeof s1)) ||
+            CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->lb, cnt, &n, sizeof n)) ||
+            CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->lb, off, &s2, sizeof s2)) ||
+            CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->lc, cnt, &n, sizeof n)) ||
+            CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->lc, off, &sc, sizeof sc))) {
+            plan_destroy(p);
+            return -1;
+        }
+    }
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
@@ -104,21 +122,36 @@ int plan_build(plan *p, const plan_key &k) {
     return 0;
 }
 
-// The cached plan for k, or one built into *tmp (the caller destroys it) when the cache is
-// full; NULL on failure.
-plan *plan_get(const plan_key &k, plan *tmp) {
+// The cached plan for k, built on first use; NULL on failure. A full cache replaces its
+// entries in turn (batches of new sequence lengths bring new attention tile shapes, so a
+// long run would otherwise fill it and plan every later call from scratch).
+int next_victim;
+plan *plan_get(const plan_key &k) {
     for (int i = 0; i < n_plans; i++)
         if (memcmp(&plans[i].key, &k, sizeof k) == 0) return &plans[i];
-    plan *p = n_plans < PLAN_CAP ? &plans[n_plans] : tmp;
+    plan *p;
+    if (n_plans < PLAN_CAP) {
+        p = &plans[n_plans];
+    } else {
+        p = &plans[next_victim];
+        next_victim = (next_victim + 1) % PLAN_CAP;
+        plan_destroy(p);
+    }
     if (plan_build(p, k)) return NULL;
-    if (p != tmp) n_plans++;
+    if (p == &plans[n_plans]) n_plans++;
     return p;
 }
+
+// Batched problems: count of them, X_p = X + p * stride_x elements (count <= 1: one).
+struct batching {
+    int count;
+    long long stride_a, stride_b, stride_c;
+};
 
 // C = alpha op(A) op(B) + beta C with any of the supported type pairs; 0 or -1 (recorded).
 int gemm_any(int transA, int transB, int M, int N, int K, float alpha, const void *A, int lda,
              const void *B, int ldb, float beta, void *C, int ldc, cudaDataType_t ab,
-             cudaDataType_t ct) {
+             cudaDataType_t ct, batching bt = batching{1, 0, 0, 0}) {
     if (!qft_cuda_g.ready)
         return qft_cuda_fail("gemm", __FILE__, __LINE__, "CUDA backend not initialised");
     plan_key k;
@@ -130,15 +163,19 @@ int gemm_any(int transA, int transB, int M, int N, int K, float alpha, const voi
         k.compute = CUBLAS_COMPUTE_32F_FAST_TF32;
     else if (ab == CUDA_R_32F && qft_cuda_g.matmul_precision == 2)
         k.compute = CUBLAS_COMPUTE_32F_FAST_16BF;
-    k.align_a = align_of(A), k.align_b = align_of(B), k.align_c = align_of(C);
-    plan tmp;
-    plan *p = plan_get(k, &tmp);
+    const long long esz = ab == CUDA_R_32F ? 4 : 2, csz = ct == CUDA_R_32F ? 4 : 2;
+    if (bt.count > 1) {
+        k.count = bt.count;
+        k.stride_a = bt.stride_a, k.stride_b = bt.stride_b, k.stride_c = bt.stride_c;
+    }
+    k.align_a = align_of(A, k.stride_a * esz), k.align_b = align_of(B, k.stride_b * esz);
+    k.align_c = align_of(C, k.stride_c * csz);
+    plan *p = plan_get(k);
     if (!p) return -1;
     // first operand is B's storage, second A's: column-major C^T = op(B)^T op(A)^T
     int bad = CUBLAS_CHECK(cublasLtMatmul(qft_cuda_g.lt, p->desc, &alpha, B, p->la, A, p->lb,
                                           &beta, C, p->lc, C, p->lc, &p->algo, qft_cuda_g.lt_work,
                                           qft_cuda_g.lt_work_bytes, 0));
-    if (p == &tmp) plan_destroy(&tmp);
     return bad ? -1 : 0;
 }
 
@@ -166,6 +203,14 @@ void qft_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, con
              CUDA_R_32F);
 }
 
+int qft_cuda_gemm_batched(const qft_twin_bgemm *g) {
+    if (g->M <= 0 || g->N <= 0 || g->K <= 0 || g->count <= 0)
+        return qft_cuda_fail("gemm_batched", __FILE__, __LINE__, "empty batched GEMM");
+    return gemm_any(g->ta, g->tb, g->M, g->N, g->K, g->alpha, g->A, (int)g->lda, g->B,
+                    (int)g->ldb, g->beta, g->C, (int)g->ldc, CUDA_R_32F, CUDA_R_32F,
+                    batching{g->count, g->sA, g->sB, g->sC});
+}
+
 extern "C" int qft_cuda_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha,
                                   const uint16_t *A, int lda, const uint16_t *B, int ldb,
                                   float beta, void *C, qft_dtype c_dtype, int ldc, qft_err *err) {
@@ -186,5 +231,5 @@ extern "C" void qft_cuda_set_matmul_precision(int level) {
 
 void qft_cuda_gemm_release(void) {
     for (int i = 0; i < n_plans; i++) plan_destroy(&plans[i]);
-    n_plans = 0;
+    n_plans = 0, next_victim = 0;
 }

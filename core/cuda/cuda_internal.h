@@ -7,6 +7,7 @@
 
 #include "qft_cuda.h"
 #include "cuda_twin.h"
+#include "cuda_twin_attg.h"
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -79,6 +80,9 @@ void qft_cuda_copy(float *dst, const float *src, size_t n);
 void qft_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                    int lda, const float *B, int ldb, float beta, float *C, int ldc);
 void qft_cuda_gemm_release(void);
+/* fp32 strided-batched GEMM (one cuBLASLt call, the same precision as qft_cuda_gemm); 0 or
+ * -1 recorded. */
+int qft_cuda_gemm_batched(const qft_twin_bgemm *g);
 void qft_cuda_add(float *out, const float *a, const float *b, size_t n);
 void qft_cuda_embedding_fwd(float *out, const int32_t *ids, const float *table, int N, int C);
 void qft_cuda_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table, int N,
@@ -103,6 +107,14 @@ void qft_cuda_attention_bwd(float *dqkv, const float *dout, const float *out, co
                             const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
                             int hd, float scale, float *work, size_t work_floats);
 int qft_cuda_attention_setup(void); /* opts the kernels into their shared memory */
+/* cuda_attention_gemm.cu: attention as cuBLASLt GEMMs and row kernels over tiles of `rows`
+ * query rows (cuda_twin_attg.h); the entries above use it unless the flash kernels were
+ * chosen (qft_cuda_set_attention_kernel) or rows is 0. 0 or -1 recorded. */
+int qft_cuda_attg_forward(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
+                          int T, int H, int KV, int hd, float scale, float *work, int rows);
+int qft_cuda_attg_backward(float *dqkv, const float *dout, const float *out, const float *lse,
+                           const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
+                           int hd, float scale, float *work, int rows);
 void qft_cuda_swiglu_fwd(float *h, const float *gu, int N, int inter);
 void qft_cuda_swiglu_bwd(float *dgu, const float *dh, const float *gu, int N, int inter);
 double qft_cuda_cross_entropy_fwd(const float *logits, const int32_t *targets, int N, int V,

@@ -256,6 +256,10 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
     }
     g->lt_work_bytes = LT_WORKSPACE;
     mem_note_alloc(g->lt_work, LT_WORKSPACE);
+    /* QFT_CUDA_ATTENTION=flash: the flash kernels instead of the GEMM path, for a run (the
+     * GPU check's comparisons) without rebuilding */
+    const char *att = getenv("QFT_CUDA_ATTENTION");
+    if (att && strcmp(att, "flash") == 0) qft_cuda_set_attention_kernel(1);
     g->ready = 1;
     return &cuda_ops;
 }

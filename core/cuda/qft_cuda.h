@@ -76,6 +76,12 @@ size_t qft_cuda_mem_peak(void);
  * rounded to 10 mantissa bits); 2 "medium", bf16 (CUBLAS_COMPUTE_32F_FAST_16BF: 7 bits).
  * Accumulation stays fp32. Applies to GEMMs planned after the call. */
 void qft_cuda_set_matmul_precision(int level);
+/* Which attention the op table's attention entries run: 0 (the default) cuBLASLt GEMMs
+ * over tiles of query rows with fp32 row kernels between them (cuda_attention_gemm.cu, at
+ * the matmul precision above), 1 the flash kernels (fp32 on the CUDA cores, no scratch).
+ * Both keep nothing of size (T, T); the GEMM path also falls back to the flash kernels when
+ * its scratch cannot hold 16 query rows. */
+void qft_cuda_set_attention_kernel(int flash);
 
 /* Host <-> device copies (synchronous). 0 or -1 with err. */
 int qft_cuda_upload(void *dst_dev, const void *src_host, size_t bytes, qft_err *err);

@@ -19,6 +19,7 @@
 #include "qft_base.h"
 #include "qft_cuda.h"
 #include "cuda_twin.h"
+#include "cuda_twin_attg.h"
 #include "ops_suites.h"
 
 #include <check.h>
@@ -243,11 +244,16 @@ START_TEST(test_rope) {
 END_TEST
 
 /* ---- attention ----------------------------------------------------------------------------- */
+/* Each shape through both attentions: _i / 4 = 0 the flash kernels, 1 the GEMM path with
+ * the workspace the op asks for (whole sequences here: one tile), 2 the GEMM path with
+ * scratch for 16 query rows (several tiles, the last one short). */
 START_TEST(test_attention) {
     static const int shapes[4][6] = { /* B, T, H, KV, hd, masked */
         {2, 77, 6, 2, 40, 1}, {1, 130, 8, 2, 128, 0}, {1, 64, 4, 4, 64, 1}, {3, 5, 2, 1, 16, 1}};
-    const int B = shapes[_i][0], T = shapes[_i][1], H = shapes[_i][2], KV = shapes[_i][3],
-              hd = shapes[_i][4], masked = shapes[_i][5];
+    const int sh = _i % 4, mode = _i / 4;
+    const int B = shapes[sh][0], T = shapes[sh][1], H = shapes[sh][2], KV = shapes[sh][3],
+              hd = shapes[sh][4], masked = shapes[sh][5];
+    qft_cuda_set_attention_kernel(mode == 0);
     const int w = QFT_QKV_WIDTH(H, KV, hd);
     const size_t nq = (size_t)B * T * w, no = (size_t)B * T * H * hd, nl = (size_t)B * H * T;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -255,14 +261,16 @@ START_TEST(test_attention) {
           *oref = ctu_calloc(no, 4), *lse = ctu_calloc(nl, 4), *lref = ctu_calloc(nl, 4),
           *dq = ctu_calloc(nq, 4), *dqref = ctu_calloc(nq, 4), *dq2 = ctu_calloc(nq, 4);
     uint8_t *mask = ctu_calloc((size_t)B * T, 1);
-    ctu_fill(qkv, nq, 41 + _i, 1.0f), ctu_fill(dout, no, 51 + _i, 1.0f);
+    ctu_fill(qkv, nq, 41 + sh, 1.0f), ctu_fill(dout, no, 51 + sh, 1.0f);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) mask[(size_t)b * T + t] = !(b == 1 && (t == 0 || t % 5 == 2));
     const uint8_t *hm = masked ? mask : NULL;
     float *dQKV = ops_dup(qkv, nq * 4), *dDo = ops_dup(dout, no * 4);
     uint8_t *dM = masked ? ops_dup(mask, (size_t)B * T) : NULL;
     float *dO = G->alloc(no * 4, "t"), *dL = G->alloc(nl * 4, "t"), *dDq = G->alloc(nq * 4, "t");
-    const size_t gw = G->attention_workspace(T, hd);
+    const size_t gw_op = G->attention_workspace(T, hd), gw16 = (size_t)2 * H * T * 16;
+    const size_t gw = mode == 2 && gw16 < gw_op ? gw16 : gw_op;
+    if (mode == 1) ck_assert_int_eq(qft_twin_attg_rows(gw, T, H), T);
     float *gwork = G->alloc(gw * 4, "t");
     G->attention_fwd(dO, dL, dQKV, dM, B, T, H, KV, hd, scale, gwork, gw);
     G->attention_bwd(dDq, dDo, dO, dL, dQKV, dM, B, T, H, KV, hd, scale, gwork, gw);
@@ -279,6 +287,7 @@ START_TEST(test_attention) {
     CTU_CHECK_ERR(dq, dqref, nq, 1e-4, "attention dqkv");
     ck_assert_msg(memcmp(dq, dq2, nq * 4) == 0, "attention backward is not deterministic");
     if (masked && B > 1) ck_assert(lse[(size_t)H * T] == -INFINITY); /* b 1, h 0, t 0 */
+    qft_cuda_set_attention_kernel(0);
     G->free(dQKV), G->free(dDo), G->free(dO), G->free(dL), G->free(dDq), G->free(gwork);
     if (dM) G->free(dM);
     free(qkv), free(dout), free(out), free(oref), free(lse), free(lref), free(dq), free(dqref);
@@ -541,7 +550,7 @@ int main(void) {
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_loop_test(tc, test_rope, 0, 2);
-    tcase_add_loop_test(tc, test_attention, 0, 4);
+    tcase_add_loop_test(tc, test_attention, 0, 12);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_adamw);
     tcase_add_loop_test(tc, test_nf4, 0, 2);

@@ -478,6 +478,7 @@ int main(void) {
     tcase_add_test(tc, test_loader_message);
     twin_linear_add_tests(tc);
     twin_adapt_add_tests(tc);
+    twin_attg_add_tests(tc);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

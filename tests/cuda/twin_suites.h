@@ -8,5 +8,7 @@
 void twin_linear_add_tests(TCase *tc);
 /* The adapter ops' dropout mask, column ops and row norms (test_cuda_twin_adapt.c). */
 void twin_adapt_add_tests(TCase *tc);
+/* The GEMM attention's schedule against the CPU backend's attention (test_cuda_twin_attg.c). */
+void twin_attg_add_tests(TCase *tc);
 
 #endif
