@@ -16,6 +16,8 @@
 #   QFT_MODEL_BENCH_LAYERS   layers per train_type, "full=4 qlora=32 bnb_dora=32" by default
 #   QFT_MODEL_BENCH_MATMUL   train.matmul_precision of the cuda runs: medium (bf16 tensor
 #                            cores, the default), high (TF32) or highest (full fp32)
+#   QFT_MODEL_BENCH_RESIDUAL train.residual_dtype of every run: bf16 (the default: the
+#                            residual stream between blocks kept as bf16) or f32
 #   QFT_MODEL_BENCH_STEPS    timed steps (3)
 #   QFT_MODEL_BENCH_BUDGET   seconds for everything (150): runs still going are stopped
 #                            then, and their rows say so
@@ -111,6 +113,9 @@ adapter_sets() { # the PyTorch rows' LoRA/DoRA: r 16, alpha 32, all 7 linears
     # the frozen embedding and head as bf16 on the device, as PyTorch holds them (the cpu
     # backend has no such copy and refuses the key)
     case $1 in qlora | bnb_dora) [[ $backend == cpu ]] || echo "--set train.frozen_dtype=\"bf16\"" ;; esac
+    # the residual stream between blocks kept as bf16 (the PyTorch rows keep every
+    # activation in bf16); all three runs
+    echo "--set train.residual_dtype=\"${QFT_MODEL_BENCH_RESIDUAL:-bf16}\""
     # bf16 tensor cores for the fp32 GEMMs, fp32 accumulation, as PyTorch's bf16 rows
     # compute (QFT_MODEL_BENCH_MATMUL: "high" for TF32, "highest" for full fp32); cuda only
     if [[ $backend == cuda ]]; then
@@ -239,13 +244,13 @@ overlap_note() {
 }
 
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-echo "Model-level table: $shape (hidden $hidden, intermediate $inter, $heads heads, $kv KV heads, head_dim $hd, vocabulary $vocab, untied), batch $batch x context $ctx, recomputation on, 1 warm-up + $steps timed steps, train.backend $backend${gpu_name:+ on $gpu_name}; qft stores everything in fp32 (bf16 storage is not built yet), PyTorch in bf16."
+echo "Model-level table: $shape (hidden $hidden, intermediate $inter, $heads heads, $kv KV heads, head_dim $hd, vocabulary $vocab, untied), batch $batch x context $ctx, recomputation on, 1 warm-up + $steps timed steps, train.backend $backend${gpu_name:+ on $gpu_name}; qft stores weights, gradients, optimizer state and activations in fp32 except the residual stream between blocks (train.residual_dtype ${QFT_MODEL_BENCH_RESIDUAL:-bf16}) and, for the adapters, the frozen embedding and head (bf16); PyTorch everything in bf16 but its adapters and their optimizer state."
 echo
 echo "| train_type | layers | context | tokens/s | peak GPU MiB | notes |"
 echo "|---|---|---|---|---|---|"
 for t in "${types[@]}"; do
     log=$out/$t.log m=$out/$t/metrics.jsonl
-    notes="qft; fp32 storage"
+    notes="qft; fp32 storage, residual ${QFT_MODEL_BENCH_RESIDUAL:-bf16}"
     [[ $backend == cuda ]] && notes+=", matmul_precision ${QFT_MODEL_BENCH_MATMUL:-medium}"
     [[ $t != full && $backend != cpu ]] && notes+=", frozen embedding and head bf16"
     params=$(sed -n 's/^model: .*; \([0-9.]*M\) parameters, \([0-9.]*M\) trainable.*/\1 parameters, \2 trainable/p' "$log" | head -1)

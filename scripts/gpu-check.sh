@@ -24,8 +24,9 @@
 #      H = 32, KV = 8, hd = 128 (flash kernels; GEMM path in fp32, TF32 and bf16), NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
-#   6. runs test_cuda_ops under compute-sanitizer (memcheck, then racecheck if time is
-#      left) when compute-sanitizer is installed.
+#   6. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
+#      on the GPU under memcheck, then racecheck on test_cuda_ops if time is left, when
+#      compute-sanitizer is installed.
 # Everything ends inside 8 minutes (each step is given what is left of the budget). A
 # report with the date, the GPU and the tables is written to $OUT (or the build dir) as
 # gpu-check-report.md, ready to paste under "## CUDA" in bench/README.md.
@@ -149,6 +150,9 @@ parity_adapters() {
         parity $t || { echo "parity ${t%% *}: FAILED"; rc=1; }
     done
     parity dora lora --set adapter.plugin='"dora"' || { echo "parity dora: FAILED"; rc=1; }
+    # the residual stream kept as bf16 on both sides (train.residual_dtype)
+    parity qlora_resid_bf16 qlora --set train.residual_dtype='"bf16"' ||
+        { echo "parity qlora_resid_bf16: FAILED"; rc=1; }
     # the flash kernels instead of the default GEMM attention (the op test checks both ops)
     (export QFT_CUDA_ATTENTION=flash; parity lora_flash lora) ||
         { echo "parity lora_flash: FAILED"; rc=1; }
@@ -163,7 +167,8 @@ parity_adapters() {
     parity llama_pro_bf16 llama_pro "${sgd[@]}" -- --set train.frozen_dtype='"bf16"' ||
         { echo "parity llama_pro_bf16: FAILED"; rc=1; }
     # tensor-core GEMMs the same way: TF32 (train.matmul_precision = "high") and bf16
-    # ("medium", what the model bench runs)
+    # ("medium", what the model bench runs; the packed linears then take qmatmul's bf16
+    # path: bf16 tiles, bf16 copy of the activations, bf16 GEMMs)
     parity qlora_tf32 qlora "${sgd[@]}" -- --set train.matmul_precision='"high"' ||
         { echo "parity qlora_tf32: FAILED"; rc=1; }
     parity qlora_bf16mm qlora "${sgd[@]}" -- --set train.matmul_precision='"medium"' ||
@@ -172,9 +177,9 @@ parity_adapters() {
 }
 if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD=$BUILD; parity_adapters" \
     | tee "$REPORT_DIR/parity_adapters.txt"; then
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): ok"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): ok"
 else
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): FAILED"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): FAILED"
     status=1
 fi
 
@@ -202,6 +207,19 @@ if [[ -n "$SAN" ]]; then
         san_note="memcheck clean"
     else
         san_note="memcheck FAILED or timed out"; status=1
+    fi
+    # the issue asks for the parity run itself: one of its trainings (QDoRA: quantized base,
+    # DoRA's device norm, the adapters' ops, attention, optimizer), 2 steps, under memcheck
+    if (( $(left) > 60 )) && step memcheck_train 90 "$SAN" --tool memcheck --error-exitcode 3 \
+        "$BUILD/apps/qft" train configs/bnb_dora.cfg --set train.max_steps=2 --set data.count=8 \
+        --set train.batch_size=2 --set model.config.hidden_size=64 \
+        --set model.config.intermediate_size=128 --set model.config.num_hidden_layers=2 \
+        --set model.config.num_attention_heads=2 --set model.config.num_key_value_heads=1 \
+        --set data.context_length=192 --set train.backend='"cuda"' --set output.save='"none"' \
+        --set output.dir="\"$BUILD/memcheck-train\"" -q; then
+        san_note="$san_note; memcheck of a QDoRA training (2 steps) clean"
+    else
+        san_note="$san_note; memcheck of a QDoRA training FAILED, timed out or skipped"; status=1
     fi
     if (( $(left) > 60 )); then
         if step racecheck "$(( $(left) - 10 ))" "$SAN" --tool racecheck --error-exitcode 3 \

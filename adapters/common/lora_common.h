@@ -74,13 +74,16 @@ struct qft_adapter_linear {
     int64_t saved_N;       /* rows of the saved activations, -1 when none */
     qft_adapter_step saved_step;
     /* DoRA: ||W + s B A|| per row and f = m / norm (backend memory). With host memory the
-     * norm is recomputed only when A or B changed, by an expansion that needs ||W||^2 per
-     * row (wsq, host memory, once at attach: W is frozen); on other backends it is
-     * recomputed exactly at every forward (lora_dora.c says why). */
+     * norm is recomputed only when A or B changed (norm_key, a hash of them), by an
+     * expansion that needs ||W||^2 per row (wsq, host memory, once at attach: W is frozen);
+     * on other backends it is recomputed exactly once per non-zero params_version of the
+     * step (norm_version), at every forward when that is 0 (lora_dora.c says why). */
     float *norm, *f;       // (out), (out)
     double *wsq;           // (out) host memory only
-    uint64_t norm_key;
-    int norm_valid;
+    uint64_t norm_key;     /* host memory: the hash of A and B the norm is of */
+    uint64_t norm_version; /* other backends: the params_version the norm is of */
+    int norm_valid;        /* 0 until the first norm, and after attach or prepare */
+    long norm_computes;    /* norms computed since attach (a count for tests and benches) */
 };
 
 /* ---- configuration (lora_config.c) --------------------------------------------------- */
@@ -107,8 +110,10 @@ void qft_lora_detach(qft_adapter_linear *al);
 int qft_lora_row_norms(qft_adapter_linear *al, float *norm, qft_err *err);
 /* al->wsq (out) = ||W||^2 per row, tile by tile. */
 int qft_lora_dora_prepare(qft_adapter_linear *al, qft_err *err);
-/* Refreshes al->norm and al->f = m / norm unless A and B are unchanged since last time. */
-int qft_lora_dora_refresh(qft_adapter_linear *al, qft_err *err);
+/* Refreshes al->norm unless A and B are unchanged since last time (host memory: their
+ * hash; other backends: st's non-zero params_version), then al->f = m / norm. st may be
+ * NULL (version 0). */
+int qft_lora_dora_refresh(qft_adapter_linear *al, const qft_adapter_step *st, qft_err *err);
 int qft_lora_merge_rows(qft_adapter_linear *al, int64_t row0, int64_t n, float *dst,
                         qft_err *err);
 

@@ -11,9 +11,14 @@
  * initialisation and merging use that exact path throughout, one tile of rows at a time.
  *
  * That cache and the expansion read A, B and the products from host code, so they run only
- * on a backend with host memory (cpu). Elsewhere (cuda) the norm is recomputed exactly at
- * every forward through the op table: one pass over W's tiles plus a product of r rows
- * per tile, a cost of about r / N of the linear's own forward product at N rows. */
+ * on a backend with host memory (cpu). Elsewhere (cuda, cpu_guard) the norm is recomputed
+ * exactly through the op table: one pass over W's tiles plus a product of r rows per tile,
+ * a cost of about r / N of the linear's own forward product at N rows. Hashing A and B
+ * there would need them on the host, so the core's word replaces the hash: the step's
+ * params_version, which stays the same while the trainable parameters do, so the norm is
+ * computed once per optimizer step instead of at each of the 2 x grad_accum forwards that
+ * activation recomputation makes of it. Version 0 (a caller that does not know) means
+ * recompute every time. */
 #include "lora_common.h"
 
 #include <math.h>
@@ -21,7 +26,7 @@
 
 /* Rows per tile: on the host about 1 MiB of fp32, so a tile is still in cache when its norms
  * are read; on a device 64 MiB, so that a norm is a few large launches (a 4096-wide weight
- * of 14336 rows in 4 tiles, not 224), since there it runs at every forward. */
+ * of 14336 rows in 4 tiles, not 224), since there each norm is a full pass over W. */
 static int64_t tile_rows(const qft_adapter_linear *al) {
     int64_t t = al->cfg->tile_rows;
     if (t <= 0) {
@@ -143,19 +148,29 @@ static uint64_t hash_floats(uint64_t h, const float *p, size_t n) {
     return h;
 }
 
-int qft_lora_dora_refresh(qft_adapter_linear *al, qft_err *err) {
+int qft_lora_dora_refresh(qft_adapter_linear *al, const qft_adapter_step *st, qft_err *err) {
     const qft_ops *ops = al->base.ops;
     if (!ops->host_memory) {
-        if (qft_lora_row_norms(al, al->norm, err)) return -1;
+        const uint64_t version = st ? st->params_version : 0;
+        if (!al->norm_valid || version == 0 || version != al->norm_version) {
+            /* invalid until whole: a failure half-way leaves no stale norm to reuse */
+            al->norm_valid = 0;
+            if (qft_lora_row_norms(al, al->norm, err)) return -1;
+            al->norm_version = version;
+            al->norm_valid = 1;
+            al->norm_computes++;
+        }
         ops->div(al->f, al->m, al->norm, (size_t)al->out);
         return 0;
     }
     uint64_t key = hash_floats(0xCBF29CE484222325ull, al->A, (size_t)(al->r * al->in));
     key = hash_floats(key, al->B, (size_t)(al->out * al->r));
     if (!al->norm_valid || key != al->norm_key) {
+        al->norm_valid = 0;
         if (expanded_norms(al, al->norm, err)) return -1;
         al->norm_key = key;
         al->norm_valid = 1;
+        al->norm_computes++;
     }
     /* m changes at every step, so f is cheap enough to redo each time */
     for (int64_t j = 0; j < al->out; j++) al->f[j] = al->m[j] / al->norm[j];

@@ -175,7 +175,7 @@ int qft_lora_forward(qft_adapter_linear *al, const qft_adapter_step *st, const f
     if (!c->dora) {
         qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, y, ldy);
     } else {
-        if (qft_lora_dora_refresh(al, err)) return -1;
+        if (qft_lora_dora_refresh(al, st, err)) return -1;
         float *h; // (N, out), becomes W x_d + s B A x_d
         if (keep) {
             if (qft_lora_reserve(ops, &al->h, &al->cap_h, (size_t)(N * out), ACT_WHAT, name, err))

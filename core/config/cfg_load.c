@@ -182,6 +182,9 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
         qft_cfg_bool(ts, "recompute", 0, &rc->train.recompute, err) ||
         qft_cfg_int(ts, "seed", 42, 0, 1L << 62, &rc->train.seed, err))
         return -1;
+    static const char *const residuals[] = {"f32", "bf16", NULL};
+    if (qft_cfg_choice(ts, "residual_dtype", "f32", residuals, &rc->train.residual_dtype, err))
+        return -1;
     if (qft_cfg_int(ts, "loss_chunk_tokens", 0, 0, 1 << 30, &v, err)) return -1;
     rc->train.loss_chunk_tokens = (int)v;
     if (qft_cfg_int(ts, "log_every", 1, 1, 1 << 30, &v, err)) return -1;

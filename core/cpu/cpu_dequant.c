@@ -123,3 +123,22 @@ void qft_cpu_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *ds
         else nf4_range(w, f0 + lo, cnt, dst + lo);
     }
 }
+
+/* Tiles of W's rows through the scratch: the forward's tiles fill their own columns of c,
+ * the backward's partial products over W's rows accumulate in c, the first with beta. */
+void qft_cpu_qmatmul(const qft_qlayout *w, int backward, const float *a, int64_t lda, int64_t N,
+                     float *c, int64_t ldc, float beta, float *scratch, size_t scratch_floats) {
+    const int64_t in = w->in, out = w->out;
+    int64_t tr = (int64_t)(scratch_floats / (size_t)in);
+    tr = tr < out ? (tr > 0 ? tr : 1) : out;
+    for (int64_t r0 = 0; r0 < out; r0 += tr) {
+        const int64_t n = out - r0 < tr ? out - r0 : tr;
+        qft_cpu_dequantize(w, r0, n, scratch); // (n, in)
+        if (!backward)
+            qft_cpu_gemm(0, 1, (int)N, (int)n, (int)in, 1.0f, a, (int)lda, scratch, (int)in, beta,
+                         c + r0, (int)ldc);
+        else
+            qft_cpu_gemm(0, 0, (int)N, (int)in, (int)n, 1.0f, a + r0, (int)lda, scratch, (int)in,
+                         r0 ? 1.0f : beta, c, (int)ldc);
+    }
+}

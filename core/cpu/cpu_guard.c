@@ -242,6 +242,27 @@ static void guard_embedding_fwd_bf16(float *out, const int32_t *ids, const uint1
     CLOSE();
 }
 
+static void guard_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
+    OPEN();
+    qft_cpu_f32_to_bf16(dst, src, n);
+    CLOSE();
+}
+
+static void guard_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
+    OPEN();
+    qft_cpu_bf16_to_f32(dst, src, n);
+    CLOSE();
+}
+
+/* the layout struct is host memory; its buffers, a, c and the scratch are backend memory */
+static void guard_qmatmul(const qft_qlayout *w, int backward, const float *a, int64_t lda,
+                          int64_t N, float *c, int64_t ldc, float beta, float *scratch,
+                          size_t scratch_floats) {
+    OPEN();
+    qft_cpu_qmatmul(w, backward, a, lda, N, c, ldc, beta, scratch, scratch_floats);
+    CLOSE();
+}
+
 static const qft_ops guard_ops = {
     .name = "cpu_guard",
     .alloc = guard_alloc,
@@ -280,6 +301,9 @@ static const qft_ops guard_ops = {
     .row_norms = guard_row_norms,
     .dropout = guard_dropout,
     .embedding_fwd_bf16 = guard_embedding_fwd_bf16,
+    .f32_to_bf16 = guard_f32_to_bf16,
+    .bf16_to_f32 = guard_bf16_to_f32,
+    .qmatmul = guard_qmatmul,
 };
 
 const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

@@ -73,6 +73,16 @@ void qft_cpu_embedding_fwd(float *out, const int32_t *ids, const float *table, i
         memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof *out); // (C)
 }
 
+void qft_cpu_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (size_t i = 0; i < n; i++) dst[i] = qft_f32_to_bf16(src[i]);
+}
+
+void qft_cpu_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (size_t i = 0; i < n; i++) dst[i] = qft_bf16_to_f32(src[i]);
+}
+
 void qft_cpu_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table, int N,
                                 int C) {
 #pragma omp parallel for schedule(static) if (N > 64)
@@ -148,6 +158,9 @@ static const qft_ops cpu_ops = {
     .row_norms = qft_cpu_row_norms,
     .dropout = qft_cpu_dropout,
     .embedding_fwd_bf16 = qft_cpu_embedding_fwd_bf16,
+    .f32_to_bf16 = qft_cpu_f32_to_bf16,
+    .bf16_to_f32 = qft_cpu_bf16_to_f32,
+    .qmatmul = qft_cpu_qmatmul,
 };
 
 const qft_ops *qft_cpu_ops(void) { return &cpu_ops; }

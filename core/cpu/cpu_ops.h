@@ -24,6 +24,10 @@ void qft_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, cons
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);
 void qft_cpu_add(float *out, const float *a, const float *b, size_t n);
 void qft_cpu_embedding_fwd(float *out, const int32_t *ids, const float *table, int N, int C);
+void qft_cpu_qmatmul(const qft_qlayout *w, int backward, const float *a, int64_t lda, int64_t N,
+                     float *c, int64_t ldc, float beta, float *scratch, size_t scratch_floats);
+void qft_cpu_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
+void qft_cpu_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
 void qft_cpu_embedding_fwd_bf16(float *out, const int32_t *ids, const uint16_t *table, int N,
                                 int C);
 void qft_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids, int N, int C);

@@ -52,6 +52,8 @@ struct qft_cuda_state {
     void *lt_work;                  /* cuBLASLt workspace */
     size_t lt_work_bytes;
     int matmul_precision;           /* qft_cuda_set_matmul_precision's level */
+    int pooled;                     /* the op table's alloc/free go through the device's
+                                     * stream-ordered pool (cudaMallocAsync) */
     void *scratch;                  /* device scratch for host-visible results */
     size_t scratch_bytes;
     char name[160];
@@ -126,5 +128,8 @@ double qft_cuda_cross_entropy_fused(float *logits, const int32_t *targets, int N
 /* cuda_dequant.cu: the packed-weight entries, over a layout whose buffers are on the device */
 extern "C" void qft_cuda_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *dst);
 extern "C" int qft_cuda_has_qformat(int format);
+extern "C" void qft_cuda_qmatmul(const qft_qlayout *w, int backward, const float *a, int64_t lda,
+                                 int64_t N, float *c, int64_t ldc, float beta, float *scratch,
+                                 size_t scratch_floats);
 
 #endif

@@ -1,6 +1,7 @@
 // The quantized linear on the GPU: rows of a packed W (NF4 or HQQ) are dequantized into a
 // bf16 scratch and multiplied by cuBLASLt in bf16 with fp32 accumulation, one GEMM per
-// tile. The tile schedule and each GEMM's arguments come from cuda_twin.h
+// tile. The op table's qmatmul runs the model's packed and bf16 linears through it under
+// bf16 matmul precision (cuda_dequant.cu). The tile schedule and each GEMM's arguments come from cuda_twin.h
 // (qft_twin_qlinear_*), which tests/cuda/test_cuda_twin.c replays on the CPU.
 //
 // Why a scratch and not a dequantizing GEMM kernel: cuBLASLt's bf16 kernels are near the

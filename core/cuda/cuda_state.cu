@@ -117,11 +117,19 @@ void *qft_cuda_scratch(size_t bytes) {
     return qft_cuda_g.scratch;
 }
 
-// cudaMalloc aligns to 256 bytes, which covers the table's 64. `what` names the buffer in
-// the error when the device is full.
+// cudaMalloc aligns to 256 bytes, which covers the table's 64 (the pool's allocations too).
+// `what` names the buffer in the error when the device is full.
+//
+// Where the device has memory pools, the op table allocates from the device's default pool
+// in stream order (cudaMallocAsync / cudaFreeAsync on the stream every op runs on), with
+// the pool told to keep what is freed: the adapters free and allocate their saved
+// activations layer by layer at every step, and cudaFree would wait for the device each
+// time, so the host could no longer queue kernels ahead of the GPU. This is the role of
+// PyTorch's caching allocator; the held/peak counts below stay those of live buffers.
 static void *cuda_alloc(size_t bytes, const char *what) {
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    cudaError_t e = qft_cuda_g.pooled ? cudaMallocAsync(&p, bytes ? bytes : 1, 0)
+                                      : cudaMalloc(&p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s (%zu bytes for %s)", cudaGetErrorString(e), bytes,
@@ -136,7 +144,10 @@ static void *cuda_alloc(size_t bytes, const char *what) {
 static void cuda_free(void *p) {
     if (!p) return;
     mem_note_free(p);
-    CUDA_CHECK(cudaFree(p));
+    if (qft_cuda_g.pooled)
+        CUDA_CHECK(cudaFreeAsync(p, 0));
+    else
+        CUDA_CHECK(cudaFree(p));
 }
 
 void qft_cuda_zero(float *x, size_t n) {
@@ -205,6 +216,9 @@ static const qft_ops cuda_ops = {
     qft_cuda_row_norms,
     qft_cuda_dropout,
     qft_cuda_embedding_fwd_bf16,
+    qft_cuda_f32_to_bf16,
+    qft_cuda_bf16_to_f32,
+    qft_cuda_qmatmul,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90
@@ -256,6 +270,14 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
     }
     g->lt_work_bytes = LT_WORKSPACE;
     mem_note_alloc(g->lt_work, LT_WORKSPACE);
+    int pools = 0;
+    cudaMemPool_t pool;
+    uint64_t keep_all = UINT64_MAX; // never hand freed pool memory back to the driver
+    if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) == cudaSuccess &&
+        pools && cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess &&
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all) == cudaSuccess)
+        g->pooled = 1;
+    cudaGetLastError(); // a device without pools leaves plain cudaMalloc, not an error
     /* QFT_CUDA_ATTENTION=flash: the flash kernels instead of the GEMM path, for a run (the
      * GPU check's comparisons) without rebuilding */
     const char *att = getenv("QFT_CUDA_ATTENTION");

@@ -156,6 +156,11 @@ typedef struct qft_llama_model {
      * logits again (one more head GEMM). 0 = the whole batch at once, which also keeps the
      * logits for qft_llama_logits. */
     int logit_rows;
+    /* Keep the residual stream between blocks (each block's input, (L+1, N, C)) as bf16,
+     * half the bytes of the largest activation buffer under recomputation; each block then
+     * reads its input rounded to bf16, in forward and in backward alike, as in a bf16 model.
+     * Gradients pass the rounding unchanged. */
+    int residual_bf16;
     struct qft_llama_acts *acts;
     /* the unit layout (qft_llama_build.unit_pad), NULL units without it */
     int unit_pad, n_units;

@@ -16,11 +16,12 @@ static void acts_release(struct qft_llama_acts *a) {
         o->free(*bufs[i]);
         *bufs[i] = NULL;
     }
+    o->free(a->xq);
     o->free(a->targets);
     o->free(a->ids);
     o->free(a->mask_buf);
     free(a->targets_host);
-    a->targets = NULL, a->ids = NULL, a->mask_buf = NULL, a->targets_host = NULL;
+    a->targets = NULL, a->ids = NULL, a->mask_buf = NULL, a->targets_host = NULL, a->xq = NULL;
     a->bytes = 0;
 }
 
@@ -39,6 +40,30 @@ int qft_llama_logit_rows_auto(int vocab_size) {
     return rows < 128 ? 128 : rows > (1u << 30) ? 1 << 30 : (int)rows;
 }
 
+float *qft_llama_x(const qft_llama_model *m, int l) {
+    const struct qft_llama_acts *a = m->acts;
+    const size_t slot = (size_t)(a->x_bf16 ? l & 1 : l);
+    return a->x + slot * (size_t)a->cap_N * (size_t)m->cfg.hidden_size;
+}
+
+void qft_llama_x_keep(const qft_llama_model *m, int l, int N) {
+    const struct qft_llama_acts *a = m->acts;
+    if (!a->x_bf16) return;
+    const size_t C = (size_t)m->cfg.hidden_size, n = (size_t)N * C;
+    uint16_t *kept = a->xq + (size_t)l * a->cap_N * C; // (N, C)
+    a->ops->f32_to_bf16(kept, qft_llama_x(m, l), n);
+    a->ops->bf16_to_f32(qft_llama_x(m, l), kept, n); /* the next block reads what is kept */
+}
+
+const float *qft_llama_x_load(const qft_llama_model *m, int l, int N) {
+    const struct qft_llama_acts *a = m->acts;
+    if (a->x_bf16) {
+        const size_t C = (size_t)m->cfg.hidden_size;
+        a->ops->bf16_to_f32(qft_llama_x(m, l), a->xq + (size_t)l * a->cap_N * C, (size_t)N * C);
+    }
+    return qft_llama_x(m, l);
+}
+
 int qft_llama_logit_chunk(const qft_llama_model *m, int N) {
     return m->logit_rows > 0 && m->logit_rows < N ? m->logit_rows : N;
 }
@@ -52,7 +77,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     struct qft_llama_acts *a = m->acts;
     const int want_slots = m->recompute ? 1 : c->num_hidden_layers;
     if (a && a->cap_N >= B * T && a->cap_T >= T && a->slots == want_slots &&
-        a->logit_cap == qft_llama_logit_chunk(m, a->cap_N))
+        a->logit_cap == qft_llama_logit_chunk(m, a->cap_N) && a->x_bf16 == !!m->residual_bf16)
         return 0;
     if (!a) {
         a = calloc(1, sizeof *a);
@@ -67,6 +92,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     memset((char *)a + sizeof a->ops, 0, sizeof *a - sizeof a->ops);
     a->cap_N = capN, a->cap_T = capT, a->slots = want_slots, a->recompute = m->recompute;
     a->logit_cap = qft_llama_logit_chunk(m, capN);
+    a->x_bf16 = !!m->residual_bf16;
     const size_t N = (size_t)capN, S = (size_t)want_slots, L = (size_t)c->num_hidden_layers;
     const size_t C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     const size_t V = (size_t)c->vocab_size, H = (size_t)c->num_attention_heads;
@@ -80,7 +106,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     } t[] = {
         {&a->rope_cos, (size_t)capT * hd / 2, "activations"}, // (T, hd/2)
         {&a->rope_sin, (size_t)capT * hd / 2, "activations"}, // (T, hd/2)
-        {&a->x, (L + 1) * N * C, "activations"},              // (L+1, N, C)
+        {&a->x, (a->x_bf16 ? 2 : L + 1) * N * C, "activations"}, // (L+1 or 2, N, C)
         {&a->rstd1, S * N, "activations"},                    // (S, N)
         {&a->rstd2, S * N, "activations"},                    // (S, N)
         {&a->qkv, S * N * W, "activations"},                  // (S, N, W)
@@ -112,6 +138,11 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
         *t[i].p = a->ops->alloc(t[i].n * sizeof(float), t[i].what);
         if (!*t[i].p) goto oom;
         a->bytes += t[i].n * sizeof(float);
+    }
+    if (a->x_bf16) {
+        a->xq = a->ops->alloc((L + 1) * N * C * sizeof(uint16_t), "activations"); // (L+1, N, C)
+        if (!a->xq) goto oom;
+        a->bytes += (L + 1) * N * C * sizeof(uint16_t);
     }
     a->targets = a->ops->alloc(N * sizeof(int32_t), "activations"); // (N)
     /* the batch's ids and mask in the backend's memory, and the targets as the host

@@ -85,7 +85,6 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
     const qft_ops *o = a->ops;
     const qft_llama_config *c = &m->cfg;
     const int N = a->B * a->T, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
-    const size_t cN = (size_t)a->cap_N;
     /* the batch of the forward, whose ids and mask are in the backend's memory already */
     a->mask = b->mask ? a->mask_buf : NULL;
 
@@ -111,7 +110,8 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
     }
     a->logits_valid = 0;
     o->zero(a->dres, (size_t)N * C);
-    o->rmsnorm_bwd(a->dres, m->g.norm, a->dln, a->x + L * cN * C, m->p.norm, a->rstdf, N, C);
+    o->rmsnorm_bwd(a->dres, m->g.norm, a->dln, qft_llama_x_load(m, L, N), m->p.norm, a->rstdf, N,
+                   C);
     /* the head unit, kept from forward, is done; a tied head's gradient went into the
      * embedding's, which embedding_bwd completes below */
     if (qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, L + 1, err) ||
@@ -120,7 +120,7 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
         return -1;
 
     for (int l = L - 1; l >= 0; l--) {
-        const float *x_in = a->x + l * cN * C; // (N, C)
+        const float *x_in = qft_llama_x_load(m, l, N); // (N, C)
         /* the mode forward ran in, not m->recompute now: the buffers hold what it kept */
         m->astep.no_grad = 0; /* this pass keeps what the backward right after needs */
         if (qft_llama_unit_event(m, QFT_UNIT_GATHER, l + 1, err)) return -1;

@@ -73,7 +73,6 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     const qft_llama_config *c = &m->cfg;
     const int B = b->B, T = b->T, N = B * T;
     const int C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
-    const size_t cN = (size_t)a->cap_N;
     a->B = B, a->T = T, a->fwd_recompute = m->recompute;
     /* the batch into the backend's memory (a copy on the CPU backend: small) */
     o->upload(a->ids, b->ids, (size_t)N * sizeof(int32_t));
@@ -92,21 +91,24 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
     const int tied = m->cfg.tie_word_embeddings;
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, 0, err)) return -1;
     if (m->p.embed)
-        o->embedding_fwd(a->x, a->ids, m->p.embed, N, C);
+        o->embedding_fwd(qft_llama_x(m, 0), a->ids, m->p.embed, N, C);
     else /* frozen and kept as bf16 on the backend */
-        o->embedding_fwd_bf16(a->x, a->ids, qft_llama_embed_bf16(m), N, C);
+        o->embedding_fwd_bf16(qft_llama_x(m, 0), a->ids, qft_llama_embed_bf16(m), N, C);
+    qft_llama_x_keep(m, 0, N);
     if (!tied && qft_llama_unit_event(m, QFT_UNIT_RELEASE, 0, err)) return -1;
     /* with recomputation, adapters keep nothing in this pass: backward repeats it */
     m->astep.no_grad = a->fwd_recompute;
-    for (int l = 0; l < L; l++)
+    for (int l = 0; l < L; l++) {
         if (qft_llama_unit_event(m, QFT_UNIT_GATHER, l + 1, err) ||
-            qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, a->x + l * cN * C,
-                                    a->x + (l + 1) * cN * C, err) ||
+            qft_llama_block_forward(m, l, a->fwd_recompute ? 0 : l, qft_llama_x(m, l),
+                                    qft_llama_x(m, l + 1), err) ||
             qft_llama_unit_event(m, QFT_UNIT_RELEASE, l + 1, err))
             return -1;
+        qft_llama_x_keep(m, l + 1, N);
+    }
     /* the head unit stays for the backward that follows */
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, L + 1, err)) return -1;
-    const float *xL = a->x + L * cN * C; // (N, C)
+    const float *xL = qft_llama_x(m, L); // (N, C)
     o->rmsnorm_fwd(a->lnf, a->rstdf, xL, m->p.norm, N, C, c->rms_norm_eps);
 
     /* transformers shifts inside the loss: logits[t] is scored against labels[t+1] */

@@ -17,7 +17,10 @@ struct qft_llama_acts {
     int rope_T;
     float *rope_cos, *rope_sin; // (cap_T, hd/2) each
     /* saved by forward */
-    float *x;            // (L+1, cap_N, C) block inputs; x[L] is the last block's output
+    float *x;            // (L+1, cap_N, C) block inputs; x[L] is the last block's output;
+                         // with x_bf16 (2, cap_N, C): the pass's working copies, kept in xq
+    int x_bf16;          /* the residual stream is kept as bf16 (m->residual_bf16) */
+    uint16_t *xq;        // (L+1, cap_N, C) with x_bf16: the block inputs as bf16
     float *rstd1, *rstd2; // (slots, cap_N)
     float *qkv;          // (slots, cap_N, (H+2KV)*hd) after RoPE
     float *att;          // (slots, cap_N, H*hd) attention output before o_proj
@@ -54,6 +57,13 @@ struct qft_llama_acts {
                           * backward turned them into gradients */
     int grad_ready;      /* 1 after forward until its backward */
 };
+
+/* Block l's input (l = L: the last block's output) as the passes use it, fp32: with
+ * bf16 residuals one of two working buffers, which x_keep rounds and keeps and x_load
+ * brings back for backward. */
+float *qft_llama_x(const qft_llama_model *m, int l);
+void qft_llama_x_keep(const qft_llama_model *m, int l, int N);
+const float *qft_llama_x_load(const qft_llama_model *m, int l, int N);
 
 /* Rows per head-and-loss chunk for a batch of N rows (m->logit_rows, or N). */
 int qft_llama_logit_chunk(const qft_llama_model *m, int N);

@@ -80,27 +80,14 @@ static int total_out(const qft_llama_lin_group *g) {
     return s;
 }
 
-/* Rows of a packed weight per tile of the backend's scratch. */
-static int tile_rows_of(const qft_llama_linear *L) {
-    const size_t r = L->qtile_floats / (size_t)L->in;
-    return r < (size_t)L->out ? (int)r : L->out;
-}
-
 int qft_llama_base_fwd(const qft_ops *ops, const qft_llama_linear *L, const float *x, int N,
                        float *y, int ldy, float beta, qft_err *err) {
     if (L->w) {
         ops->gemm(0, 1, N, L->out, L->in, 1.0f, x, L->in, L->w, L->in, beta, y, ldy);
         return 0;
     }
-    if (L->ql) {
-        /* on another backend: its dequantization into the scratch, then its GEMM, per tile
-         * of W's rows (the whole weight when the scratch holds it) */
-        const int tr = tile_rows_of(L);
-        for (int r0 = 0; r0 < L->out; r0 += tr) {
-            const int n = L->out - r0 < tr ? L->out - r0 : tr;
-            ops->dequantize(L->ql, r0, n, L->qtile);                    // (n, in)
-            ops->gemm(0, 1, N, n, L->in, 1.0f, x, L->in, L->qtile, L->in, beta, y + r0, ldy);
-        }
+    if (L->ql) { /* on another backend: its product with the layout, through the scratch */
+        ops->qmatmul(L->ql, 0, x, L->in, N, y, ldy, beta, L->qtile, L->qtile_floats);
         return 0;
     }
     return qft_qlinear_forward(L->qvt, L->qw, L->out, L->in, x, N, y, ldy, beta, err);
@@ -113,14 +100,7 @@ int qft_llama_base_bwd_x(const qft_ops *ops, const qft_llama_linear *L, const fl
         return 0;
     }
     if (L->ql) {
-        /* dx sums over W's rows: the tiles' products accumulate, the first with beta */
-        const int tr = tile_rows_of(L);
-        for (int r0 = 0; r0 < L->out; r0 += tr) {
-            const int n = L->out - r0 < tr ? L->out - r0 : tr;
-            ops->dequantize(L->ql, r0, n, L->qtile); // (n, in)
-            ops->gemm(0, 0, N, L->in, n, 1.0f, dy + r0, ldy, L->qtile, L->in, r0 ? 1.0f : beta,
-                      dx, L->in);
-        }
+        ops->qmatmul(L->ql, 1, dy, ldy, N, dx, L->in, beta, L->qtile, L->qtile_floats);
         return 0;
     }
     return qft_qlinear_backward_input(L->qvt, L->qw, L->out, L->in, dy, ldy, N, dx, beta, err);

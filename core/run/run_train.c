@@ -31,6 +31,9 @@ typedef struct run_state {
      * backend without shard.cpu_offload); otherwise on the host copies */
     int dev_opt;
     size_t opt_bytes; /* the optimizer state's allocation on this rank */
+    /* the adapters' params_version (qft_sdk.h): non-zero, and a new value after anything
+     * that writes the trainable parameters (a resume, each optimizer update) */
+    uint64_t params_version;
 } run_state;
 
 static void run_state_free(run_state *s) {
@@ -246,6 +249,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         s.model.cfg.pad_token_id = qft_tokenizer_pad(s.data.tok);
     }
     s.model.recompute = rc->train.recompute;
+    s.model.residual_bf16 = strcmp(rc->train.residual_dtype, "bf16") == 0;
     /* the head and the loss in chunks of tokens, so that no (tokens, vocab) logits buffer
      * exists (1 GiB at Llama-3's vocabulary and 2048 tokens) */
     s.model.logit_rows = rc->train.loss_chunk_tokens
@@ -268,6 +272,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
          qft_run_shard_gather_params(&s.shard, s.model.params, err)))
         goto done;
     if (rc->train.resume_from) qft_llama_params_to_backend(&s.model, 0, s.model.n_trainable);
+    s.params_version = 1; /* the parameters the loop starts from, resumed or not */
 
     /* One optimizer step takes world * grad_accum micro-batches of the one-process order;
      * rank r trains those at positions r, r + world, ... of them. */
@@ -333,7 +338,8 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
             /* the position j, not k, keys dropout: every rank draws other masks, and each
              * micro-batch gets the mask one process would give it */
             s.model.astep = (qft_adapter_step){.seed = (uint64_t)rc->train.seed, .step = step,
-                                               .micro = j, .training = 1};
+                                               .micro = j, .training = 1,
+                                               .params_version = s.params_version};
             qft_run_shard_set_last_micro(&s.shard, k == G - 1);
             if (qft_data_loader_get(&s.loader, micro % batches_per_epoch, &b, &nt, err) ||
                 qft_llama_forward(&s.model, &b, &loss, err) ||
@@ -354,6 +360,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         const float lr = qft_schedule_lr(&sched, step);
         float gnorm = 0;
         if (optimizer_step(rc, &s, lr, &gnorm, err)) goto done;
+        s.params_version++;
         const double t1 = qft_time_now();
         const double tps = step_tokens / (t1 - t0 > 1e-9 ? t1 - t0 : 1e-9);
         tokens_total += step_tokens;

@@ -290,6 +290,23 @@ typedef struct qft_ops {
      * frozen embedding kept as bf16 (QFT_QFMT_BF16). Ids in [0, V): the caller checks. */
     void (*embedding_fwd_bf16)(float *out, const int32_t *ids, const uint16_t *table, int N,
                                int C);
+
+    /* ---- appended in ABI 5: bf16 storage of activations -------------------------------- */
+    /* dst (n) = src (n) rounded to bf16, nearest even (bit patterns, as qft_f32_to_bf16). */
+    void (*f32_to_bf16)(uint16_t *dst, const float *src, size_t n);
+    /* dst (n) = src (n) widened to fp32, exactly. */
+    void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
+    /* The product with a weight W (out, in) kept as a layout on this backend (a packed base,
+     * or a frozen dense one as QFT_QFMT_BF16):
+     *   backward 0: c (N, ldc)[:, 0:out] = a (N, lda)[:, 0:in] W^T + beta c;
+     *   backward 1: c (N, ldc)[:, 0:in] = a (N, lda)[:, 0:out] W + beta c.
+     * scratch (scratch_floats floats of backend memory, at least one row of W) receives
+     * dequantized rows. How is the backend's: the CPU dequantizes fp32 tiles into the scratch
+     * and runs its GEMM (the plugin's values, exactly); CUDA does the same, except under bf16
+     * matmul precision, where it dequantizes bf16 tiles and runs bf16 GEMMs with fp32
+     * accumulation from a bf16 copy of a. */
+    void (*qmatmul)(const qft_qlayout *w, int backward, const float *a, int64_t lda, int64_t N,
+                    float *c, int64_t ldc, float beta, float *scratch, size_t scratch_floats);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

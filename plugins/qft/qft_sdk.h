@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define QFT_ABI_VERSION 4
+#define QFT_ABI_VERSION 5
 #define QFT_PLUGIN_ENTRY_SYMBOL "qft_plugin_entry"
 
 /* ---- errors -------------------------------------------------------------------------
@@ -294,6 +294,13 @@ typedef struct qft_adapter_step {
      * activations. 0 (the default) keeps them from forward until the backward that
      * consumes them, which frees them, so they are live no longer than the core's own. */
     int no_grad;
+    /* Appended in ABI 5. 0 = unknown: the adapter must not reuse across forwards anything
+     * it computed from its trainable parameters. Non-zero: a promise that the trainable
+     * parameters (A, B, magnitudes, ...) are the same in every forward carrying the same
+     * value, so what depends only on them and the frozen base (DoRA's weight norm) may be
+     * computed once per value. The core gives it a new value whenever they may have
+     * changed (an optimizer update, a load, a resume). */
+    uint64_t params_version;
 } qft_adapter_step;
 
 typedef struct qft_adapter_linear qft_adapter_linear; /* a plugin's per-linear state */

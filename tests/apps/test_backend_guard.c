@@ -13,8 +13,9 @@
  *   - quantized bases and per-linear adapters there (packed weights copied packed and
  *     dequantized by the backend's op; adapters attached again on the backend's copies,
  *     computing through its op table): LoRA with dropout, QLoRA on NF4 and HQQ, Llama-Pro
- *     on NF4 reproduce the cpu backend's bits; DoRA recomputes its norm exactly at every
- *     forward off the host (the cpu backend caches an expansion), so it agrees to rounding;
+ *     on NF4 reproduce the cpu backend's bits (also with the head and loss in chunks and
+ *     with bf16 residuals); DoRA computes its norm exactly once per parameter version off
+ *     the host (the cpu backend caches an expansion), so it agrees to rounding;
  *     a merged save after training on the backend merges on the host;
  *   - the refusals: cpu_offload on the cpu backend, several ranks without cpu_offload, full
  *     sharding (a quantizer without a packed layout: tests/quant_example).
@@ -131,7 +132,7 @@ static const struct {
     {"lora", "", 0, 1},
     {"qlora", "--set train.recompute=true --set train.loss_chunk_tokens=100", 0, 1},
     {"qlora", "--set train.recompute=false", 1, 1},
-    {"hqq_lora", "", 0, 1},
+    {"hqq_lora", "--set train.residual_dtype=\\\"bf16\\\"", 0, 1},
     {"bnb_llama_pro", "", 0, 1},
     {"bnb_dora", "--set output.save=\\\"model\\\"", 0, 0},
     {"hqq_dora", "--set adapter.dropout=0.1", 0, 0},

@@ -36,6 +36,7 @@ static const qft_ops *G;
 START_TEST(test_table) {
     ck_assert_int_eq(G->host_memory, 0);
     ck_assert(G->cols_axpby && G->col_dot && G->div && G->row_norms && G->dropout);
+    ck_assert(G->embedding_fwd_bf16 && G->f32_to_bf16 && G->bf16_to_f32 && G->qmatmul);
 }
 END_TEST
 
@@ -146,21 +147,59 @@ START_TEST(test_embedding_bf16) {
 }
 END_TEST
 
+/* ---- f32_to_bf16 / bf16_to_f32 (train.residual_dtype = "bf16") -------------------------------- */
+START_TEST(test_bf16_round_trip) {
+    const size_t n = (size_t)3 << 20 | 17; /* past the capped grid, odd */
+    float *src = ctu_calloc(n, 4), *ref = ctu_calloc(n, 4), *got = ctu_calloc(n, 4);
+    uint16_t *href = malloc(n * 2), *hgot = malloc(n * 2);
+    ck_assert(href && hgot);
+    ctu_fill(src, n, 251, 3.0f);
+    /* ties at the rounding bit (both directions), infinities, zeros, a subnormal */
+    const float edge[] = {1.00390625f, 1.01171875f, -1.00390625f, INFINITY, -INFINITY, 0.0f,
+                          -0.0f, 1e-40f, 3.3895314e38f};
+    memcpy(src, edge, sizeof edge);
+    float *ds = ops_dup(src, n * 4), *dw = G->alloc(n * 4, "test");
+    uint16_t *dh = G->alloc(n * 2, "test");
+    ck_assert(dw && dh);
+    G->f32_to_bf16(dh, ds, n);
+    G->bf16_to_f32(dw, dh, n);
+    ops_get(hgot, dh, n * 2), ops_get(got, dw, n * 4);
+    ops_synced();
+    qft_cpu_f32_to_bf16(href, src, n);
+    qft_cpu_bf16_to_f32(ref, href, n);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(hgot[i] == href[i], "element %zu (%a): gpu bf16 %#06x, cpu %#06x", i,
+                      (double)src[i], hgot[i], href[i]);
+    CHECK_BITS(got, ref, n, "bf16_to_f32 over %zu elements\n", n);
+    G->free(ds), G->free(dw), G->free(dh);
+    free(src), free(ref), free(got), free(href), free(hgot);
+}
+END_TEST
+
 /* ---- dequantize of a bf16 layout (train.frozen_dtype = "bf16") --------------------------------- */
+/* A random (out, in) weight as a bf16 layout: *hl on the host (its values malloc'd, freed
+ * by the caller), *dl the same with the values copied to the device (G->free them). */
+static void bf16_layouts(int64_t out, int64_t in, uint64_t seed, qft_qlayout *hl,
+                         qft_qlayout *dl) {
+    uint16_t *vals = malloc((size_t)(out * in) * 2);
+    float *src = ctu_calloc((size_t)(out * in), 4);
+    ck_assert(vals != NULL);
+    ctu_fill(src, (size_t)(out * in), seed, 3.0f);
+    for (int64_t i = 0; i < out * in; i++) vals[i] = qft_f32_to_bf16(src[i]);
+    free(src);
+    memset(hl, 0, sizeof *hl);
+    hl->format = QFT_QFMT_BF16, hl->out = out, hl->in = in;
+    hl->buf[QFT_QL_BF16_VALUES] = vals, hl->bytes[QFT_QL_BF16_VALUES] = (size_t)(out * in) * 2;
+    *dl = *hl;
+    dl->buf[QFT_QL_BF16_VALUES] = ops_dup(vals, (size_t)(out * in) * 2);
+}
+
 START_TEST(test_dequantize_bf16) {
     const int64_t out = 37, in = 53, r0 = 3, nr = 27;
-    uint16_t *vals = malloc((size_t)(out * in) * 2);
-    float *src = ctu_calloc((size_t)(out * in), 4), *ref = ctu_calloc((size_t)(nr * in), 4),
-          *got = ctu_calloc((size_t)(nr * in), 4);
-    ck_assert(vals != NULL);
-    ctu_fill(src, (size_t)(out * in), 241, 3.0f);
-    for (int64_t i = 0; i < out * in; i++) vals[i] = qft_f32_to_bf16(src[i]);
+    float *ref = ctu_calloc((size_t)(nr * in), 4), *got = ctu_calloc((size_t)(nr * in), 4);
     qft_qlayout hl, dl;
-    memset(&hl, 0, sizeof hl);
-    hl.format = QFT_QFMT_BF16, hl.out = out, hl.in = in;
-    hl.buf[QFT_QL_BF16_VALUES] = vals, hl.bytes[QFT_QL_BF16_VALUES] = (size_t)(out * in) * 2;
-    dl = hl;
-    dl.buf[QFT_QL_BF16_VALUES] = ops_dup(vals, (size_t)(out * in) * 2);
+    bf16_layouts(out, in, 241, &hl, &dl);
+    const uint16_t *vals = hl.buf[QFT_QL_BF16_VALUES];
     float *dout = G->alloc((size_t)(nr * in) * 4, "test");
     ck_assert_ptr_nonnull(dout);
     ck_assert(G->has_qformat(QFT_QFMT_BF16));
@@ -173,7 +212,43 @@ START_TEST(test_dequantize_bf16) {
     CHECK_BITS(got, ref, (size_t)(nr * in), "dequantize bf16 rows [%lld, %lld)\n", (long long)r0,
                (long long)(r0 + nr));
     G->free((void *)dl.buf[QFT_QL_BF16_VALUES]), G->free(dout);
-    free(vals), free(src), free(ref), free(got);
+    free((void *)vals), free(ref), free(got);
+}
+END_TEST
+
+/* ---- qmatmul over a bf16 layout (the frozen dense linears and head of train.frozen_dtype) ---- */
+/* _i bit 0: backward; bit 1: bf16 matmul precision (else fp32); bit 2: a scratch of 5 rows
+ * (several tiles; else the whole weight). Against the CPU entry: fp32 to GEMM rounding, bf16
+ * to bf16 input rounding. */
+START_TEST(test_qmatmul) {
+    const int backward = _i & 1, bf16 = _i >> 1 & 1, small = _i >> 2 & 1;
+    const int64_t out = 72, in = 40, N = 19;
+    const int64_t K = backward ? out : in, M = backward ? in : out; /* a (N, K), c (N, M) */
+    const int64_t lda = K + 3, ldc = M + 5;
+    float *a = ctu_calloc((size_t)(N * lda), 4);
+    float *ref = ctu_calloc((size_t)(N * ldc), 4), *got = ctu_calloc((size_t)(N * ldc), 4);
+    ctu_fill(a, (size_t)(N * lda), 262, 1.0f), ctu_fill(ref, (size_t)(N * ldc), 263, 1.0f);
+    qft_qlayout hl, dl;
+    bf16_layouts(out, in, 261, &hl, &dl);
+    const size_t scratch_n = (size_t)(small ? 5 : out) * (size_t)in;
+    float *da = ops_dup(a, (size_t)(N * lda) * 4), *dc = ops_dup(ref, (size_t)(N * ldc) * 4);
+    float *dscr = G->alloc(scratch_n * 4, "test"), *scr = ctu_calloc(scratch_n, 4);
+    ck_assert_ptr_nonnull(dscr);
+    qft_cuda_set_matmul_precision(bf16 ? 2 : 0);
+    G->qmatmul(&dl, backward, da, lda, N, dc, ldc, 0.5f, dscr, scratch_n);
+    qft_cuda_set_matmul_precision(0);
+    ops_get(got, dc, (size_t)(N * ldc) * 4);
+    ops_synced();
+    qft_cpu_qmatmul(&hl, backward, a, lda, N, ref, ldc, 0.5f, scr, scratch_n);
+    for (int64_t r = 0; r < N; r++) { /* the columns past M are the caller's: untouched */
+        double e = ctu_rel_err(got + r * ldc, ref + r * ldc, (size_t)M);
+        ck_assert_msg(e < (bf16 ? 1e-2 : 1e-5), "qmatmul backward %d bf16 %d small %d row %lld: "
+                      "rel err %g", backward, bf16, small, (long long)r, e);
+        for (int64_t j = M; j < ldc; j++)
+            ck_assert(memcmp(&got[r * ldc + j], &ref[r * ldc + j], 4) == 0);
+    }
+    G->free((void *)dl.buf[QFT_QL_BF16_VALUES]), G->free(da), G->free(dc), G->free(dscr);
+    free((void *)hl.buf[QFT_QL_BF16_VALUES]), free(a), free(ref), free(got), free(scr);
 }
 END_TEST
 
@@ -245,5 +320,7 @@ void ops_adapt_add_tests(TCase *tc, const qft_ops *gpu) {
     tcase_add_loop_test(tc, test_row_norms, 0, 5);
     tcase_add_loop_test(tc, test_dropout, 0, 5);
     tcase_add_test(tc, test_embedding_bf16);
+    tcase_add_test(tc, test_bf16_round_trip);
+    tcase_add_loop_test(tc, test_qmatmul, 0, 8);
     tcase_add_test(tc, test_dequantize_bf16);
 }

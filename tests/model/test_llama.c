@@ -208,6 +208,46 @@ START_TEST(test_chunked_loss) {
 }
 END_TEST
 
+/* The residual stream kept as bf16 (m->residual_bf16): recomputation still repeats the
+ * forward exactly (both passes read the same rounded block inputs), so with and without it
+ * the gradients are bit-identical; against fp32 the loss moves by bf16 rounding, not more;
+ * and the (L+1, N, C) fp32 buffer becomes bf16 plus two fp32 working copies. */
+START_TEST(test_residual_bf16) {
+    const char *variant = variants[_i];
+    fixture f32, a, b;
+    fixture_open(&f32, variant, 1);
+    fixture_open(&a, variant, 1);
+    fixture_open(&b, variant, 0);
+    a.m.residual_bf16 = b.m.residual_bf16 = 1;
+    const float l32 = run_step(&f32, 1.0f), la = run_step(&a, 1.0f), lb = run_step(&b, 1.0f);
+    ck_assert_mem_eq(&la, &lb, sizeof la);
+    ck_assert_mem_eq(a.m.grads, b.m.grads, a.m.n_params * sizeof(float));
+    /* bf16 keeps 8 bits of mantissa: relative rounding <= 2^-9 per element */
+    ck_assert_msg(fabsf(la - l32) <= 4e-3f * fabsf(l32), "%s: loss %.7f with bf16 residuals, "
+                  "%.7f with fp32", variant, la, l32);
+    double d2 = 0, r2 = 0;
+    size_t ndiff = 0;
+    for (size_t i = 0; i < a.m.n_params; i++) {
+        const double d = (double)a.m.grads[i] - f32.m.grads[i];
+        d2 += d * d, r2 += (double)f32.m.grads[i] * f32.m.grads[i];
+        ndiff += d != 0.0;
+    }
+    ck_assert_msg(sqrt(d2 / r2) < 2e-2, "%s: gradients off by %g (rel L2)", variant,
+                  sqrt(d2 / r2));
+    ck_assert_msg(ndiff > a.m.n_params / 2, "%s: only %zu of %zu gradients changed: the "
+                  "rounding did not happen", variant, ndiff, a.m.n_params);
+    const size_t L = (size_t)a.m.cfg.num_hidden_layers, C = (size_t)a.m.cfg.hidden_size;
+    const size_t N = (size_t)a.batch.B * a.batch.T;
+    ck_assert_uint_eq(qft_llama_acts_bytes(&a.m) + (L + 1) * N * C * 4,
+                      qft_llama_acts_bytes(&f32.m) + (L + 1) * N * C * 2 + 2 * N * C * 4);
+    fprintf(stderr, "%s: loss %.7f with bf16 residuals, %.7f with fp32; gradients %.2e rel L2\n",
+            variant, la, l32, sqrt(d2 / r2));
+    fixture_close(&f32);
+    fixture_close(&a);
+    fixture_close(&b);
+}
+END_TEST
+
 START_TEST(test_logit_rows_auto) {
     /* Llama-3: 128256 tokens of fp32 are 501 KiB a row, 130 rows fit 64 MiB: 128 */
     ck_assert_int_eq(qft_llama_logit_rows_auto(128256), 128);
@@ -380,6 +420,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_recompute_bit_identical, 0, 2);
     tcase_add_loop_test(tc, test_chunked_loss, 0, 2);
     tcase_add_test(tc, test_logit_rows_auto);
+    tcase_add_loop_test(tc, test_residual_bf16, 0, 2);
     tcase_add_loop_test(tc, test_accumulation_and_scale, 0, 2);
     tcase_add_loop_test(tc, test_adamw_trajectory, 0, 2);
     tcase_add_test(tc, test_batch_rows_independent);
