@@ -8,6 +8,8 @@
  *     H = 32, KV = 8, hd = 128 (Llama-3-8B), batch 1;
  *   - NF4 and HQQ (4-bit, group 64, axis 1) dequantization of a 14336 x 4096 weight to bf16
  *     and fp32, in GB/s of bytes read and written;
+ *   - the op table's qmatmul (what the model runs) on an NF4 layout at each matmul
+ *     precision, beside the quantized linear below;
  *   - the quantized linear (qft_cuda_qlinear_fwd / _bwd_input: dequantize into a bf16
  *     scratch, then the cuBLASLt bf16 GEMM) for NF4 and HQQ 4-bit at the Llama-3-8B shapes
  *     and M = 2048, with a whole-weight scratch and with 1024-row tiles, in ms and as a
@@ -184,6 +186,23 @@ static void run_qlin(void *p) {
     if (rc) die("qlinear", &err);
 }
 
+/* The op table's qmatmul, as the model calls it: fp32 activations in and out, a 64 MiB
+ * fp32 scratch, at the backend's current matmul precision. */
+typedef struct {
+    const qft_qlayout *w;
+    const float *a;
+    float *c;
+    int M, bwd;
+    float *scratch;
+    size_t scratch_floats;
+} qmm_ctx;
+
+static void run_qmm(void *p) {
+    qmm_ctx *q = p;
+    const int64_t lda = q->bwd ? q->w->out : q->w->in, ldc = q->bwd ? q->w->in : q->w->out;
+    G->qmatmul(q->w, q->bwd, q->a, lda, q->M, q->c, ldc, 0.0f, q->scratch, q->scratch_floats);
+}
+
 /* Random packed bytes on the device. */
 static uint8_t *bytes_dev(size_t n, uint64_t seed) {
     uint8_t *h = malloc(n);
@@ -212,6 +231,17 @@ static void qlinear_rows(int out, int in, int M) {
     const qft_cuda_weight dense = {NULL, NULL, wd, out, in};
     const qft_cuda_weight qw[2] = {{&nf4, NULL, NULL, out, in}, {NULL, &hqq, NULL, out, in}};
     static const char *const names[2] = {"NF4", "HQQ 4-bit"};
+    /* the model's path: NF4 as a layout, fp32 activations, the model's 64 MiB fp32 scratch */
+    qft_qlayout nl;
+    memset(&nl, 0, sizeof nl);
+    nl.format = QFT_QFMT_NF4, nl.out = out, nl.in = in, nl.nf4_blocksize = 64;
+    nl.buf[QFT_QL_NF4_PACKED] = packed, nl.buf[QFT_QL_NF4_CODE] = code;
+    nl.buf[QFT_QL_NF4_ABSMAX] = absmax;
+    const size_t qscr_n = (size_t)16 << 20;
+    float *af = rand_dev((size_t)M * (in > out ? in : out), 1.0f, 18);
+    float *qscr = dalloc(qscr_n * 4);
+    static const char *const precs[3] = {"fp32 tiles + fp32 GEMM", "fp32 tiles + TF32 GEMM",
+                                         "bf16 tiles + bf16 GEMM"};
     for (int bwd = 0; bwd < 2; bwd++) {
         qlin_ctx c = {dense, x, y, M, bwd, NULL, 0};
         const double plain = time_median(run_qlin, &c);
@@ -225,7 +255,16 @@ static void qlinear_rows(int out, int in, int M) {
                        names[k], tiled ? "1024-row tiles" : "whole-weight scratch", t * 1e3,
                        t / plain);
             }
+        for (int prec = 0; prec < 3; prec++) {
+            qft_cuda_set_matmul_precision(prec);
+            qmm_ctx q = {&nl, af, y, M, bwd, qscr, qscr_n};
+            const double t = time_median(run_qmm, &q);
+            printf("| %dx%d | %s | NF4, op qmatmul (fp32 in/out, 64 MiB scratch): %s | %.3f | "
+                   "%.2f |\n", out, in, bwd ? "dY W" : "x W^T", precs[prec], t * 1e3, t / plain);
+        }
+        qft_cuda_set_matmul_precision(0);
     }
+    G->free(af), G->free(qscr);
     G->free(packed), G->free(code), G->free(absmax), G->free(scale), G->free(zero);
     G->free(wd), G->free(x), G->free(y), G->free(scratch);
 }

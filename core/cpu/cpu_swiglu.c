@@ -9,14 +9,17 @@ static void fwd_row(float *restrict o, const float *restrict g, const float *res
     for (int i = 0; i < I; i++) o[i] = g[i] / (1.0f + qft_cpu_expf(-g[i])) * u[i];
 }
 
-/* d gate = dh * up * s * (1 + g * (1 - s)), d up = dh * g * s, with s = sigmoid(g). */
-static void bwd_row(float *restrict dg, float *restrict du, const float *restrict d,
-                    const float *restrict g, const float *restrict u, int I) {
+/* d gate = dh * up * s * (1 + g * (1 - s)), d up = dh * g * s, with s = sigmoid(g). dg and
+ * du may be g and u (in place): element i reads its gate and up before writing, and no
+ * element reads another's, which is what `omp simd` asserts (so no restrict there). */
+static void bwd_row(float *dg, float *du, const float *restrict d, const float *g,
+                    const float *u, int I) {
 #pragma omp simd
     for (int i = 0; i < I; i++) {
-        const float s = 1.0f / (1.0f + qft_cpu_expf(-g[i]));
-        dg[i] = d[i] * u[i] * (s * (1.0f + g[i] * (1.0f - s)));
-        du[i] = d[i] * (g[i] * s);
+        const float gi = g[i], ui = u[i];
+        const float s = 1.0f / (1.0f + qft_cpu_expf(-gi));
+        dg[i] = d[i] * ui * (s * (1.0f + gi * (1.0f - s)));
+        du[i] = d[i] * (gi * s);
     }
 }
 

@@ -11,7 +11,7 @@ static void acts_release(struct qft_llama_acts *a) {
     float **bufs[] = {&a->rope_cos, &a->rope_sin, &a->x, &a->rstd1, &a->rstd2, &a->qkv,
                       &a->att, &a->lse, &a->xmid, &a->gu, &a->lnf, &a->rstdf, &a->logits,
                       &a->ce_lse, &a->ln, &a->h, &a->dres, &a->dln, &a->dqkv, &a->datt,
-                      &a->dgu, &a->dh, &a->att_work, &a->lin_tmp};
+                      &a->dh, &a->att_work, &a->lin_tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         o->free(*bufs[i]);
         *bufs[i] = NULL;
@@ -124,7 +124,6 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
         {&a->dln, N * C, "activation gradients"},             // (N, C)
         {&a->dqkv, N * W, "activation gradients"},            // (N, W)
         {&a->datt, N * H * hd, "activation gradients"},       // (N, H*hd)
-        {&a->dgu, N * 2 * I, "activation gradients"},         // (N, 2I)
         {&a->dh, N * I, "activation gradients"},              // (N, I)
         /* an adapted linear's own output or output gradient, (N, widest output) */
         {&a->lin_tmp, m->n_adapted ? N * (I > W ? (I > C ? I : C) : (W > C ? W : C)) : 1,

@@ -24,7 +24,7 @@ static int block_backward(qft_llama_model *m, int l, int slot, const float *x_in
     const float *lse = a->lse + slot * cN * H;      // (B, H, T)
     const float *xmid = a->xmid + slot * cN * C;    // (N, C)
     float *rstd2 = a->rstd2 + slot * cN;            // (N)
-    const float *gu = a->gu + slot * cN * 2 * I;    // (N, 2I)
+    float *gu = a->gu + slot * cN * 2 * I;          // (N, 2I), then its gradient
     float *dres = a->dres;                          // (N, C) d(block output) in, d(x_in) out
 
     /* MLP: x_out = xmid + down(swiglu(gate/up(norm2(xmid)))) */
@@ -33,10 +33,13 @@ static int block_backward(qft_llama_model *m, int l, int slot, const float *x_in
     qft_llama_lin_group g = qft_llama_one_group(m, l, QFT_LIN_DOWN, 1);
     qft_llama_lin_bwd_w(o, &g, dres, C, a->h, N);                       // (C, I) += dres^T h
     if (qft_llama_lin_bwd_x(m, &g, a->h, dres, C, N, a->dh, err)) return -1; // (N, I)
-    o->swiglu_bwd(a->dgu, a->dh, gu, N, I);                             // (N, 2I)
+    /* gu is not read again (recomputation rebuilds the slot; without it each layer's
+     * backward runs once), so its gradient takes its place */
+    float *dgu = gu;
+    o->swiglu_bwd(dgu, a->dh, gu, N, I);                                // (N, 2I)
     g = qft_llama_gu_group(m, l, 1);
-    qft_llama_lin_bwd_w(o, &g, a->dgu, 2 * I, a->ln, N);
-    if (qft_llama_lin_bwd_x(m, &g, a->ln, a->dgu, 2 * I, N, a->dln, err)) return -1; // (N, C)
+    qft_llama_lin_bwd_w(o, &g, dgu, 2 * I, a->ln, N);
+    if (qft_llama_lin_bwd_x(m, &g, a->ln, dgu, 2 * I, N, a->dln, err)) return -1; // (N, C)
     o->rmsnorm_bwd(dres, gw->ln2, a->dln, xmid, w->ln2, rstd2, N, C);  /* dres = d xmid */
 
     /* attention: xmid = x_in + o_proj(attn(rope(q/k/v(norm1(x_in))))) */

@@ -26,7 +26,8 @@ struct qft_llama_acts {
     float *att;          // (slots, cap_N, H*hd) attention output before o_proj
     float *lse;          // (slots, cap_N*H) as (B, H, T) log-sum-exp of attention rows
     float *xmid;         // (slots, cap_N, C) residual after attention
-    float *gu;           // (slots, cap_N, 2I) gate and up projections
+    float *gu;           // (slots, cap_N, 2I) gate and up projections; backward overwrites
+                         // a layer's with their gradient
     float *lnf;          // (cap_N, C) final norm output
     float *rstdf;        // (cap_N)
     int logit_cap;       /* rows the logits buffer holds: min(cap_N, m->logit_rows) */
@@ -43,7 +44,6 @@ struct qft_llama_acts {
     float *dln;          // (cap_N, C)
     float *dqkv;         // (cap_N, (H+2KV)*hd)
     float *datt;         // (cap_N, H*hd)
-    float *dgu;          // (cap_N, 2I)
     float *dh;           // (cap_N, I)
     float *lin_tmp;      // (cap_N, max(I, W, C)) adapted linears' output / output gradient
     float *att_work;     // (att_work_n) attention scratch, a few query rows per thread

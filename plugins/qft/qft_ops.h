@@ -212,7 +212,8 @@ typedef struct qft_ops {
     /* h (N, I) = silu(gate) * up, where row n of gu (N, 2*I) holds gate then up
      * (gate at gu[n*2I], up at gu[n*2I + I]). */
     void (*swiglu_fwd)(float *h, const float *gu, int N, int inter);
-    /* dgu (N, 2*I) = gradient of gate and up (overwritten) from dh (N, I). */
+    /* dgu (N, 2*I) = gradient of gate and up (overwritten) from dh (N, I). dgu may be gu
+     * itself (the model overwrites gu with its gradient: no second (N, 2I) buffer). */
     void (*swiglu_bwd)(float *dgu, const float *dh, const float *gu, int N, int inter);
 
     /* ---- cross-entropy (fp32 log-softmax over V) --------------------------------------- */

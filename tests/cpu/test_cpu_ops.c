@@ -448,6 +448,9 @@ START_TEST(test_swiglu) {
     ops->swiglu_bwd(dgu, dh, gu, N, I);
     e = rel_max_err(dgu, rd, (size_t)N * 2 * I);
     ck_assert_msg(e < 1e-6, "swiglu bwd rel err %g", e);
+    /* in place (dgu = gu, as the model calls it): the same bits */
+    ops->swiglu_bwd(gu, dh, gu, N, I);
+    ck_assert_mem_eq(gu, dgu, (size_t)N * 2 * I * sizeof(float));
     free(gu), free(h), free(dh), free(dgu), free(rh), free(rd);
 }
 END_TEST

@@ -174,6 +174,11 @@ START_TEST(test_swiglu) {
     C->swiglu_bwd(dguref, dh, gu, N, I);
     CTU_CHECK_ERR(h, href, nh, 1e-5, "swiglu fwd");
     CTU_CHECK_ERR(dgu, dguref, ngu, 1e-5, "swiglu bwd");
+    /* in place (dgu = gu, as the model calls it): the same bits as out of place */
+    G->swiglu_bwd(dgu_in, ddh, dgu_in, N, I);
+    ops_get(dguref, dgu_in, ngu * 4);
+    ops_synced();
+    ck_assert_msg(memcmp(dguref, dgu, ngu * 4) == 0, "swiglu bwd in place differs");
     G->free(dgu_in), G->free(ddh), G->free(dhout), G->free(ddgu);
     free(gu), free(dh), free(h), free(href), free(dgu), free(dguref);
 }
