@@ -43,8 +43,7 @@ struct row_args {
 // Forward: the row's scores -> probabilities (0 where invisible), its log-sum-exp -> lse.
 __global__ void __launch_bounds__(THREADS) attg_softmax_kernel(row_args a) {
     __shared__ float red[WARPS];
-    const int r = blockIdx.x;
-    const int h = qft_twin_attg_row_head(r, a.nq), i = qft_twin_attg_row_query(r, a.nq, a.i0);
+    const int r = blockIdx.x, i = qft_twin_attg_row_query(r, a.nq, a.i0);
     const uint8_t *mb = a.mask ? a.mask + (size_t)a.b * a.T : NULL;
     float *s = a.s + (size_t)r * a.nk; // (nk)
     float m = -INFINITY;
@@ -64,18 +63,18 @@ __global__ void __launch_bounds__(THREADS) attg_softmax_kernel(row_args a) {
         for (int j = threadIdx.x; j < a.nk; j += THREADS) s[j] *= inv;
     }
     if (threadIdx.x == 0)
-        a.lse[((size_t)a.b * a.H + h) * a.T + i] = m == -INFINITY ? -INFINITY : m + logf(sum);
+        a.lse[qft_twin_attg_row_lse(r, a.b, a.nq, a.i0, a.H, a.T)] =
+            m == -INFINITY ? -INFINITY : m + logf(sum);
 }
 
 // Backward: the row's scores -> probabilities from its lse, and dP -> scale P (dP - D) with
 // D = dO . O over the head dim.
 __global__ void __launch_bounds__(THREADS) attg_dscores_kernel(row_args a) {
     __shared__ float red[WARPS];
-    const int r = blockIdx.x;
-    const int h = qft_twin_attg_row_head(r, a.nq), i = qft_twin_attg_row_query(r, a.nq, a.i0);
+    const int r = blockIdx.x, i = qft_twin_attg_row_query(r, a.nq, a.i0);
     const uint8_t *mb = a.mask ? a.mask + (size_t)a.b * a.T : NULL;
-    const float L = a.lse[((size_t)a.b * a.H + h) * a.T + i];
-    const size_t orow = ((size_t)a.b * a.T + i) * (size_t)(a.H * a.hd) + (size_t)h * a.hd;
+    const float L = a.lse[qft_twin_attg_row_lse(r, a.b, a.nq, a.i0, a.H, a.T)];
+    const size_t orow = qft_twin_attg_row_out(r, a.b, a.nq, a.i0, a.H, a.T, a.hd);
     float d = 0.0f;
     for (int k = threadIdx.x; k < a.hd; k += THREADS) d += a.dout[orow + k] * a.out[orow + k];
     const float D = block_reduce(d, false, red);

@@ -88,9 +88,19 @@ QFT_TWIN int qft_twin_attg_rows(size_t work_floats, int T, int H) {
     return (int)rows;
 }
 
-/* Row r of a tile's score block: its head and its query position. */
+/* Row r of a tile's score block: its head and its query position, where its log-sum-exp
+ * lives in lse (B, H, T), and where its output row starts in out / dout (B, T, H hd). The
+ * row kernels and the CPU replay both index through these. */
 QFT_TWIN int qft_twin_attg_row_head(int r, int nq) { return r / nq; }
 QFT_TWIN int qft_twin_attg_row_query(int r, int nq, int i0) { return i0 + r % nq; }
+QFT_TWIN size_t qft_twin_attg_row_lse(int r, int b, int nq, int i0, int H, int T) {
+    return ((size_t)b * H + (size_t)qft_twin_attg_row_head(r, nq)) * (size_t)T +
+           (size_t)qft_twin_attg_row_query(r, nq, i0);
+}
+QFT_TWIN size_t qft_twin_attg_row_out(int r, int b, int nq, int i0, int H, int T, int hd) {
+    return ((size_t)b * T + (size_t)qft_twin_attg_row_query(r, nq, i0)) * (size_t)H * hd +
+           (size_t)qft_twin_attg_row_head(r, nq) * hd;
+}
 
 /* qkv's row width, and the start of batch row b's rows. */
 QFT_TWIN int qft_twin_attg_width(const qft_twin_attg_args *a) {

@@ -33,7 +33,7 @@ static int cpu_bgemm(void *ctx, const qft_twin_bgemm *g) {
 static int cpu_softmax(void *ctx, const qft_twin_attg_args *a, const qft_twin_attg_tile *t) {
     (void)ctx;
     for (int r = 0; r < a->H * t->nq; r++) {
-        const int h = qft_twin_attg_row_head(r, t->nq), i = qft_twin_attg_row_query(r, t->nq, t->i0);
+        const int i = qft_twin_attg_row_query(r, t->nq, t->i0);
         const uint8_t *mb = a->mask ? a->mask + (size_t)t->b * a->T : NULL;
         float *s = a->s + (size_t)r * t->nk; // (nk)
         float m = -INFINITY;
@@ -45,19 +45,19 @@ static int cpu_softmax(void *ctx, const qft_twin_attg_args *a, const qft_twin_at
             sum += s[j];
         }
         for (int j = 0; j < t->nk && m != -INFINITY; j++) s[j] *= 1.0f / sum;
-        a->lse[((size_t)t->b * a->H + h) * a->T + i] = m == -INFINITY ? -INFINITY : m + logf(sum);
+        a->lse[qft_twin_attg_row_lse(r, t->b, t->nq, t->i0, a->H, a->T)] =
+            m == -INFINITY ? -INFINITY : m + logf(sum);
     }
     return 0;
 }
 
 static int cpu_dscores(void *ctx, const qft_twin_attg_args *a, const qft_twin_attg_tile *t) {
     (void)ctx;
-    const int od = a->H * a->hd;
     for (int r = 0; r < a->H * t->nq; r++) {
-        const int h = qft_twin_attg_row_head(r, t->nq), i = qft_twin_attg_row_query(r, t->nq, t->i0);
+        const int i = qft_twin_attg_row_query(r, t->nq, t->i0);
         const uint8_t *mb = a->mask ? a->mask + (size_t)t->b * a->T : NULL;
-        const float L = a->lse[((size_t)t->b * a->H + h) * a->T + i];
-        const size_t orow = ((size_t)t->b * a->T + i) * od + (size_t)h * a->hd;
+        const float L = a->lse[qft_twin_attg_row_lse(r, t->b, t->nq, t->i0, a->H, a->T)];
+        const size_t orow = qft_twin_attg_row_out(r, t->b, t->nq, t->i0, a->H, a->T, a->hd);
         float D = 0.0f;
         for (int d = 0; d < a->hd; d++) D += a->dout[orow + d] * a->out[orow + d];
         float *s = a->s + (size_t)r * t->nk, *ds = a->ds + (size_t)r * t->nk; // (nk) each
