@@ -274,10 +274,13 @@ const float *qft_llama_logits(const qft_llama_model *m);
  * kept across layers, plus one layer's worth rebuilt during backward. qft_llama_free
  * releases it. */
 int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err);
-/* Rows per head chunk for logit_rows = 0 ("automatic") at this vocabulary: a multiple of
- * 128 (a GEMM tile's height on the GPU, so the last tile is not mostly empty), as many as
- * keep the chunk's fp32 logits within 64 MiB, at least 128. */
-int qft_llama_logit_rows_auto(int vocab_size);
+/* Rows per head chunk for train.loss_chunk_tokens = 0 ("automatic") at this vocabulary: a
+ * multiple of 128 (a GEMM tile's height on the GPU, so the last tile is not mostly empty),
+ * as many as keep the chunk's fp32 logits within budget_bytes, at least 128. The trainer
+ * gives 64 MiB on a device backend, where memory is the scarce thing, and 1 GiB on the
+ * host, where recomputing the head (up to a sixth of a small model's step at a 128k
+ * vocabulary) costs more than the memory. */
+int qft_llama_logit_rows_auto(int vocab_size, size_t budget_bytes);
 void qft_llama_acts_free(qft_llama_model *m);
 size_t qft_llama_acts_bytes(const qft_llama_model *m); /* 0 when none */
 

@@ -254,7 +254,10 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
      * exists (1 GiB at Llama-3's vocabulary and 2048 tokens) */
     s.model.logit_rows = rc->train.loss_chunk_tokens
                              ? rc->train.loss_chunk_tokens
-                             : qft_llama_logit_rows_auto(s.model.cfg.vocab_size);
+                             : qft_llama_logit_rows_auto(s.model.cfg.vocab_size,
+                                                         s.data.ops->host_memory
+                                                             ? (size_t)1 << 30
+                                                             : (size_t)64 << 20);
 
     if (qft_run_shard_plan(&s.shard, &s.model, err) ||
         prepare_optimizer(rc, &s, user_quiet, err))

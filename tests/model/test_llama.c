@@ -250,10 +250,13 @@ END_TEST
 
 START_TEST(test_logit_rows_auto) {
     /* Llama-3: 128256 tokens of fp32 are 501 KiB a row, 130 rows fit 64 MiB: 128 */
-    ck_assert_int_eq(qft_llama_logit_rows_auto(128256), 128);
-    ck_assert_int_eq(qft_llama_logit_rows_auto(32000), 512); /* Llama-2: 524 fit */
-    ck_assert_int_eq(qft_llama_logit_rows_auto(1 << 20), 128); /* at least one GEMM tile */
-    ck_assert_int_eq(qft_llama_logit_rows_auto(97), 172928);   /* tiny models: whole batches */
+    const size_t dev = (size_t)64 << 20, host = (size_t)1 << 30;
+    ck_assert_int_eq(qft_llama_logit_rows_auto(128256, dev), 128);
+    ck_assert_int_eq(qft_llama_logit_rows_auto(32000, dev), 512); /* Llama-2: 524 fit */
+    ck_assert_int_eq(qft_llama_logit_rows_auto(1 << 20, dev), 128); /* at least one GEMM tile */
+    ck_assert_int_eq(qft_llama_logit_rows_auto(97, dev), 172928);   /* tiny models: whole batches */
+    /* on the host: 2092 rows of Llama-3's fit 1 GiB, so 2048 tokens run as one chunk */
+    ck_assert_int_eq(qft_llama_logit_rows_auto(128256, host), 2048);
 }
 END_TEST
 
