@@ -51,8 +51,20 @@ const qft_ops *qft_cuda_load(int device, qft_err *err) {
                      why ? why : cands[i]);
             continue;
         }
+        /* its op table must have this build's layout: entries are appended with each ABI,
+         * and an older table read as a newer one would hand out pointers past its end */
+        void *sym = dlsym(h, "qft_cuda_abi_version");
+        int (*abi_fn)(void);
+        memcpy(&abi_fn, &sym, sizeof abi_fn);
+        const int abi = abi_fn ? abi_fn() : 0;
+        if (abi != QFT_ABI_VERSION) {
+            qft_err_setf(err, "train.backend = \"cuda\": %s was built for plugin ABI %d%s, this "
+                              "qft is ABI %d: rebuild the CUDA backend with this tree",
+                         cands[i], abi, abi ? "" : " (it predates the check)", QFT_ABI_VERSION);
+            return NULL;
+        }
         cuda_ops_fn fn;
-        void *sym = dlsym(h, "qft_cuda_ops");
+        sym = dlsym(h, "qft_cuda_ops");
         memcpy(&fn, &sym, sizeof fn); /* object to function pointer without a cast warning */
         if (!fn) {
             qft_err_setf(err, "train.backend = \"cuda\": %s has no qft_cuda_ops", cands[i]);

@@ -94,6 +94,8 @@ static void mem_note_free(void *p) {
     pthread_mutex_unlock(&mem_lock);
 }
 
+extern "C" int qft_cuda_abi_version(void) { return QFT_ABI_VERSION; }
+
 extern "C" size_t qft_cuda_mem_peak(void) {
     pthread_mutex_lock(&mem_lock);
     size_t peak = mem_peak;

@@ -62,6 +62,9 @@ const qft_ops *qft_cuda_ops(int device, qft_err *err);
 int qft_cuda_sync(qft_err *err);
 /* The first recorded error without waiting (0 when none). Clears nothing. */
 int qft_cuda_status(qft_err *err);
+/* QFT_ABI_VERSION this library was built with: the loader refuses a library whose op table
+ * has another layout. */
+int qft_cuda_abi_version(void);
 /* A one-line description of the device ("NVIDIA H200, sm_90, 132 SMs, 139.8 GiB"). */
 const char *qft_cuda_device_name(void);
 /* Bytes of device memory in use by the whole process (cudaMemGetInfo), for memory reports. */

@@ -460,6 +460,28 @@ START_TEST(test_loader_message) {
 }
 END_TEST
 
+/* A backend library built for another ABI is refused by name, before its table is read. */
+START_TEST(test_loader_abi) {
+    const char *fake = getenv("QFT_FAKE_CUDA_LIB");
+    if (!fake) {
+        printf("QFT_FAKE_CUDA_LIB not set (run through meson): skipped\n");
+        return;
+    }
+    const char *old = getenv("QFT_CUDA_LIB");
+    char *keep = old ? strdup(old) : NULL;
+    setenv("QFT_CUDA_LIB", fake, 1);
+    qft_err err = {0, ""};
+    const qft_ops *o = qft_cuda_load(0, &err);
+    if (keep) setenv("QFT_CUDA_LIB", keep, 1); else unsetenv("QFT_CUDA_LIB");
+    free(keep);
+    ck_assert_ptr_null(o);
+    char want[64];
+    snprintf(want, sizeof want, "built for plugin ABI %d", QFT_ABI_VERSION - 1);
+    ck_assert_msg(strstr(err.msg, want) && strstr(err.msg, "rebuild"), "message: %s", err.msg);
+    printf("cuda loader (older library): %s\n", err.msg);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cuda_twin");
     TCase *tc = tcase_create("twin");
@@ -476,6 +498,7 @@ int main(void) {
     tcase_add_test(tc, test_sumsq_chunks);
     tcase_add_loop_test(tc, test_rope_table, 0, 2);
     tcase_add_test(tc, test_loader_message);
+    tcase_add_test(tc, test_loader_abi);
     twin_linear_add_tests(tc);
     twin_adapt_add_tests(tc);
     twin_attg_add_tests(tc);
