@@ -283,5 +283,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err);
 int qft_llama_logit_rows_auto(int vocab_size, size_t budget_bytes);
 void qft_llama_acts_free(qft_llama_model *m);
 size_t qft_llama_acts_bytes(const qft_llama_model *m); /* 0 when none */
+/* Rows the logits buffer holds: the largest batch's tokens, or fewer with logit_rows. */
+int qft_llama_acts_logit_rows(const qft_llama_model *m); /* 0 when none */
 
 #endif

@@ -34,6 +34,10 @@ void qft_llama_acts_free(qft_llama_model *m) {
 
 size_t qft_llama_acts_bytes(const qft_llama_model *m) { return m->acts ? m->acts->bytes : 0; }
 
+int qft_llama_acts_logit_rows(const qft_llama_model *m) {
+    return m->acts ? m->acts->logit_cap : 0;
+}
+
 int qft_llama_logit_rows_auto(int vocab_size, size_t budget_bytes) {
     const size_t row = (size_t)(vocab_size > 0 ? vocab_size : 1) * 4;
     const size_t rows = budget_bytes / row / 128 * 128;

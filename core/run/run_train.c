@@ -391,6 +391,13 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
 
     report_memory(rc, &s, user_quiet, summary->steps - start_step,
                   qft_transport_process_bytes() - comm_start);
+    /* the activation buffers (the largest batch's): what recompute, the residual dtype and
+     * the loss chunks decide */
+    if (!user_quiet && qft_llama_acts_bytes(&s.model))
+        qft_log(QFT_LOG_INFO, "memory: activations %.1f MiB (recompute %s, residual stream %s, "
+                              "logits held for %d tokens at a time)",
+                qft_llama_acts_bytes(&s.model) / 1048576.0, s.model.recompute ? "on" : "off",
+                s.model.residual_bf16 ? "bf16" : "fp32", qft_llama_acts_logit_rows(&s.model));
     /* the CUDA backend counts its own cudaMalloc bytes; bench/run_model_gpu.sh reads this */
     if (!quiet && strcmp(rc->train.backend, "cuda") == 0)
         qft_log(QFT_LOG_INFO, "memory: CUDA device peak %.1f MiB allocated by the backend "
