@@ -112,6 +112,13 @@ if grep -qE 'test_attention:([4-9]|1[01]):' "$ops_log" && ! grep -qE 'test_atten
     att_note=" The GEMM attention FAILED its kernel test: the training runs used the flash kernels (QFT_CUDA_ATTENTION=flash)."
     echo "gpu-check:$att_note"
 fi
+# Likewise qmatmul's bf16 path (test_qmatmul cases 2, 3, 6, 7) against its fp32 one: the
+# model bench then runs its GEMMs on TF32 instead of bf16
+if grep -qE 'test_qmatmul:[2367]:' "$ops_log" && ! grep -qE 'test_qmatmul:[0145]:' "$ops_log"; then
+    export QFT_MODEL_BENCH_MATMUL=high
+    att_note="$att_note qmatmul's bf16 path FAILED its kernel test: the model bench ran matmul_precision \"high\" (TF32)."
+    echo "gpu-check: qmatmul's bf16 path failed: the model bench runs TF32"
+fi
 
 # The model on the GPU against the CPU backend: the dense train_types (the ones the CUDA
 # backend runs in this version, with parameters, gradients and optimizer state in host
