@@ -183,7 +183,8 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
         qft_cfg_int(ts, "seed", 42, 0, 1L << 62, &rc->train.seed, err))
         return -1;
     static const char *const residuals[] = {"f32", "bf16", NULL};
-    if (qft_cfg_choice(ts, "residual_dtype", "f32", residuals, &rc->train.residual_dtype, err))
+    if (qft_cfg_choice(ts, "residual_dtype", "f32", residuals, &rc->train.residual_dtype, err) ||
+        qft_cfg_bool(ts, "embedding_on_host", 1, &rc->train.embedding_on_host, err))
         return -1;
     if (qft_cfg_int(ts, "loss_chunk_tokens", 0, 0, 1 << 30, &v, err)) return -1;
     rc->train.loss_chunk_tokens = (int)v;

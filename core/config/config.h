@@ -56,6 +56,7 @@ typedef struct qft_run_config {
         int recompute;
         int loss_chunk_tokens; /* rows of logits per head-and-loss chunk; 0 = automatic */
         const char *residual_dtype; /* "f32" | "bf16": the residual stream between blocks */
+        int embedding_on_host; /* another backend: a frozen untied embedding stays here */
         long seed;
         int log_every;
         const char *resume_from; /* a checkpoint-<step> folder to resume from, or NULL */

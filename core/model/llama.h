@@ -161,6 +161,16 @@ typedef struct qft_llama_model {
      * reads its input rounded to bf16, in forward and in backward alike, as in a bf16 model.
      * Gradients pass the rounding unchanged. */
     int residual_bf16;
+    /* Keep a frozen, untied embedding in host memory only when the passes move to another
+     * backend (qft_llama_to_backend): forward gathers the batch's rows on the host and
+     * uploads them, (N, C) floats a step, instead of holding the (vocab, C) table there
+     * (1 GiB in bf16 at Llama-3-8B's shapes, read at N rows a step). Set before
+     * qft_llama_to_backend, which clears it where it does not apply (the embedding trains,
+     * or is tied to the head, whose GEMM needs the whole table there). */
+    int embed_on_host;
+    /* with embed_on_host: round the gathered rows to bf16, as the backend's bf16 copy
+     * would have held them (qft_llama_to_backend's frozen_bf16) */
+    int embed_host_bf16;
     struct qft_llama_acts *acts;
     /* the unit layout (qft_llama_build.unit_pad), NULL units without it */
     int unit_pad, n_units;
@@ -225,8 +235,9 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * the frozen dense linears and an untied frozen head and embedding are kept there as bf16
  * (half the bytes; exact for weights that were bf16 to begin with, as Hugging Face
  * checkpoints are): the linears and the head multiply through the tile path, the
- * embedding's rows are widened as they are looked up. After weights are in, gradients allocated and
- * adapters attached; not with a unit layout. */
+ * embedding's rows are widened as they are looked up. With m->embed_on_host a frozen, untied
+ * embedding stays in host memory only (see the field). After weights are in, gradients
+ * allocated and adapters attached; not with a unit layout. */
 int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, int frozen_bf16,
                          qft_err *err);
 /* Attaches the adapters again on the host's copies (the cpu backend), as merging needs,

@@ -21,6 +21,8 @@ static void acts_release(struct qft_llama_acts *a) {
     o->free(a->ids);
     o->free(a->mask_buf);
     free(a->targets_host);
+    free(a->embed_rows);
+    a->embed_rows = NULL;
     a->targets = NULL, a->ids = NULL, a->mask_buf = NULL, a->targets_host = NULL, a->xq = NULL;
     a->bytes = 0;
 }
@@ -155,6 +157,11 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     a->targets_host = malloc(N * sizeof(int32_t));                    // (N)
     if (!a->targets || !a->ids || !a->mask_buf || !a->targets_host) goto oom;
     a->bytes += N * (3 * sizeof(int32_t) + 1);
+    if (m->embed_on_host) { /* host memory, counted with the rest: it is this batch's */
+        a->embed_rows = malloc(N * C * sizeof(float));
+        if (!a->embed_rows) goto oom;
+        a->bytes += N * C * sizeof(float);
+    }
     return 0;
 oom:;
     size_t had = a->bytes;

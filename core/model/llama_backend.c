@@ -6,6 +6,7 @@
  * backend dequantizes a tile of rows at a time into one scratch the linears share). */
 #include "llama_internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,12 @@ static int bf16_candidate(const qft_llama_model *m, const qft_param_entry *e) {
     if (e->layer >= 0) return 1; /* a block's 2-D tensors are its linears */
     /* the embedding (field 0, looked up by embedding_fwd_bf16) and the head (2), untied */
     return e->layer == -1 && (e->field == 0 || e->field == 2) && !m->cfg.tie_word_embeddings;
+}
+
+/* The embedding qft_llama_to_backend may leave in host memory: frozen and untied. */
+static int host_embedding(const qft_llama_model *m, const qft_param_entry *e) {
+    return e->layer == -1 && e->field == 0 && e->role == QFT_ROLE_FROZEN &&
+           !m->cfg.tie_word_embeddings;
 }
 
 /* Entry e as a QFT_QFMT_BF16 layout on the backend, rounded from the host's fp32 copy. */
@@ -127,12 +134,22 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
     /* Packed weights, and frozen dense ones kept as bf16, have no fp32 copy there: the
      * backend's flat buffer is the trainable prefix (same offsets as the host's) followed
      * by the frozen fp32 tensors, each at dev_offset. */
+    if (m->embed_on_host) { /* only a frozen, untied embedding stays behind */
+        int frozen = 0;
+        for (int i = 0; i < m->n_entries; i++)
+            frozen |= host_embedding(m, &m->entries[i]);
+        m->embed_on_host = frozen;
+        m->embed_host_bf16 = frozen && frozen_bf16;
+    }
     size_t biggest = 0;               /* floats of the largest weight the tile path serves */
     size_t n_dev = m->n_trainable;    /* floats of the backend's flat buffer */
     for (int i = 0; i < m->n_entries; i++) {
         qft_param_entry *e = &m->entries[i];
         e->dev_offset = e->offset;
-        if (e->role == QFT_ROLE_QUANTIZED) {
+        if (m->embed_on_host && host_embedding(m, e)) {
+            e->dev_offset = SIZE_MAX; /* no copy there: forward gathers its rows here */
+            continue;
+        } else if (e->role == QFT_ROLE_QUANTIZED) {
             if (upload_packed(m, ops, e, err)) goto fail;
         } else if (frozen_bf16 && bf16_candidate(m, e)) {
             if (upload_bf16(m, ops, e, err)) goto fail;
@@ -171,6 +188,10 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
     ops->zero(m->dev_grads, m->n_trainable);
     for (int i = 0; i < m->n_entries; i++) {
         const qft_param_entry *e = &m->entries[i];
+        if (e->dev_offset == SIZE_MAX) { /* the embedding kept on the host */
+            m->p.embed = NULL;
+            continue;
+        }
         if (e->role == QFT_ROLE_FROZEN && !e->ql)
             ops->upload(m->dev_params + e->dev_offset, m->params + e->offset,
                         e->numel * sizeof(float));

@@ -5,6 +5,7 @@
 #include "llama_internal.h"
 
 #include <math.h>
+#include <string.h>
 
 #define IGNORE_INDEX (-100)
 
@@ -64,6 +65,27 @@ static int check_batch(const qft_llama_model *m, const qft_batch *b, qft_err *er
     return 0;
 }
 
+/* The batch's embedding rows gathered from the host's table (m->embed_on_host), rounded
+ * to bf16 where the backend would have held the table so; ids are checked already. */
+static void embed_rows_on_host(const qft_llama_model *m, const int32_t *ids, int N,
+                               float *rows) {
+    const float *table = NULL; // (V, C)
+    for (int i = 0; i < m->n_entries && !table; i++)
+        if (m->entries[i].layer == -1 && m->entries[i].field == 0)
+            table = m->params + m->entries[i].offset;
+    const size_t C = (size_t)m->cfg.hidden_size;
+    const int bf16 = m->embed_host_bf16;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *src = table + (size_t)ids[n] * C;
+        float *dst = rows + (size_t)n * C;
+        if (bf16)
+            for (size_t j = 0; j < C; j++) dst[j] = qft_bf16_to_f32(qft_f32_to_bf16(src[j]));
+        else
+            memcpy(dst, src, C * sizeof(float));
+    }
+}
+
 int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_err *err) {
     if (!m->entries) return qft_err_setf(err, "llama forward: model has no parameters");
     if (check_batch(m, b, err)) return -1;
@@ -90,7 +112,10 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
      * reads the embedding, which then stays until backward is past the head. */
     const int tied = m->cfg.tie_word_embeddings;
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, 0, err)) return -1;
-    if (m->p.embed)
+    if (m->embed_on_host) {
+        embed_rows_on_host(m, b->ids, N, a->embed_rows);
+        o->upload(qft_llama_x(m, 0), a->embed_rows, (size_t)N * C * sizeof(float));
+    } else if (m->p.embed)
         o->embedding_fwd(qft_llama_x(m, 0), a->ids, m->p.embed, N, C);
     else /* frozen and kept as bf16 on the backend */
         o->embedding_fwd_bf16(qft_llama_x(m, 0), a->ids, qft_llama_embed_bf16(m), N, C);

@@ -47,6 +47,7 @@ struct qft_llama_acts {
     float *dh;           // (cap_N, I)
     float *lin_tmp;      // (cap_N, max(I, W, C)) adapted linears' output / output gradient
     float *att_work;     // (att_work_n) attention scratch, a few query rows per thread
+    float *embed_rows;   // (cap_N, C) host memory: the rows gathered with m->embed_on_host
     size_t att_work_n;
     /* the last forward */
     int B, T;            /* shape of the last forward's batch, 0 when none */

@@ -250,6 +250,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     }
     s.model.recompute = rc->train.recompute;
     s.model.residual_bf16 = strcmp(rc->train.residual_dtype, "bf16") == 0;
+    s.model.embed_on_host = rc->train.embedding_on_host; /* applies on another backend only */
     /* the head and the loss in chunks of tokens, so that no (tokens, vocab) logits buffer
      * exists (1 GiB at Llama-3's vocabulary and 2048 tokens) */
     s.model.logit_rows = rc->train.loss_chunk_tokens
@@ -395,9 +396,11 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
      * the loss chunks decide */
     if (!user_quiet && qft_llama_acts_bytes(&s.model))
         qft_log(QFT_LOG_INFO, "memory: activations %.1f MiB (recompute %s, residual stream %s, "
-                              "logits held for %d tokens at a time)",
+                              "logits held for %d tokens at a time%s)",
                 qft_llama_acts_bytes(&s.model) / 1048576.0, s.model.recompute ? "on" : "off",
-                s.model.residual_bf16 ? "bf16" : "fp32", qft_llama_acts_logit_rows(&s.model));
+                s.model.residual_bf16 ? "bf16" : "fp32", qft_llama_acts_logit_rows(&s.model),
+                s.model.embed_on_host ? "; the frozen embedding stays in host memory, its "
+                                        "rows gathered there" : "");
     /* the CUDA backend counts its own cudaMalloc bytes; bench/run_model_gpu.sh reads this */
     if (!quiet && strcmp(rc->train.backend, "cuda") == 0)
         qft_log(QFT_LOG_INFO, "memory: CUDA device peak %.1f MiB allocated by the backend "

@@ -108,6 +108,72 @@ START_TEST(test_frozen_bf16_on_backend) {
 }
 END_TEST
 
+/* The frozen embedding left in host memory (m->embed_on_host): no copy of it on the
+ * backend, fp32 or bf16, and forward's rows gathered on the host give the same loss and
+ * gradients, bit for bit, as the backend's own lookup; with frozen_bf16 (_i = 1) the
+ * rows are rounded as the bf16 copy would have held them (the table is made not
+ * bf16-exact first, so the rounding shows). A trainable embedding stays on the backend. */
+START_TEST(test_embedding_on_host) {
+    qft_err err = {0};
+    const int bf16 = _i;
+    qft_llama_model a, b, t;
+    build(&a, 1);
+    build(&b, 1);
+    build(&t, 0);
+    for (int k = 0; k < 2; k++) {
+        qft_llama_model *m = k ? &b : &a;
+        float *table = m->p.embed; // (V, C) on the host
+        for (size_t j = 0; j < (size_t)m->cfg.vocab_size * m->cfg.hidden_size; j++)
+            table[j] *= 1.0f + 1e-3f * (float)(j % 7);
+    }
+    b.embed_on_host = 1, t.embed_on_host = 1;
+    ck_assert_msg(qft_llama_to_backend(&a, qft_cpu_guard_ops(), bf16, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_to_backend(&b, qft_cpu_guard_ops(), bf16, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_to_backend(&t, qft_cpu_guard_ops(), bf16, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(b.embed_on_host, 1);
+    ck_assert_int_eq(b.embed_host_bf16, bf16);
+    ck_assert_int_eq(t.embed_on_host, 0); /* it trains: its gradient is the backend's */
+    ck_assert_ptr_nonnull(t.p.embed);
+    ck_assert_ptr_null(b.p.embed);
+    const size_t VC = (size_t)b.cfg.vocab_size * b.cfg.hidden_size;
+    for (int i = 0; i < b.n_entries; i++)
+        if (b.entries[i].layer == -1 && b.entries[i].field == 0) {
+            ck_assert_ptr_null(b.entries[i].ql);
+            ck_assert_uint_eq(b.entries[i].numel, VC);
+        }
+    /* what the backend no longer holds: the table's fp32 floats, or its bf16 layout */
+    if (!bf16) ck_assert_uint_eq(a.n_dev_params - b.n_dev_params, (VC + 15) / 16 * 16);
+    else ck_assert_uint_eq(a.n_dev_params, b.n_dev_params);
+
+    int32_t ids[24], labels[24];
+    for (int i = 0; i < 24; i++) ids[i] = (int32_t)((i * 37 + 11) % 101), labels[i] = ids[i];
+    qft_batch batch = {2, 12, ids, labels, NULL};
+    float la = NAN, lb = NAN;
+    ck_assert_msg(qft_llama_forward(&a, &batch, &la, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_backward(&a, &batch, 1.0f, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_forward(&b, &batch, &lb, &err) == 0, "%s", err.msg);
+    ck_assert_msg(qft_llama_backward(&b, &batch, 1.0f, &err) == 0, "%s", err.msg);
+    qft_llama_grads_to_host(&a);
+    qft_llama_grads_to_host(&b);
+    ck_assert_msg(la == lb, "loss %.9g (table on the backend) vs %.9g (on the host)", (double)la,
+                  (double)lb);
+    ck_assert_uint_gt(a.n_trainable, 0);
+    ck_assert_int_eq(memcmp(a.grads, b.grads, a.n_trainable * sizeof(float)), 0);
+    /* the rounding matters here: a run without it differs */
+    if (bf16) {
+        float lc = NAN;
+        b.embed_host_bf16 = 0;
+        ck_assert_msg(qft_llama_forward(&b, &batch, &lc, &err) == 0, "%s", err.msg);
+        ck_assert_msg(lc != lb, "unrounded rows gave the same loss %.9g", (double)lc);
+    }
+    printf("embedding on the host (%s there otherwise): loss %.9g both ways\n",
+           bf16 ? "bf16" : "fp32", (double)lb);
+    qft_llama_free(&a);
+    qft_llama_free(&b);
+    qft_llama_free(&t);
+}
+END_TEST
+
 /* A backend that does not decode bf16 weights is refused with a message, and the model
  * is left on the host. */
 static int no_formats(int format) {
@@ -134,6 +200,7 @@ int main(void) {
     TCase *tc = tcase_create("model_backend");
     tcase_add_loop_test(tc, test_frozen_bf16_on_backend, 0, 2);
     tcase_add_test(tc, test_frozen_bf16_refused);
+    tcase_add_loop_test(tc, test_embedding_on_host, 0, 2);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
