@@ -140,6 +140,42 @@ int qft_lora_attach(const void *state, const qft_linear_base *lin, qft_adapter_p
     return 0;
 }
 
+/* DoRA's output from y = W x and u = x_d A^T (lora_linear.c's header has the formulas);
+ * h = W x_d + s B A x_d, which backward's dm needs, is kept in al->h when keep is set. */
+static int dora_forward(qft_adapter_linear *al, const qft_adapter_step *st, const float *xd,
+                        const float *u, int keep, int64_t N, float *y, int64_t ldy,
+                        qft_err *err) {
+    const qft_ops *ops = al->base.ops;
+    qft_lora_scratch *sc = al->cfg->scratch;
+    const char *name = al->base.name;
+    const int64_t out = al->out, r = al->r;
+    if (qft_lora_dora_refresh(al, st, err)) return -1;
+    if (keep && qft_lora_reserve(ops, &al->h, &al->cap_h, (size_t)(N * out), ACT_WHAT, name, err))
+        return -1;
+    if (drop_p(al, st) == 0.0) {
+        /* without dropout in place, y = f (W x + s B A x): a pass that keeps nothing (the
+         * first forward under recomputation) needs no (N, out) buffer, and a pass that
+         * keeps h does the same arithmetic, so recomputation rebuilds the same outputs */
+        qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, y, ldy);
+        if (keep) ops->cols_axpby(al->h, out, 0.0f, y, ldy, NULL, 1.0f, N, out); // h = y
+        ops->cols_axpby(y, ldy, 0.0f, y, ldy, al->f, 0.0f, N, out);                // y = f y
+        return 0;
+    }
+    float *h = al->h; // (N, out)
+    if (!keep) {
+        if (qft_lora_scratch_reserve(sc, ops, &sc->out_buf, &sc->cap_out, (size_t)(N * out), name,
+                                     err))
+            return -1;
+        h = sc->out_buf;
+    }
+    /* with dropout y = W x + (f - 1) W x_d + f s B A x_d: the base product again, on x_d */
+    if (al->base.forward(al->base.ctx, xd, N, h, out, 0.0f, err)) return -1;
+    ops->cols_axpby(y, ldy, 1.0f, h, out, NULL, -1.0f, N, out); // y -= h
+    qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, h, out);
+    ops->cols_axpby(y, ldy, 1.0f, h, out, al->f, 0.0f, N, out); // y += f h
+    return 0;
+}
+
 int qft_lora_forward(qft_adapter_linear *al, const qft_adapter_step *st, const float *x, int64_t N,
                      float *y, int64_t ldy, qft_err *err) {
     const qft_lora_config *c = al->cfg;
@@ -172,31 +208,10 @@ int qft_lora_forward(qft_adapter_linear *al, const qft_adapter_step *st, const f
     }
     qft_lora_gemm(ops, 0, 1, N, r, in, 1.0f, xd, in, al->A, in, 0.0f, u, r);
 
-    if (!c->dora) {
+    if (!c->dora)
         qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, y, ldy);
-    } else {
-        if (qft_lora_dora_refresh(al, st, err)) return -1;
-        float *h; // (N, out), becomes W x_d + s B A x_d
-        if (keep) {
-            if (qft_lora_reserve(ops, &al->h, &al->cap_h, (size_t)(N * out), ACT_WHAT, name, err))
-                return -1;
-            h = al->h;
-        } else {
-            if (qft_lora_scratch_reserve(sc, ops, &sc->out_buf, &sc->cap_out, (size_t)(N * out),
-                                         name, err))
-                return -1;
-            h = sc->out_buf;
-        }
-        if (p == 0.0) {
-            ops->cols_axpby(h, out, 0.0f, y, ldy, NULL, 1.0f, N, out); // h = y
-        } else {
-            if (al->base.forward(al->base.ctx, xd, N, h, out, 0.0f, err)) return -1;
-            ops->cols_axpby(y, ldy, 1.0f, h, out, NULL, -1.0f, N, out); // y -= h
-        }
-        qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, h, out);
-        /* y = f h without dropout; y += f h with it (y holds the undropped W x) */
-        ops->cols_axpby(y, ldy, p == 0.0 ? 0.0f : 1.0f, h, out, al->f, 0.0f, N, out);
-    }
+    else if (dora_forward(al, st, xd, u, keep, N, y, ldy, err))
+        return -1;
     if (keep) {
         al->saved_N = N;
         al->saved_step = st ? *st : (qft_adapter_step){0};

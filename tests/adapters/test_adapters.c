@@ -156,6 +156,9 @@ static void run_case(const fx_case *c, int recompute) {
         ng.no_grad = 1;
         lin.forward(lin.ctx, x, N, y2, out, 0.0f, &err);
         ck_assert_msg(vt->forward(al, &ng, x, N, y2, out, &err) == 0, "%s", err.msg);
+        /* DoRA without dropout works in place there: no (N, out) scratch */
+        if (c->dora && c->dropout == 0)
+            ck_assert_uint_eq(((const qft_lora_config *)st)->scratch->cap_out, 0);
     }
     lin.forward(lin.ctx, x, N, y, out, 0.0f, &err);
     ck_assert_msg(vt->forward(al, &step, x, N, y, out, &err) == 0, "%s", err.msg);
