@@ -20,8 +20,10 @@
 
 static struct {
     void *p[GUARD_MAX];
-    size_t n[GUARD_MAX];
+    size_t n[GUARD_MAX], asked[GUARD_MAX];
     int count;
+    size_t held, peak; /* bytes asked for (not the pages), live and at most: the CUDA
+                          backend's count of its cudaMalloc bytes, for the same run */
 } g_guard;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -44,7 +46,10 @@ static void *guard_alloc(size_t bytes, const char *what) {
         return NULL;
     }
     g_guard.p[g_guard.count] = p, g_guard.n[g_guard.count] = n ? n : page;
+    g_guard.asked[g_guard.count] = bytes;
     g_guard.count++;
+    g_guard.held += bytes;
+    if (g_guard.held > g_guard.peak) g_guard.peak = g_guard.held;
     pthread_mutex_unlock(&g_lock);
     return p;
 }
@@ -55,12 +60,28 @@ static void guard_free(void *p) {
     for (int i = 0; i < g_guard.count; i++)
         if (g_guard.p[i] == p) {
             munmap(p, g_guard.n[i]);
+            g_guard.held -= g_guard.asked[i];
             g_guard.p[i] = g_guard.p[g_guard.count - 1];
             g_guard.n[i] = g_guard.n[g_guard.count - 1];
+            g_guard.asked[i] = g_guard.asked[g_guard.count - 1];
             g_guard.count--;
             break;
         }
     pthread_mutex_unlock(&g_lock);
+}
+
+size_t qft_cpu_guard_mem_peak(void) {
+    pthread_mutex_lock(&g_lock);
+    const size_t peak = g_guard.peak;
+    pthread_mutex_unlock(&g_lock);
+    return peak;
+}
+
+size_t qft_cpu_guard_mem_held(void) {
+    pthread_mutex_lock(&g_lock);
+    const size_t held = g_guard.held;
+    pthread_mutex_unlock(&g_lock);
+    return held;
 }
 
 static void guard_zero(float *x, size_t n) {

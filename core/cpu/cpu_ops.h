@@ -17,6 +17,12 @@ const qft_ops *qft_cpu_ops(void);
 /* The same kernels behind a memory guard (cpu_guard.c): backend memory that host code
  * outside an op cannot touch, to check device discipline without a device. */
 const qft_ops *qft_cpu_guard_ops(void);
+/* Bytes the guard backend holds now and held at most (what its callers asked for, not
+ * the pages): the same count the CUDA backend keeps of its device memory, so a run on
+ * cpu_guard shows what the model's buffers would take on a GPU, less that backend's own
+ * scratch (cuBLASLt workspace, the bf16 copies of activations, attention tiles). */
+size_t qft_cpu_guard_mem_peak(void);
+size_t qft_cpu_guard_mem_held(void);
 
 /* The kernels, one family per file, exported for tests and benchmarks that time a kernel
  * alone. Arguments and shapes are those of the qft_ops entries of the same name. */

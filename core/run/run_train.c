@@ -401,6 +401,11 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                 s.model.residual_bf16 ? "bf16" : "fp32", qft_llama_acts_logit_rows(&s.model),
                 s.model.embed_on_host ? "; the frozen embedding stays in host memory, its "
                                         "rows gathered there" : "");
+    if (!quiet && strcmp(rc->train.backend, "cpu_guard") == 0)
+        qft_log(QFT_LOG_INFO, "memory: cpu_guard backend peak %.1f MiB allocated (what the "
+                              "model's buffers would take on a GPU, without the CUDA "
+                              "backend's own scratch)",
+                qft_cpu_guard_mem_peak() / 1048576.0);
     /* the CUDA backend counts its own cudaMalloc bytes; bench/run_model_gpu.sh reads this */
     if (!quiet && strcmp(rc->train.backend, "cuda") == 0)
         qft_log(QFT_LOG_INFO, "memory: CUDA device peak %.1f MiB allocated by the backend "

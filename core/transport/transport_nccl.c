@@ -250,7 +250,10 @@ static int nccl_make(const qft_transport *host, int owns_host, int device, ncclC
         goto done;
     }
     CUDA_TRY(cudaSetDevice(device));
-    CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
+    /* a blocking stream: its collectives start only after the work queued before them on
+     * the legacy default stream, where the CUDA backend's kernels run (and that stream's
+     * later work waits for them), so a buffer a kernel is still writing is never sent */
+    CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamDefault));
     CUDA_TRY(cudaMalloc((void **)&m->scratch, sizeof(float)));
     CUDA_TRY(cudaMemsetAsync(m->scratch, 0, sizeof(float), m->stream));
     CUDA_TRY(cudaStreamSynchronize(m->stream));

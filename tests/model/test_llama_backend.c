@@ -127,8 +127,12 @@ START_TEST(test_embedding_on_host) {
             table[j] *= 1.0f + 1e-3f * (float)(j % 7);
     }
     b.embed_on_host = 1, t.embed_on_host = 1;
+    const size_t held0 = qft_cpu_guard_mem_held();
     ck_assert_msg(qft_llama_to_backend(&a, qft_cpu_guard_ops(), bf16, &err) == 0, "%s", err.msg);
+    const size_t held_a = qft_cpu_guard_mem_held() - held0;
     ck_assert_msg(qft_llama_to_backend(&b, qft_cpu_guard_ops(), bf16, &err) == 0, "%s", err.msg);
+    const size_t held_b = qft_cpu_guard_mem_held() - held0 - held_a;
+    ck_assert_uint_ge(qft_cpu_guard_mem_peak(), held0 + held_a + held_b);
     ck_assert_msg(qft_llama_to_backend(&t, qft_cpu_guard_ops(), bf16, &err) == 0, "%s", err.msg);
     ck_assert_int_eq(b.embed_on_host, 1);
     ck_assert_int_eq(b.embed_host_bf16, bf16);
@@ -144,6 +148,7 @@ START_TEST(test_embedding_on_host) {
     /* what the backend no longer holds: the table's fp32 floats, or its bf16 layout */
     if (!bf16) ck_assert_uint_eq(a.n_dev_params - b.n_dev_params, (VC + 15) / 16 * 16);
     else ck_assert_uint_eq(a.n_dev_params, b.n_dev_params);
+    ck_assert_uint_eq(held_a - held_b, bf16 ? VC * 2 : (VC + 15) / 16 * 16 * sizeof(float));
 
     int32_t ids[24], labels[24];
     for (int i = 0; i < 24; i++) ids[i] = (int32_t)((i * 37 + 11) % 101), labels[i] = ids[i];
