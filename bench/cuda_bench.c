@@ -13,7 +13,8 @@
  *   - the quantized linear (qft_cuda_qlinear_fwd / _bwd_input: dequantize into a bf16
  *     scratch, then the cuBLASLt bf16 GEMM) for NF4 and HQQ 4-bit at the Llama-3-8B shapes
  *     and M = 2048, with a whole-weight scratch and with 1024-row tiles, in ms and as a
- *     multiple of the plain bf16 GEMM on a dense weight.
+ *     multiple of the plain bf16 GEMM on a dense weight; and the other design, W's tiles
+ *     decoded on chip into the tensor-core kernel (qft_cuda_qgemm_onchip_*), beside it.
  * Times are the median of `iters` runs after warm-up, measured on the host around a
  * device synchronisation. Usage: cuda_bench [--quick]. Exits 77 without a device. */
 #include "qft_base.h"
@@ -174,11 +175,20 @@ typedef struct {
     int M, bwd;
     uint16_t *scratch;
     int64_t scratch_elems;
+    int onchip; /* the on-chip kernels (fp32 output both ways) instead of the scratch */
 } qlin_ctx;
 
 static void run_qlin(void *p) {
     qlin_ctx *c = p;
     qft_err err = {0, ""};
+    if (c->onchip) {
+        int rc = c->bwd ? qft_cuda_qgemm_onchip_bwd(&c->w, c->x, c->w.out, c->M, c->y, c->w.in,
+                                                    0.0f, &err)
+                        : qft_cuda_qgemm_onchip_fwd(&c->w, c->x, c->M, c->w.in, c->y, c->w.out,
+                                                    0.0f, &err);
+        if (rc) die("on-chip qgemm", &err);
+        return;
+    }
     int rc = c->bwd ? qft_cuda_qlinear_bwd_input(&c->w, c->x, c->w.out, c->M, c->y, QFT_DT_F32,
                                                  c->w.in, 0.0f, c->scratch, c->scratch_elems, &err)
                     : qft_cuda_qlinear_fwd(&c->w, c->x, c->M, c->w.in, c->y, QFT_DT_BF16, c->w.out,
@@ -243,26 +253,35 @@ static void qlinear_rows(int out, int in, int M) {
     static const char *const precs[3] = {"fp32 tiles + fp32 GEMM", "fp32 tiles + TF32 GEMM",
                                          "bf16 tiles + bf16 GEMM"};
     for (int bwd = 0; bwd < 2; bwd++) {
-        qlin_ctx c = {dense, x, y, M, bwd, NULL, 0};
+        qlin_ctx c = {dense, x, y, M, bwd, NULL, 0, 0};
         const double plain = time_median(run_qlin, &c);
         printf("| %dx%d | %s | bf16 dense (plain GEMM) | %.3f | 1.00 |\n", out, in,
                bwd ? "dY W" : "x W^T", plain * 1e3);
         for (int k = 0; k < 2; k++)
             for (int tiled = 0; tiled < 2; tiled++) {
-                qlin_ctx q = {qw[k], x, y, M, bwd, scratch, tiled ? (int64_t)1024 * in : n};
+                qlin_ctx q = {qw[k], x, y, M, bwd, scratch, tiled ? (int64_t)1024 * in : n, 0};
                 const double t = time_median(run_qlin, &q);
                 printf("| %dx%d | %s | %s, %s | %.3f | %.2f |\n", out, in, bwd ? "dY W" : "x W^T",
                        names[k], tiled ? "1024-row tiles" : "whole-weight scratch", t * 1e3,
                        t / plain);
             }
-        for (int prec = 0; prec < 3; prec++) {
-            qft_cuda_set_matmul_precision(prec);
+        for (int k = 0; k < 2; k++) { /* the other design: W decoded on chip, no scratch */
+            qlin_ctx q = {qw[k], x, y, M, bwd, NULL, 0, 1};
+            const double t = time_median(run_qlin, &q);
+            printf("| %dx%d | %s | %s, decoded on chip (WMMA, fp32 out) | %.3f | %.2f |\n", out,
+                   in, bwd ? "dY W" : "x W^T", names[k], t * 1e3, t / plain);
+        }
+        for (int prec = 0; prec < 4; prec++) { /* 3: bf16 with the on-chip kernels */
+            qft_cuda_set_matmul_precision(prec < 3 ? prec : 2);
+            qft_cuda_set_qmatmul_kernel(prec == 3);
             qmm_ctx q = {&nl, af, y, M, bwd, qscr, qscr_n};
             const double t = time_median(run_qmm, &q);
             printf("| %dx%d | %s | NF4, op qmatmul (fp32 in/out, 64 MiB scratch): %s | %.3f | "
-                   "%.2f |\n", out, in, bwd ? "dY W" : "x W^T", precs[prec], t * 1e3, t / plain);
+                   "%.2f |\n", out, in, bwd ? "dY W" : "x W^T",
+                   prec < 3 ? precs[prec] : "bf16, W decoded on chip", t * 1e3, t / plain);
         }
         qft_cuda_set_matmul_precision(0);
+        qft_cuda_set_qmatmul_kernel(0);
     }
     G->free(af), G->free(qscr);
     G->free(packed), G->free(code), G->free(absmax), G->free(scale), G->free(zero);

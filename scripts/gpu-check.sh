@@ -37,8 +37,10 @@
 # without a GPU; only their CPU twins (test_cuda_twin) have run. No kernel has run on a GPU
 # yet, so the first run of this script is also the kernels' first run. The same holds for
 # the HQQ and quantized-linear kernels added after it (compiled, not run): their twins
-# check the indexing and GEMM arguments against the hqq plugin on the CPU; the
-# tile-on-chip dequantizing GEMM is not written. The model runs on the CUDA backend for
+# check the indexing and GEMM arguments against the hqq plugin on the CPU. The
+# tile-on-chip dequantizing GEMM (cuda_qgemm_onchip.cu, WMMA) was added later, compiled and
+# not run either: test_cuda_ops checks it against the CPU, cuda_bench times it beside the
+# scratch path, and parity runs QLoRA with it (QFT_CUDA_QMATMUL=onchip). The model runs on the CUDA backend for
 # every train_type (the dense ones first, then the quantized and adapter ones: packed
 # weights uploaded packed, dequantized a tile at a time into the GEMM's scratch, adapters
 # through the op table; frozen dense weights optionally bf16), with the optimizer on the
@@ -192,13 +194,17 @@ parity_adapters() {
         { echo "parity qlora_tf32: FAILED"; rc=1; }
     parity qlora_bf16mm qlora "${sgd[@]}" -- --set train.matmul_precision='"medium"' ||
         { echo "parity qlora_bf16mm: FAILED"; rc=1; }
+    # the same with W's tiles decoded on chip (QFT_CUDA_QMATMUL=onchip) instead of a scratch
+    (export QFT_CUDA_QMATMUL=onchip
+     parity qlora_onchip qlora "${sgd[@]}" -- --set train.matmul_precision='"medium"') ||
+        { echo "parity qlora_onchip: FAILED"; rc=1; }
     return $rc
 }
 if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD=$BUILD; parity_adapters" \
     | tee "$REPORT_DIR/parity_adapters.txt"; then
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): ok"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs, and with on-chip dequantization): ok"
 else
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs): FAILED"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs, and with on-chip dequantization): FAILED"
     status=1
 fi
 

@@ -97,6 +97,12 @@ __global__ void rows_to_bf16_kernel(uint16_t *dst, const float *src, int64_t lds
 }
 } // namespace
 
+namespace {
+int use_onchip; // qft_cuda_set_qmatmul_kernel
+} // namespace
+
+extern "C" void qft_cuda_set_qmatmul_kernel(int onchip) { use_onchip = onchip != 0; }
+
 extern "C" void qft_cuda_qmatmul(const qft_qlayout *w, int backward, const float *a, int64_t lda,
                                  int64_t N, float *c, int64_t ldc, float beta, float *scratch,
                                  size_t scratch_floats) {
@@ -131,6 +137,14 @@ extern "C" void qft_cuda_qmatmul(const qft_qlayout *w, int backward, const float
     rows_to_bf16_kernel<<<qft_cuda_grid_for((size_t)N * K), QFT_CUDA_TPB>>>(ab, a, lda, N, K);
     if (CUDA_LAUNCHED()) return;
     qft_err err = {};
+    if (use_onchip && !cw.bf16) { /* W decoded on chip: no scratch */
+        const int rc = backward ? qft_cuda_qgemm_onchip_bwd(&cw, ab, (int)out, (int)N, c,
+                                                            (int)ldc, beta, &err)
+                                : qft_cuda_qgemm_onchip_fwd(&cw, ab, (int)N, (int)in, c,
+                                                            (int)ldc, beta, &err);
+        if (rc) bad_layout(err.msg);
+        return;
+    }
     const int rc = backward ? qft_cuda_qlinear_bwd_input(&cw, ab, (int)out, (int)N, c, QFT_DT_F32,
                                                          (int)ldc, beta, (uint16_t *)scratch,
                                                          (int64_t)scratch_floats * 2, &err)

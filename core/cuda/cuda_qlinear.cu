@@ -7,8 +7,9 @@
 // Why a scratch and not a dequantizing GEMM kernel: cuBLASLt's bf16 kernels are near the
 // tensor cores' peak and the dequantization is a bandwidth-bound pass over out * in
 // elements (read 0.5-1 byte, write 2), small next to the GEMM at training batch sizes
-// (bench/cuda_bench measures the pair against the plain bf16 GEMM). A tile-on-chip kernel
-// that dequantizes into shared memory inside the GEMM's main loop is not written yet.
+// (bench/cuda_bench measures the pair against the plain bf16 GEMM). The kernel that decodes
+// into shared memory inside the GEMM's main loop is cuda_qgemm_onchip.cu; the bench times
+// both, and qmatmul takes it when asked (qft_cuda_set_qmatmul_kernel).
 #include "cuda_internal.h"
 
 #include <cuda_bf16.h>

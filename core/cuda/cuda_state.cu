@@ -284,6 +284,10 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
      * GPU check's comparisons) without rebuilding */
     const char *att = getenv("QFT_CUDA_ATTENTION");
     if (att && strcmp(att, "flash") == 0) qft_cuda_set_attention_kernel(1);
+    /* QFT_CUDA_QMATMUL=onchip: packed weights decoded inside the GEMM kernel instead of
+     * into a bf16 scratch for cuBLASLt (bf16 matmul precision only) */
+    const char *qmm = getenv("QFT_CUDA_QMATMUL");
+    if (qmm && strcmp(qmm, "onchip") == 0) qft_cuda_set_qmatmul_kernel(1);
     g->ready = 1;
     return &cuda_ops;
 }

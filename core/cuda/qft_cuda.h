@@ -186,6 +186,18 @@ int qft_cuda_qlinear_bwd_input(const qft_cuda_weight *w, const uint16_t *dY, int
                                void *dX, qft_dtype dx_dtype, int ldx, float beta,
                                uint16_t *scratch, int64_t scratch_elems, qft_err *err);
 
+/* The same two products with W's tile decoded on chip (cuda_qgemm_onchip.cu): NF4 or HQQ
+ * codes straight into shared memory as bf16, tensor-core fragments, fp32 outputs with
+ * beta; no scratch. X / dY bf16. 0, or -1 with err. */
+int qft_cuda_qgemm_onchip_fwd(const qft_cuda_weight *w, const uint16_t *X, int N, int ldx,
+                              float *Y, int ldy, float beta, qft_err *err);
+int qft_cuda_qgemm_onchip_bwd(const qft_cuda_weight *w, const uint16_t *dY, int ldg, int N,
+                              float *dX, int ldx, float beta, qft_err *err);
+/* Which of the two the op table's qmatmul runs for NF4 and HQQ weights under bf16 matmul
+ * precision: 0 (the default) the bf16 scratch and cuBLASLt, 1 the on-chip kernels
+ * (also QFT_CUDA_QMATMUL=onchip at start-up). bench/cuda_bench measures both. */
+void qft_cuda_set_qmatmul_kernel(int onchip);
+
 /* ---- AdamW over one flat fp32 buffer -------------------------------------------------------
  * The update of core/train/optim.c (torch's single-tensor AdamW) element for element; the
  * scalars come from qft_cuda_adamw_scalars_make (cuda_twin.h), on the host, from the

@@ -133,6 +133,58 @@ static const float nf4_code[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526
                                    0.44070982933044434f, 0.5626170039176941f,
                                    0.7229568362236023f, 1.0f};
 
+/* A random NF4 weight of n elements (a multiple of 64; blocks of 64 over the flattened
+ * weight, plain fp32 absmax) on the device, its three buffers in dev[0..2], and in Wf (n)
+ * the values the GPU decodes, rounded to bf16. */
+static qft_cuda_nf4 nf4_random(int64_t n, uint64_t seed, float *Wf, void *dev[3]) {
+    uint8_t *packed = ctu_calloc((size_t)n / 2, 1);
+    float *absmax = ctu_calloc((size_t)n / 64, 4);
+    qft_rng r;
+    qft_rng_seed(&r, seed);
+    for (int64_t i = 0; i < n / 2; i++) packed[i] = (uint8_t)qft_rng_next(&r);
+    for (int64_t b = 0; b < n / 64; b++) absmax[b] = 0.01f + 0.1f * (float)qft_rng_uniform(&r);
+    for (int64_t i = 0; i < n; i++) {
+        const int q = (i & 1) ? packed[i / 2] & 15 : packed[i / 2] >> 4;
+        Wf[i] = ctu_bf16_round(nf4_code[q] * absmax[i / 64]);
+    }
+    dev[0] = ops_dup(packed, (size_t)n / 2), dev[1] = ops_dup(nf4_code, 64);
+    dev[2] = ops_dup(absmax, (size_t)n / 64 * 4);
+    free(packed), free(absmax);
+    return (qft_cuda_nf4){dev[0], dev[1], dev[2], NULL, NULL, NULL, 0.0f, 64, n};
+}
+
+/* Y = X W^T + 0.5 Y and dX = dY W + 0.5 dX through the on-chip kernels, X and dY (N, ld*)
+ * bf16 on the device, against the CPU GEMM over the same bf16 values (Yref, dXref computed
+ * by the caller from Y0, dX0): fp32 accumulation in another order, 1e-4; the columns past
+ * out and in are untouched. */
+static void check_onchip(const qft_cuda_weight *w, const uint16_t *dXb, int ldx, const uint16_t *dYb,
+                         int ldg, int N, const float *Y0, int ldy, const float *dX0,
+                         const float *Yref, const float *dXref) {
+    qft_err err = {0, ""};
+    float *dY = ops_dup(Y0, (size_t)N * ldy * 4), *dX = ops_dup(dX0, (size_t)N * ldx * 4);
+    float *got = ctu_calloc((size_t)N * (ldx > ldy ? ldx : ldy), 4);
+    ck_assert_msg(qft_cuda_qgemm_onchip_fwd(w, dXb, N, ldx, dY, ldy, 0.5f, &err) == 0, "%s",
+                  err.msg);
+    ck_assert_msg(qft_cuda_qgemm_onchip_bwd(w, dYb, ldg, N, dX, ldx, 0.5f, &err) == 0, "%s",
+                  err.msg);
+    ops_get(got, dY, (size_t)N * ldy * 4);
+    ops_synced();
+    for (int i = 0; i < N; i++) {
+        CTU_CHECK_ERR(got + (size_t)i * ldy, Yref + (size_t)i * ldy, (size_t)w->out, 1e-4,
+                      "on-chip Y");
+        for (int j = w->out; j < ldy; j++) ck_assert(got[(size_t)i * ldy + j] == Y0[(size_t)i * ldy + j]);
+    }
+    ops_get(got, dX, (size_t)N * ldx * 4);
+    ops_synced();
+    for (int i = 0; i < N; i++) {
+        CTU_CHECK_ERR(got + (size_t)i * ldx, dXref + (size_t)i * ldx, (size_t)w->in, 1e-4,
+                      "on-chip dX");
+        for (int j = w->in; j < ldx; j++) ck_assert(got[(size_t)i * ldx + j] == dX0[(size_t)i * ldx + j]);
+    }
+    dfree(dY), dfree(dX);
+    free(got);
+}
+
 /* _i 0: NF4 (block 64), 1: HQQ 4-bit axis 1, 2: dense bf16. */
 START_TEST(test_qlinear) {
     const int out = 200, in = 256, N = 33, ldx = in + 8, ldy = out + 8, ldg = out + 8;
@@ -147,21 +199,8 @@ START_TEST(test_qlinear) {
 #endif
     qft_err err = {0, ""};
     if (_i == 0) {
-        uint8_t *packed = ctu_calloc((size_t)n / 2, 1);
-        float *absmax = ctu_calloc((size_t)n / 64, 4);
-        qft_rng r;
-        qft_rng_seed(&r, 101);
-        for (int64_t i = 0; i < n / 2; i++) packed[i] = (uint8_t)qft_rng_next(&r);
-        for (int64_t b = 0; b < n / 64; b++) absmax[b] = 0.01f + 0.1f * (float)qft_rng_uniform(&r);
-        for (int64_t i = 0; i < n; i++) {
-            const int q = (i & 1) ? packed[i / 2] & 15 : packed[i / 2] >> 4;
-            Wf[i] = ctu_bf16_round(nf4_code[q] * absmax[i / 64]);
-        }
-        dev_bufs[0] = ops_dup(packed, (size_t)n / 2), dev_bufs[1] = ops_dup(nf4_code, 64);
-        dev_bufs[2] = ops_dup(absmax, (size_t)n / 64 * 4);
-        nf4 = (qft_cuda_nf4){dev_bufs[0], dev_bufs[1], dev_bufs[2], NULL, NULL, NULL, 0.0f, 64, n};
+        nf4 = nf4_random(n, 101, Wf, dev_bufs);
         w.nf4 = &nf4;
-        free(packed), free(absmax);
     } else if (_i == 1) {
 #ifdef QFT_TWIN_HQQ
         const cth_case c = {4, 1, 0, 64, out, in};
@@ -197,6 +236,7 @@ START_TEST(test_qlinear) {
     qft_cpu_gemm(0, 1, N, out, in, 1.0f, X, ldx, Wf, in, 0.5f, Yref, ldy);
     qft_cpu_gemm(0, 0, N, in, out, 1.0f, dY, ldg, Wf, in, 0.5f, dXref, ldx);
     uint16_t *dXb_ = ops_dup(Xb, (size_t)N * ldx * 2), *ddYb = ops_dup(dYb, (size_t)N * ldg * 2);
+    if (!w.bf16) check_onchip(&w, dXb_, ldx, ddYb, ldg, N, Y0, ldy, dX0, Yref, dXref);
     float *dYo = G->alloc((size_t)N * ldy * 4, "t"), *dXo = G->alloc((size_t)N * ldx * 4, "t");
     uint16_t *dYob = G->alloc((size_t)N * ldy * 2, "t"), *dXob = G->alloc((size_t)N * ldx * 2, "t");
     uint16_t *scratch = G->alloc((size_t)n * 2, "t");
@@ -267,6 +307,42 @@ START_TEST(test_qlinear) {
 }
 END_TEST
 
+/* The on-chip kernels on NF4 weights of shapes that leave partial tiles everywhere: rows of
+ * X, W's rows and columns, K steps of 32 (in = 40), and NF4 blocks that run across W's rows
+ * (in not a multiple of 64); then a dense bf16 weight is refused. */
+START_TEST(test_qgemm_onchip) {
+    static const int shapes[4][3] = {{72, 40, 19}, {130, 96, 70}, {64, 64, 64}, {1, 128, 129}};
+    const int out = shapes[_i][0], in = shapes[_i][1], N = shapes[_i][2];
+    const int ldx = in + 3, ldg = out + 5, ldy = out + 2;
+    const int64_t n = (int64_t)out * in;
+    float *Wf = ctu_calloc((size_t)n, 4);
+    void *dev[3];
+    qft_cuda_nf4 nf4 = nf4_random(n, 300 + (uint64_t)_i, Wf, dev);
+    qft_cuda_weight w = {&nf4, NULL, NULL, out, in};
+    float *X = ctu_calloc((size_t)N * ldx, 4), *dY = ctu_calloc((size_t)N * ldg, 4);
+    float *Y0 = ctu_calloc((size_t)N * ldy, 4), *dX0 = ctu_calloc((size_t)N * ldx, 4);
+    ctu_fill(X, (size_t)N * ldx, 311, 1.0f), ctu_fill(dY, (size_t)N * ldg, 312, 1.0f);
+    ctu_fill(Y0, (size_t)N * ldy, 313, 1.0f), ctu_fill(dX0, (size_t)N * ldx, 314, 1.0f);
+    uint16_t *Xb = to_bf16(X, (size_t)N * ldx), *dYb = to_bf16(dY, (size_t)N * ldg);
+    for (int i = 0; i < N * ldx; i++) X[i] = qft_bf16_to_f32(Xb[i]);
+    for (int i = 0; i < N * ldg; i++) dY[i] = qft_bf16_to_f32(dYb[i]);
+    float *Yref = ctu_calloc((size_t)N * ldy, 4), *dXref = ctu_calloc((size_t)N * ldx, 4);
+    memcpy(Yref, Y0, (size_t)N * ldy * 4), memcpy(dXref, dX0, (size_t)N * ldx * 4);
+    qft_cpu_gemm(0, 1, N, out, in, 1.0f, X, ldx, Wf, in, 0.5f, Yref, ldy);
+    qft_cpu_gemm(0, 0, N, in, out, 1.0f, dY, ldg, Wf, in, 0.5f, dXref, ldx);
+    uint16_t *dXb = ops_dup(Xb, (size_t)N * ldx * 2), *ddYb = ops_dup(dYb, (size_t)N * ldg * 2);
+    check_onchip(&w, dXb, ldx, ddYb, ldg, N, Y0, ldy, dX0, Yref, dXref);
+    qft_err err = {0, ""};
+    const qft_cuda_weight dense = {NULL, NULL, dXb, out, in};
+    ck_assert_int_ne(qft_cuda_qgemm_onchip_fwd(&dense, dXb, N, ldx, Yref, ldy, 0.0f, &err), 0);
+    ck_assert_msg(strstr(err.msg, "nf4 or hqq") != NULL, "%s", err.msg);
+    printf("on-chip NF4 GEMMs (%d, %d) x %d rows: within 1e-4 of the CPU\n", out, in, N);
+    for (int i = 0; i < 3; i++) dfree(dev[i]);
+    dfree(dXb), dfree(ddYb);
+    free(Wf), free(X), free(dY), free(Y0), free(dX0), free(Xb), free(dYb), free(Yref), free(dXref);
+}
+END_TEST
+
 void ops_linear_add_tests(TCase *tc, const qft_ops *gpu) {
     G = gpu;
 #ifdef QFT_TWIN_HQQ
@@ -275,4 +351,5 @@ void ops_linear_add_tests(TCase *tc, const qft_ops *gpu) {
     printf("HQQ on the GPU: skipped, the hqq plugin is not in this build\n");
 #endif
     tcase_add_loop_test(tc, test_qlinear, 0, 3);
+    tcase_add_loop_test(tc, test_qgemm_onchip, 0, 4);
 }
