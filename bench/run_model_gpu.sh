@@ -18,7 +18,9 @@
 #                            cores, the default), high (TF32) or highest (full fp32)
 #   QFT_MODEL_BENCH_RESIDUAL train.residual_dtype of every run: bf16 (the default: the
 #                            residual stream between blocks kept as bf16) or f32
-#   QFT_MODEL_BENCH_STEPS    timed steps (3)
+#   QFT_MODEL_BENCH_TYPES    the train_types to run, "full qlora bnb_dora" by default
+#   QFT_MODEL_BENCH_STEPS    timed steps (3; 0 runs the warm-up step alone, for the peak
+#                            memory on cpu_guard, whose count stands in for the GPU's)
 #   QFT_MODEL_BENCH_BUDGET   seconds for everything (150): runs still going are stopped
 #                            then, and their rows say so
 #   QFT_MODEL_BENCH_PYTHON   python for the PyTorch rows (python3); "none" skips them
@@ -67,7 +69,11 @@ else
     layers_spec=${QFT_MODEL_BENCH_LAYERS:-"full=4 qlora=32 bnb_dora=32"}
 fi
 batch=1
-types=(full qlora bnb_dora)
+read -r -a types <<<"${QFT_MODEL_BENCH_TYPES:-full qlora bnb_dora}"
+for t in "${types[@]}"; do
+    [[ $t =~ ^(full|qlora|bnb_dora)$ ]] ||
+        { echo "run_model_gpu: QFT_MODEL_BENCH_TYPES takes full, qlora and bnb_dora (got '$t')"; exit 2; }
+done
 declare -A layers torch_name=([full]=full [qlora]=qlora [bnb_dora]=qdora)
 for kv_ in $layers_spec; do layers[${kv_%%=*}]=${kv_#*=}; done
 for t in "${types[@]}"; do
@@ -244,7 +250,7 @@ overlap_note() {
 }
 
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-echo "Model-level table: $shape (hidden $hidden, intermediate $inter, $heads heads, $kv KV heads, head_dim $hd, vocabulary $vocab, untied), batch $batch x context $ctx, recomputation on, 1 warm-up + $steps timed steps, train.backend $backend${gpu_name:+ on $gpu_name}; qft stores weights, gradients, optimizer state and activations in fp32 except the residual stream between blocks (train.residual_dtype ${QFT_MODEL_BENCH_RESIDUAL:-bf16}) and, for the adapters, the frozen embedding and head (bf16); PyTorch everything in bf16 but its adapters and their optimizer state."
+echo "Model-level table: $shape (hidden $hidden, intermediate $inter, $heads heads, $kv KV heads, head_dim $hd, vocabulary $vocab, untied), batch $batch x context $ctx, recomputation on, 1 warm-up + $steps timed steps, train.backend $backend${gpu_name:+ on $gpu_name}; qft stores weights, gradients, optimizer state and activations in fp32 except the residual stream between blocks (train.residual_dtype ${QFT_MODEL_BENCH_RESIDUAL:-bf16}) and, for the adapters, the frozen head (bf16; the frozen embedding stays in host memory); PyTorch everything in bf16 but its adapters and their optimizer state."
 echo
 echo "| train_type | layers | context | tokens/s | peak GPU MiB | notes |"
 echo "|---|---|---|---|---|---|"
@@ -252,7 +258,7 @@ for t in "${types[@]}"; do
     log=$out/$t.log m=$out/$t/metrics.jsonl
     notes="qft; fp32 storage, residual ${QFT_MODEL_BENCH_RESIDUAL:-bf16}"
     [[ $backend == cuda ]] && notes+=", matmul_precision ${QFT_MODEL_BENCH_MATMUL:-medium}"
-    [[ $t != full && $backend != cpu ]] && notes+=", frozen embedding and head bf16"
+    [[ $t != full && $backend != cpu ]] && notes+=", frozen head bf16, frozen embedding in host memory"
     params=$(sed -n 's/^model: .*; \([0-9.]*M\) parameters, \([0-9.]*M\) trainable.*/\1 parameters, \2 trainable/p' "$log" | head -1)
     [[ -n $params ]] && notes+="; $params"
     [[ -n ${t_ready[$t]:-} ]] && notes+="; host build + upload $(secs "${t_launch[$t]}" "${t_ready[$t]}") s"
@@ -281,6 +287,9 @@ for t in "${types[@]}"; do
     if [[ $backend != cuda ]]; then
         rss=$(sed -n 's/.*peak mem \(.*\))$/\1)/p' "$log" | tail -1)
         peak="n/a ($backend)"; [[ -n $rss ]] && notes+="; host peak mem $rss"
+        # cpu_guard counts the bytes of its buffers as the CUDA backend counts its own
+        p=$(sed -n 's/^memory: cpu_guard backend peak \([0-9.]*\) MiB.*/\1/p' "$log" | tail -1)
+        [[ -n $p ]] && peak="$p (cpu_guard's count)"
     fi
     if [[ -f $out/$t.timedout ]]; then
         tps="timed out"; notes+="; stopped at the ${budget}s budget while $(cat "$out/$t.timedout")"

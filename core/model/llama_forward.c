@@ -42,8 +42,16 @@ int qft_llama_block_forward(qft_llama_model *m, int l, int slot, const float *x_
     o->rmsnorm_fwd(a->ln, rstd2, xmid, w->ln2, N, C, c->rms_norm_eps);
     g = qft_llama_gu_group(m, l, 0);
     if (qft_llama_lin_fwd(m, &g, a->ln, N, gu, 2 * I, 0.0f, err)) return -1;
-    if (!x_out) return 0; /* recomputation for backward stops here: h is rebuilt there */
+    /* recomputation for backward stops here (h is rebuilt there), unless down_proj's
+     * adapter keeps output-sized activations (row_scaled), which forward did not keep: its
+     * product again, into scratch that backward overwrites before reading */
+    const qft_llama_adapted *down = m->adapted ? m->adapted[l][QFT_LIN_DOWN] : NULL;
+    if (!x_out && !(down && down->row_scaled)) return 0;
     o->swiglu_fwd(a->h, gu, N, I);
+    if (!x_out) {
+        g = qft_llama_one_group(m, l, QFT_LIN_DOWN, 0);
+        return qft_llama_lin_fwd(m, &g, a->h, N, a->dln, C, 0.0f, err); // (N, C)
+    }
     o->copy(x_out, xmid, (size_t)N * C);
     g = qft_llama_one_group(m, l, QFT_LIN_DOWN, 0);
     return qft_llama_lin_fwd(m, &g, a->h, N, x_out, C, 1.0f, err); /* residual */

@@ -107,6 +107,12 @@ typedef struct qft_llama_adapted {
     int n_params;
     int first_entry;         /* entries[first_entry .. + n_params) are its tensors */
     qft_adapter_linear *al;  /* NULL until attached */
+    /* The adapter trains a vector with one entry per output row (DoRA's magnitude): its
+     * gradient sums dy times an (N, out) product of forward, which the adapter keeps. On
+     * down_proj, whose forward recomputation otherwise skips, that would be (N, C) kept
+     * for every layer until backward (1 GiB at 8B shapes), so such a down_proj is run
+     * again in backward's recomputation instead (one more down GEMM a layer). */
+    int row_scaled;
     int on_backend;          /* attached to the backend's copies (m->ops), not the host's */
 } qft_llama_adapted;
 

@@ -134,9 +134,10 @@ int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const fl
     for (int i = 0; i < g->n; i++) {
         const qft_llama_linear *L = &g->lin[i];
         /* down_proj is not repeated by recomputation (backward rebuilds its input
-         * itself), so its adapter keeps its activations from the one forward there is */
+         * itself), so its adapter keeps its activations from the one forward there is,
+         * unless they are output-sized (row_scaled: then recomputation repeats it) */
         qft_adapter_step st = m->astep;
-        if (L->ad && L->ad->k == QFT_LIN_DOWN) st.no_grad = 0;
+        if (L->ad && L->ad->k == QFT_LIN_DOWN && !L->ad->row_scaled) st.no_grad = 0;
         if (L->ad && m->avt->forward(L->ad->al, &st, x, N, y + col, ldy, err)) return -1;
         col += L->out;
     }

@@ -133,6 +133,8 @@ static int declare_adapters(qft_llama_model *m, int *cap, qft_err *err) {
                 return qft_err_setf(err, "%s: adapter declared %d tensors (at most %d)",
                                     e->name, n, QFT_ADAPTER_MAX_PARAMS);
             }
+            for (int i = 0; i < ad->n_params; i++)
+                ad->row_scaled |= ad->params[i].ndim == 1 && ad->params[i].shape[0] == ad->base.out;
             m->adapted[l][k] = ad;
             m->n_adapted++;
             ad->first_entry = m->n_entries;

@@ -9,6 +9,8 @@
 #include "adapter_test_util.h"
 #include "hf_model.h"
 #include "llama.h"
+#include "llama_internal.h"
+#include "lora_common.h"
 #include "optim.h"
 #include "peft_adapter.h"
 #include "qft_base.h"
@@ -46,7 +48,10 @@ static float *fx_f32(const qft_st_file *f, const char *name, size_t *n) {
     return p;
 }
 
-static void run_variant(const char *variant, const char *env, const char *cfg, int recompute) {
+/* Returns the first backward's gradients (n_trainable floats, malloc'd; *n their count),
+ * for the two modes of recomputation to be compared bit for bit. */
+static float *run_variant(const char *variant, const char *env, const char *cfg, int recompute,
+                          size_t *n_grads) {
     const qft_adapter_vtable *vt = at_load_plugin(env);
     ck_assert_ptr_nonnull(vt);
     void *st = NULL;
@@ -88,6 +93,26 @@ static void run_variant(const char *variant, const char *env, const char *cfg, i
            recompute ? " (recompute)" : "", e, loss, loss_ref[0]);
     ck_assert_double_le(e, 1e-5);
     ck_assert_double_le(fabs(loss - loss_ref[0]) / fabs(loss_ref[0]), 1e-5);
+    if (recompute) {
+        /* what the no-grad pass left for backward: LoRA's down_proj keeps its (N, r)
+         * product (recomputation does not repeat down_proj); DoRA keeps nothing, since its
+         * (N, out) product per layer is why backward's recomputation repeats down_proj */
+        const int dora = strstr(variant, "dora") != NULL;
+        int kept = 0, adapted = 0;
+        for (int l = 0; l < m.cfg.num_hidden_layers; l++)
+            for (int k = 0; k < QFT_LIN_COUNT; k++) {
+                const qft_llama_adapted *ad = m.adapted[l][k];
+                if (!ad) continue;
+                adapted++;
+                ck_assert_int_eq(ad->row_scaled, dora);
+                const int want = !dora && k == QFT_LIN_DOWN;
+                ck_assert_msg((ad->al->saved_N == B * T) == want, "%s: saved %lld rows",
+                              ad->name, (long long)ad->al->saved_N);
+                kept += ad->al->saved_N == B * T;
+            }
+        ck_assert_int_eq(kept, dora ? 0 : m.cfg.num_hidden_layers);
+        ck_assert_int_gt(adapted, m.cfg.num_hidden_layers);
+    }
 
     /* backward: every adapter tensor's gradient */
     ck_assert_msg(qft_llama_backward(&m, &b, 1.0f, &err) == 0, "%s", err.msg);
@@ -107,6 +132,10 @@ static void run_variant(const char *variant, const char *env, const char *cfg, i
         free(g);
         n_adapter++;
     }
+    float *grads = malloc(m.n_trainable * sizeof *grads);
+    ck_assert_ptr_nonnull(grads);
+    memcpy(grads, m.grads, m.n_trainable * sizeof *grads);
+    *n_grads = m.n_trainable;
     printf("  %s%s: %d adapter gradients, worst rel err %.2e\n", variant,
            recompute ? " (recompute)" : "", n_adapter, worst);
     ck_assert_int_eq(n_adapter, (int)(fx.n_entries - 6) / 2); /* grad.* and final.* each */
@@ -147,6 +176,19 @@ static void run_variant(const char *variant, const char *env, const char *cfg, i
     qft_st_close(&fx);
     qft_llama_free(&m);
     vt->close(st);
+    return grads;
+}
+
+/* Both modes of recomputation: the same gradients, bit for bit (recomputation runs the
+ * same ops on the same inputs, down_proj included where its adapter is row-scaled). */
+static void run_both(const char *variant, const char *env, const char *cfg) {
+    size_t n0 = 0, n1 = 0;
+    float *g0 = run_variant(variant, env, cfg, 0, &n0), *g1 = run_variant(variant, env, cfg, 1, &n1);
+    ck_assert_uint_eq(n0, n1);
+    ck_assert_uint_gt(n0, 0);
+    ck_assert_msg(memcmp(g0, g1, n0 * sizeof *g0) == 0, "%s: recomputation changed the gradients",
+                  variant);
+    free(g0), free(g1);
 }
 
 static const char *k_lora_cfg =
@@ -156,14 +198,12 @@ static const char *k_dora_cfg =
     "target_modules = \"all-linear\"; };";
 
 START_TEST(test_llama_lora) {
-    run_variant("llama_lora", "QFT_LORA_PLUGIN", k_lora_cfg, 0);
-    run_variant("llama_lora", "QFT_LORA_PLUGIN", k_lora_cfg, 1);
+    run_both("llama_lora", "QFT_LORA_PLUGIN", k_lora_cfg);
 }
 END_TEST
 
 START_TEST(test_llama_dora) {
-    run_variant("llama_dora", "QFT_DORA_PLUGIN", k_dora_cfg, 0);
-    run_variant("llama_dora", "QFT_DORA_PLUGIN", k_dora_cfg, 1);
+    run_both("llama_dora", "QFT_DORA_PLUGIN", k_dora_cfg);
 }
 END_TEST
 
