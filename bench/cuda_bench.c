@@ -16,7 +16,8 @@
  *     multiple of the plain bf16 GEMM on a dense weight; and the other design, W's tiles
  *     decoded on chip into the tensor-core kernel (qft_cuda_qgemm_onchip_*), beside it.
  * Times are the median of `iters` runs after warm-up, measured on the host around a
- * device synchronisation. Usage: cuda_bench [--quick]. Exits 77 without a device. */
+ * device synchronisation. Usage: cuda_bench [--quick | --choose-qmatmul] (the latter:
+ * see choose_qmatmul). Exits 77 without a device. */
 #include "qft_base.h"
 #include "qft_cuda.h"
 
@@ -288,15 +289,62 @@ static void qlinear_rows(int out, int in, int M) {
     G->free(wd), G->free(x), G->free(y), G->free(scratch);
 }
 
+/* --choose-qmatmul: the op table's qmatmul under bf16 precision with each of its two
+ * kernels for NF4 weights (the bf16 scratch + cuBLASLt, and the on-chip decoding), forward
+ * and input gradient of the three Llama-3-8B linears at M = 2048, as the model calls them;
+ * prints the sums and, last, the QFT_CUDA_QMATMUL setting of the faster, for the GPU check
+ * to run the model with ("measure both and keep the faster"). */
+static int choose_qmatmul(void) {
+    static const int lin[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
+    const int M = 2048;
+    const size_t qscr_n = (size_t)16 << 20; /* the model's 64 MiB fp32 tile scratch */
+    float *af = rand_dev((size_t)M * 14336, 1.0f, 31), *y = dalloc((size_t)M * 14336 * 4);
+    float *qscr = dalloc(qscr_n * 4);
+    double total[2] = {0, 0};
+    qft_cuda_set_matmul_precision(2);
+    for (int i = 0; i < 3; i++) {
+        const int out = lin[i][0], in = lin[i][1];
+        const int64_t n = (int64_t)out * in;
+        uint8_t *packed = bytes_dev((size_t)n / 2, 32);
+        float *code = rand_dev(16, 1.0f, 33), *absmax = rand_dev((size_t)n / 64, 0.1f, 34);
+        qft_qlayout nl;
+        memset(&nl, 0, sizeof nl);
+        nl.format = QFT_QFMT_NF4, nl.out = out, nl.in = in, nl.nf4_blocksize = 64;
+        nl.buf[QFT_QL_NF4_PACKED] = packed, nl.buf[QFT_QL_NF4_CODE] = code;
+        nl.buf[QFT_QL_NF4_ABSMAX] = absmax;
+        for (int k = 0; k < 2; k++) {
+            qft_cuda_set_qmatmul_kernel(k);
+            for (int bwd = 0; bwd < 2; bwd++) {
+                qmm_ctx q = {&nl, af, y, M, bwd, qscr, qscr_n};
+                const double t = time_median(run_qmm, &q);
+                total[k] += t;
+                printf("qmatmul NF4 %dx%d %s, %s: %.3f ms\n", out, in, bwd ? "dY W" : "x W^T",
+                       k ? "on chip" : "scratch", t * 1e3);
+            }
+        }
+        G->free(packed), G->free(code), G->free(absmax);
+    }
+    qft_cuda_set_qmatmul_kernel(0);
+    qft_cuda_set_matmul_precision(0);
+    G->free(af), G->free(y), G->free(qscr);
+    sync_or_die();
+    printf("qmatmul over the three linears, both products: scratch %.3f ms, on chip %.3f ms\n",
+           total[0] * 1e3, total[1] * 1e3);
+    printf("QFT_CUDA_QMATMUL=%s\n", total[1] < total[0] ? "onchip" : "scratch");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    if (quick) iters = 5;
+    const int choose = argc > 1 && strcmp(argv[1], "--choose-qmatmul") == 0;
+    if (quick || choose) iters = 5;
     qft_err err = {0, ""};
     G = qft_cuda_ops(0, &err);
     if (!G) {
         printf("no CUDA device: skipped (%s)\n", err.msg);
         return 77;
     }
+    if (choose) return choose_qmatmul();
     printf("# qft CUDA kernels on %s\n\n", qft_cuda_device_name());
 
     /* buffers for the largest GEMM: 8192^2 per operand for the peak, 14336 x 4096 weights */

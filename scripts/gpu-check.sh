@@ -121,6 +121,23 @@ if grep -qE 'test_qmatmul:[2367]:' "$ops_log" && ! grep -qE 'test_qmatmul:[0145]
     att_note="$att_note qmatmul's bf16 path FAILED its kernel test: the model bench ran matmul_precision \"high\" (TF32)."
     echo "gpu-check: qmatmul's bf16 path failed: the model bench runs TF32"
 fi
+# The issue's two designs of the dequantizing GEMM, measured and the faster kept: when the
+# on-chip kernels passed their tests (test_qgemm_onchip, and test_qlinear which runs them
+# too), qmatmul's two kernels are timed on the 8B linears (cuda_bench --choose-qmatmul) and
+# the trainings below run with the faster (QFT_CUDA_QMATMUL; the scratch path otherwise).
+if ! grep -qE 'test_(qgemm_onchip|qlinear):' "$ops_log" && (( rc == 0 )); then
+    choice_log="$REPORT_DIR/choose_qmatmul.txt"
+    step choose_qmatmul 40 "$BUILD/bench/cuda_bench" --choose-qmatmul | tee "$choice_log"
+    choice=$(grep -o '^QFT_CUDA_QMATMUL=[a-z]*' "$choice_log" | tail -1)
+    if [[ $choice == QFT_CUDA_QMATMUL=onchip ]]; then
+        export QFT_CUDA_QMATMUL=onchip
+        att_note="$att_note The on-chip dequantizing GEMM was faster than the bf16 scratch + cuBLASLt ($(grep '^qmatmul over' "$choice_log")): the model bench ran with it (QFT_CUDA_QMATMUL=onchip)."
+    elif [[ -n $choice ]]; then
+        att_note="$att_note The bf16 scratch + cuBLASLt was faster than the on-chip dequantizing GEMM ($(grep '^qmatmul over' "$choice_log")): the model bench ran with the scratch."
+    fi
+else
+    att_note="$att_note The on-chip dequantizing GEMM FAILED its kernel tests (or test_cuda_ops did): not timed against the scratch path, not used."
+fi
 
 # The model on the GPU against the CPU backend: the dense train_types (the ones the CUDA
 # backend runs in this version, with parameters, gradients and optimizer state in host

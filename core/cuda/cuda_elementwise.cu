@@ -175,8 +175,10 @@ extern "C" void qft_cuda_sgd(float *p, const float *g, float *buf, size_t n,
 extern "C" double qft_cuda_sumsq(const float *x, size_t n) {
     if (!n) return 0.0;
     const size_t n_chunks = (n + QFT_OPS_SUMSQ_CHUNK - 1) / QFT_OPS_SUMSQ_CHUNK;
-    double *part = nullptr; // (n_chunks) on the device
-    if (CUDA_CHECK(cudaMalloc(&part, n_chunks * sizeof(double)))) return NAN; // recorded
+    // the backend's scratch for host-visible results: no cudaMalloc (a device-wide wait)
+    // at every call
+    double *part = (double *)qft_cuda_scratch(n_chunks * sizeof(double)); // (n_chunks)
+    if (!part) return NAN; // recorded
     sumsq_chunks_kernel<<<qft_cuda_blocks(n_chunks, 64), 64>>>(part, x, n, n_chunks);
     CUDA_LAUNCHED();
     double *host = (double *)malloc(n_chunks * sizeof(double)); // (n_chunks)
@@ -193,7 +195,6 @@ extern "C" double qft_cuda_sumsq(const float *x, size_t n) {
             s += v;
         }
     }
-    CUDA_CHECK(cudaFree(part));
     return s;
 }
 
