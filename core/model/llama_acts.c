@@ -157,7 +157,7 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
     a->targets_host = malloc(N * sizeof(int32_t));                    // (N)
     if (!a->targets || !a->ids || !a->mask_buf || !a->targets_host) goto oom;
     a->bytes += N * (3 * sizeof(int32_t) + 1);
-    if (m->embed_on_host) { /* host memory, counted with the rest: it is this batch's */
+    if (qft_llama_embed_gathered(m)) { /* host memory, counted with the rest: this batch's */
         a->embed_rows = malloc(N * C * sizeof(float));
         if (!a->embed_rows) goto oom;
         a->bytes += N * C * sizeof(float);

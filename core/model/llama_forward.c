@@ -120,7 +120,7 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
      * reads the embedding, which then stays until backward is past the head. */
     const int tied = m->cfg.tie_word_embeddings;
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, 0, err)) return -1;
-    if (m->embed_on_host) {
+    if (qft_llama_embed_gathered(m)) {
         embed_rows_on_host(m, b->ids, N, a->embed_rows);
         o->upload(qft_llama_x(m, 0), a->embed_rows, (size_t)N * C * sizeof(float));
     } else if (m->p.embed)
