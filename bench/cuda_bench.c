@@ -14,7 +14,9 @@
  *     scratch, then the cuBLASLt bf16 GEMM) for NF4 and HQQ 4-bit at the Llama-3-8B shapes
  *     and M = 2048, with a whole-weight scratch and with 1024-row tiles, in ms and as a
  *     multiple of the plain bf16 GEMM on a dense weight; and the other design, W's tiles
- *     decoded on chip into the tensor-core kernel (qft_cuda_qgemm_onchip_*), beside it.
+ *     decoded on chip into the tensor-core kernel (qft_cuda_qgemm_onchip_*), beside it;
+ *   - DoRA's weight norm of a 14336 x 4096 NF4 weight at r = 16: lowrank_row_norms against
+ *     the generic tile path.
  * Times are the median of `iters` runs after warm-up, measured on the host around a
  * device synchronisation. Usage: cuda_bench [--quick | --choose-qmatmul] (the latter:
  * see choose_qmatmul). Exits 77 without a device. */
@@ -289,6 +291,69 @@ static void qlinear_rows(int out, int in, int M) {
     G->free(wd), G->free(x), G->free(y), G->free(scratch);
 }
 
+/* A random NF4 weight (out, in) on the device as a layout (block 64, fp32 absmax); its
+ * buffers are freed by nf4_layout_free. */
+static qft_qlayout nf4_layout_dev(int out, int in, uint64_t seed) {
+    const int64_t n = (int64_t)out * in;
+    qft_qlayout nl;
+    memset(&nl, 0, sizeof nl);
+    nl.format = QFT_QFMT_NF4, nl.out = out, nl.in = in, nl.nf4_blocksize = 64;
+    nl.buf[QFT_QL_NF4_PACKED] = bytes_dev((size_t)n / 2, seed);
+    nl.buf[QFT_QL_NF4_CODE] = rand_dev(16, 1.0f, seed + 1);
+    nl.buf[QFT_QL_NF4_ABSMAX] = rand_dev((size_t)n / 64, 0.1f, seed + 2);
+    return nl;
+}
+
+static void nf4_layout_free(qft_qlayout *nl) {
+    G->free((void *)nl->buf[QFT_QL_NF4_PACKED]), G->free((void *)nl->buf[QFT_QL_NF4_CODE]);
+    G->free((void *)nl->buf[QFT_QL_NF4_ABSMAX]);
+}
+
+/* ---- DoRA's weight norm --------------------------------------------------------------------
+ * ||W_j + s B_j A|| for every row: the op table's lowrank_row_norms (one read of the packed
+ * W), or the generic path the DoRA plugin takes without it (fp32 tiles of W, s B A added by
+ * a GEMM, row_norms), 64 MiB tiles as on a device. */
+typedef struct {
+    const qft_qlayout *w;
+    const float *A, *B;
+    float *norm, *tile;
+    int64_t r, tile_rows;
+    int fused;
+} norm_ctx;
+
+static void run_norm(void *p) {
+    norm_ctx *c = p;
+    const int64_t out = c->w->out, in = c->w->in;
+    if (c->fused) {
+        G->lowrank_row_norms(c->norm, c->w, NULL, out, in, c->A, c->B, c->r, 2.0f);
+        return;
+    }
+    for (int64_t r0 = 0; r0 < out; r0 += c->tile_rows) {
+        const int64_t n = out - r0 < c->tile_rows ? out - r0 : c->tile_rows;
+        G->dequantize(c->w, r0, n, c->tile);
+        G->gemm(0, 0, (int)n, (int)in, (int)c->r, 2.0f, c->B + r0 * c->r, (int)c->r, c->A, (int)in,
+                1.0f, c->tile, (int)in);
+        G->row_norms(c->norm + r0, c->tile, in, n, in);
+    }
+}
+
+static void norm_rows(void) {
+    const int out = 14336, in = 4096, r = 16;
+    qft_qlayout nl = nf4_layout_dev(out, in, 41);
+    float *A = rand_dev((size_t)r * in, 0.02f, 44), *B = rand_dev((size_t)out * r, 0.02f, 45);
+    float *norm = dalloc((size_t)out * 4), *tile = dalloc((size_t)16 << 22);
+    printf("\n| DoRA weight norm, NF4 %dx%d, r = %d | ms |\n|---|---|\n", out, in, r);
+    for (int fused = 1; fused >= 0; fused--) {
+        norm_ctx c = {&nl, A, B, norm, tile, r, ((int64_t)16 << 20) / in, fused};
+        const double t = time_median(run_norm, &c);
+        printf("| %s | %.3f |\n", fused ? "lowrank_row_norms (one read of the packed W)"
+                                         : "fp32 tiles + GEMM + row_norms (the generic path)",
+               t * 1e3);
+    }
+    nf4_layout_free(&nl);
+    G->free(A), G->free(B), G->free(norm), G->free(tile);
+}
+
 /* --choose-qmatmul: the op table's qmatmul under bf16 precision with each of its two
  * kernels for NF4 weights (the bf16 scratch + cuBLASLt, and the on-chip decoding), forward
  * and input gradient of the three Llama-3-8B linears at M = 2048, as the model calls them;
@@ -304,14 +369,7 @@ static int choose_qmatmul(void) {
     qft_cuda_set_matmul_precision(2);
     for (int i = 0; i < 3; i++) {
         const int out = lin[i][0], in = lin[i][1];
-        const int64_t n = (int64_t)out * in;
-        uint8_t *packed = bytes_dev((size_t)n / 2, 32);
-        float *code = rand_dev(16, 1.0f, 33), *absmax = rand_dev((size_t)n / 64, 0.1f, 34);
-        qft_qlayout nl;
-        memset(&nl, 0, sizeof nl);
-        nl.format = QFT_QFMT_NF4, nl.out = out, nl.in = in, nl.nf4_blocksize = 64;
-        nl.buf[QFT_QL_NF4_PACKED] = packed, nl.buf[QFT_QL_NF4_CODE] = code;
-        nl.buf[QFT_QL_NF4_ABSMAX] = absmax;
+        qft_qlayout nl = nf4_layout_dev(out, in, 32);
         for (int k = 0; k < 2; k++) {
             qft_cuda_set_qmatmul_kernel(k);
             for (int bwd = 0; bwd < 2; bwd++) {
@@ -322,7 +380,7 @@ static int choose_qmatmul(void) {
                        k ? "on chip" : "scratch", t * 1e3);
             }
         }
-        G->free(packed), G->free(code), G->free(absmax);
+        nf4_layout_free(&nl);
     }
     qft_cuda_set_qmatmul_kernel(0);
     qft_cuda_set_matmul_precision(0);
@@ -479,6 +537,7 @@ int main(int argc, char **argv) {
     printf("\n| quantized linear W (out x in), M = 2048 | product | weight, scratch | ms | "
            "vs plain |\n|---|---|---|---|---|\n");
     for (int i = 0; i < 3; i++) qlinear_rows(lin[i][0], lin[i][1], M);
+    norm_rows();
 
     sync_or_die();
     printf("\ndevice memory in use at the end: %.2f GiB\n", (double)qft_cuda_mem_used() / (1 << 30));

@@ -106,7 +106,8 @@ int qft_lora_backward(qft_adapter_linear *al, const qft_adapter_step *st, const 
 void qft_lora_detach(qft_adapter_linear *al);
 
 /* ---- DoRA's norm and merging (lora_dora.c) ------------------------------------------- */
-/* norm (out) = ||W + s B A|| per row, exactly, from tiles of rows of W + s B A. */
+/* norm (out) = ||W + s B A|| per row, exactly: the base's lowrank_row_norms when it has
+ * one, else from tiles of rows of W + s B A. */
 int qft_lora_row_norms(qft_adapter_linear *al, float *norm, qft_err *err);
 /* al->wsq (out) = ||W||^2 per row, tile by tile. */
 int qft_lora_dora_prepare(qft_adapter_linear *al, qft_err *err);

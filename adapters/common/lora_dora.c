@@ -12,8 +12,10 @@
  *
  * That cache and the expansion read A, B and the products from host code, so they run only
  * on a backend with host memory (cpu). Elsewhere (cuda, cpu_guard) the norm is recomputed
- * exactly through the op table: one pass over W's tiles plus a product of r rows per tile,
- * a cost of about r / N of the linear's own forward product at N rows. Hashing A and B
+ * exactly: by the base's lowrank_row_norms when it offers one (the backend reads W once as
+ * it stores it, packed or dense, and forms each element of W + s B A on the fly), else
+ * through the op table, one pass over fp32 tiles of W plus a product of r rows per tile;
+ * either costs about r / N of the linear's own forward product at N rows. Hashing A and B
  * there would need them on the host, so the core's word replaces the hash: the step's
  * params_version, which stays the same while the trainable parameters do, so the norm is
  * computed once per optimizer step instead of at each of the 2 x grad_accum forwards that
@@ -76,6 +78,11 @@ int qft_lora_dora_prepare(qft_adapter_linear *al, qft_err *err) {
 }
 
 int qft_lora_row_norms(qft_adapter_linear *al, float *norm, qft_err *err) {
+    /* a base that reads its own W does it in one pass (the core's lowrank_row_norms),
+     * without the fp32 tiles below */
+    if (al->base.lowrank_row_norms)
+        return al->base.lowrank_row_norms(al->base.ctx, al->A, al->B, al->r, al->scale, norm,
+                                          err);
     qft_lora_scratch *sc = al->cfg->scratch;
     const qft_ops *ops = al->base.ops;
     const int64_t T = tile_rows(al);

@@ -284,6 +284,14 @@ static void guard_qmatmul(const qft_qlayout *w, int backward, const float *a, in
     CLOSE();
 }
 
+static void guard_lowrank_row_norms(float *norm, const qft_qlayout *w, const float *w_dense,
+                                    int64_t out, int64_t in, const float *A, const float *B,
+                                    int64_t r, float scale) {
+    OPEN();
+    qft_cpu_lowrank_row_norms(norm, w, w_dense, out, in, A, B, r, scale);
+    CLOSE();
+}
+
 static const qft_ops guard_ops = {
     .name = "cpu_guard",
     .alloc = guard_alloc,
@@ -325,6 +333,7 @@ static const qft_ops guard_ops = {
     .f32_to_bf16 = guard_f32_to_bf16,
     .bf16_to_f32 = guard_bf16_to_f32,
     .qmatmul = guard_qmatmul,
+    .lowrank_row_norms = guard_lowrank_row_norms,
 };
 
 const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

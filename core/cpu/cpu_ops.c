@@ -161,6 +161,7 @@ static const qft_ops cpu_ops = {
     .f32_to_bf16 = qft_cpu_f32_to_bf16,
     .bf16_to_f32 = qft_cpu_bf16_to_f32,
     .qmatmul = qft_cpu_qmatmul,
+    .lowrank_row_norms = qft_cpu_lowrank_row_norms,
 };
 
 const qft_ops *qft_cpu_ops(void) { return &cpu_ops; }

@@ -68,6 +68,9 @@ double qft_cpu_cross_entropy_fused(float *logits, const int32_t *targets, int N,
  * dequantize_rows bit for bit; NaN rows for a layout it cannot decode. has_qformat: 1 for
  * QFT_QFMT_NF4 and QFT_QFMT_HQQ. */
 void qft_cpu_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *dst);
+void qft_cpu_lowrank_row_norms(float *norm, const qft_qlayout *w, const float *w_dense,
+                               int64_t out, int64_t in, const float *A, const float *B,
+                               int64_t r, float scale);
 int qft_cpu_has_qformat(int format);
 
 #endif

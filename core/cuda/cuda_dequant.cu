@@ -17,10 +17,8 @@ extern "C" int qft_cuda_has_qformat(int format) {
 // backend's recorded error (qft_cuda_sync reports it), and dst is left as it was.
 static void bad_layout(const char *msg) { qft_cuda_fail("dequantize", __FILE__, __LINE__, msg); }
 
-// The kernels' view of a layout: w's NF4 or HQQ buffers into *nf4 / *hqq, or its bf16
-// values, as one qft_cuda_weight; 0, or -1 with msg filled.
-static int weight_of(const qft_qlayout *w, qft_cuda_nf4 *nf4, qft_cuda_hqq *hqq,
-                     qft_cuda_weight *cw, char *msg, size_t msg_size) {
+int qft_cuda_weight_of(const qft_qlayout *w, qft_cuda_nf4 *nf4, qft_cuda_hqq *hqq,
+                       qft_cuda_weight *cw, char *msg, size_t msg_size) {
     memset(cw, 0, sizeof *cw);
     cw->out = (int)w->out, cw->in = (int)w->in;
     if (w->format == QFT_QFMT_NF4) {
@@ -79,7 +77,7 @@ extern "C" void qft_cuda_dequantize(const qft_qlayout *w, int64_t row0, int64_t 
     qft_cuda_nf4 nf4;
     qft_cuda_hqq hqq;
     qft_cuda_weight cw;
-    if (weight_of(w, &nf4, &hqq, &cw, msg, sizeof msg)) return bad_layout(msg);
+    if (qft_cuda_weight_of(w, &nf4, &hqq, &cw, msg, sizeof msg)) return bad_layout(msg);
     qft_err err = {};
     // a launch failure is recorded already; an argument the kernel refused is not
     if (qft_cuda_weight_rows(&cw, row0, n, dst, QFT_DT_F32, &err)) bad_layout(err.msg);
@@ -131,7 +129,7 @@ extern "C" void qft_cuda_qmatmul(const qft_qlayout *w, int backward, const float
     qft_cuda_nf4 nf4;
     qft_cuda_hqq hqq;
     qft_cuda_weight cw;
-    if (weight_of(w, &nf4, &hqq, &cw, msg, sizeof msg)) return bad_layout(msg);
+    if (qft_cuda_weight_of(w, &nf4, &hqq, &cw, msg, sizeof msg)) return bad_layout(msg);
     uint16_t *ab = (uint16_t *)qft_cuda_scratch((size_t)N * K * sizeof(uint16_t)); // (N, K)
     if (!ab) return; // recorded
     rows_to_bf16_kernel<<<qft_cuda_grid_for((size_t)N * K), QFT_CUDA_TPB>>>(ab, a, lda, N, K);

@@ -128,6 +128,14 @@ double qft_cuda_cross_entropy_fused(float *logits, const int32_t *targets, int N
 /* cuda_dequant.cu: the packed-weight entries, over a layout whose buffers are on the device */
 extern "C" void qft_cuda_dequantize(const qft_qlayout *w, int64_t row0, int64_t n, float *dst);
 extern "C" int qft_cuda_has_qformat(int format);
+/* The kernels' view of a layout: w's NF4 or HQQ buffers into *nf4 / *hqq, or its bf16
+ * values, as one qft_cuda_weight (cuda_dequant.cu); 0, or -1 with msg filled. */
+int qft_cuda_weight_of(const qft_qlayout *w, qft_cuda_nf4 *nf4, qft_cuda_hqq *hqq,
+                       qft_cuda_weight *cw, char *msg, size_t msg_size);
+extern "C" void qft_cuda_lowrank_row_norms(float *norm, const qft_qlayout *w,
+                                           const float *w_dense, int64_t out, int64_t in,
+                                           const float *A, const float *B, int64_t r,
+                                           float scale);
 extern "C" void qft_cuda_qmatmul(const qft_qlayout *w, int backward, const float *a, int64_t lda,
                                  int64_t N, float *c, int64_t ldc, float beta, float *scratch,
                                  size_t scratch_floats);

@@ -221,6 +221,7 @@ static const qft_ops cuda_ops = {
     qft_cuda_f32_to_bf16,
     qft_cuda_bf16_to_f32,
     qft_cuda_qmatmul,
+    qft_cuda_lowrank_row_norms,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90

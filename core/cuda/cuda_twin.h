@@ -156,6 +156,15 @@ QFT_TWIN void qft_twin_lse_merge(float *m, float *s, float m2, float s2) {
     }
 }
 
+/* ---- DoRA's norms: one element of W + s B A (the op table's lowrank_row_norms) ---------- */
+/* w + s * l, l = sum over k < r, in order, of Bj[k] * A[k * lda + c]; each step rounded. */
+QFT_TWIN float qft_twin_lowrank_elem(float w, float s, const float *Bj, const float *A,
+                                     int64_t lda, int64_t c, int64_t r) {
+    float l = 0.0f;
+    for (int64_t k = 0; k < r; k++) l = qft_twin_add(l, qft_twin_mul(Bj[k], A[k * lda + c]));
+    return qft_twin_add(w, qft_twin_mul(s, l));
+}
+
 /* ---- bitsandbytes NF4 ------------------------------------------------------------------- */
 /* The 4-bit code of flattened element i: byte i/2, high nibble for even i. */
 QFT_TWIN int qft_twin_nf4_code(const uint8_t *packed, int64_t i) {

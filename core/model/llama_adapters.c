@@ -57,6 +57,20 @@ static int cb_weight_rows(void *ctx, int64_t row0, int64_t n, float *dst, qft_er
     return L.qvt->dequantize_rows(L.qw, row0, n, dst, err);
 }
 
+/* DoRA's norms in one read of W, by the backend, from W as it holds it: a layout there,
+ * or the dense fp32 weight. */
+static int cb_lowrank_row_norms(void *ctx, const float *A, const float *B, int64_t r,
+                                float scale, float *norm, qft_err *err) {
+    const qft_llama_adapted *ad = ctx;
+    const qft_llama_linear L = base_of(ad);
+    const qft_ops *ops = ops_of(ad);
+    if (!ops->lowrank_row_norms || (!L.ql && !L.w))
+        return qft_err_setf(err, "%s: backend \"%s\" has no low-rank row norms for this weight",
+                            ad->name, ops->name);
+    ops->lowrank_row_norms(norm, L.ql, L.ql ? NULL : L.w, L.out, L.in, A, B, r, scale);
+    return 0;
+}
+
 /* Attaches one linear's adapter on the copy ad->on_backend names. */
 static int attach_one(qft_llama_model *m, qft_llama_adapted *ad, int init, qft_rng *r,
                       qft_err *err) {
@@ -64,6 +78,14 @@ static int attach_one(qft_llama_model *m, qft_llama_adapted *ad, int init, qft_r
     ad->base.backward_input = cb_backward_input;
     ad->base.weight_rows = cb_weight_rows;
     ad->base.ops = ops_of(ad);
+    /* offered on a backend without host memory, for a weight it holds (a layout or a dense
+     * weight there): the norm is recomputed there every optimizer step. On the cpu backend
+     * DoRA keeps its own cached expansion, and its exact rows go faster through BLAS. */
+    const qft_llama_linear L = base_of(ad);
+    ad->base.lowrank_row_norms = ad->base.ops->lowrank_row_norms &&
+                                         !ad->base.ops->host_memory && (L.ql || L.w)
+                                     ? cb_lowrank_row_norms
+                                     : NULL;
     return m->avt->attach(m->astate, &ad->base, ad->params, ad->n_params, init, r, &ad->al, err);
 }
 

@@ -308,6 +308,18 @@ typedef struct qft_ops {
      * accumulation from a bf16 copy of a. */
     void (*qmatmul)(const qft_qlayout *w, int backward, const float *a, int64_t lda, int64_t N,
                     float *c, int64_t ldc, float beta, float *scratch, size_t scratch_floats);
+
+    /* ---- appended in ABI 6 ------------------------------------------------------------- */
+    /* DoRA's weight norm with neither W nor W + s B A written out: for j < out,
+     *   norm[j] = (float)sqrt(sum over c < in of (double)v_jc^2),
+     *   v_jc = W_jc + scale * l_jc,  l_jc = sum over k < r, in order, of B[j][k] A[k][c],
+     * every product and sum of v rounded to fp32 (cuda_twin.h's qft_twin_lowrank_elem), the
+     * squares summed in double in the backend's order. W (out, in) is the layout w (packed
+     * or bf16, decoded as `dequantize` decodes it) or, when w is NULL, the dense fp32
+     * w_dense; A (r, in) and B (out, r) row-major. One read of W. */
+    void (*lowrank_row_norms)(float *norm, const qft_qlayout *w, const float *w_dense,
+                              int64_t out, int64_t in, const float *A, const float *B, int64_t r,
+                              float scale);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

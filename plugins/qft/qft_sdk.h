@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define QFT_ABI_VERSION 5
+#define QFT_ABI_VERSION 6
 #define QFT_PLUGIN_ENTRY_SYMBOL "qft_plugin_entry"
 
 /* ---- errors -------------------------------------------------------------------------
@@ -271,6 +271,12 @@ typedef struct qft_linear_base {
      * backend's base; an adapter may refuse `init` or merge_rows on a backend without host
      * memory (the engine initialises and merges on the cpu backend). */
     const struct qft_ops *ops;
+    /* Optional (ABI 6; NULL where the core does not offer it): norm (out) = ||W_j + scale
+     * B_j A|| per row j, from W as the base stores it, packed or dense, with neither W nor
+     * W + s B A written out (the op table's lowrank_row_norms says the arithmetic). A (r,
+     * in), B (out, r) and norm are memory of `ops`. */
+    int (*lowrank_row_norms)(void *ctx, const float *A, const float *B, int64_t r, float scale,
+                             float *norm, qft_err *err);
 } qft_linear_base;
 
 /* A trainable tensor an adapter declares for one linear. The core fills data and grad

@@ -343,6 +343,49 @@ START_TEST(test_qgemm_onchip) {
 }
 END_TEST
 
+/* lowrank_row_norms (DoRA's norms in one read of W) on an NF4 layout and on the dense fp32
+ * weight it decodes to, ranks 4 and 16, 37 rows (a partial block of rows) of 320 (a partial
+ * pass of columns): the two GPU paths give the same bits, and the CPU entry's within one
+ * float rounding (the same elements; the squares summed in double in another order). */
+START_TEST(test_lowrank_row_norms) {
+    const int64_t out = 37, in = 320, r = _i ? 16 : 4; /* 37 * 320: NF4 blocks of 64 */
+    const float s = 0.5f;
+    float *Wf = ctu_calloc((size_t)(out * in), 4);
+    void *dev[3];
+    qft_cuda_nf4 nf4 = nf4_random(out * in, 400 + (uint64_t)_i, Wf, dev);
+    qft_qlayout L;
+    memset(&L, 0, sizeof L);
+    L.format = QFT_QFMT_NF4, L.out = out, L.in = in, L.nf4_blocksize = nf4.blocksize;
+    L.buf[QFT_QL_NF4_PACKED] = nf4.packed, L.buf[QFT_QL_NF4_CODE] = nf4.code;
+    L.buf[QFT_QL_NF4_ABSMAX] = nf4.absmax;
+    float *W = ctu_calloc((size_t)(out * in), 4), *dW = G->alloc((size_t)(out * in) * 4, "t");
+    ck_assert_ptr_nonnull(dW);
+    G->dequantize(&L, 0, out, dW);
+    ops_get(W, dW, (size_t)(out * in) * 4);
+    float *A = ctu_calloc((size_t)(r * in), 4), *B = ctu_calloc((size_t)(out * r), 4);
+    ctu_fill(A, (size_t)(r * in), 410, 0.1f), ctu_fill(B, (size_t)(out * r), 411, 0.05f);
+    float *dA = ops_dup(A, (size_t)(r * in) * 4), *dB = ops_dup(B, (size_t)(out * r) * 4);
+    float *dn = G->alloc((size_t)out * 4, "t");
+    ck_assert_ptr_nonnull(dn);
+    float *got = ctu_calloc((size_t)out, 4), *got2 = ctu_calloc((size_t)out, 4);
+    float *ref = ctu_calloc((size_t)out, 4);
+    G->lowrank_row_norms(dn, &L, NULL, out, in, dA, dB, r, s);
+    ops_get(got, dn, (size_t)out * 4);
+    G->lowrank_row_norms(dn, NULL, dW, out, in, dA, dB, r, s);
+    ops_get(got2, dn, (size_t)out * 4);
+    ops_synced();
+    ck_assert(memcmp(got, got2, (size_t)out * 4) == 0);
+    qft_cpu_lowrank_row_norms(ref, NULL, W, out, in, A, B, r, s);
+    for (int64_t j = 0; j < out; j++)
+        ck_assert_msg(ref[j] > 0 && fabs((double)got[j] - ref[j]) <= 1.2e-7 * ref[j],
+                      "row %lld rank %lld: gpu %.9g cpu %.9g", (long long)j, (long long)r,
+                      got[j], ref[j]);
+    for (int i = 0; i < 3; i++) dfree(dev[i]);
+    dfree(dW), dfree(dA), dfree(dB), dfree(dn);
+    free(Wf), free(W), free(A), free(B), free(got), free(got2), free(ref);
+}
+END_TEST
+
 void ops_linear_add_tests(TCase *tc, const qft_ops *gpu) {
     G = gpu;
 #ifdef QFT_TWIN_HQQ
@@ -352,4 +395,5 @@ void ops_linear_add_tests(TCase *tc, const qft_ops *gpu) {
 #endif
     tcase_add_loop_test(tc, test_qlinear, 0, 3);
     tcase_add_loop_test(tc, test_qgemm_onchip, 0, 4);
+    tcase_add_loop_test(tc, test_lowrank_row_norms, 0, 2);
 }

@@ -4,7 +4,7 @@
  * meta-quantized or not) is described as a qft_qlayout, and qft_cpu_dequantize, the cpu
  * table's entry and the cpu_guard table's entry (buffers copied into guarded memory) all
  * give the plugin's dequantize_rows bit for bit, on the first row, a middle range, the last
- * rows and the whole weight. Also: the layout's buffers are exactly the weight's data, a
+ * rows and the whole weight; lowrank_row_norms over the layout likewise. Also: the layout's buffers are exactly the weight's data, a
  * layout the backend cannot decode gives NaN rows, has_qformat, and the int8_rowwise
  * example plugin (when built) has no layout. */
 #include "cpu_ops.h"
@@ -99,6 +99,60 @@ static void check_rows(const qft_quantizer_vtable *vt, const qft_qweight *qw,
     free(got), free(ref);
 }
 
+/* lowrank_row_norms over the layout (DoRA's ||W_j + s B_j A|| in one read of W), ranks 3
+ * and 8: within 1e-5 of the norms computed in double from the dequantized W; the same bits
+ * from the dense weight (the same elements, summed in the same order) and from cpu_guard's
+ * entry on guarded copies. */
+static void check_lowrank(const qft_qlayout *L, const qft_qlayout *G, const char *what) {
+    const int64_t out = L->out, in = L->in;
+    const float s = 0.7f;
+    float *W = malloc((size_t)(out * in) * sizeof *W); // (out, in)
+    ck_assert_ptr_nonnull(W);
+    qft_cpu_dequantize(L, 0, out, W);
+    const qft_ops *gops = qft_cpu_guard_ops();
+    for (int64_t r = 3; r <= 8; r += 5) {
+        float *A = malloc((size_t)(r * in) * sizeof *A), *B = malloc((size_t)(out * r) * sizeof *B);
+        float *n1 = malloc((size_t)out * sizeof *n1), *n2 = malloc((size_t)out * sizeof *n2);
+        ck_assert(A && B && n1 && n2);
+        qft_rng g;
+        qft_rng_seed(&g, 7 + (uint64_t)r);
+        for (int64_t i = 0; i < r * in; i++) A[i] = 0.1f * qft_rng_normal(&g);
+        for (int64_t i = 0; i < out * r; i++) B[i] = 0.05f * qft_rng_normal(&g);
+        qft_cpu_lowrank_row_norms(n1, L, NULL, out, in, A, B, r, s);
+        double worst = 0.0;
+        for (int64_t j = 0; j < out; j++) {
+            double sq = 0.0;
+            for (int64_t c = 0; c < in; c++) {
+                double l = 0.0;
+                for (int64_t k = 0; k < r; k++) l += (double)B[j * r + k] * A[k * in + c];
+                const double v = W[j * in + c] + (double)s * l;
+                sq += v * v;
+            }
+            const double e = fabs(n1[j] - sqrt(sq)) / sqrt(sq);
+            worst = e > worst ? e : worst;
+        }
+        ck_assert_msg(worst <= 1e-5, "%s: lowrank_row_norms rank %lld off by %.3g", what,
+                      (long long)r, worst);
+        qft_cpu_lowrank_row_norms(n2, NULL, W, out, in, A, B, r, s);
+        ck_assert_msg(memcmp(n1, n2, (size_t)out * sizeof *n1) == 0,
+                      "%s: the layout and the dense weight give different norms", what);
+        float *gA = gops->alloc((size_t)(r * in) * sizeof *A, "t"),
+              *gB = gops->alloc((size_t)(out * r) * sizeof *B, "t"),
+              *gn = gops->alloc((size_t)out * sizeof *n1, "t");
+        ck_assert(gA && gB && gn);
+        gops->upload(gA, A, (size_t)(r * in) * sizeof *A);
+        gops->upload(gB, B, (size_t)(out * r) * sizeof *B);
+        gops->lowrank_row_norms(gn, G, NULL, out, in, gA, gB, r, s);
+        memset(n2, 0, (size_t)out * sizeof *n2);
+        gops->download(n2, gn, (size_t)out * sizeof *n2);
+        ck_assert_msg(memcmp(n1, n2, (size_t)out * sizeof *n1) == 0,
+                      "%s: cpu_guard's lowrank_row_norms differs from the cpu's", what);
+        gops->free(gA), gops->free(gB), gops->free(gn);
+        free(A), free(B), free(n1), free(n2);
+    }
+    free(W);
+}
+
 /* Quantizes a structured weight, takes its layout, checks the layout's fields against the
  * expected format (data_bytes: the buffers' bytes apart from the in-struct codebook and
  * nested map) and every decoder on four row ranges. */
@@ -135,6 +189,7 @@ static void check_weight(const qft_quantizer_vtable *vt, const void *state, int6
     check_rows(vt, qw, &L, &G, mid, nmid, what);
     check_rows(vt, qw, &L, &G, out >= 2 ? out - 2 : 0, out >= 2 ? 2 : 1, what);
     check_rows(vt, qw, &L, &G, 0, out, what);
+    check_lowrank(&L, &G, what);
     guard_free_layout(gops, &G);
     vt->free_weight(qw);
     free(w);
