@@ -46,7 +46,7 @@ __device__ __forceinline__ __nv_bfloat16 bf(float v) { return __float2bfloat16_r
 template <bool NF4>
 __device__ void decode_run(const packed_w &w, const float *code, int64_t r, int64_t c0, int count,
                            __nv_bfloat16 *dst) {
-    int64_t key = -1;
+    int64_t key = -1, block_end = -1; // NF4: elements [.., block_end) share the absmax
     float a = 0.0f, z = 0.0f, s = 0.0f;
     for (int e = 0; e < count; e++) {
         const int64_t c = c0 + e;
@@ -56,9 +56,9 @@ __device__ void decode_run(const packed_w &w, const float *code, int64_t r, int6
         }
         if (NF4) {
             const int64_t i = r * w.in + c; // NF4 blocks run over the flattened weight
-            const int64_t b = i / w.nf4.blocksize;
-            if (b != key) {
-                key = b;
+            if (i >= block_end) { // the run's elements ascend: one division per block
+                const int64_t b = i / w.nf4.blocksize;
+                block_end = (b + 1) * w.nf4.blocksize;
                 a = qft_twin_nf4_absmax(w.nf4.absmax, w.nf4.qabsmax, w.nf4.nested_absmax,
                                         w.nf4.nested_map, w.nf4.offset, b);
             }
