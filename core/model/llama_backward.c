@@ -32,27 +32,32 @@ static int block_backward(qft_llama_model *m, int l, int slot, const float *x_in
     o->swiglu_fwd(a->h, gu, N, I);                                     /* rebuild h */
     qft_llama_lin_group g = qft_llama_one_group(m, l, QFT_LIN_DOWN, 1);
     qft_llama_lin_bwd_w(o, &g, dres, C, a->h, N);                       // (C, I) += dres^T h
-    if (qft_llama_lin_bwd_x(m, &g, a->h, dres, C, N, a->dh, err)) return -1; // (N, I)
+    if (qft_llama_lin_bwd_x(m, &g, a->h, dres, C, N, a->dh, a->lin_tmp, err)) // (N, I)
+        return -1;
     /* gu is not read again (recomputation rebuilds the slot; without it each layer's
      * backward runs once), so its gradient takes its place */
     float *dgu = gu;
     o->swiglu_bwd(dgu, a->dh, gu, N, I);                                // (N, 2I)
     g = qft_llama_gu_group(m, l, 1);
     qft_llama_lin_bwd_w(o, &g, dgu, 2 * I, a->ln, N);
-    if (qft_llama_lin_bwd_x(m, &g, a->ln, dgu, 2 * I, N, a->dln, err)) return -1; // (N, C)
+    /* h is not read again: it holds the copies of gate's and up's gradients there */
+    if (qft_llama_lin_bwd_x(m, &g, a->ln, dgu, 2 * I, N, a->dln, a->h, err)) // (N, C)
+        return -1;
     o->rmsnorm_bwd(dres, gw->ln2, a->dln, xmid, w->ln2, rstd2, N, C);  /* dres = d xmid */
 
     /* attention: xmid = x_in + o_proj(attn(rope(q/k/v(norm1(x_in))))) */
     g = qft_llama_one_group(m, l, QFT_LIN_O, 1);
     qft_llama_lin_bwd_w(o, &g, dres, C, att, N);                        // (C, H*hd)
-    if (qft_llama_lin_bwd_x(m, &g, att, dres, C, N, a->datt, err)) return -1; // (N, H*hd)
+    if (qft_llama_lin_bwd_x(m, &g, att, dres, C, N, a->datt, a->lin_tmp, err)) // (N, H*hd)
+        return -1;
     o->attention_bwd(a->dqkv, a->datt, att, lse, qkv, a->mask, B, T, H, KV, hd,
                      (float)(1.0 / sqrt((double)hd)), a->att_work, a->att_work_n);
     o->rope_bwd(a->dqkv, W, a->rope_cos, a->rope_sin, B, T, H + KV, hd);
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps); /* norm1 out */
     g = qft_llama_qkv_group(m, l, 1);
     qft_llama_lin_bwd_w(o, &g, a->dqkv, W, a->ln, N);
-    if (qft_llama_lin_bwd_x(m, &g, a->ln, a->dqkv, W, N, a->dln, err)) return -1; // (N, C)
+    if (qft_llama_lin_bwd_x(m, &g, a->ln, a->dqkv, W, N, a->dln, a->lin_tmp, err)) // (N, C)
+        return -1;
     o->rmsnorm_bwd(dres, gw->ln1, a->dln, x_in, w->ln1, rstd1, N, C);  /* dres = d x_in */
     return 0;
 }

@@ -145,7 +145,7 @@ int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const fl
 }
 
 int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const float *x,
-                        const float *dy, int ldy, int N, float *dx, qft_err *err) {
+                        const float *dy, int ldy, int N, float *dx, float *tmp, qft_err *err) {
     const qft_ops *ops = m->acts->ops;
     const int in = g->lin[0].in;
     int adapted = 0;
@@ -163,7 +163,6 @@ int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const 
         if (L->ad) {
             /* the adapter adds its input gradient and may rewrite the output gradient
              * into the base product's (DoRA): on a copy, since dy is the caller's */
-            float *tmp = m->acts->lin_tmp; // (N, out)
             ops->cols_axpby(tmp, L->out, 0.0f, dy + col, ldy, NULL, 1.0f, N, L->out); // a copy
             if (m->avt->backward(L->ad->al, &m->astep, x, tmp, L->out, N, dx, err)) return -1;
             d = tmp, ld = L->out;
