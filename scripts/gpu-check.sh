@@ -121,6 +121,13 @@ if grep -qE 'test_qmatmul:[2367]:' "$ops_log" && ! grep -qE 'test_qmatmul:[0145]
     att_note="$att_note qmatmul's bf16 path FAILED its kernel test: the model bench ran matmul_precision \"high\" (TF32)."
     echo "gpu-check: qmatmul's bf16 path failed: the model bench runs TF32"
 fi
+# DoRA's one-pass norm kernel (lowrank_row_norms) is on QDoRA's default path: should its
+# test fail, the trainings below take the generic tiles instead (QFT_CUDA_LOWRANK=tiles).
+if grep -qE 'test_lowrank_row_norms:' "$ops_log"; then
+    export QFT_CUDA_LOWRANK=tiles
+    att_note="$att_note The one-pass DoRA norm kernel FAILED its test: the trainings used the generic tiles (QFT_CUDA_LOWRANK=tiles)."
+    echo "gpu-check: lowrank_row_norms failed: DoRA's norms go through tiles"
+fi
 # The issue's two designs of the dequantizing GEMM, measured and the faster kept: when the
 # on-chip kernels passed their tests (test_qgemm_onchip, and test_qlinear which runs them
 # too), qmatmul's two kernels are timed on the 8B linears (cuda_bench --choose-qmatmul) and

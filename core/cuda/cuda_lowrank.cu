@@ -87,7 +87,33 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 void lr_fail(const char *msg) { qft_cuda_fail("lowrank_row_norms", __FILE__, __LINE__, msg); }
+
+int use_tiles; // qft_cuda_set_lowrank_tiles
+
+// The generic path, for a run told not to trust the kernel above: fp32 tiles of W in the
+// backend's result scratch (64 MiB), s B A added by the GEMM, then row_norms.
+void lowrank_by_tiles(float *norm, const qft_qlayout *w, const float *w_dense, int64_t out,
+                      int64_t in, const float *A, const float *B, int64_t r, float scale) {
+    int64_t T = ((int64_t)16 << 20) / in;
+    T = T < 1 ? 1 : T < out ? T : out;
+    float *tile = (float *)qft_cuda_scratch((size_t)(T * in) * sizeof(float)); // (T, in)
+    if (!tile) return; // recorded
+    for (int64_t r0 = 0; r0 < out; r0 += T) {
+        const int64_t n = out - r0 < T ? out - r0 : T;
+        if (w) {
+            qft_cuda_dequantize(w, r0, n, tile);
+        } else if (CUDA_CHECK(cudaMemcpyAsync(tile, w_dense + r0 * in, (size_t)(n * in) * 4,
+                                              cudaMemcpyDeviceToDevice, 0))) {
+            return;
+        }
+        qft_cuda_gemm(0, 0, (int)n, (int)in, (int)r, scale, B + r0 * r, (int)r, A, (int)in, 1.0f,
+                      tile, (int)in);
+        qft_cuda_row_norms(norm + r0, tile, in, n, in);
+    }
+}
 } // namespace
+
+extern "C" void qft_cuda_set_lowrank_tiles(int tiles) { use_tiles = tiles != 0; }
 
 // The entry returns void: a layout the kernel cannot read, or a rank whose rows of B do not
 // fit the block's shared memory, becomes the backend's recorded error (norm untouched).
@@ -96,6 +122,7 @@ extern "C" void qft_cuda_lowrank_row_norms(float *norm, const qft_qlayout *w, co
                                            const float *B, int64_t r, float scale) {
     char msg[512];
     if (out <= 0 || in <= 0) return;
+    if (use_tiles) return lowrank_by_tiles(norm, w, w_dense, out, in, A, B, r, scale);
     if (r < 0 || (size_t)ROWS * (size_t)r * sizeof(float) > (size_t)48 << 10) {
         snprintf(msg, sizeof msg, "rank %lld: at most %d rows of B fit a block", (long long)r,
                  (int)((48 << 10) / (ROWS * sizeof(float))));

@@ -289,6 +289,9 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
      * into a bf16 scratch for cuBLASLt (bf16 matmul precision only) */
     const char *qmm = getenv("QFT_CUDA_QMATMUL");
     if (qmm && strcmp(qmm, "onchip") == 0) qft_cuda_set_qmatmul_kernel(1);
+    /* QFT_CUDA_LOWRANK=tiles: DoRA's norms the generic way (cuda_lowrank.cu) */
+    const char *lr = getenv("QFT_CUDA_LOWRANK");
+    if (lr && strcmp(lr, "tiles") == 0) qft_cuda_set_lowrank_tiles(1);
     g->ready = 1;
     return &cuda_ops;
 }

@@ -197,6 +197,10 @@ int qft_cuda_qgemm_onchip_bwd(const qft_cuda_weight *w, const uint16_t *dY, int 
  * precision: 0 (the default) the bf16 scratch and cuBLASLt, 1 the on-chip kernels
  * (also QFT_CUDA_QMATMUL=onchip at start-up). bench/cuda_bench measures both. */
 void qft_cuda_set_qmatmul_kernel(int onchip);
+/* 1: the op table's lowrank_row_norms (DoRA's norms) goes the generic way, fp32 tiles of W,
+ * a GEMM adding s B A and row_norms, instead of its one-pass kernel (also
+ * QFT_CUDA_LOWRANK=tiles at start-up; the GPU check's fallback should the kernel fail). */
+void qft_cuda_set_lowrank_tiles(int tiles);
 
 /* ---- AdamW over one flat fp32 buffer -------------------------------------------------------
  * The update of core/train/optim.c (torch's single-tensor AdamW) element for element; the

@@ -375,6 +375,15 @@ START_TEST(test_lowrank_row_norms) {
     ops_get(got2, dn, (size_t)out * 4);
     ops_synced();
     ck_assert(memcmp(got, got2, (size_t)out * 4) == 0);
+    /* the generic fallback (QFT_CUDA_LOWRANK=tiles): its GEMM sums s B A in another order */
+    qft_cuda_set_lowrank_tiles(1);
+    G->lowrank_row_norms(dn, &L, NULL, out, in, dA, dB, r, s);
+    qft_cuda_set_lowrank_tiles(0);
+    ops_get(got2, dn, (size_t)out * 4);
+    ops_synced();
+    for (int64_t j = 0; j < out; j++)
+        ck_assert_msg(fabs((double)got2[j] - got[j]) <= 1e-5 * got[j], "row %lld: tiles %.9g, "
+                      "one pass %.9g", (long long)j, got2[j], got[j]);
     qft_cpu_lowrank_row_norms(ref, NULL, W, out, in, A, B, r, s);
     for (int64_t j = 0; j < out; j++)
         ck_assert_msg(ref[j] > 0 && fabs((double)got[j] - ref[j]) <= 1.2e-7 * ref[j],
