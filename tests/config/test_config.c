@@ -44,6 +44,7 @@ START_TEST(test_compose_and_resolve) {
     ck_assert_str_eq(rc.train.schedule, "cosine");
     ck_assert_str_eq(rc.shard.plugin, "no_shard"); /* ddp is the seed's name for it */
     ck_assert_str_eq(rc.train.optimizer, "adamw");
+    ck_assert_int_eq(rc.train.embedding_on_host, 1); /* a frozen embedding leaves the GPU */
     qft_config_free(&rc);
 }
 END_TEST
@@ -93,8 +94,10 @@ START_TEST(test_set_overrides) {
     qft_err err = {0};
     const char *p = write_cfg("base.cfg", k_base);
     const char *sets[] = {"train.lr=2e-5", "train.batch_size=16", "model.path=other/dir",
-                          "train.recompute=true", "train.betas=[0.8, 0.9]"};
-    ck_assert_msg(qft_config_load(&rc, p, NULL, sets, 5, &err) == 0, "%s", err.msg);
+                          "train.recompute=true", "train.betas=[0.8, 0.9]",
+                          "train.embedding_on_host=false"};
+    ck_assert_msg(qft_config_load(&rc, p, NULL, sets, 6, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(rc.train.embedding_on_host, 0);
     ck_assert_double_eq_tol(rc.train.lr, 2e-5, 1e-15);
     ck_assert_int_eq(rc.train.batch_size, 16);
     ck_assert_str_eq(rc.model.path, "other/dir"); /* a bare word is a string */
