@@ -66,7 +66,8 @@ __global__ void __launch_bounds__(THREADS)
             const float a = A[k * w.in + c];
             for (int i = 0; i < ROWS; i++) l[i] = qft_twin_add(l[i], qft_twin_mul(bs[i * r + k], a));
         }
-        for (int i = 0; i < rows; i++) {
+        for (int i = 0; i < ROWS; i++) { // a constant bound: l and acc stay in registers
+            if (i >= rows) continue;
             const float v = qft_twin_add(lr_elem(w, j0 + i, c), qft_twin_mul(scale, l[i]));
             acc[i] = qft_twin_dadd(acc[i], qft_twin_dmul((double)v, (double)v));
         }
