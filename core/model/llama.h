@@ -240,6 +240,11 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * allocated and adapters attached; not with a unit layout. */
 int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, int frozen_bf16,
                          qft_err *err);
+/* Whether forward gathers the batch's embedding rows from the host's table: embed_on_host
+ * means something only once the model is on another backend. */
+static inline int qft_llama_embed_gathered(const qft_llama_model *m) {
+    return m->embed_on_host && m->dev_params;
+}
 /* Attaches the adapters again on the host's copies (the cpu backend), as merging needs,
  * after qft_llama_params_to_host; the passes stay on the backend's copies. */
 int qft_llama_adapters_to_host(qft_llama_model *m, qft_err *err);

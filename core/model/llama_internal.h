@@ -66,12 +66,6 @@ float *qft_llama_x(const qft_llama_model *m, int l);
 void qft_llama_x_keep(const qft_llama_model *m, int l, int N);
 const float *qft_llama_x_load(const qft_llama_model *m, int l, int N);
 
-/* The batch's embedding rows come from the host's table (m->embed_on_host, which means
- * something only once the model is on another backend). */
-static inline int qft_llama_embed_gathered(const qft_llama_model *m) {
-    return m->embed_on_host && m->dev_params;
-}
-
 /* Rows per head-and-loss chunk for a batch of N rows (m->logit_rows, or N). */
 int qft_llama_logit_chunk(const qft_llama_model *m, int N);
 

@@ -399,7 +399,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                               "logits held for %d tokens at a time%s)",
                 qft_llama_acts_bytes(&s.model) / 1048576.0, s.model.recompute ? "on" : "off",
                 s.model.residual_bf16 ? "bf16" : "fp32", qft_llama_acts_logit_rows(&s.model),
-                s.model.embed_on_host && s.model.dev_params
+                qft_llama_embed_gathered(&s.model)
                     ? "; the frozen embedding stays in host memory, its rows gathered there"
                     : "");
     if (!quiet && strcmp(rc->train.backend, "cpu_guard") == 0)
