@@ -93,9 +93,7 @@ __global__ void rows_to_bf16_kernel(uint16_t *dst, const float *src, int64_t lds
         dst[e] = *(const uint16_t *)&v;
     }
 }
-} // namespace
 
-namespace {
 int use_onchip; // qft_cuda_set_qmatmul_kernel
 } // namespace
 
