@@ -131,9 +131,10 @@ int qft_llama_acts_reserve(qft_llama_model *m, int B, int T, qft_err *err) {
         {&a->dqkv, N * W, "activation gradients"},            // (N, W)
         {&a->datt, N * H * hd, "activation gradients"},       // (N, H*hd)
         {&a->dh, N * I, "activation gradients"},              // (N, I)
-        /* an adapted linear's own output or output gradient, (N, widest output but gate's
-         * and up's, whose backward borrows h) */
-        {&a->lin_tmp, m->n_adapted ? N * (H * hd > C ? H * hd : C) : 1, "adapter scratch"},
+        /* an adapted o_proj's or down_proj's own output or output gradient, (N, C): both
+         * feed the residual stream, whose values and gradient the block still needs (the
+         * other linears' adapters work in place) */
+        {&a->lin_tmp, m->n_adapted ? N * C : 1, "adapter scratch"},
     };
     a->att_work_n = a->ops->attention_workspace(capT, c->head_dim);
     a->att_work = a->ops->alloc(a->att_work_n * sizeof(float), "activation scratch");

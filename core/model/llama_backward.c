@@ -40,8 +40,8 @@ static int block_backward(qft_llama_model *m, int l, int slot, const float *x_in
     o->swiglu_bwd(dgu, a->dh, gu, N, I);                                // (N, 2I)
     g = qft_llama_gu_group(m, l, 1);
     qft_llama_lin_bwd_w(o, &g, dgu, 2 * I, a->ln, N);
-    /* h is not read again: it holds the copies of gate's and up's gradients there */
-    if (qft_llama_lin_bwd_x(m, &g, a->ln, dgu, 2 * I, N, a->dln, a->h, err)) // (N, C)
+    /* dgu is not read again: adapters may rewrite it in place */
+    if (qft_llama_lin_bwd_x(m, &g, a->ln, dgu, 2 * I, N, a->dln, NULL, err)) // (N, C)
         return -1;
     o->rmsnorm_bwd(dres, gw->ln2, a->dln, xmid, w->ln2, rstd2, N, C);  /* dres = d xmid */
 
@@ -56,7 +56,7 @@ static int block_backward(qft_llama_model *m, int l, int slot, const float *x_in
     o->rmsnorm_fwd(a->ln, rstd1, x_in, w->ln1, N, C, c->rms_norm_eps); /* norm1 out */
     g = qft_llama_qkv_group(m, l, 1);
     qft_llama_lin_bwd_w(o, &g, a->dqkv, W, a->ln, N);
-    if (qft_llama_lin_bwd_x(m, &g, a->ln, a->dqkv, W, N, a->dln, a->lin_tmp, err)) // (N, C)
+    if (qft_llama_lin_bwd_x(m, &g, a->ln, a->dqkv, W, N, a->dln, NULL, err)) // (N, C)
         return -1;
     o->rmsnorm_bwd(dres, gw->ln1, a->dln, x_in, w->ln1, rstd1, N, C);  /* dres = d x_in */
     return 0;

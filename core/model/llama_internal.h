@@ -45,7 +45,7 @@ struct qft_llama_acts {
     float *dqkv;         // (cap_N, (H+2KV)*hd)
     float *datt;         // (cap_N, H*hd)
     float *dh;           // (cap_N, I)
-    float *lin_tmp;      // (cap_N, max(C, H*hd)) adapted linears' output / output gradient
+    float *lin_tmp;      // (cap_N, C) an adapted o_proj's or down_proj's output / its gradient
     float *att_work;     // (att_work_n) attention scratch, a few query rows per thread
     float *embed_rows;   // (cap_N, C) host memory: the rows gathered with m->embed_on_host
     size_t att_work_n;
@@ -148,11 +148,11 @@ qft_llama_lin_group qft_llama_one_group(const qft_llama_model *m, int l, int k, 
 int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const float *x, int N,
                       float *y, int ldy, float beta, qft_err *err);
 /* dx (N, in) = sum_i d/dx of member i given dy[:, cols i]; adapters accumulate their
- * parameters' gradients. dy is not modified. tmp: (N, widest member's out) of scratch for
- * an adapted member's copy of its output gradient, not x, dy or dx (the caller's: gate and
- * up, the widest, borrow the MLP's h, free by then, so that lin_tmp can be narrower). */
+ * parameters' gradients. An adapter may rewrite its member's columns of dy (DoRA scales
+ * them): with tmp NULL it does so in place, for a caller that reads dy no more; otherwise
+ * on a copy in tmp, (N, widest member's out) of scratch that is not x, dy or dx. */
 int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const float *x,
-                        const float *dy, int ldy, int N, float *dx, float *tmp, qft_err *err);
+                        float *dy, int ldy, int N, float *dx, float *tmp, qft_err *err);
 /* The base product of one linear, as qft_linear_base offers it to adapters. */
 int qft_llama_base_fwd(const qft_ops *ops, const qft_llama_linear *L, const float *x, int N,
                        float *y, int ldy, float beta, qft_err *err);

@@ -145,7 +145,7 @@ int qft_llama_lin_fwd(qft_llama_model *m, const qft_llama_lin_group *g, const fl
 }
 
 int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const float *x,
-                        const float *dy, int ldy, int N, float *dx, float *tmp, qft_err *err) {
+                        float *dy, int ldy, int N, float *dx, float *tmp, qft_err *err) {
     const qft_ops *ops = m->acts->ops;
     const int in = g->lin[0].in;
     int adapted = 0;
@@ -158,14 +158,17 @@ int qft_llama_lin_bwd_x(qft_llama_model *m, const qft_llama_lin_group *g, const 
     int col = 0;
     for (int i = 0; i < g->n; i++) {
         const qft_llama_linear *L = &g->lin[i];
-        const float *d = dy + col;
+        float *d = dy + col;
         int ld = ldy;
         if (L->ad) {
-            /* the adapter adds its input gradient and may rewrite the output gradient
-             * into the base product's (DoRA): on a copy, since dy is the caller's */
-            ops->cols_axpby(tmp, L->out, 0.0f, dy + col, ldy, NULL, 1.0f, N, L->out); // a copy
-            if (m->avt->backward(L->ad->al, &m->astep, x, tmp, L->out, N, dx, err)) return -1;
-            d = tmp, ld = L->out;
+            /* the adapter adds its input gradient and may rewrite the output gradient into
+             * the base product's (DoRA): in place, or on a copy when the caller still needs
+             * dy (tmp given) */
+            if (tmp) {
+                ops->cols_axpby(tmp, L->out, 0.0f, dy + col, ldy, NULL, 1.0f, N, L->out);
+                d = tmp, ld = L->out;
+            }
+            if (m->avt->backward(L->ad->al, &m->astep, x, d, ld, N, dx, err)) return -1;
         }
         if (qft_llama_base_bwd_x(ops, L, d, ld, N, dx, adapted || i ? 1.0f : 0.0f, err))
             return -1;
