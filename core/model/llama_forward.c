@@ -77,10 +77,7 @@ static int check_batch(const qft_llama_model *m, const qft_batch *b, qft_err *er
  * to bf16 where the backend would have held the table so; ids are checked already. */
 static void embed_rows_on_host(const qft_llama_model *m, const int32_t *ids, int N,
                                float *rows) {
-    const float *table = NULL; // (V, C)
-    for (int i = 0; i < m->n_entries && !table; i++)
-        if (m->entries[i].layer == -1 && m->entries[i].field == 0)
-            table = m->params + m->entries[i].offset;
+    const float *table = m->params + qft_llama_outer_entry(m, 0)->offset; // (V, C)
     const size_t C = (size_t)m->cfg.hidden_size;
     const int bf16 = m->embed_host_bf16;
 #pragma omp parallel for schedule(static)

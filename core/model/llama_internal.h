@@ -129,6 +129,9 @@ qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int
 qft_llama_linear qft_llama_head_of(const qft_llama_model *m);
 /* The embedding's bf16 copy on a backend (V, C), NULL when it has none. */
 const uint16_t *qft_llama_embed_bf16(const qft_llama_model *m);
+/* The entry of a tensor outside the blocks (layer -1): field 0 the embedding, 1 the final
+ * norm, 2 the head; NULL when the model has none (a tied head). */
+const qft_param_entry *qft_llama_outer_entry(const qft_llama_model *m, int field);
 
 /* A group of linears sharing one input, whose outputs sit side by side in one buffer
  * (q,k,v into qkv; gate,up into gu; or one linear alone). When the dense weights (or

@@ -23,11 +23,16 @@ qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int
     return lin;
 }
 
+const qft_param_entry *qft_llama_outer_entry(const qft_llama_model *m, int field) {
+    for (int i = 0; i < m->n_entries; i++)
+        if (m->entries[i].layer == -1 && m->entries[i].field == field) return &m->entries[i];
+    return NULL;
+}
+
 /* The backend layout of the embedding (field 0) or the head (field 2), NULL when none. */
 static const qft_qlayout *outer_layout(const qft_llama_model *m, int field) {
-    for (int i = 0; i < m->n_entries; i++)
-        if (m->entries[i].layer == -1 && m->entries[i].field == field) return m->entries[i].ql;
-    return NULL;
+    const qft_param_entry *e = qft_llama_outer_entry(m, field);
+    return e ? e->ql : NULL;
 }
 
 qft_llama_linear qft_llama_head_of(const qft_llama_model *m) {
