@@ -134,13 +134,7 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
     /* Packed weights, and frozen dense ones kept as bf16, have no fp32 copy there: the
      * backend's flat buffer is the trainable prefix (same offsets as the host's) followed
      * by the frozen fp32 tensors, each at dev_offset. */
-    if (m->embed_on_host) { /* only a frozen, untied embedding stays behind */
-        int frozen = 0;
-        for (int i = 0; i < m->n_entries; i++)
-            frozen |= host_embedding(m, &m->entries[i]);
-        m->embed_on_host = frozen;
-        m->embed_host_bf16 = frozen && frozen_bf16;
-    }
+    int kept_on_host = 0; /* only a frozen, untied embedding stays behind */
     size_t biggest = 0;               /* floats of the largest weight the tile path serves */
     size_t n_dev = m->n_trainable;    /* floats of the backend's flat buffer */
     for (int i = 0; i < m->n_entries; i++) {
@@ -148,6 +142,7 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
         e->dev_offset = e->offset;
         if (m->embed_on_host && host_embedding(m, e)) {
             e->dev_offset = SIZE_MAX; /* no copy there: forward gathers its rows here */
+            kept_on_host = 1;
             continue;
         } else if (e->role == QFT_ROLE_QUANTIZED) {
             if (upload_packed(m, ops, e, err)) goto fail;
@@ -162,6 +157,8 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
         }
         if (e->numel > biggest) biggest = e->numel;
     }
+    m->embed_on_host = kept_on_host;
+    m->embed_host_bf16 = kept_on_host && frozen_bf16;
     if (biggest) {
         const size_t budget = QFT_LLAMA_QTILE_BYTES / sizeof(float);
         m->qtile_floats = biggest < budget ? biggest : budget;
