@@ -16,6 +16,8 @@
 #      dense DoRA, bnb_dora (QDoRA), hqq_dora), and lora and llama_pro with their frozen
 #      weights kept as bf16 on the GPU (train.frozen_dtype), and lora once more with the
 #      flash attention kernels (QFT_CUDA_ATTENTION=flash) instead of the default GEMM path;
+#      where 2 or more GPUs are visible, QLoRA over 2 ranks (no_shard, shard_grad_op; the
+#      gradients reduced over NCCL on the GPUs) against one process on a GPU;
 #   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full
 #      (4 layers), qlora and bnb_dora (QDoRA; 32 layers) on a random Llama-3-8B-shaped
 #      model (the layers column says how many), context 2048, batch 1, recomputation, and of
@@ -58,7 +60,7 @@
 #
 # Usage: scripts/gpu-check.sh            (from anywhere; QFT_GPU_BUILD overrides the dir)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 BUDGET=${QFT_GPU_BUDGET:-470}   # seconds, under the issue's 8 minutes
 BUILD=${QFT_GPU_BUILD:-build-gpu-check}
 REPORT_DIR=${OUT:-$BUILD}
@@ -230,6 +232,41 @@ if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD
 else
     parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs, and with on-chip dequantization): FAILED"
     status=1
+fi
+
+# Several GPUs (2 or more visible, with mpirun, MPI and NCCL built): QLoRA over 2 ranks, one
+# GPU each, with gradients and optimizer state on the GPUs (the strategies' collectives over
+# NCCL), against one process on the GPU with grad_accum 2: the same global batch. NCCL sums
+# in its own order, so the bf16 tolerances apply. A one-GPU machine reports it as not run.
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if (( ngpu >= 2 )) && command -v mpirun >/dev/null &&
+    ninja -C "$BUILD" core/transport/libqft_mpi.so core/transport/libqft_nccl.so \
+        shard/no_shard/qft_no_shard.so shard/shard_grad_op/qft_shard_grad_op.so >/dev/null 2>&1; then
+    ranks() {
+        local sets=(--set train.max_steps=4 --set data.count=24 --set train.batch_size=2
+                    --set model.config.hidden_size=64 --set model.config.intermediate_size=128
+                    --set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2
+                    --set model.config.num_key_value_heads=1 --set data.context_length=192
+                    --set output.save_dtype='"f32"' --set train.backend='"cuda"' -q) rc=0 s
+        local d="$BUILD/ranks"
+        "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" --set train.grad_accum=2 \
+            --set output.dir="\"$d-one\"" || return 1
+        for s in no_shard shard_grad_op; do
+            mpirun --allow-run-as-root -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+                --set shard.plugin="\"$s\"" --set output.dir="\"$d-$s\"" &&
+            python3 scripts/compare_runs.py "$d-one" "$d-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
+                { echo "ranks $s: FAILED"; rc=1; }
+        done
+        return $rc
+    }
+    if step ranks 90 bash -c "$(declare -f ranks); BUILD=$BUILD; ranks" | tee "$REPORT_DIR/ranks.txt"; then
+        parity_note="$parity_note; 2 GPUs over NCCL (qlora, no_shard and shard_grad_op) against one: ok"
+    else
+        parity_note="$parity_note; 2 GPUs over NCCL (qlora, no_shard and shard_grad_op) against one: FAILED"
+        status=1
+    fi
+else
+    parity_note="$parity_note; several GPUs over NCCL: not run ($ngpu GPU(s) visible, or mpirun/MPI/NCCL missing)"
 fi
 
 # The model-level table (bench/run_model_gpu.sh; its header says how it keeps one run on

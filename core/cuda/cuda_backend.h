@@ -16,6 +16,8 @@ const qft_ops *qft_cuda_load(int device, qft_err *err);
 /* The loaded library's qft_cuda_mem_peak (bytes), or 0 when qft_cuda_load has not
  * succeeded in this process. */
 size_t qft_cuda_loaded_mem_peak(void);
+/* Its qft_cuda_mem_held: the bytes it holds now (0 likewise). */
+size_t qft_cuda_loaded_mem_held(void);
 /* The loaded library's qft_cuda_set_matmul_precision; -1 with err when it has none. */
 int qft_cuda_loaded_set_matmul_precision(int level, qft_err *err);
 

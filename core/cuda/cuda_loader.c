@@ -10,10 +10,12 @@ typedef size_t (*cuda_peak_fn)(void);
 typedef void (*cuda_precision_fn)(int level);
 
 /* Found with the op table: the library stays loaded, so the pointers stay valid. */
-static cuda_peak_fn g_mem_peak;
+static cuda_peak_fn g_mem_peak, g_mem_held;
 static cuda_precision_fn g_set_precision;
 
 size_t qft_cuda_loaded_mem_peak(void) { return g_mem_peak ? g_mem_peak() : 0; }
+
+size_t qft_cuda_loaded_mem_held(void) { return g_mem_held ? g_mem_held() : 0; }
 
 int qft_cuda_loaded_set_matmul_precision(int level, qft_err *err) {
     if (!g_set_precision)
@@ -74,6 +76,8 @@ const qft_ops *qft_cuda_load(int device, qft_err *err) {
         if (ops) {
             sym = dlsym(h, "qft_cuda_mem_peak"); /* absent from an older library: no figure */
             memcpy(&g_mem_peak, &sym, sizeof g_mem_peak);
+            sym = dlsym(h, "qft_cuda_mem_held");
+            memcpy(&g_mem_held, &sym, sizeof g_mem_held);
             sym = dlsym(h, "qft_cuda_set_matmul_precision");
             memcpy(&g_set_precision, &sym, sizeof g_set_precision);
         }

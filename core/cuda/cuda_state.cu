@@ -103,6 +103,13 @@ extern "C" size_t qft_cuda_mem_peak(void) {
     return peak;
 }
 
+extern "C" size_t qft_cuda_mem_held(void) {
+    pthread_mutex_lock(&mem_lock);
+    size_t held = mem_held;
+    pthread_mutex_unlock(&mem_lock);
+    return held;
+}
+
 void *qft_cuda_scratch(size_t bytes) {
     if (bytes <= qft_cuda_g.scratch_bytes) return qft_cuda_g.scratch;
     // queued kernels may still read the old buffer

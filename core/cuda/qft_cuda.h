@@ -73,6 +73,8 @@ size_t qft_cuda_mem_used(void);
  * scratch, cuBLASLt workspace): the run's device peak, like PyTorch's
  * max_memory_allocated it leaves out the CUDA context and cuBLASLt's own allocations. */
 size_t qft_cuda_mem_peak(void);
+/* The bytes it holds now through cudaMalloc. */
+size_t qft_cuda_mem_held(void);
 /* The tensor-core mode of the fp32 GEMMs (the op table's gemm), as
  * torch.set_float32_matmul_precision: 0 "highest" (the default), full fp32, the CPU's
  * results to about 1e-6; 1 "high", TF32 (cuBLASLt's CUBLAS_COMPUTE_32F_FAST_TF32: inputs

@@ -60,9 +60,10 @@ typedef struct qft_run_data {
 int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
                       qft_run_data *d, qft_err *err);
 /* The same for a run of `world` ranks: the examples are cut so that their count divides
- * world * batch_size * grad_accum, as one process with grad_accum world * grad_accum. */
+ * world * batch_size * grad_accum, as one process with grad_accum world * grad_accum; the
+ * cuda backend opens on `device` (this rank's GPU). */
 int qft_run_data_open_world(const qft_run_config *rc, const char *const *cli_plugin_dirs,
-                            int n_cli, int world, qft_run_data *d, qft_err *err);
+                            int n_cli, int world, int device, qft_run_data *d, qft_err *err);
 void qft_run_data_close(qft_run_data *d);
 
 /* Trains as the config says. cli_plugin_dirs come first on the plugin search path. */

@@ -3,21 +3,22 @@
 
 #include <string.h>
 
-int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_data *d,
-                    qft_err *err);
+int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, int device,
+                    qft_run_data *d, qft_err *err);
 
 int qft_run_data_open(const qft_run_config *rc, const char *const *cli_plugin_dirs, int n_cli,
                       qft_run_data *d, qft_err *err) {
-    return qft_run_data_open_world(rc, cli_plugin_dirs, n_cli, 1, d, err);
+    return qft_run_data_open_world(rc, cli_plugin_dirs, n_cli, 1, rc->train.device, d, err);
 }
 
 int qft_run_data_open_world(const qft_run_config *rc, const char *const *cli_plugin_dirs,
-                            int n_cli, int world, qft_run_data *d, qft_err *err) {
+                            int n_cli, int world, int device, qft_run_data *d,
+                            qft_err *err) {
     memset(d, 0, sizeof *d);
     char dirs[32][4096];
     int nd = qft_registry_search_path(cli_plugin_dirs, n_cli, rc->plugin_paths,
                                       rc->n_plugin_paths, dirs, 32);
-    if (qft_registry_scan(&d->reg, dirs, nd, err) || qft_run_compose(rc, &d->reg, d, err))
+    if (qft_registry_scan(&d->reg, dirs, nd, err) || qft_run_compose(rc, &d->reg, device, d, err))
         return -1;
     if (rc->tokenizer.byte) {
         d->tok = qft_tokenizer_byte_new();

@@ -34,8 +34,8 @@ static int open_quantizer(const qft_run_config *rc, const qft_registry *reg,
     return 0;
 }
 
-int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_data *d,
-                    qft_err *err) {
+int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, int device,
+                    qft_run_data *d, qft_err *err) {
     qft_registry_set_ops(qft_cpu_ops());
     if (open_adapter(rc, reg, &d->avt, &d->astate, err) ||
         open_quantizer(rc, reg, &d->qvt, &d->qstate, err))
@@ -49,7 +49,7 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
         /* the device first, so that a machine without one (or a build without nvcc) is
          * told exactly that */
         qft_err cerr = {0, ""};
-        d->ops = qft_cuda_load(rc->train.device, &cerr);
+        d->ops = qft_cuda_load(device, &cerr);
         if (!d->ops) return qft_err_setf(err, "%s: %s", rc->file, cerr.msg);
         const char *mp = rc->train.matmul_precision;
         if (qft_cuda_loaded_set_matmul_precision(
@@ -65,9 +65,9 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, qft_run_d
     }
     /* On another backend the model runs on its own copies (qft_llama_to_backend, which
      * also says when a quantizer cannot go there). Without shard.cpu_offload the optimizer
-     * runs there too (one process; run_train.c refuses several ranks, whose collectives
-     * work on host memory); with it, parameters, gradients and optimizer state stay in host
-     * memory (FSDP's CPU offload) and the optimizer runs on the CPU. */
+     * runs there too, and several ranks reduce and gather over that backend's memory
+     * (run_shard.c: NCCL on CUDA); with it, parameters, gradients and optimizer state stay
+     * in host memory (FSDP's CPU offload) and the optimizer runs on the CPU. */
     if (strcmp(rc->train.matmul_precision, "highest") != 0 &&
         strcmp(rc->train.backend, "cuda") != 0)
         return qft_err_setf(err, "%s: train.matmul_precision = \"%s\" (tensor-core GEMMs) is a "

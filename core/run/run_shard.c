@@ -2,6 +2,7 @@
 #include "run_shard.h"
 
 #include "optim.h"
+#include "qft_ops.h"
 #include "transport.h"
 
 #include <math.h>
@@ -9,7 +10,25 @@
 
 int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err) {
     memset(sh, 0, sizeof *sh);
-    return qft_transport_open("auto", &sh->t, err);
+    if (qft_transport_open("auto", &sh->t, err)) return -1;
+    sh->dt = sh->t;
+    return 0;
+}
+
+int qft_run_shard_open_device(qft_run_shard *sh, const qft_ops *ops, int cuda, int device,
+                              qft_err *err) {
+    sh->ops = ops;
+    if (sh->t->world == 1) return 0; /* the strategies move nothing */
+    qft_transport *dt = NULL;
+    qft_err e = {0, ""};
+    if (cuda ? qft_transport_open_nccl(sh->t, device, &dt, &e)
+             : qft_transport_open_staged(sh->t, ops, &dt, &e))
+        return qft_err_setf(err, "%s ranks with gradients and the optimizer on the %s backend: "
+                                 "%s (shard.cpu_offload = true keeps them in host memory, "
+                                 "where the host transport reduces them)",
+                            cuda ? "GPU" : "several", ops->name, e.msg);
+    sh->dt = dt;
+    return 0;
 }
 
 int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const qft_registry *reg,
@@ -27,6 +46,12 @@ int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const q
         return -1;
     }
     const qft_shard_vtable *vt = p->desc->vtable;
+    if (vt->param_group && sh->dt != sh->t)
+        return qft_err_setf(err, "%s: shard.plugin = \"%s\" shards the model itself, which this "
+                                 "version does in host memory, on the cpu backend only; with "
+                                 "train.backend = \"%s\" on %d ranks use no_shard, "
+                                 "shard_grad_op or hybrid_shard_grad_op",
+                            rc->file, rc->shard.plugin, rc->train.backend, sh->t->world);
     if (!vt->param_group && (!vt->plan || !vt->reduce_grads || !vt->gather_params))
         return qft_err_setf(err, "shard plugin \"%s\" (%s) has neither param_group nor all of "
                                  "plan, reduce_grads and gather_params",
@@ -63,7 +88,7 @@ int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
     sh->n = n;
     sh->offset = 0, sh->len = n;
     if (!sh->vt || !sh->vt->plan) return 0; /* no plan: a full strategy on one rank */
-    if (sh->vt->plan(sh->state, sh->t, n, &sh->offset, &sh->len, err)) return -1;
+    if (sh->vt->plan(sh->state, sh->dt, n, &sh->offset, &sh->len, err)) return -1;
     if (sh->offset > n || sh->len > n - sh->offset)
         return qft_err_setf(err, "shard plugin \"%s\": rank %d's slice [%zu, %zu) is outside "
                                  "the %zu trainable floats",
@@ -104,21 +129,24 @@ void qft_run_shard_memory(qft_run_shard *sh, const qft_llama_model *m, size_t op
 
 int qft_run_shard_reduce_grads(qft_run_shard *sh, float *grads, qft_err *err) {
     if (!sh->vt || !sh->vt->reduce_grads || sh->full) return 0;
-    return sh->vt->reduce_grads(sh->state, sh->t, grads, sh->n, err);
+    return sh->vt->reduce_grads(sh->state, sh->dt, grads, sh->n, err);
 }
 
-int qft_run_shard_clip(qft_run_shard *sh, qft_llama_model *m, float max_norm, float *norm,
+int qft_run_shard_clip(qft_run_shard *sh, float *slice, float max_norm, float *norm,
                        qft_err *err) {
-    float *slice = qft_run_shard_opt_grads(sh, m); // (len)
+    const qft_ops *ops = sh->ops; // slice (len) is its memory; NULL: the host's
     if (sh->len == sh->n && !sh->full) {
         /* the whole sum is here (no_shard, or one rank): the one-process code path, bits
          * and all */
-        *norm = qft_optim_clip_grad_norm(slice, sh->n, max_norm);
+        *norm = qft_optim_clip_grad_norm_on(ops, slice, sh->n, max_norm);
         return 0;
     }
-    /* (2): squares and floats of the slices. A hybrid strategy holds each slice on several
-     * machines alike; the floats summed over ranks say how many times, to count it once. */
-    double v[2] = {qft_optim_grad_sumsq(slice, sh->len), (double)sh->len};
+    /* (2): squares and floats of the slices, host doubles whatever holds the slices. A
+     * hybrid strategy holds each slice on several machines alike; the floats summed over
+     * ranks say how many times, to count it once. The backends' sumsq give the host's
+     * bits. */
+    double v[2] = {ops ? ops->sumsq(slice, sh->len) : qft_optim_grad_sumsq(slice, sh->len),
+                   (double)sh->len};
     if (qft_transport_all_reduce_f64(sh->t, v, 2, QFT_REDUCE_SUM, err)) return -1;
     const double copies = sh->n ? v[1] / (double)sh->n : 1.0;
     if (copies < 1.0 || copies != floor(copies))
@@ -126,14 +154,18 @@ int qft_run_shard_clip(qft_run_shard *sh, qft_llama_model *m, float max_norm, fl
                                  "a whole number of copies of the %zu trainable ones",
                             sh->name, v[1], sh->n);
     *norm = (float)sqrt(v[0] / copies);
-    qft_optim_scale(slice, sh->len, qft_optim_clip_coef(*norm, max_norm));
+    const float coef = qft_optim_clip_coef(*norm, max_norm);
+    if (ops)
+        ops->scale(slice, sh->len, coef);
+    else
+        qft_optim_scale(slice, sh->len, coef);
     return 0;
 }
 
 int qft_run_shard_gather_params(qft_run_shard *sh, float *params, qft_err *err) {
     /* full sharding: the pieces are the parameters; the next gather of a unit brings them */
     if (!sh->vt || !sh->vt->gather_params || sh->full) return 0;
-    return sh->vt->gather_params(sh->state, sh->t, params, sh->n, err);
+    return sh->vt->gather_params(sh->state, sh->dt, params, sh->n, err);
 }
 
 int qft_run_shard_sum_f64(qft_run_shard *sh, double *v, size_t n, qft_err *err) {
@@ -144,7 +176,8 @@ int qft_run_shard_sum_f64(qft_run_shard *sh, double *v, size_t n, qft_err *err) 
 void qft_run_shard_close(qft_run_shard *sh, int failed, const char *why) {
     if (failed && sh->t && sh->t->world > 1) sh->t->vt->abort(sh->t, 1, why);
     if (sh->full) qft_run_fsdp_free(&sh->fsdp);
-    if (sh->vt && sh->state) sh->vt->close(sh->state);
+    if (sh->vt && sh->state) sh->vt->close(sh->state); /* with its sub-transports of dt */
+    if (sh->dt && sh->dt != sh->t) sh->dt->vt->close(sh->dt);
     if (sh->t) sh->t->vt->close(sh->t);
     memset(sh, 0, sizeof *sh);
 }

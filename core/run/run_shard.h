@@ -9,8 +9,15 @@
 #include "qft_transport.h"
 #include "run_fsdp.h"
 
+struct qft_ops;
+
 typedef struct qft_run_shard {
     qft_transport *t;           /* the run's transport ("local" or "mpi") */
+    /* The transport the strategy's buffers go through: t, or (gradients and optimizer on
+     * another backend, several ranks) one over that backend's memory that this owns:
+     * "nccl" on the cuda backend, "staged" through t on cpu_guard. */
+    qft_transport *dt;
+    const struct qft_ops *ops;  /* the backend of those buffers; NULL: host memory */
     const qft_shard_vtable *vt; /* NULL: the built-in identity (no_shard, world 1, plugin absent) */
     void *state;
     const char *name;           /* the strategy, for messages */
@@ -26,6 +33,12 @@ typedef struct qft_run_shard {
 /* Opens the transport ("auto": MPI under mpirun, else local). Before anything else of a
  * run, so that the data can be cut for the global batch. */
 int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err);
+/* Gradients and optimizer on the backend `ops` (not the cpu's; no shard.cpu_offload):
+ * with several ranks, opens the transport over its memory that the strategy then uses
+ * (NCCL on CUDA device `device` when cuda is set, else staged through the host transport).
+ * With one rank only notes ops. Before configure. Collective. */
+int qft_run_shard_open_device(qft_run_shard *sh, const struct qft_ops *ops, int cuda,
+                              int device, qft_err *err);
 /* Finds and configures rc->shard.plugin in reg. */
 int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const qft_registry *reg,
                             qft_err *err);
@@ -50,11 +63,12 @@ void qft_run_shard_memory(qft_run_shard *sh, const qft_llama_model *m, size_t op
 /* grads (n): this rank's slice becomes the sum over ranks (under full sharding the
  * model's backward did it unit by unit). */
 int qft_run_shard_reduce_grads(qft_run_shard *sh, float *grads, qft_err *err);
-/* Global-norm clipping of the reduced gradient: returns the norm before clipping in *norm.
+/* Global-norm clipping of the reduced gradient slice (len floats, in sh->ops's memory):
+ * returns the norm before clipping in *norm.
  * A rank that holds the whole sum clips it locally, as one process does; sharded ranks
  * all-reduce their slices' sums of squares in f64 (each slice counted once, however many
  * machines hold it) and scale their slices alike. */
-int qft_run_shard_clip(qft_run_shard *sh, qft_llama_model *m, float max_norm, float *norm,
+int qft_run_shard_clip(qft_run_shard *sh, float *slice, float max_norm, float *norm,
                        qft_err *err);
 /* params (n): every rank receives every slice's update. */
 int qft_run_shard_gather_params(qft_run_shard *sh, float *params, qft_err *err);

@@ -31,6 +31,7 @@ typedef struct run_state {
      * backend without shard.cpu_offload); otherwise on the host copies */
     int dev_opt;
     size_t opt_bytes; /* the optimizer state's allocation on this rank */
+    size_t dev_model_bytes; /* with dev_opt: what moving the model there allocated */
     /* the adapters' params_version (qft_sdk.h): non-zero, and a new value after anything
      * that writes the trainable parameters (a resume, each optimizer update) */
     uint64_t params_version;
@@ -86,7 +87,7 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
     if (world > 1)
         qft_log(QFT_LOG_INFO,
                 "shard: %s over %d ranks (%s transport); global batch %d x %d x grad_accum %d",
-                rc->shard.plugin, world, s->shard.t->kind, world, rc->train.batch_size,
+                rc->shard.plugin, world, s->shard.dt->kind, world, rc->train.batch_size,
                 rc->train.grad_accum);
     qft_log(QFT_LOG_INFO,
             "data: %ld examples (%ld tokens, %ld truncated to %d, %ld with no target), "
@@ -95,6 +96,14 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
             s->data.ex.context_length, s->data.ex.n_no_target,
             qft_data_loader_count(&s->loader), rc->train.batch_size, world * rc->train.grad_accum,
             total_steps);
+}
+
+/* The bytes held now by the allocator of the memory the optimizer works in: the host's
+ * accounted one, or the backend's with dev_opt. */
+static size_t opt_mem_held(const run_state *s) {
+    if (!s->dev_opt) return qft_mem_current();
+    return s->data.ops == qft_cpu_guard_ops() ? qft_cpu_guard_mem_held()
+                                              : qft_cuda_loaded_mem_held();
 }
 
 /* The optimizer over this rank's slice only: state for shard.len floats. Measured from the
@@ -109,11 +118,11 @@ static int prepare_optimizer(const qft_run_config *rc, run_state *s, int quiet, 
         .weight_decay = (float)rc->train.weight_decay,
         .momentum = (float)rc->train.momentum,
     };
-    const size_t before = qft_mem_current();
+    const size_t before = opt_mem_held(s);
     if (qft_optim_init_on(&s->opt, &oc, s->shard.len, s->dev_opt ? s->data.ops : NULL, err))
         return -1;
     s->have_opt = 1;
-    const size_t bytes = qft_mem_current() - before;
+    const size_t bytes = opt_mem_held(s) - before;
     s->opt_bytes = bytes;
     const qft_transport *t = s->shard.t;
     if (!quiet && t->world > 1)
@@ -131,8 +140,16 @@ static void report_memory(const qft_run_config *rc, run_state *s, int quiet, lon
                           uint64_t comm_bytes) {
     if (quiet) return;
     size_t measured = 0, expected = 0;
-    qft_run_shard_memory(&s->shard, &s->model, s->opt_bytes, rc->train.grad_accum, &measured,
-                         &expected);
+    if (s->dev_opt) {
+        /* on the backend: the model's buffers there (measured once, on both sides) and the
+         * optimizer state as its allocator measured it, against the strategy's slice */
+        const size_t states = (s->opt.m ? 1 : 0) + (s->opt.v ? 1 : 0);
+        measured = s->dev_model_bytes + s->opt_bytes;
+        expected = s->dev_model_bytes + states * s->shard.len * sizeof(float);
+    } else {
+        qft_run_shard_memory(&s->shard, &s->model, s->opt_bytes, rc->train.grad_accum,
+                             &measured, &expected);
+    }
     const qft_transport *t = s->shard.t;
     qft_log(QFT_LOG_INFO,
             "memory: rank %d of %d (%s): parameters, gradients and optimizer state peaked at "
@@ -192,15 +209,17 @@ static int optimizer_step(const qft_run_config *rc, run_state *s, float lr, floa
     qft_llama_model *m = &s->model;
     qft_run_shard *sh = &s->shard;
     if (s->dev_opt) {
-        /* one process, everything on the backend: no traffic with the host */
-        *gnorm = qft_optim_clip_grad_norm_on(s->opt.ops, opt_grads(s), sh->len,
-                                             (float)rc->train.grad_clip);
+        /* everything on the backend, the strategy's collectives over its memory: no
+         * traffic with the host (one rank: reduce and gather do nothing) */
+        if (qft_run_shard_reduce_grads(sh, m->dev_grads, err) ||
+            qft_run_shard_clip(sh, opt_grads(s), (float)rc->train.grad_clip, gnorm, err))
+            return -1;
         qft_optim_step(&s->opt, opt_params(s), opt_grads(s), lr); // (len) on the backend
-        return 0;
+        return qft_run_shard_gather_params(sh, m->dev_params, err);
     }
     qft_llama_grads_to_host(m); /* another backend: the optimizer works in host memory */
     if (qft_run_shard_reduce_grads(sh, m->grads, err) ||
-        qft_run_shard_clip(sh, m, (float)rc->train.grad_clip, gnorm, err))
+        qft_run_shard_clip(sh, opt_grads(s), (float)rc->train.grad_clip, gnorm, err))
         return -1;
     qft_optim_step(&s->opt, opt_params(s), opt_grads(s), lr); // (len) slices
     if (qft_run_shard_gather_params(sh, m->params, err)) return -1;
@@ -219,18 +238,18 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     /* Rank 0 speaks for the job: progress, metrics and the saved result are its alone. */
     const int lead = rank == 0, user_quiet = quiet;
     if (!lead) quiet = 1;
-    if (qft_run_data_open_world(rc, cli_plugin_dirs, n_cli, world, &s.data, err) ||
+    /* several ranks of a machine take one GPU each: train.device is the machine's first */
+    const int device = rc->train.device + (world > 1 ? s.shard.t->node_rank : 0);
+    if (qft_run_data_open_world(rc, cli_plugin_dirs, n_cli, world, device, &s.data, err))
+        goto done;
+    /* gradients and the optimizer stay on another backend unless shard.cpu_offload; the
+     * strategy's collectives then go over that backend's memory */
+    s.dev_opt = s.data.ops != qft_cpu_ops() && !rc->shard.cpu_offload;
+    if ((s.dev_opt && qft_run_shard_open_device(&s.shard, s.data.ops,
+                                                strcmp(rc->train.backend, "cuda") == 0, device,
+                                                err)) ||
         qft_run_shard_configure(&s.shard, rc, &s.data.reg, err) || prepare_loader(rc, &s, err))
         goto done;
-    s.dev_opt = s.data.ops != qft_cpu_ops() && !rc->shard.cpu_offload;
-    if (s.dev_opt && world > 1) {
-        /* the strategies' collectives reduce and gather host memory */
-        qft_err_setf(err, "%s: train.backend = \"%s\" on %d ranks: the ranks' collectives "
-                          "work on host memory in this version; set shard.cpu_offload = true "
-                          "(the optimizer on the host copies)",
-                     rc->file, rc->train.backend, world);
-        goto done;
-    }
 
     if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
                             &s.data, qft_run_shard_unit_pad(&s.shard), &s.model, err))
@@ -264,18 +283,25 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         prepare_optimizer(rc, &s, user_quiet, err))
         goto done;
     /* another backend (train.backend): the passes run on its copy of the model */
+    const size_t held = opt_mem_held(&s);
     if (s.data.ops != qft_cpu_ops() &&
         qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
                              err))
         goto done;
+    if (s.dev_opt) s.dev_model_bytes = opt_mem_held(&s) - held;
     /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
      * checkpoint, then every rank holds the full parameters; the loop starts after it. */
     long start_step = 0;
-    if (rc->train.resume_from &&
-        (ckpt_load(rc, &s, &start_step, err) ||
-         qft_run_shard_gather_params(&s.shard, s.model.params, err)))
-        goto done;
-    if (rc->train.resume_from) qft_llama_params_to_backend(&s.model, 0, s.model.n_trainable);
+    if (rc->train.resume_from) {
+        if (ckpt_load(rc, &s, &start_step, err)) goto done;
+        if (s.dev_opt) { /* the slice up, then gathered on the backend */
+            qft_llama_params_to_backend(&s.model, s.shard.offset, s.shard.len);
+            if (qft_run_shard_gather_params(&s.shard, s.model.dev_params, err)) goto done;
+        } else {
+            if (qft_run_shard_gather_params(&s.shard, s.model.params, err)) goto done;
+            qft_llama_params_to_backend(&s.model, 0, s.model.n_trainable);
+        }
+    }
     s.params_version = 1; /* the parameters the loop starts from, resumed or not */
 
     /* One optimizer step takes world * grad_accum micro-batches of the one-process order;

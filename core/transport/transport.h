@@ -30,6 +30,14 @@ int qft_transport_open_mpi(qft_transport **out, qft_err *err);
 int qft_transport_open_nccl(const qft_transport *boot, int device, qft_transport **out,
                             qft_err *err);
 
+/* A transport over the memory of the backend `ops` (whose upload and download it uses),
+ * with the ranks of `host` (a host transport: "mpi" or "local"), which runs every
+ * collective on host copies of the operands (transport_staged.c): kind "staged", device
+ * QFT_TRANSPORT_DEVICE_STAGED. host must outlive it. */
+struct qft_ops;
+int qft_transport_open_staged(const qft_transport *host, const struct qft_ops *ops,
+                              qft_transport **out, qft_err *err);
+
 /* Resuming a run: fails with "this run was saved with world size S but is launched with W"
  * (and what to do) when they differ. Every rank reads the same checkpoint, so every rank
  * fails alike and the job ends on all of them. */

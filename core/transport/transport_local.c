@@ -132,6 +132,7 @@ static int local_make(qft_transport **out, qft_err *err) {
     m->pub = (qft_transport){.vt = &local_vtable, .kind = "local", .rank = 0, .world = 1,
                              .node_rank = 0, .node_size = 1, .node_index = 0, .nodes = 1,
                              .device = -1, .stats = &m->stats, .impl = m};
+    m->pub.host = &m->pub;
     *out = &m->pub;
     return 0;
 }

@@ -356,6 +356,7 @@ static int mpi_make(MPI_Comm comm, int node_id, const qft_transport_env *env, in
     }
     m->pub = (qft_transport){.vt = &mpi_vtable, .kind = "mpi", .device = -1,
                              .stats = &m->stats, .impl = m};
+    m->pub.host = &m->pub;
     m->env = *env;
     m->comm = comm;
     m->owns_mpi = owns_mpi;

@@ -235,7 +235,7 @@ static int nccl_make(const qft_transport *host, int owns_host, int device, ncclC
                              .world = host->world, .node_rank = host->node_rank,
                              .node_size = host->node_size, .node_index = host->node_index,
                              .nodes = host->nodes, .device = device, .stats = &m->stats,
-                             .impl = m};
+                             .impl = m, .host = host};
     m->env = *env;
     m->comm = comm;
     m->host = (qft_transport *)host;

@@ -19,7 +19,7 @@
 
 /* Bumped whenever this table, the entry signatures, qft_transport, qft_transport_stats or
  * qft_err change shape: a library from another build then refuses to bind. */
-#define QFT_TRANSPORT_LIB_ABI 1
+#define QFT_TRANSPORT_LIB_ABI 2
 
 typedef struct qft_transport_host {
     int abi; /* QFT_TRANSPORT_LIB_ABI of the core */

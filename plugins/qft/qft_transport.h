@@ -8,12 +8,17 @@
  *   - "mpi": one rank per process, host buffers, launched with `mpirun -np N qft ...`.
  *   - "nccl": one rank per GPU, device buffers (on `device`), its communicator bootstrapped
  *     through the MPI transport so that the same mpirun launches both.
+ *   - "staged": buffers in the memory of the run's backend, which host code may not touch
+ *     (the memory-guarded cpu_guard backend), moved through host memory to and from the
+ *     host transport it wraps; its sums are that transport's, so in rank order over MPI.
  *
  * Rules every entry follows:
  *   - Collective: every rank of the transport calls the same entries in the same order
  *     with the same sizes (and the same root); otherwise the job fails or hangs until the
  *     watchdog below ends it.
- *   - Buffers are host memory when `device` is -1, else memory of that CUDA device.
+ *   - Buffers are host memory when `device` is -1, the run's backend memory when it is
+ *     QFT_TRANSPORT_DEVICE_STAGED, else memory of that CUDA device. A plugin's own scalars
+ *     (counts, flags, a norm's partial sums) live in host memory: they go through `host`.
  *   - Sizes are size_t and may exceed INT_MAX; implementations split the work as needed.
  *   - A zero size is valid and moves nothing (the call still counts in `stats`).
  *   - On return the result is in place: the entries are synchronous.
@@ -85,6 +90,10 @@ typedef struct qft_transport_stats {
     double seconds[QFT_COLL_COUNT]; /* wall time spent inside the entries */
 } qft_transport_stats;
 
+/* `device` of a transport whose buffers are the run's backend memory, staged through the
+ * host ("staged"). */
+#define QFT_TRANSPORT_DEVICE_STAGED (-2)
+
 /* The color that leaves a rank out of every sub-transport made by `split`. */
 #define QFT_TRANSPORT_NO_COLOR (-1)
 
@@ -136,10 +145,15 @@ struct qft_transport {
      * consecutive ranks each, to test hybrid sharding on one machine. */
     int node_rank, node_size;
     int node_index, nodes;
-    int device;                 /* -1: host buffers; else the CUDA device of the buffers */
+    int device;                 /* -1: host buffers; QFT_TRANSPORT_DEVICE_STAGED; else the
+                                 * CUDA device of the buffers */
     qft_transport_stats *stats; /* writable through a const transport: counting is not a
                                  * change of the transport */
     void *impl;
+    /* (ABI 7) A transport over host buffers with the same ranks, for scalars that live on
+     * the host whatever `device` says: the transport itself when device is -1. Its traffic
+     * is counted in its own stats. */
+    const qft_transport *host;
 };
 
 /* Convenience wrappers, so that callers read like the operations they perform. */
@@ -179,8 +193,9 @@ static inline int qft_transport_split_machines(const qft_transport *t, const cha
                                                qft_transport **intra, qft_transport **inter,
                                                qft_err *err) {
     double lo = t->node_size, hi = t->node_size; /* the smallest and largest machine */
-    if (t->vt->all_reduce_f64(t, &lo, 1, QFT_REDUCE_MIN, err) ||
-        t->vt->all_reduce_f64(t, &hi, 1, QFT_REDUCE_MAX, err))
+    const qft_transport *h = t->host ? t->host : t; /* lo and hi are host doubles */
+    if (h->vt->all_reduce_f64(h, &lo, 1, QFT_REDUCE_MIN, err) ||
+        h->vt->all_reduce_f64(h, &hi, 1, QFT_REDUCE_MAX, err))
         return -1;
     if (lo != hi)
         return qft_err_setf(err, "%s: rank %d of %d: the machines hold between %.0f and %.0f "

@@ -17,8 +17,8 @@
  *     with bf16 residuals); DoRA computes its norm exactly once per parameter version off
  *     the host (the cpu backend caches an expansion), so it agrees to rounding;
  *     a merged save after training on the backend merges on the host;
- *   - the refusals: cpu_offload on the cpu backend, several ranks without cpu_offload, full
- *     sharding (a quantizer without a packed layout: tests/quant_example).
+ *   - the refusals: cpu_offload on the cpu backend, full sharding with or without
+ *     cpu_offload (a quantizer without a packed layout: tests/quant_example).
  * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree. */
 #include "cpu_ops.h"
 #include "run_util.h"
@@ -250,8 +250,9 @@ START_TEST(test_refusals) {
 END_TEST
 
 /* Under mpirun ($QFT_MPIRUN and its flags, when the build has MPI): 2 ranks with
- * shard_grad_op and no_shard on cpu_guard, the strategies working on the host copies, equal
- * the cpu backend's run bit for bit; full sharding is refused there with a message. */
+ * shard_grad_op and no_shard on cpu_guard, the strategies working on the host copies
+ * (cpu_offload) or on the backend's memory (the staged transport), equal the cpu backend's
+ * run bit for bit; full sharding is refused there with a message either way. */
 START_TEST(test_ranks) {
     const char *mpirun = getenv("QFT_MPIRUN");
     if (!mpirun || !*mpirun) {
@@ -260,19 +261,26 @@ START_TEST(test_ranks) {
     }
     const char *strategies[] = {"no_shard", "shard_grad_op"};
     for (int i = 0; i < 2; i++) {
-        char a[8192], b[8192], extra[256];
+        /* the optimizer on the host copies (cpu_offload), and on the backend, where the
+         * strategy's collectives run over the staged transport */
+        char a[8192], b[8192], c[8192], extra[256];
         snprintf(a, sizeof a, "%s/ranks-cpu-%d", g_tmp, i);
         snprintf(b, sizeof b, "%s/ranks-guard-%d", g_tmp, i);
+        snprintf(c, sizeof c, "%s/ranks-guard-dev-%d", g_tmp, i);
         snprintf(extra, sizeof extra, "--set shard.plugin=\\\"%s\\\"", strategies[i]);
         train_with(mpirun, "full", "cpu", 1, extra, a);
         train_with(mpirun, "full", "cpu_guard", 1, extra, b);
+        train_with(mpirun, "full", "cpu_guard", 0, extra, c);
         ru_same_metrics(a, b, 4);
+        ru_same_metrics(a, c, 4);
         char pa[8192 + 64], pb[8192 + 64];
         snprintf(pa, sizeof pa, "%s/model/model.safetensors", a);
         snprintf(pb, sizeof pb, "%s/model/model.safetensors", b);
         ru_same_tensors(pa, pb);
-        printf("full, 2 ranks, %s: cpu_guard with cpu_offload equals cpu bit for bit\n",
-               strategies[i]);
+        snprintf(pb, sizeof pb, "%s/model/model.safetensors", c);
+        ru_same_tensors(pa, pb);
+        printf("full, 2 ranks, %s: cpu_guard with the optimizer on the host copies and on "
+               "the backend equals cpu bit for bit\n", strategies[i]);
     }
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s -np 2 -x OMP_NUM_THREADS=1", mpirun);
@@ -280,9 +288,9 @@ START_TEST(test_ranks) {
                  "--set train.backend=\\\"cpu_guard\\\" --set shard.cpu_offload=true "
                  "--set shard.plugin=\\\"full_shard\\\"",
                  "full sharding cuts the model in host memory");
-    /* the strategies' collectives work on host memory: several ranks need cpu_offload */
-    refused_with(cmd, "full", "--set train.backend=\\\"cpu_guard\\\"",
-                 "collectives work on host memory");
+    refused_with(cmd, "full",
+                 "--set train.backend=\\\"cpu_guard\\\" --set shard.plugin=\\\"full_shard\\\"",
+                 "shards the model itself");
 }
 END_TEST
 

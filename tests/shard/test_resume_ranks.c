@@ -1,6 +1,7 @@
 /* Resumable training under `mpirun -np 2` with shard.plugin = "shard_grad_op", where each
  * rank's optimizer owns half of the trainable floats and saves its own file.
- *   - lora and qlora: 6 steps straight vs 3 steps resumed to 6 (constant schedule, as in
+ *   - lora and qlora (and qlora on cpu_guard, gradients and optimizer in its memory): 6
+ *     steps straight vs 3 steps resumed to 6 (constant schedule, as in
  *     tests/apps/test_resume.c): every step's loss, learning rate and gradient norm equal
  *     exactly, metrics.jsonl continues without duplicates, and the saved adapters and both
  *     ranks' checkpoint-3 and checkpoint-6 optimizer files equal bit for bit;
@@ -21,8 +22,14 @@ static int g_argc;
 static char g_tmp[4096];
 static char g_mpirun[4096];
 
-static const char *const k_types[] = {"lora", "qlora"};
-#define N_TYPES 2
+/* train_type and train.backend (NULL: cpu). On cpu_guard gradients and optimizer state
+ * stay in its guarded memory (as on a GPU): the checkpoint is staged through host buffers
+ * and the resumed slices are gathered over the staged transport. */
+typedef struct resume_case {
+    const char *type, *backend;
+} resume_case;
+static const resume_case k_cases[] = {{"lora", NULL}, {"qlora", NULL}, {"qlora", "cpu_guard"}};
+#define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
 /* 16 examples: 8 batches of 2 per epoch, 2 micro-batches per step over the ranks, so the 6
  * steps cross into epoch 1 at step 5. */
@@ -83,22 +90,26 @@ static void ckpt_dir(char *buf, size_t n, const char *type) {
 }
 
 START_TEST(test_resume_two_ranks) {
-    const char *type = k_types[_i];
+    const char *type = k_cases[_i].type, *backend = k_cases[_i].backend;
     if (!type_built(type)) {
         printf("skip: %s (its plugins are not built)\n", type);
         return;
     }
-    char a[4096], b[4096], extra[16384], pa[8192], pb[8192];
-    snprintf(a, sizeof a, "%s/%s-straight", g_tmp, type);
-    snprintf(b, sizeof b, "%s/%s-resumed", g_tmp, type);
+    char a[4096], b[4096], extra[16384], pa[8192], pb[8192], be[128] = "";
+    snprintf(a, sizeof a, "%s/%s%s%s-straight", g_tmp, type, backend ? "-" : "",
+             backend ? backend : "");
+    snprintf(b, sizeof b, "%s/%s%s%s-resumed", g_tmp, type, backend ? "-" : "",
+             backend ? backend : "");
+    if (backend) snprintf(be, sizeof be, "--set train.backend=\\\"%s\\\"", backend);
     snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.save_state_every=3 "
-             "--set output.dir=\\\"%s\\\"", a);
+             "--set output.dir=\\\"%s\\\" %s", a, be);
     train_ok(type, extra);
     snprintf(extra, sizeof extra, "--set train.max_steps=3 --set output.save_state_every=3 "
-             "--set output.dir=\\\"%s\\\"", b);
+             "--set output.dir=\\\"%s\\\" %s", b, be);
     train_ok(type, extra);
     snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.save_state_every=3 "
-             "--set output.dir=\\\"%s\\\" --set train.resume_from=\\\"%s/checkpoint-3\\\"", b, b);
+             "--set output.dir=\\\"%s\\\" --set train.resume_from=\\\"%s/checkpoint-3\\\" %s", b,
+             b, be);
     train_ok(type, extra);
 
     const int n = ru_same_resumed(a, b, 2);
@@ -120,9 +131,10 @@ START_TEST(test_resume_two_ranks) {
     ck_assert_str_eq(qft_st_meta(&f1, "shard_strategy"), "shard_grad_op");
     qft_st_close(&f0);
     qft_st_close(&f1);
-    printf("%s: -np 2 shard_grad_op, 6 steps straight = 3 steps + resume to 6 (losses, lr, "
-           "grad norms; %d adapter tensors; both ranks' optimizer slices of %lld + %lld "
-           "floats), bit for bit\n", type, n, len0, len1);
+    printf("%s%s%s: -np 2 shard_grad_op, 6 steps straight = 3 steps + resume to 6 (losses, "
+           "lr, grad norms; %d adapter tensors; both ranks' optimizer slices of %lld + %lld "
+           "floats), bit for bit\n", type, backend ? " on " : "", backend ? backend : "", n,
+           len0, len1);
 }
 END_TEST
 
@@ -180,7 +192,7 @@ int main(int argc, char **argv) {
     Suite *s = suite_create("shard_resume");
     TCase *tc = tcase_create("resume");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, test_resume_two_ranks, 0, N_TYPES);
+    tcase_add_loop_test(tc, test_resume_two_ranks, 0, N_CASES);
     /* these reuse the first case's checkpoint: CK_NOFORK runs them in order */
     tcase_add_test(tc, test_resume_other_world);
     tcase_add_test(tc, test_resume_damaged_rank_file);

@@ -21,7 +21,9 @@
  * The train_types are full, qlora and bnb_dora (QDoRA), the strategies no_shard,
  * shard_grad_op and full_shard under 2 ranks (grad_accum 2 each) and 3 (uneven pieces);
  * hybrid_shard_grad_op and hybrid_shard run 4 ranks on two pretend machines of 2
- * (QFT_TRANSPORT_NODE_SIZE).
+ * (QFT_TRANSPORT_NODE_SIZE). Cases on the cpu_guard backend keep gradients and optimizer
+ * state in its guarded memory (as on a GPU), where the strategies' collectives run over
+ * the staged transport; the optimizer state is then measured by that backend's allocator.
  * Dropout is on in qlora.cfg (0.05): equal losses also show that each micro-batch draws
  * the mask one process would give it.
  *
@@ -41,31 +43,41 @@
 static char **g_argv;
 static int g_argc;
 static char g_tmp[4096];
+static char g_mpirun[4096]; /* mpirun and its flags, from argv */
 
 typedef struct eq_case {
     const char *type;     /* configs/<type>.cfg */
     const char *strategy; /* shard.plugin */
     int world, accum;     /* ranks and grad_accum per rank */
     int node;             /* ranks per pretend machine (QFT_TRANSPORT_NODE_SIZE), 0: real */
+    /* train.backend of both runs, NULL: cpu. "cpu_guard" keeps gradients and the optimizer
+     * in its guarded memory, so the strategy's collectives go through the staged transport
+     * there, as they go through NCCL on GPUs */
+    const char *backend;
 } eq_case;
 
 static const eq_case k_cases[] = {
-    {"full", "no_shard", 2, 2, 0},          {"full", "shard_grad_op", 2, 2, 0},
-    {"full", "full_shard", 2, 2, 0},        {"full", "no_shard", 3, 1, 0},
-    {"full", "shard_grad_op", 3, 1, 0},     {"full", "full_shard", 3, 1, 0},
-    {"qlora", "no_shard", 2, 2, 0},         {"qlora", "shard_grad_op", 2, 2, 0},
-    {"qlora", "full_shard", 2, 2, 0},       {"qlora", "no_shard", 3, 1, 0},
-    {"qlora", "shard_grad_op", 3, 1, 0},    {"qlora", "full_shard", 3, 1, 0},
-    {"bnb_dora", "no_shard", 2, 2, 0},      {"bnb_dora", "shard_grad_op", 2, 2, 0},
-    {"bnb_dora", "full_shard", 2, 2, 0},    {"bnb_dora", "no_shard", 3, 1, 0},
-    {"bnb_dora", "shard_grad_op", 3, 1, 0}, {"bnb_dora", "full_shard", 3, 1, 0},
+    {"full", "no_shard", 2, 2, 0, NULL},          {"full", "shard_grad_op", 2, 2, 0, NULL},
+    {"full", "full_shard", 2, 2, 0, NULL},        {"full", "no_shard", 3, 1, 0, NULL},
+    {"full", "shard_grad_op", 3, 1, 0, NULL},     {"full", "full_shard", 3, 1, 0, NULL},
+    {"qlora", "no_shard", 2, 2, 0, NULL},         {"qlora", "shard_grad_op", 2, 2, 0, NULL},
+    {"qlora", "full_shard", 2, 2, 0, NULL},       {"qlora", "no_shard", 3, 1, 0, NULL},
+    {"qlora", "shard_grad_op", 3, 1, 0, NULL},    {"qlora", "full_shard", 3, 1, 0, NULL},
+    {"bnb_dora", "no_shard", 2, 2, 0, NULL},      {"bnb_dora", "shard_grad_op", 2, 2, 0, NULL},
+    {"bnb_dora", "full_shard", 2, 2, 0, NULL},    {"bnb_dora", "no_shard", 3, 1, 0, NULL},
+    {"bnb_dora", "shard_grad_op", 3, 1, 0, NULL}, {"bnb_dora", "full_shard", 3, 1, 0, NULL},
     /* two pretend machines of two ranks: sharded within, replicated across */
-    {"full", "hybrid_shard_grad_op", 4, 1, 2},
-    {"qlora", "hybrid_shard_grad_op", 4, 1, 2},
-    {"bnb_dora", "hybrid_shard_grad_op", 4, 1, 2},
-    {"full", "hybrid_shard", 4, 1, 2},
-    {"qlora", "hybrid_shard", 4, 1, 2},
-    {"bnb_dora", "hybrid_shard", 4, 1, 2},
+    {"full", "hybrid_shard_grad_op", 4, 1, 2, NULL},
+    {"qlora", "hybrid_shard_grad_op", 4, 1, 2, NULL},
+    {"bnb_dora", "hybrid_shard_grad_op", 4, 1, 2, NULL},
+    {"full", "hybrid_shard", 4, 1, 2, NULL},
+    {"qlora", "hybrid_shard", 4, 1, 2, NULL},
+    {"bnb_dora", "hybrid_shard", 4, 1, 2, NULL},
+    /* gradients, optimizer and collectives on the backend's memory */
+    {"qlora", "no_shard", 2, 2, 0, "cpu_guard"},
+    {"full", "shard_grad_op", 2, 2, 0, "cpu_guard"},
+    {"bnb_dora", "shard_grad_op", 3, 1, 0, "cpu_guard"},
+    {"qlora", "hybrid_shard_grad_op", 4, 1, 2, "cpu_guard"},
 };
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 #define N_STEPS 5
@@ -219,34 +231,38 @@ START_TEST(test_equivalence) {
     }
     const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
     ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
-    char one[4096], many[4096], cmd[16384], mpirun[4096] = "";
+    char one[4096], many[4096], cmd[16384];
     snprintf(one, sizeof one, "%s/%s-%s-%d-one", g_tmp, c->type, c->strategy, c->world);
     snprintf(many, sizeof many, "%s/%s-%s-%d-ranks", g_tmp, c->type, c->strategy, c->world);
-    char node_env[64] = "";
+    char node_env[64] = "", backend[96] = "";
     if (c->node > 0)
         snprintf(node_env, sizeof node_env, "-x QFT_TRANSPORT_NODE_SIZE=%d", c->node);
-    size_t ml = 0;
-    for (int i = 1; i < g_argc; i++)
-        ml += (size_t)snprintf(mpirun + ml, sizeof mpirun - ml, "%s ", g_argv[i]);
+    if (c->backend)
+        snprintf(backend, sizeof backend, "--set train.backend=\\\"%s\\\"", c->backend);
     static char out[1 << 20];
 
     snprintf(cmd, sizeof cmd,
-             "%s train %s/configs/%s.cfg %s --set shard.plugin=\\\"%s\\\" "
+             "%s train %s/configs/%s.cfg %s %s --set shard.plugin=\\\"%s\\\" "
              "--set train.grad_accum=%d --set output.dir=\\\"%s\\\" 2>&1",
-             qft, root, c->type, k_overrides, c->strategy, c->world * c->accum, one);
+             qft, root, c->type, k_overrides, backend, c->strategy, c->world * c->accum, one);
     int st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "one process failed (%d):\n%s\n%s", st, cmd, out);
     double mib_one = 0, mib_rank = 0;
     check_rank_memory(c, out, 1, &mib_one);
 
     snprintf(cmd, sizeof cmd,
-             "%s -np %d -x OMP_NUM_THREADS=1 %s %s train %s/configs/%s.cfg %s "
+             "%s -np %d -x OMP_NUM_THREADS=1 %s %s train %s/configs/%s.cfg %s %s "
              "--set shard.plugin=\\\"%s\\\" --set train.grad_accum=%d "
              "--set output.dir=\\\"%s\\\" 2>&1",
-             mpirun, c->world, node_env, qft, root, c->type, k_overrides, c->strategy, c->accum,
-             many);
+             g_mpirun, c->world, node_env, qft, root, c->type, k_overrides, backend, c->strategy,
+             c->accum, many);
     st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "mpirun failed (%d):\n%s\n%s", st, cmd, out);
+    /* the strategy's buffers went through the transport over the backend's memory */
+    char line[128];
+    snprintf(line, sizeof line, "over %d ranks (%s transport)", c->world,
+             c->backend ? "staged" : "mpi");
+    ck_assert_msg(strstr(out, line) != NULL, "no \"%s\" in the log:\n%s", line, out);
 
     double l1[N_STEPS], lw[N_STEPS], g1[N_STEPS], gw[N_STEPS], worst_loss = 0;
     read_losses(one, l1, g1);
@@ -271,10 +287,11 @@ START_TEST(test_equivalence) {
     snprintf(pb, sizeof pb, "%s/%s", many,
              adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
     const double worst_t = ru_compare_tensors(pa, pb, 1e-5, NULL);
-    printf("%s %s W=%d G=%d%s: losses %.6f -> %.6f, worst relative difference: loss %.2e, "
-           "saved tensors %.2e\n",
-           c->type, c->strategy, c->world, c->accum, c->node ? " (machines of 2)" : "", l1[0],
-           l1[N_STEPS - 1], worst_loss, worst_t);
+    printf("%s %s W=%d G=%d%s%s%s: losses %.6f -> %.6f, worst relative difference: loss "
+           "%.2e, saved tensors %.2e\n",
+           c->type, c->strategy, c->world, c->accum, c->node ? " (machines of 2)" : "",
+           c->backend ? " on " : "", c->backend ? c->backend : "", l1[0], l1[N_STEPS - 1],
+           worst_loss, worst_t);
     check_memory(c, out);
     check_rank_memory(c, out, c->world, &mib_rank);
     check_comm(c, out);
@@ -297,19 +314,16 @@ END_TEST
 START_TEST(test_one_rank_fails) {
     const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
     ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
-    char file[4096], cmd[16384], mpirun[4096] = "";
+    char file[4096], cmd[16384];
     snprintf(file, sizeof file, "%s/not-a-dir", g_tmp);
     FILE *f = fopen(file, "w");
     ck_assert(f != NULL);
     fclose(f);
-    size_t ml = 0;
-    for (int i = 1; i < g_argc; i++)
-        ml += (size_t)snprintf(mpirun + ml, sizeof mpirun - ml, "%s ", g_argv[i]);
     snprintf(cmd, sizeof cmd,
              "timeout 120 %s -np 3 -x OMP_NUM_THREADS=1 %s train %s/configs/full.cfg %s "
              "--set shard.plugin=\"shard_grad_op\" --set train.grad_accum=1 "
              "--set output.dir=\"%s/run\" 2>&1",
-             mpirun, qft, root, k_overrides, file);
+             g_mpirun, qft, root, k_overrides, file);
     static char out[1 << 20];
     const double t0 = (double)time(NULL);
     const int st = ru_run(cmd, out, sizeof out);
@@ -322,12 +336,37 @@ START_TEST(test_one_rank_fails) {
 }
 END_TEST
 
+/* Full sharding keeps the model's units in host memory: with gradients and the optimizer
+ * on another backend it is refused on every rank, naming the strategy and those that work
+ * there. */
+START_TEST(test_device_full_shard_refused) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd,
+             "timeout 120 %s -np 2 -x OMP_NUM_THREADS=1 %s train %s/configs/full.cfg %s "
+             "--set train.backend=\\\"cpu_guard\\\" --set shard.plugin=\\\"full_shard\\\" "
+             "--set output.dir=\\\"%s/refused\\\" 2>&1",
+             g_mpirun, qft, root, k_overrides, g_tmp);
+    static char out[1 << 20];
+    const int st = ru_run(cmd, out, sizeof out);
+    ck_assert_msg(st != 0, "full_shard on cpu_guard over 2 ranks ran:\n%s", out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 124, "the job hung:\n%s", out);
+    ck_assert_msg(strstr(out, "\"full_shard\" shards the model itself") &&
+                      strstr(out, "use no_shard, shard_grad_op or hybrid_shard_grad_op"),
+                  "no message naming the strategy and the ones that work there:\n%s", out);
+}
+END_TEST
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MPIRUN [MPIRUN-FLAGS...]\n", argv[0]);
         return 2;
     }
     g_argc = argc, g_argv = argv;
+    size_t ml = 0;
+    for (int i = 1; i < g_argc; i++)
+        ml += (size_t)snprintf(g_mpirun + ml, sizeof g_mpirun - ml, "%s ", g_argv[i]);
     snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-shard-XXXXXX");
     if (!mkdtemp(g_tmp)) {
         perror("mkdtemp");
@@ -338,6 +377,7 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_equivalence, 0, N_CASES);
     tcase_add_test(tc, test_one_rank_fails);
+    tcase_add_test(tc, test_device_full_shard_refused);
     suite_add_tcase(s, tc);
     return ru_run_suite(s, g_tmp);
 }

@@ -67,6 +67,7 @@ int main(void) {
     }
     EXPECT(!strcmp(t->kind, "nccl") && t->rank == rank && t->world == W, "kind %s", t->kind);
     EXPECT(t->device == host->node_rank, "device %d", t->device);
+    EXPECT(t->host == host, "the host transport beside it");
 
     /* all_gather, odd size */
     size_t bpr = 4099;
