@@ -16,7 +16,9 @@
  *     multiple of the plain bf16 GEMM on a dense weight; and the other design, W's tiles
  *     decoded on chip into the tensor-core kernel (qft_cuda_qgemm_onchip_*), beside it;
  *   - DoRA's weight norm of a 14336 x 4096 NF4 weight at r = 16: lowrank_row_norms against
- *     the generic tile path.
+ *     the generic tile path;
+ *   - DoRA's element-wise steps on a (2048, 14336) output at r = 16: the fused lowrank_out
+ *     and col_dot_scale against the steps they replace.
  * Times are the median of `iters` runs after warm-up, measured on the host around a
  * device synchronisation. Usage: cuda_bench [--quick | --choose-qmatmul] (the latter:
  * see choose_qmatmul). Exits 77 without a device. */
@@ -354,6 +356,59 @@ static void norm_rows(void) {
     G->free(A), G->free(B), G->free(norm), G->free(tile);
 }
 
+/* ---- DoRA's output -------------------------------------------------------------------------
+ * y = f (y + s u B^T) keeping h, on gate_proj's output (N = 2048, out = 14336) at r = 16:
+ * the op table's fused lowrank_out (one read of y) against the GEMM, copy and scale it
+ * replaced (QFT_CUDA_LOWRANK_OUT=gemm); and the backward's dm sums with f dy, col_dot_scale
+ * against col_dot + cols_axpby. */
+typedef struct {
+    float *y, *u, *B, *f, *h, *acc, *norm;
+    int64_t N, out, r;
+    int fused;
+} dora_ctx;
+
+static void run_dora_out(void *p) {
+    dora_ctx *c = p;
+    qft_cuda_set_lowrank_out_unfused(!c->fused);
+    G->lowrank_out(c->y, c->out, c->u, c->B, c->r, 2.0f, c->f, c->h, c->N, c->out);
+}
+
+static void run_dora_bwd(void *p) {
+    dora_ctx *c = p;
+    if (c->fused) {
+        G->col_dot_scale(c->acc, c->y, c->out, c->y, c->out, c->h, c->out, c->norm, c->f, c->N,
+                         c->out);
+        return;
+    }
+    G->col_dot(c->acc, c->y, c->out, c->h, c->out, c->norm, c->N, c->out);
+    G->cols_axpby(c->y, c->out, 0.0f, c->y, c->out, c->f, 0.0f, c->N, c->out);
+}
+
+static void dora_rows(void) {
+    const int64_t N = 2048, out = 14336, r = 16;
+    dora_ctx c = {rand_dev((size_t)(N * out), 1.0f, 51), rand_dev((size_t)(N * r), 1.0f, 52),
+                  rand_dev((size_t)(out * r), 0.02f, 53), rand_dev((size_t)out, 1.0f, 54),
+                  dalloc((size_t)(N * out) * 4), rand_dev((size_t)out, 0.0f, 55),
+                  rand_dev((size_t)out, 1.0f, 56), N, out, r, 1};
+    printf("\n| DoRA element-wise steps, (%lld, %lld), r = %lld | ms |\n|---|---|\n",
+           (long long)N, (long long)out, (long long)r);
+    for (int fused = 1; fused >= 0; fused--) {
+        c.fused = fused;
+        printf("| forward: %s | %.3f |\n",
+               fused ? "lowrank_out (fused; y read once)" : "GEMM + copy + scale",
+               time_median(run_dora_out, &c) * 1e3);
+    }
+    qft_cuda_set_lowrank_out_unfused(0);
+    for (int fused = 1; fused >= 0; fused--) {
+        c.fused = fused;
+        printf("| backward: %s | %.3f |\n",
+               fused ? "col_dot_scale (fused)" : "col_dot + cols_axpby",
+               time_median(run_dora_bwd, &c) * 1e3);
+    }
+    G->free(c.y), G->free(c.u), G->free(c.B), G->free(c.f), G->free(c.h), G->free(c.acc);
+    G->free(c.norm);
+}
+
 /* --choose-qmatmul: the op table's qmatmul under bf16 precision with each of its two
  * kernels for NF4 weights (the bf16 scratch + cuBLASLt, and the on-chip decoding), forward
  * and input gradient of the three Llama-3-8B linears at M = 2048, as the model calls them;
@@ -538,6 +593,7 @@ int main(int argc, char **argv) {
            "vs plain |\n|---|---|---|---|---|\n");
     for (int i = 0; i < 3; i++) qlinear_rows(lin[i][0], lin[i][1], M);
     norm_rows();
+    dora_rows();
 
     sync_or_die();
     printf("\ndevice memory in use at the end: %.2f GiB\n", (double)qft_cuda_mem_used() / (1 << 30));

@@ -21,6 +21,13 @@ usage: peft_model_bench.py [--layers full=4,qlora=4,qdora=4] [--context 2048] [-
           --vocab 128256 --rope-theta 500000] [--go-file PATH] [--dry-run]
 --dry-run: on the CPU, a 2-layer tiny model (hidden 64, context 64, vocab 512), so the
 script's code paths (bitsandbytes on the CPU when it runs there) can be checked anywhere.
+--cpu-count: on the CPU at the full shape, two steps with the peak of live tensor bytes
+counted by torch's MemTracker (every storage an op creates, the model's parameters and
+buffers, the optimizer's state) plus the bitsandbytes quantization state, in place of
+max_memory_allocated: the same kind of figure as qft's cpu_guard count, for a machine
+without a GPU. The CPU's kernels are not the GPU's (bitsandbytes dequantizes through
+torch ops there, SDPA takes its CPU flash kernel), so the TEMP share may differ; the row
+prints the breakdown at the peak.
 """
 import argparse
 import gc
@@ -50,6 +57,7 @@ def parse_args():
     ap.add_argument("--rope-theta", type=float, default=500000.0)
     ap.add_argument("--go-file", default=None)
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--cpu-count", action="store_true")
     a = ap.parse_args()
     a.rows = []
     for item in a.layers.split(","):
@@ -93,6 +101,28 @@ def quantize_linears(model, bnb, device):
                     raise RuntimeError("bitsandbytes did not quantize %s" % name)
                 setattr(parent, name, q)
                 del lin
+
+
+def quant_state_tensors(model):
+    """The tensors of every Params4bit's quantization state (absmax, code, the nested
+    state's), which are neither parameters nor buffers: MemTracker sees only what it is
+    given or what an op creates."""
+    import torch
+    out, seen = [], set()
+
+    def walk(qs):
+        if qs is None or id(qs) in seen:
+            return
+        seen.add(id(qs))
+        for v in vars(qs).values():
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif hasattr(v, "absmax"):  # the nested QuantState
+                walk(v)
+
+    for p in model.parameters():
+        walk(getattr(p, "quant_state", None))
+    return out
 
 
 def run_one(a, ttype, layers, device, versions, bnb):
@@ -152,20 +182,63 @@ def run_one(a, ttype, layers, device, versions, bnb):
         if on_gpu:
             torch.cuda.synchronize()
 
-    loss = step()  # warm-up: kernels chosen, optimizer state allocated
-    sync()
-    t1 = time.perf_counter()
-    for _ in range(a.steps):
-        loss = step()
-    sync()
-    dt = time.perf_counter() - t1
+    if a.cpu_count:
+        from torch.distributed._tools.mem_tracker import MemTracker
+        mt = MemTracker()
+        mt.track_external(model, opt)
+
+        class NoHook:  # stands for the gradient hooks frozen parameters cannot take
+            def remove(self):
+                pass
+
+        # MemTracker hooks every parameter of a module it enters for its gradient; frozen
+        # ones (the base, and parameter objects bitsandbytes makes afresh) cannot take a
+        # hook, so each is given a stand-in first
+        track = mt._track_module_params_and_buffers
+
+        def track_frozen_too(module, install_grad_hooks=True):
+            for p in module.parameters():
+                if not p.requires_grad and mt._param_to_grad_hook_handles.get(p) is None:
+                    mt._param_to_grad_hook_handles[p] = (NoHook(), NoHook())
+            return track(module, install_grad_hooks)
+
+        mt._track_module_params_and_buffers = track_frozen_too
+        # the quantization state is static: its bytes are added (MemTracker hooks only
+        # tensors that take gradients)
+        qs_bytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                        for t in quant_state_tensors(model)}.values())
+        t1 = time.perf_counter()
+        with mt:
+            for i in range(2):  # the first allocates the optimizer's state
+                if i:
+                    mt.reset_mod_stats()
+                loss = step()
+        dt = (time.perf_counter() - t1) / 2
+        a.steps = 1
+        snap = mt.get_tracker_snapshot("peak")[torch.device("cpu")]
+        total = snap.pop("Total") + qs_bytes
+        peak = "%.0f (counted on the CPU)" % (total / 2**20)
+        notes.append("bitsandbytes quantization state %.0f MiB" % (qs_bytes / 2**20))
+        notes.append("at the peak: " + ", ".join(
+            "%s %.0f MiB" % (str(k).rsplit(".", 1)[-1].lower(), v / 2**20)
+            for k, v in snap.items() if v))
+    else:
+        loss = step()  # warm-up: kernels chosen, optimizer state allocated
+        sync()
+        t1 = time.perf_counter()
+        for _ in range(a.steps):
+            loss = step()
+        sync()
+        dt = time.perf_counter() - t1
+        peak = "%.0f" % (torch.cuda.max_memory_allocated() / 2**20) if on_gpu else "n/a (cpu)"
     tps = a.batch * a.context * a.steps / dt
-    peak = "%.0f" % (torch.cuda.max_memory_allocated() / 2**20) if on_gpu else "n/a (cpu)"
     notes += ["%.2fM trainable" % (n_train / 1e6), "%.3f s/step" % (dt / a.steps),
               "loss %.3f" % float(loss), "build %.1f s" % build_s,
               "bf16 storage, SDPA attention, gradient checkpointing, AdamW"]
     if a.dry_run:
         notes.append("DRY RUN on the CPU, tiny shape")
+    elif a.cpu_count:
+        notes.append("on the CPU, tokens/s not comparable")
     notes.append(versions)
     row(LABEL[ttype], layers, a.context, "%.0f" % tps, peak, "; ".join(notes))
     del model, opt, params, ids, loss
@@ -185,7 +258,7 @@ def main():
         print("PyTorch + PEFT rows skipped: python %s cannot import torch, transformers and "
               "peft (%s: %s)" % (sys.executable, type(e).__name__, e), flush=True)
         return 0
-    if not a.dry_run and not torch.cuda.is_available():
+    if not a.dry_run and not a.cpu_count and not torch.cuda.is_available():
         print("PyTorch + PEFT rows skipped: torch %s sees no CUDA device" % torch.__version__,
               flush=True)
         return 0
@@ -200,7 +273,7 @@ def main():
         print("READY", flush=True)
         while not os.path.exists(a.go_file):
             time.sleep(0.05)
-    device = torch.device("cpu" if a.dry_run else "cuda")
+    device = torch.device("cpu" if a.dry_run or a.cpu_count else "cuda")
     torch.manual_seed(0)
     rc = 0
     for ttype, layers in a.rows:

@@ -130,6 +130,13 @@ if grep -qE 'test_lowrank_row_norms:' "$ops_log"; then
     att_note="$att_note The one-pass DoRA norm kernel FAILED its test: the trainings used the generic tiles (QFT_CUDA_LOWRANK=tiles)."
     echo "gpu-check: lowrank_row_norms failed: DoRA's norms go through tiles"
 fi
+# DoRA's fused output kernel (lowrank_out) likewise: should its test fail, the trainings
+# below build DoRA's output as before, a GEMM, a copy and a scale (QFT_CUDA_LOWRANK_OUT=gemm).
+if grep -qE 'test_lowrank_out:' "$ops_log"; then
+    export QFT_CUDA_LOWRANK_OUT=gemm
+    att_note="$att_note The fused DoRA output kernel FAILED its test: the trainings built DoRA's output by GEMM, copy and scale (QFT_CUDA_LOWRANK_OUT=gemm)."
+    echo "gpu-check: lowrank_out failed: DoRA's output goes through the GEMM"
+fi
 # The two designs of the dequantizing GEMM, measured and the faster kept: when the
 # on-chip kernels passed their tests (test_qgemm_onchip, and test_qlinear which runs them
 # too), qmatmul's two kernels are timed on the 8B linears (cuda_bench --choose-qmatmul) and

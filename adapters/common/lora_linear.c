@@ -153,12 +153,11 @@ static int dora_forward(qft_adapter_linear *al, const qft_adapter_step *st, cons
     if (keep && qft_lora_reserve(ops, &al->h, &al->cap_h, (size_t)(N * out), ACT_WHAT, name, err))
         return -1;
     if (drop_p(al, st) == 0.0) {
-        /* without dropout in place, y = f (W x + s B A x): a pass that keeps nothing (the
-         * first forward under recomputation) needs no (N, out) buffer, and a pass that
-         * keeps h does the same arithmetic, so recomputation rebuilds the same outputs */
-        qft_lora_gemm(ops, 0, 1, N, out, r, al->scale, u, r, al->B, r, 1.0f, y, ldy);
-        if (keep) ops->cols_axpby(al->h, out, 0.0f, y, ldy, NULL, 1.0f, N, out); // h = y
-        ops->cols_axpby(y, ldy, 0.0f, y, ldy, al->f, 0.0f, N, out);                // y = f y
+        /* without dropout in place, y = f (W x + s B A x) in one op (h = W x + s B A x
+         * kept on the way): a pass that keeps nothing (the first forward under
+         * recomputation) needs no (N, out) buffer, and a pass that keeps h does the same
+         * arithmetic, so recomputation rebuilds the same outputs */
+        ops->lowrank_out(y, ldy, u, al->B, r, al->scale, al->f, keep ? al->h : NULL, N, out);
         return 0;
     }
     float *h = al->h; // (N, out)
@@ -243,8 +242,6 @@ int qft_lora_backward(qft_adapter_linear *al, const qft_adapter_step *st, const 
     const float *g = dy;
     int64_t ldg = ldy;
     if (c->dora) {
-        /* dm (out) += sum over rows of dy * h / norm, each column's sum in row order */
-        ops->col_dot(al->dm, dy, ldy, al->h, out, al->norm, N, out);
         float *gd = dy;
         if (p > 0.0) { /* dy itself still feeds the unscaled base term */
             if (qft_lora_scratch_reserve(sc, ops, &sc->out_buf, &sc->cap_out, (size_t)(N * out),
@@ -252,7 +249,9 @@ int qft_lora_backward(qft_adapter_linear *al, const qft_adapter_step *st, const 
                 return -1;
             gd = sc->out_buf, ldg = out;
         }
-        ops->cols_axpby(gd, ldg, 0.0f, dy, ldy, al->f, 0.0f, N, out); // f dy
+        /* dm (out) += sum over rows of dy * h / norm, each column's sum in the backend's
+         * fixed order, and gd = f dy from the same read of dy (in place without dropout) */
+        ops->col_dot_scale(al->dm, gd, ldg, dy, ldy, al->h, out, al->norm, al->f, N, out);
         g = gd;
     }
     if (qft_lora_scratch_reserve(sc, ops, &sc->r_buf, &sc->cap_r, (size_t)(N * r), name, err))

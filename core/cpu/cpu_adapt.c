@@ -26,7 +26,15 @@ void qft_cpu_cols_axpby(float *dst, int64_t ldd, float beta, const float *src, i
 
 void qft_cpu_col_dot(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,
                      const float *div, int64_t N, int64_t n) {
-    /* threads own blocks of 64 columns, so each sum runs in row order whatever their count */
+    qft_cpu_col_dot_scale(acc, NULL, 0, a, lda, b, ldb, div, NULL, N, n);
+}
+
+void qft_cpu_col_dot_scale(float *acc, float *g, int64_t ldg, const float *a, int64_t lda,
+                           const float *b, int64_t ldb, const float *div, const float *f,
+                           int64_t N, int64_t n) {
+    /* threads own blocks of 64 columns, so each sum runs in row order whatever their count;
+     * with g (col_dot_scale rather than col_dot) each element of a is read once, then (in
+     * place when g is a) overwritten by its scaled value, as cols_axpby with beta 0 would */
     const int64_t nblk = (n + 63) / 64;
 #pragma omp parallel for schedule(static) if (N * n > CPU_ADAPT_PAR_MIN)
     for (int64_t blk = 0; blk < nblk; blk++) {
@@ -34,9 +42,32 @@ void qft_cpu_col_dot(float *acc, const float *a, int64_t lda, const float *b, in
         double s[64] = {0};
         for (int64_t r = 0; r < N; r++) {
             const float *ar = a + r * lda, *br = b + r * ldb; // (n) each
-            for (int64_t j = j0; j < j1; j++) s[j - j0] += (double)ar[j] * br[j];
+            if (!g) {
+                for (int64_t j = j0; j < j1; j++) s[j - j0] += (double)ar[j] * br[j];
+                continue;
+            }
+            float *gr = g + r * ldg; // (n)
+            for (int64_t j = j0; j < j1; j++) {
+                const float av = ar[j];
+                s[j - j0] += (double)av * br[j];
+                gr[j] = f[j] * av;
+            }
         }
         for (int64_t j = j0; j < j1; j++) acc[j] += (float)(s[j - j0] / div[j]);
+    }
+}
+
+void qft_cpu_out_keep_scale(float *y, int64_t ldy, const float *f, float *h, int64_t N,
+                            int64_t n) {
+#pragma omp parallel for schedule(static) if (N * n > CPU_ADAPT_PAR_MIN)
+    for (int64_t r = 0; r < N; r++) {
+        float *yr = y + r * ldy; // (n)
+        float *hr = h ? h + r * n : NULL;
+        for (int64_t j = 0; j < n; j++) {
+            const float t = yr[j];
+            if (hr) hr[j] = t;
+            if (f) yr[j] = f[j] * t;
+        }
     }
 }
 

@@ -233,6 +233,19 @@ static void guard_col_dot(float *acc, const float *a, int64_t lda, const float *
     qft_cpu_col_dot(acc, a, lda, b, ldb, div, N, n);
     CLOSE();
 }
+static void guard_col_dot_scale(float *acc, float *g, int64_t ldg, const float *a, int64_t lda,
+                                const float *b, int64_t ldb, const float *div, const float *f,
+                                int64_t N, int64_t n) {
+    OPEN();
+    qft_cpu_col_dot_scale(acc, g, ldg, a, lda, b, ldb, div, f, N, n);
+    CLOSE();
+}
+static void guard_lowrank_out(float *y, int64_t ldy, const float *u, const float *B, int64_t k,
+                              float scale, const float *f, float *h, int64_t N, int64_t out) {
+    OPEN();
+    qft_cpu_lowrank_out(y, ldy, u, B, k, scale, f, h, N, out);
+    CLOSE();
+}
 static void guard_div(float *out, const float *a, const float *b, size_t n) {
     OPEN();
     qft_cpu_div(out, a, b, n);
@@ -334,6 +347,8 @@ static const qft_ops guard_ops = {
     .bf16_to_f32 = guard_bf16_to_f32,
     .qmatmul = guard_qmatmul,
     .lowrank_row_norms = guard_lowrank_row_norms,
+    .lowrank_out = guard_lowrank_out,
+    .col_dot_scale = guard_col_dot_scale,
 };
 
 const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

@@ -113,6 +113,14 @@ void qft_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *ids,
     }
 }
 
+void qft_cpu_lowrank_out(float *y, int64_t ldy, const float *u, const float *B, int64_t k,
+                         float scale, const float *f, float *h, int64_t N, int64_t out) {
+    if (N <= 0 || out <= 0) return;
+    /* the GEMM the adapters ran before, then one pass for the copy and the scale */
+    qft_cpu_gemm(0, 1, (int)N, (int)out, (int)k, scale, u, (int)k, B, (int)k, 1.0f, y, (int)ldy);
+    if (f || h) qft_cpu_out_keep_scale(y, ldy, f, h, N, out);
+}
+
 static void *cpu_alloc(size_t bytes, const char *what) { return qft_mem_alloc(bytes, what); }
 static void cpu_free(void *p) { qft_mem_free(p); }
 
@@ -162,6 +170,8 @@ static const qft_ops cpu_ops = {
     .bf16_to_f32 = qft_cpu_bf16_to_f32,
     .qmatmul = qft_cpu_qmatmul,
     .lowrank_row_norms = qft_cpu_lowrank_row_norms,
+    .lowrank_out = qft_cpu_lowrank_out,
+    .col_dot_scale = qft_cpu_col_dot_scale,
 };
 
 const qft_ops *qft_cpu_ops(void) { return &cpu_ops; }

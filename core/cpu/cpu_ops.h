@@ -72,5 +72,8 @@ void qft_cpu_lowrank_row_norms(float *norm, const qft_qlayout *w, const float *w
                                int64_t out, int64_t in, const float *A, const float *B,
                                int64_t r, float scale);
 int qft_cpu_has_qformat(int format);
+/* The op table's lowrank_out: the backend's GEMM into y, then qft_cpu_out_keep_scale. */
+void qft_cpu_lowrank_out(float *y, int64_t ldy, const float *u, const float *B, int64_t k,
+                         float scale, const float *f, float *h, int64_t N, int64_t out);
 
 #endif

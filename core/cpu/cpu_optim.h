@@ -21,6 +21,13 @@ void qft_cpu_cols_axpby(float *dst, int64_t ldd, float beta, const float *src, i
                         const float *f, float fadd, int64_t N, int64_t n);
 void qft_cpu_col_dot(float *acc, const float *a, int64_t lda, const float *b, int64_t ldb,
                      const float *div, int64_t N, int64_t n);
+void qft_cpu_col_dot_scale(float *acc, float *g, int64_t ldg, const float *a, int64_t lda,
+                           const float *b, int64_t ldb, const float *div, const float *f,
+                           int64_t N, int64_t n);
+/* lowrank_out's pass after the GEMM: h (N, n) = y when h is given, y *= f per column when
+ * f is (y (N, ldy)). */
+void qft_cpu_out_keep_scale(float *y, int64_t ldy, const float *f, float *h, int64_t N,
+                            int64_t n);
 void qft_cpu_div(float *out, const float *a, const float *b, size_t n);
 void qft_cpu_row_norms(float *norm, const float *x, int64_t ld, int64_t n, int64_t len);
 void qft_cpu_dropout(uint64_t key, double p, const float *src, int64_t N, int64_t d, float *dst,

@@ -229,6 +229,8 @@ static const qft_ops cuda_ops = {
     qft_cuda_bf16_to_f32,
     qft_cuda_qmatmul,
     qft_cuda_lowrank_row_norms,
+    qft_cuda_lowrank_out,
+    qft_cuda_col_dot_scale,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90
@@ -299,6 +301,10 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
     /* QFT_CUDA_LOWRANK=tiles: DoRA's norms the generic way (cuda_lowrank.cu) */
     const char *lr = getenv("QFT_CUDA_LOWRANK");
     if (lr && strcmp(lr, "tiles") == 0) qft_cuda_set_lowrank_tiles(1);
+    /* QFT_CUDA_LOWRANK_OUT=gemm: DoRA's output as a GEMM, a copy and a scale (cuda_adapt.cu)
+     * instead of the fused kernel */
+    const char *lo = getenv("QFT_CUDA_LOWRANK_OUT");
+    if (lo && strcmp(lo, "gemm") == 0) qft_cuda_set_lowrank_out_unfused(1);
     g->ready = 1;
     return &cuda_ops;
 }

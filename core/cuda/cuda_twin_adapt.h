@@ -47,11 +47,36 @@ QFT_TWIN double qft_twin_col_dot_slice(const float *a, int64_t lda, const float 
         s = qft_twin_dadd(s, qft_twin_dmul((double)a[r * lda + j], (double)b[r * ldb + j]));
     return s;
 }
+/* The same sum, and g[r][j] = fj * a[r][j] from the value read (col_dot_scale; g may be a
+ * itself, ldg = lda). */
+QFT_TWIN double qft_twin_col_dot_slice_scale(const float *a, int64_t lda, const float *b,
+                                             int64_t ldb, int64_t N, int64_t j, int y, float fj,
+                                             float *g, int64_t ldg) {
+    double s = 0.0;
+    for (int64_t r = y; r < N; r += QFT_COLDOT_SLICES) {
+        const float av = a[r * lda + j];
+        s = qft_twin_dadd(s, qft_twin_dmul((double)av, (double)b[r * ldb + j]));
+        g[r * ldg + j] = qft_twin_mul(fj, av);
+    }
+    return s;
+}
 /* Column j's increment from its slices' sums, part (QFT_COLDOT_SLICES), in slice order. */
 QFT_TWIN float qft_twin_col_dot_merge(const double *part, float div) {
     double s = 0.0;
     for (int y = 0; y < QFT_COLDOT_SLICES; y++) s = qft_twin_dadd(s, part[y]);
     return (float)(s / (double)div);
+}
+
+/* ---- lowrank_out: t = y + scale * (u B^T)[r][j], then h = t, y = f[j] t ----------------
+ * The rank-k product of row r of u (k) and row j of B (k) summed in k order in float, each
+ * product and sum rounded; the kernel walks k in chunks in the same order. */
+QFT_TWIN float qft_twin_lowrank_dot(const float *ur, const float *Bj, int64_t k) {
+    float s = 0.0f;
+    for (int64_t q = 0; q < k; q++) s = qft_twin_add(s, qft_twin_mul(ur[q], Bj[q]));
+    return s;
+}
+QFT_TWIN float qft_twin_lowrank_t(float y, float scale, float dot) {
+    return qft_twin_add(y, qft_twin_mul(scale, dot));
 }
 
 /* ---- row_norms: one block of QFT_NORM_LANES lanes per row ----------------------------

@@ -203,6 +203,10 @@ void qft_cuda_set_qmatmul_kernel(int onchip);
  * a GEMM adding s B A and row_norms, instead of its one-pass kernel (also
  * QFT_CUDA_LOWRANK=tiles at start-up; the GPU check's fallback should the kernel fail). */
 void qft_cuda_set_lowrank_tiles(int tiles);
+/* 1: the op table's lowrank_out runs as the GEMM, a copy and a scale it replaces instead of
+ * its fused kernel (also QFT_CUDA_LOWRANK_OUT=gemm at start-up; the GPU check's fallback
+ * should the kernel fail). */
+void qft_cuda_set_lowrank_out_unfused(int unfused);
 
 /* ---- AdamW over one flat fp32 buffer -------------------------------------------------------
  * The update of core/train/optim.c (torch's single-tensor AdamW) element for element; the
@@ -238,6 +242,15 @@ void qft_cuda_row_norms(float *norm, const float *x, int64_t ld, int64_t n,
  * qft_ops_dropout_keep's for (key, p), element index r * d + c. */
 void qft_cuda_dropout(uint64_t key, double p, const float *src, int64_t N, int64_t d, float *dst,
                       int accumulate);
+/* ABI 7, DoRA's fused steps (qft_ops.h): lowrank_out's rank-k sums in k order in float
+ * (cuda_twin_adapt.h's qft_twin_lowrank_dot, not the CPU's GEMM order, so they agree with
+ * the CPU backend to float rounding); col_dot_scale's sums are col_dot's and its g the CPU's
+ * bits. */
+void qft_cuda_lowrank_out(float *y, int64_t ldy, const float *u, const float *B, int64_t k,
+                          float scale, const float *f, float *h, int64_t N, int64_t out);
+void qft_cuda_col_dot_scale(float *acc, float *g, int64_t ldg, const float *a, int64_t lda,
+                            const float *b, int64_t ldb, const float *div, const float *f,
+                            int64_t N, int64_t n);
 
 #ifdef __cplusplus
 }

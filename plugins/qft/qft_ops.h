@@ -320,6 +320,22 @@ typedef struct qft_ops {
     void (*lowrank_row_norms)(float *norm, const qft_qlayout *w, const float *w_dense,
                               int64_t out, int64_t in, const float *A, const float *B, int64_t r,
                               float scale);
+
+    /* ---- appended in ABI 7: DoRA's element-wise steps, one pass each ------------------- */
+    /* A low-rank term added to an output that holds the base product, then rescaled per
+     * column: for r < N, j < out, with t = y[r][j] + scale * (u B^T)[r][j] (u (N, k) and
+     * B (out, k) row-major; the rank-k product summed in the backend's order, as its GEMM):
+     *   h[r][j] = t when h (N, out) is not NULL,
+     *   y[r][j] = f[j] * t when f (out) is not NULL, else t.
+     * y has row stride ldy. One read of y instead of the GEMM's, a copy's and a scale's. */
+    void (*lowrank_out)(float *y, int64_t ldy, const float *u, const float *B, int64_t k,
+                        float scale, const float *f, float *h, int64_t N, int64_t out);
+    /* col_dot (acc[j] += (float)(sum over r of (double)a[r][j] * b[r][j]) / div[j]), the
+     * same sums in the same order, and from the same read of a: g[r][j] = f[j] * a[r][j]
+     * (g (N, ldg) may be a itself, ldg = lda: in place). */
+    void (*col_dot_scale)(float *acc, float *g, int64_t ldg, const float *a, int64_t lda,
+                          const float *b, int64_t ldb, const float *div, const float *f,
+                          int64_t N, int64_t n);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

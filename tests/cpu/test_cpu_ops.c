@@ -498,6 +498,80 @@ START_TEST(test_cross_entropy) {
 }
 END_TEST
 
+/* ---- DoRA's fused steps (ABI 7) --------------------------------------------------------
+ * lowrank_out: y = f (y + s u B^T) with h = y + s u B^T kept, against a double reference,
+ * and bit for bit against the steps it replaces (the GEMM, a copy, a scale: the adapters'
+ * results before it existed). Cases: f and h each given or not; y's row stride past its
+ * width, whose padding must stay untouched. */
+START_TEST(test_lowrank_out) {
+    const int with_f = _i & 1, with_h = (_i >> 1) & 1;
+    const int64_t N = 67, out = 131, k = 19, ldy = out + 5;
+    const float s = 0.375f;
+    float *y = falloc((size_t)(N * ldy)), *u = falloc((size_t)(N * k)),
+          *B = falloc((size_t)(out * k)), *f = falloc((size_t)out), *h = falloc((size_t)(N * out)),
+          *y2 = falloc((size_t)(N * ldy)), *h2 = falloc((size_t)(N * out));
+    fill(y, (size_t)(N * ldy), 81, 1.0f), fill(u, (size_t)(N * k), 82, 1.0f);
+    fill(B, (size_t)(out * k), 83, 0.5f), fill(f, (size_t)out, 84, 1.0f);
+    memcpy(y2, y, (size_t)(N * ldy) * sizeof *y);
+    double *ry = dalloc((size_t)(N * out)), *rh = dalloc((size_t)(N * out));
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t j = 0; j < out; j++) {
+            double d = 0;
+            for (int64_t q = 0; q < k; q++) d += (double)u[r * k + q] * B[j * k + q];
+            rh[r * out + j] = y[r * ldy + j] + s * d;
+            ry[r * out + j] = (with_f ? f[j] : 1.0) * rh[r * out + j];
+        }
+    ops->lowrank_out(y, ldy, u, B, k, s, with_f ? f : NULL, with_h ? h : NULL, N, out);
+    /* the replaced steps */
+    ops->gemm(0, 1, (int)N, (int)out, (int)k, s, u, (int)k, B, (int)k, 1.0f, y2, (int)ldy);
+    if (with_h) ops->cols_axpby(h2, out, 0.0f, y2, ldy, NULL, 1.0f, N, out);
+    if (with_f) ops->cols_axpby(y2, ldy, 0.0f, y2, ldy, f, 0.0f, N, out);
+    ck_assert_mem_eq(y, y2, (size_t)(N * ldy) * sizeof *y); /* padding included */
+    if (with_h) ck_assert_mem_eq(h, h2, (size_t)(N * out) * sizeof *h);
+    float *yc = falloc((size_t)(N * out));
+    for (int64_t r = 0; r < N; r++) memcpy(yc + r * out, y + r * ldy, (size_t)out * sizeof *y);
+    ck_assert_double_le(rel_max_err(yc, ry, (size_t)(N * out)), 1e-6);
+    if (with_h) ck_assert_double_le(rel_max_err(h, rh, (size_t)(N * out)), 1e-6);
+    free(y), free(u), free(B), free(f), free(h), free(y2), free(h2), free(ry), free(rh), free(yc);
+}
+END_TEST
+
+/* col_dot_scale: col_dot's sums and f a from one read, bit for bit against col_dot then
+ * cols_axpby, and against a double reference; into another buffer (_i = 0) and in place
+ * (_i = 1). */
+START_TEST(test_col_dot_scale) {
+    const int inplace = _i;
+    const int64_t N = 203, n = 197, lda = n + 7, ldb = n + 2, ldg = inplace ? lda : n + 3;
+    const size_t na = (size_t)(N * lda), ng = (size_t)(N * ldg);
+    float *a0 = falloc(na), *a = falloc(na), *a2 = falloc(na), *b = falloc((size_t)(N * ldb)),
+          *dv = falloc((size_t)n), *f = falloc((size_t)n), *acc0 = falloc((size_t)n),
+          *acc = falloc((size_t)n), *acc2 = falloc((size_t)n), *g = falloc(ng), *g2 = falloc(ng);
+    fill(a0, na, 91, 1.0f), fill(b, (size_t)(N * ldb), 92, 3.0f);
+    fill(dv, (size_t)n, 93, 1.0f), fill(f, (size_t)n, 94, 1.0f), fill(acc0, (size_t)n, 95, 0.1f);
+    for (int64_t j = 0; j < n; j++) dv[j] = 0.5f + fabsf(dv[j]); /* norms: positive */
+    memcpy(a, a0, na * sizeof *a), memcpy(a2, a0, na * sizeof *a);
+    memcpy(acc, acc0, (size_t)n * sizeof *acc), memcpy(acc2, acc0, (size_t)n * sizeof *acc);
+    fill(g, ng, 96, 1.0f);
+    memcpy(g2, g, ng * sizeof *g);
+    float *gp = inplace ? a : g, *gp2 = inplace ? a2 : g2;
+    ops->col_dot_scale(acc, gp, ldg, a, lda, b, ldb, dv, f, N, n);
+    ops->col_dot(acc2, a2, lda, b, ldb, dv, N, n);
+    ops->cols_axpby(gp2, ldg, 0.0f, a2, lda, f, 0.0f, N, n);
+    ck_assert_mem_eq(acc, acc2, (size_t)n * sizeof *acc);
+    ck_assert_mem_eq(gp, gp2, ng * sizeof *g); /* padding untouched too */
+    double *ref = dalloc((size_t)n);
+    for (int64_t j = 0; j < n; j++) {
+        double d = 0;
+        for (int64_t r = 0; r < N; r++) d += (double)a0[r * lda + j] * b[r * ldb + j];
+        ref[j] = acc0[j] + d / dv[j];
+        for (int64_t r = 0; r < N; r++) ck_assert(gp[r * ldg + j] == f[j] * a0[r * lda + j]);
+    }
+    ck_assert_double_le(rel_max_err(acc, ref, (size_t)n), 1e-6);
+    free(a0), free(a), free(a2), free(b), free(dv), free(f), free(acc0), free(acc), free(acc2);
+    free(g), free(g2), free(ref);
+}
+END_TEST
+
 START_TEST(test_add_and_table) {
     ck_assert_str_eq(ops->name, "cpu");
     const size_t n = 100003; /* above the parallel threshold, odd */
@@ -537,6 +611,8 @@ int main(void) {
     tcase_add_test(tc, test_attention_bwd_finite_difference);
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_cross_entropy);
+    tcase_add_loop_test(tc, test_lowrank_out, 0, 4);
+    tcase_add_loop_test(tc, test_col_dot_scale, 0, 2);
     tcase_add_test(tc, test_add_and_table);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -37,6 +37,7 @@ START_TEST(test_table) {
     ck_assert_int_eq(G->host_memory, 0);
     ck_assert(G->cols_axpby && G->col_dot && G->div && G->row_norms && G->dropout);
     ck_assert(G->embedding_fwd_bf16 && G->f32_to_bf16 && G->bf16_to_f32 && G->qmatmul);
+    ck_assert(G->lowrank_out && G->col_dot_scale);
 }
 END_TEST
 
@@ -101,6 +102,106 @@ START_TEST(test_col_dot) {
     CHECK_BITS(got, ref, (size_t)n, "col_dot N %lld n %lld\n", (long long)N, (long long)n);
     G->free(da), G->free(db), G->free(ddv), G->free(dacc);
     free(a), free(b), free(dv), free(ref), free(got);
+}
+END_TEST
+
+/* ---- col_dot_scale (ABI 7) ------------------------------------------------------------------
+ * The sums in col_dot's order and g = f a, replayed on the host with the twin, bit for bit;
+ * into another buffer and in place. */
+START_TEST(test_col_dot_scale) {
+    static const int64_t shapes[3][2] = {{203, 197}, {1, 33}, {64, 5001}}; /* N, n */
+    const int64_t N = shapes[_i % 3][0], n = shapes[_i % 3][1];
+    const int inplace = _i / 3;
+    const int64_t lda = n + 7, ldb = n + 2, ldg = inplace ? lda : n + 3;
+    const size_t na = (size_t)(N * lda), nb = (size_t)(N * ldb), ng = (size_t)(N * ldg);
+    float *a = ctu_calloc(na, 4), *b = ctu_calloc(nb, 4), *dv = ctu_calloc((size_t)n, 4),
+          *f = ctu_calloc((size_t)n, 4), *ref = ctu_calloc((size_t)n, 4),
+          *got = ctu_calloc((size_t)n, 4), *g = ctu_calloc(ng, 4), *gref = ctu_calloc(ng, 4),
+          *ggot = ctu_calloc(ng, 4);
+    ctu_fill(a, na, 221, 1.0f), ctu_fill(b, nb, 222, 3.0f), ctu_fill(dv, (size_t)n, 223, 1.0f);
+    ctu_fill(f, (size_t)n, 224, 1.0f), ctu_fill(ref, (size_t)n, 225, 0.1f);
+    ctu_fill(g, ng, 226, 1.0f);
+    for (int64_t j = 0; j < n; j++) dv[j] = 0.5f + fabsf(dv[j]);
+    memcpy(gref, inplace ? a : g, ng * 4);
+    float *da = ops_dup(a, na * 4), *db = ops_dup(b, nb * 4), *ddv = ops_dup(dv, (size_t)n * 4),
+          *df = ops_dup(f, (size_t)n * 4), *dacc = ops_dup(ref, (size_t)n * 4);
+    float *dg = inplace ? da : ops_dup(g, ng * 4);
+    G->col_dot_scale(dacc, dg, ldg, da, lda, db, ldb, ddv, df, N, n);
+    ops_get(got, dacc, (size_t)n * 4);
+    ops_get(ggot, dg, ng * 4);
+    ops_synced();
+    for (int64_t j = 0; j < n; j++) {
+        double part[QFT_COLDOT_SLICES];
+        for (int y = 0; y < QFT_COLDOT_SLICES; y++)
+            part[y] = qft_twin_col_dot_slice_scale(a, lda, b, ldb, N, j, y, f[j], gref, ldg);
+        ref[j] = qft_twin_add(ref[j], qft_twin_col_dot_merge(part, dv[j]));
+    }
+    CHECK_BITS(got, ref, (size_t)n, "col_dot_scale sums N %lld n %lld\n", (long long)N,
+               (long long)n);
+    CHECK_BITS(ggot, gref, ng, "col_dot_scale g N %lld n %lld in place %d\n", (long long)N,
+               (long long)n, inplace);
+    G->free(da), G->free(db), G->free(ddv), G->free(df), G->free(dacc);
+    if (!inplace) G->free(dg);
+    free(a), free(b), free(dv), free(f), free(ref), free(got), free(g), free(gref), free(ggot);
+}
+END_TEST
+
+/* ---- lowrank_out (ABI 7) --------------------------------------------------------------------
+ * The fused kernel against its order replayed on the host with the twin (the rank-k sum in
+ * k order), bit for bit, y's padding included; shapes with partial tiles in rows, columns
+ * and k chunks, f and h each given or not. Then the GEMM fallback (QFT_CUDA_LOWRANK_OUT=gemm)
+ * against the CPU backend within fp32 rounding of the sums. */
+START_TEST(test_lowrank_out) {
+    static const int64_t shapes[4][3] = {{37, 131, 16}, {1, 5, 1}, {130, 200, 65}, {2049, 70, 8}};
+    const int64_t N = shapes[_i % 4][0], out = shapes[_i % 4][1], k = shapes[_i % 4][2];
+    const int with_f = (_i / 4) & 1, with_h = (_i / 8) & 1, ldy = (int)out + 3;
+    const float s = 0.375f;
+    const size_t ny = (size_t)(N * ldy), nh = (size_t)(N * out);
+    float *y = ctu_calloc(ny, 4), *u = ctu_calloc((size_t)(N * k), 4),
+          *B = ctu_calloc((size_t)(out * k), 4), *f = ctu_calloc((size_t)out, 4),
+          *ref = ctu_calloc(ny, 4), *href = ctu_calloc(nh, 4), *got = ctu_calloc(ny, 4),
+          *hgot = ctu_calloc(nh, 4);
+    ctu_fill(y, ny, 231, 1.0f), ctu_fill(u, (size_t)(N * k), 232, 1.0f);
+    ctu_fill(B, (size_t)(out * k), 233, 0.5f), ctu_fill(f, (size_t)out, 234, 1.0f);
+    memcpy(ref, y, ny * 4);
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t j = 0; j < out; j++) {
+            const float t = qft_twin_lowrank_t(y[r * ldy + j], s,
+                                               qft_twin_lowrank_dot(u + r * k, B + j * k, k));
+            href[r * out + j] = t;
+            ref[r * ldy + j] = with_f ? qft_twin_mul(f[j], t) : t;
+        }
+    float *dy = ops_dup(y, ny * 4), *du = ops_dup(u, (size_t)(N * k) * 4),
+          *dB = ops_dup(B, (size_t)(out * k) * 4), *df = ops_dup(f, (size_t)out * 4),
+          *dh = with_h ? ops_dup(hgot, nh * 4) : NULL; /* zeros, so a missed write shows */
+    G->lowrank_out(dy, ldy, du, dB, k, s, with_f ? df : NULL, dh, N, out);
+    ops_get(got, dy, ny * 4);
+    if (dh) ops_get(hgot, dh, nh * 4);
+    ops_synced();
+    CHECK_BITS(got, ref, ny, "lowrank_out y N %lld out %lld k %lld f %d h %d\n", (long long)N,
+               (long long)out, (long long)k, with_f, with_h);
+    if (dh)
+        CHECK_BITS(hgot, href, nh, "lowrank_out h N %lld out %lld k %lld\n", (long long)N,
+                   (long long)out, (long long)k);
+    /* the fallback, from the same inputs, against the CPU backend */
+    G->upload(dy, y, ny * 4);
+    qft_cuda_set_lowrank_out_unfused(1);
+    G->lowrank_out(dy, ldy, du, dB, k, s, with_f ? df : NULL, dh, N, out);
+    qft_cuda_set_lowrank_out_unfused(0);
+    ops_get(got, dy, ny * 4);
+    ops_synced();
+    memcpy(ref, y, ny * 4);
+    qft_cpu_lowrank_out(ref, ldy, u, B, k, s, with_f ? f : NULL, NULL, N, out);
+    double worst = 0, scale = 0;
+    for (size_t e = 0; e < ny; e++) {
+        const double d = fabs((double)got[e] - ref[e]);
+        if (!(d <= worst)) worst = d;
+        if (fabs(ref[e]) > scale) scale = fabs(ref[e]);
+    }
+    ck_assert_msg(worst <= 1e-5 * scale, "lowrank_out fallback: %g off at scale %g", worst, scale);
+    G->free(dy), G->free(du), G->free(dB), G->free(df);
+    if (dh) G->free(dh);
+    free(y), free(u), free(B), free(f), free(ref), free(href), free(got), free(hgot);
 }
 END_TEST
 
@@ -316,6 +417,8 @@ void ops_adapt_add_tests(TCase *tc, const qft_ops *gpu) {
     tcase_add_test(tc, test_table);
     tcase_add_loop_test(tc, test_cols_axpby, 0, 20); /* 18 small, then 2 big ones */
     tcase_add_loop_test(tc, test_col_dot, 0, 4);
+    tcase_add_loop_test(tc, test_col_dot_scale, 0, 6);
+    tcase_add_loop_test(tc, test_lowrank_out, 0, 16);
     tcase_add_loop_test(tc, test_div, 0, 2);
     tcase_add_loop_test(tc, test_row_norms, 0, 5);
     tcase_add_loop_test(tc, test_dropout, 0, 5);

@@ -11,6 +11,7 @@
  *     within 1e-6 relative of the CPU's sum (another order).
  * Shapes are odd, with row strides past the row's end, and col_dot's n crosses the CPU's
  * 64-column blocks. The test is built with -ffp-contract=off, as the CPU library is. */
+#include "cpu_ops.h"
 #include "cpu_optim.h"
 #include "cuda_test_util.h"
 #include "cuda_twin_adapt.h"
@@ -182,6 +183,67 @@ START_TEST(test_col_dot) {
 }
 END_TEST
 
+/* col_dot_scale's slice (ABI 7): the same sums as col_dot's slice, bit for bit, and g the
+ * CPU's col_dot_scale g bit for bit; the merged sums agree with the CPU's row order to
+ * double rounding. In place on a copy of a. */
+START_TEST(test_col_dot_scale) {
+    const int64_t N = 203, n = 197, lda = n + 7, ldb = n + 2;
+    const size_t na = (size_t)(N * lda);
+    float *a = ctu_calloc(na, 4), *b = ctu_calloc((size_t)(N * ldb), 4),
+          *dv = ctu_calloc((size_t)n, 4), *f = ctu_calloc((size_t)n, 4),
+          *got = ctu_calloc((size_t)n, 4), *ref = ctu_calloc((size_t)n, 4),
+          *ga = ctu_calloc(na, 4), *gc = ctu_calloc(na, 4);
+    ctu_fill(a, na, 131, 1.0f), ctu_fill(b, (size_t)(N * ldb), 132, 3.0f);
+    ctu_fill(dv, (size_t)n, 133, 1.0f), ctu_fill(f, (size_t)n, 134, 1.0f);
+    for (int64_t j = 0; j < n; j++) dv[j] = 0.5f + fabsf(dv[j]);
+    memcpy(ga, a, na * 4), memcpy(gc, a, na * 4);
+    for (int64_t j = 0; j < n; j++) {
+        double part[QFT_COLDOT_SLICES];
+        for (int y = 0; y < QFT_COLDOT_SLICES; y++) {
+            /* from the untouched a, then in place on ga: the same sum either way */
+            const double plain = qft_twin_col_dot_slice(a, lda, b, ldb, N, j, y);
+            part[y] = qft_twin_col_dot_slice_scale(ga, lda, b, ldb, N, j, y, f[j], ga, lda);
+            ck_assert(part[y] == plain);
+        }
+        got[j] = qft_twin_col_dot_merge(part, dv[j]);
+    }
+    qft_cpu_col_dot_scale(ref, gc, lda, gc, lda, b, ldb, dv, f, N, n);
+    ck_assert(ctu_first_diff(ga, gc, na) < 0);
+    for (int64_t j = 0; j < n; j++)
+        ck_assert_msg(fabsf(got[j] - ref[j]) <= 2e-7f * fabsf(ref[j]) + 1e-30f,
+                      "col_dot_scale column %lld: twin %a cpu %a", (long long)j, (double)got[j],
+                      (double)ref[j]);
+    free(a), free(b), free(dv), free(f), free(got), free(ref), free(ga), free(gc);
+}
+END_TEST
+
+/* lowrank_out's element (ABI 7): the kernel's k-order sum in float against the CPU
+ * backend's lowrank_out (its GEMM's order), within the float rounding of k products. */
+START_TEST(test_lowrank_out) {
+    const int64_t N = 45, out = 77, k = _i ? 65 : 16, ldy = out + 2;
+    const float s = 0.375f;
+    float *y = ctu_calloc((size_t)(N * ldy), 4), *u = ctu_calloc((size_t)(N * k), 4),
+          *B = ctu_calloc((size_t)(out * k), 4), *f = ctu_calloc((size_t)out, 4),
+          *ref = ctu_calloc((size_t)(N * ldy), 4);
+    ctu_fill(y, (size_t)(N * ldy), 141, 1.0f), ctu_fill(u, (size_t)(N * k), 142, 1.0f);
+    ctu_fill(B, (size_t)(out * k), 143, 0.5f), ctu_fill(f, (size_t)out, 144, 1.0f);
+    memcpy(ref, y, (size_t)(N * ldy) * 4);
+    qft_cpu_lowrank_out(ref, ldy, u, B, k, s, f, NULL, N, out);
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t j = 0; j < out; j++) {
+            double mag = fabs((double)y[r * ldy + j]);
+            for (int64_t q = 0; q < k; q++) mag += fabs(s * (double)u[r * k + q] * B[j * k + q]);
+            const float t = qft_twin_lowrank_t(y[r * ldy + j], s,
+                                               qft_twin_lowrank_dot(u + r * k, B + j * k, k));
+            const float got = qft_twin_mul(f[j], t), want = ref[r * ldy + j];
+            ck_assert_msg(fabs((double)got - want) <= 4e-7 * (double)(k + 2) * fabs(f[j]) * mag,
+                          "lowrank_out (%lld, %lld) k %lld: twin %a cpu %a", (long long)r,
+                          (long long)j, (long long)k, (double)got, (double)want);
+        }
+    free(y), free(u), free(B), free(f), free(ref);
+}
+END_TEST
+
 START_TEST(test_div) {
     const size_t n = 4099;
     float *a = ctu_calloc(n, 4), *b = ctu_calloc(n, 4), *got = ctu_calloc(n, 4),
@@ -226,6 +288,8 @@ void twin_adapt_add_tests(TCase *tc) {
     tcase_add_loop_test(tc, test_dropout_op, 0, 4);
     tcase_add_loop_test(tc, test_cols_axpby, 0, 18);
     tcase_add_loop_test(tc, test_col_dot, 0, 2);
+    tcase_add_test(tc, test_col_dot_scale);
+    tcase_add_loop_test(tc, test_lowrank_out, 0, 2);
     tcase_add_test(tc, test_div);
     tcase_add_loop_test(tc, test_row_norms, 0, 4);
 }
