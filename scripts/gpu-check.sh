@@ -130,9 +130,11 @@ if grep -qE 'test_lowrank_row_norms:' "$ops_log"; then
     att_note="$att_note The one-pass DoRA norm kernel FAILED its test: the trainings used the generic tiles (QFT_CUDA_LOWRANK=tiles)."
     echo "gpu-check: lowrank_row_norms failed: DoRA's norms go through tiles"
 fi
-# DoRA's fused output kernel (lowrank_out) likewise: should its test fail, the trainings
-# below build DoRA's output as before, a GEMM, a copy and a scale (QFT_CUDA_LOWRANK_OUT=gemm).
-if grep -qE 'test_lowrank_out:' "$ops_log"; then
+# DoRA's fused output kernel (lowrank_out) likewise: should its test fail while its GEMM
+# fallback's (test_lowrank_out_gemm) passes, the trainings below build DoRA's output as
+# before, a GEMM, a copy and a scale (QFT_CUDA_LOWRANK_OUT=gemm). col_dot_scale, col_dot
+# with one more store, has no fallback.
+if grep -qE 'test_lowrank_out:' "$ops_log" && ! grep -qE 'test_lowrank_out_gemm:' "$ops_log"; then
     export QFT_CUDA_LOWRANK_OUT=gemm
     att_note="$att_note The fused DoRA output kernel FAILED its test: the trainings built DoRA's output by GEMM, copy and scale (QFT_CUDA_LOWRANK_OUT=gemm)."
     echo "gpu-check: lowrank_out failed: DoRA's output goes through the GEMM"
@@ -246,9 +248,17 @@ fi
 # NCCL), against one process on the GPU with grad_accum 2: the same global batch. NCCL sums
 # in its own order, so the bf16 tolerances apply. A one-GPU machine reports it as not run.
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-if (( ngpu >= 2 )) && command -v mpirun >/dev/null &&
-    ninja -C "$BUILD" core/transport/libqft_mpi.so core/transport/libqft_nccl.so \
-        shard/no_shard/qft_no_shard.so shard/shard_grad_op/qft_shard_grad_op.so >/dev/null 2>&1; then
+mpi_root=()  # Open MPI refuses root without it; other launchers do not know the flag
+mpirun --version 2>/dev/null | grep -q 'Open MPI' && mpi_root=(--allow-run-as-root)
+if (( ngpu < 2 )) || ! command -v mpirun >/dev/null; then
+    parity_note="$parity_note; several GPUs over NCCL: not run ($ngpu GPU(s) visible$(command -v mpirun >/dev/null || echo ', no mpirun'))"
+elif ! step build_ranks 120 ninja -C "$BUILD" core/transport/libqft_mpi.so \
+        core/transport/libqft_nccl.so shard/no_shard/qft_no_shard.so \
+        shard/shard_grad_op/qft_shard_grad_op.so >"$REPORT_DIR/build_ranks.txt" 2>&1; then
+    tail -20 "$REPORT_DIR/build_ranks.txt"
+    parity_note="$parity_note; several GPUs over NCCL: FAILED to build the MPI/NCCL transports or the shard plugins (build_ranks.txt)"
+    status=1
+else
     ranks() {
         local sets=(--set train.max_steps=4 --set data.count=24 --set train.batch_size=2
                     --set model.config.hidden_size=64 --set model.config.intermediate_size=128
@@ -256,24 +266,25 @@ if (( ngpu >= 2 )) && command -v mpirun >/dev/null &&
                     --set model.config.num_key_value_heads=1 --set data.context_length=192
                     --set output.save_dtype='"f32"' --set train.backend='"cuda"' -q) rc=0 s
         local d="$BUILD/ranks"
+        # the same global batch: one process of grad_accum 2, two ranks of grad_accum 1
         "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" --set train.grad_accum=2 \
             --set output.dir="\"$d-one\"" || return 1
         for s in no_shard shard_grad_op; do
-            mpirun --allow-run-as-root -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
-                --set shard.plugin="\"$s\"" --set output.dir="\"$d-$s\"" &&
+            mpirun "${mpi_root[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+                --set train.grad_accum=1 --set shard.plugin="\"$s\"" \
+                --set output.dir="\"$d-$s\"" &&
             python3 scripts/compare_runs.py "$d-one" "$d-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
                 { echo "ranks $s: FAILED"; rc=1; }
         done
         return $rc
     }
-    if step ranks 90 bash -c "$(declare -f ranks); BUILD=$BUILD; ranks" | tee "$REPORT_DIR/ranks.txt"; then
+    if step ranks 90 bash -c "$(declare -f ranks); BUILD=$BUILD; mpi_root=(${mpi_root[*]}); ranks" \
+        | tee "$REPORT_DIR/ranks.txt"; then
         parity_note="$parity_note; 2 GPUs over NCCL (qlora, no_shard and shard_grad_op) against one: ok"
     else
         parity_note="$parity_note; 2 GPUs over NCCL (qlora, no_shard and shard_grad_op) against one: FAILED"
         status=1
     fi
-else
-    parity_note="$parity_note; several GPUs over NCCL: not run ($ngpu GPU(s) visible, or mpirun/MPI/NCCL missing)"
 fi
 
 # The model-level table (bench/run_model_gpu.sh; its header says how it keeps one run on
@@ -296,7 +307,9 @@ step cuda_bench 150 "$BUILD/bench/cuda_bench" | tee "$bench_out" || status=1
 SAN=$(command -v compute-sanitizer || true)
 san_note="compute-sanitizer not installed: not run"
 if [[ -n "$SAN" ]]; then
-    if step memcheck 150 "$SAN" --tool memcheck --error-exitcode 3 "$BUILD/tests/cuda/test_cuda_ops"; then
+    # test_cuda_ops checks the default kernels: the fallback switches the trainings took stay out
+    if step memcheck 150 env -u QFT_CUDA_LOWRANK -u QFT_CUDA_LOWRANK_OUT \
+        "$SAN" --tool memcheck --error-exitcode 3 "$BUILD/tests/cuda/test_cuda_ops"; then
         san_note="memcheck clean"
     else
         san_note="memcheck FAILED or timed out"; status=1
@@ -315,8 +328,8 @@ if [[ -n "$SAN" ]]; then
         san_note="$san_note; memcheck of a QDoRA training FAILED, timed out or skipped"; status=1
     fi
     if (( $(left) > 60 )); then
-        if step racecheck "$(( $(left) - 10 ))" "$SAN" --tool racecheck --error-exitcode 3 \
-            "$BUILD/tests/cuda/test_cuda_ops"; then
+        if step racecheck "$(( $(left) - 10 ))" env -u QFT_CUDA_LOWRANK -u QFT_CUDA_LOWRANK_OUT \
+            "$SAN" --tool racecheck --error-exitcode 3 "$BUILD/tests/cuda/test_cuda_ops"; then
             san_note="$san_note; racecheck clean"
         else
             san_note="$san_note; racecheck FAILED or timed out"; status=1

@@ -50,6 +50,10 @@ int qft_run_compose(const qft_run_config *rc, const qft_registry *reg, int devic
          * told exactly that */
         qft_err cerr = {0, ""};
         d->ops = qft_cuda_load(device, &cerr);
+        if (!d->ops && device != rc->train.device)
+            return qft_err_setf(err, "%s: %s (under mpirun, rank i of a machine takes GPU "
+                                     "train.device + i: train.device = %d, this rank's GPU %d)",
+                                rc->file, cerr.msg, rc->train.device, device);
         if (!d->ops) return qft_err_setf(err, "%s: %s", rc->file, cerr.msg);
         const char *mp = rc->train.matmul_precision;
         if (qft_cuda_loaded_set_matmul_precision(

@@ -324,7 +324,8 @@ typedef struct qft_ops {
     /* ---- appended in ABI 7: DoRA's element-wise steps, one pass each ------------------- */
     /* A low-rank term added to an output that holds the base product, then rescaled per
      * column: for r < N, j < out, with t = y[r][j] + scale * (u B^T)[r][j] (u (N, k) and
-     * B (out, k) row-major; the rank-k product summed in the backend's order, as its GEMM):
+     * B (out, k) row-major; the rank-k product in fp32, summed in the backend's order: the
+     * CPU's GEMM, CUDA's k order, neither following train.matmul_precision):
      *   h[r][j] = t when h (N, out) is not NULL,
      *   y[r][j] = f[j] * t when f (out) is not NULL, else t.
      * y has row stride ldy. One read of y instead of the GEMM's, a copy's and a scale's. */

@@ -147,61 +147,99 @@ START_TEST(test_col_dot_scale) {
 END_TEST
 
 /* ---- lowrank_out (ABI 7) --------------------------------------------------------------------
- * The fused kernel against its order replayed on the host with the twin (the rank-k sum in
- * k order), bit for bit, y's padding included; shapes with partial tiles in rows, columns
- * and k chunks, f and h each given or not. Then the GEMM fallback (QFT_CUDA_LOWRANK_OUT=gemm)
- * against the CPU backend within fp32 rounding of the sums. */
-START_TEST(test_lowrank_out) {
+ * Case _i of 16: four shapes with partial tiles in rows, columns and k chunks, f and h each
+ * given or not; y's rows padded past their width. Host inputs and their device copies (dh
+ * zeroed, so that a missed write shows). */
+typedef struct lr_case {
+    int64_t N, out, k, ldy;
+    int with_f, with_h;
+    size_t ny, nh;
+    float *y, *u, *B, *f, *ref, *href, *got, *hgot;
+    float *dy, *du, *dB, *df, *dh;
+} lr_case;
+
+static void lr_case_make(lr_case *c, int i) {
     static const int64_t shapes[4][3] = {{37, 131, 16}, {1, 5, 1}, {130, 200, 65}, {2049, 70, 8}};
-    const int64_t N = shapes[_i % 4][0], out = shapes[_i % 4][1], k = shapes[_i % 4][2];
-    const int with_f = (_i / 4) & 1, with_h = (_i / 8) & 1, ldy = (int)out + 3;
+    c->N = shapes[i % 4][0], c->out = shapes[i % 4][1], c->k = shapes[i % 4][2];
+    c->with_f = (i / 4) & 1, c->with_h = (i / 8) & 1, c->ldy = c->out + 3;
+    c->ny = (size_t)(c->N * c->ldy), c->nh = (size_t)(c->N * c->out);
+    const size_t nu = (size_t)(c->N * c->k), nb = (size_t)(c->out * c->k);
+    c->y = ctu_calloc(c->ny, 4), c->u = ctu_calloc(nu, 4), c->B = ctu_calloc(nb, 4);
+    c->f = ctu_calloc((size_t)c->out, 4), c->ref = ctu_calloc(c->ny, 4);
+    c->href = ctu_calloc(c->nh, 4), c->got = ctu_calloc(c->ny, 4), c->hgot = ctu_calloc(c->nh, 4);
+    ctu_fill(c->y, c->ny, 231, 1.0f), ctu_fill(c->u, nu, 232, 1.0f);
+    ctu_fill(c->B, nb, 233, 0.5f), ctu_fill(c->f, (size_t)c->out, 234, 1.0f);
+    memcpy(c->ref, c->y, c->ny * 4);
+    c->dy = ops_dup(c->y, c->ny * 4), c->du = ops_dup(c->u, nu * 4), c->dB = ops_dup(c->B, nb * 4);
+    c->df = ops_dup(c->f, (size_t)c->out * 4);
+    c->dh = c->with_h ? ops_dup(c->hgot, c->nh * 4) : NULL;
+}
+
+/* lowrank_out on the device copies; y and h back into got and hgot */
+static void lr_case_run(lr_case *c, float s) {
+    G->lowrank_out(c->dy, c->ldy, c->du, c->dB, c->k, s, c->with_f ? c->df : NULL, c->dh, c->N,
+                   c->out);
+    ops_get(c->got, c->dy, c->ny * 4);
+    if (c->dh) ops_get(c->hgot, c->dh, c->nh * 4);
+    ops_synced();
+}
+
+static void lr_case_free(lr_case *c) {
+    G->free(c->dy), G->free(c->du), G->free(c->dB), G->free(c->df);
+    if (c->dh) G->free(c->dh);
+    free(c->y), free(c->u), free(c->B), free(c->f), free(c->ref), free(c->href);
+    free(c->got), free(c->hgot);
+}
+
+/* The fused kernel against its order replayed on the host with the twin (the rank-k sum in
+ * k order), bit for bit, y's padding included. */
+START_TEST(test_lowrank_out) {
+    lr_case c;
+    lr_case_make(&c, _i);
     const float s = 0.375f;
-    const size_t ny = (size_t)(N * ldy), nh = (size_t)(N * out);
-    float *y = ctu_calloc(ny, 4), *u = ctu_calloc((size_t)(N * k), 4),
-          *B = ctu_calloc((size_t)(out * k), 4), *f = ctu_calloc((size_t)out, 4),
-          *ref = ctu_calloc(ny, 4), *href = ctu_calloc(nh, 4), *got = ctu_calloc(ny, 4),
-          *hgot = ctu_calloc(nh, 4);
-    ctu_fill(y, ny, 231, 1.0f), ctu_fill(u, (size_t)(N * k), 232, 1.0f);
-    ctu_fill(B, (size_t)(out * k), 233, 0.5f), ctu_fill(f, (size_t)out, 234, 1.0f);
-    memcpy(ref, y, ny * 4);
-    for (int64_t r = 0; r < N; r++)
-        for (int64_t j = 0; j < out; j++) {
-            const float t = qft_twin_lowrank_t(y[r * ldy + j], s,
-                                               qft_twin_lowrank_dot(u + r * k, B + j * k, k));
-            href[r * out + j] = t;
-            ref[r * ldy + j] = with_f ? qft_twin_mul(f[j], t) : t;
+    for (int64_t r = 0; r < c.N; r++)
+        for (int64_t j = 0; j < c.out; j++) {
+            const float t = qft_twin_lowrank_t(c.y[r * c.ldy + j], s,
+                                               qft_twin_lowrank_dot(c.u + r * c.k, c.B + j * c.k,
+                                                                    c.k));
+            c.href[r * c.out + j] = t;
+            c.ref[r * c.ldy + j] = c.with_f ? qft_twin_mul(c.f[j], t) : t;
         }
-    float *dy = ops_dup(y, ny * 4), *du = ops_dup(u, (size_t)(N * k) * 4),
-          *dB = ops_dup(B, (size_t)(out * k) * 4), *df = ops_dup(f, (size_t)out * 4),
-          *dh = with_h ? ops_dup(hgot, nh * 4) : NULL; /* zeros, so a missed write shows */
-    G->lowrank_out(dy, ldy, du, dB, k, s, with_f ? df : NULL, dh, N, out);
-    ops_get(got, dy, ny * 4);
-    if (dh) ops_get(hgot, dh, nh * 4);
-    ops_synced();
-    CHECK_BITS(got, ref, ny, "lowrank_out y N %lld out %lld k %lld f %d h %d\n", (long long)N,
-               (long long)out, (long long)k, with_f, with_h);
-    if (dh)
-        CHECK_BITS(hgot, href, nh, "lowrank_out h N %lld out %lld k %lld\n", (long long)N,
-                   (long long)out, (long long)k);
-    /* the fallback, from the same inputs, against the CPU backend */
-    G->upload(dy, y, ny * 4);
+    lr_case_run(&c, s);
+    CHECK_BITS(c.got, c.ref, c.ny, "lowrank_out y N %lld out %lld k %lld f %d h %d\n",
+               (long long)c.N, (long long)c.out, (long long)c.k, c.with_f, c.with_h);
+    if (c.dh)
+        CHECK_BITS(c.hgot, c.href, c.nh, "lowrank_out h N %lld out %lld k %lld\n", (long long)c.N,
+                   (long long)c.out, (long long)c.k);
+    lr_case_free(&c);
+}
+END_TEST
+
+/* The GEMM fallback (QFT_CUDA_LOWRANK_OUT=gemm: the GEMM, copy and scale the fused kernel
+ * replaced) on the same cases, against the CPU backend within fp32 rounding of the sums: its
+ * own test, so that gpu-check takes the fallback only when this one passes. */
+START_TEST(test_lowrank_out_gemm) {
+    lr_case c;
+    lr_case_make(&c, _i);
+    const float s = 0.375f;
+    qft_cpu_lowrank_out(c.ref, c.ldy, c.u, c.B, c.k, s, c.with_f ? c.f : NULL,
+                        c.with_h ? c.href : NULL, c.N, c.out);
     qft_cuda_set_lowrank_out_unfused(1);
-    G->lowrank_out(dy, ldy, du, dB, k, s, with_f ? df : NULL, dh, N, out);
+    lr_case_run(&c, s);
     qft_cuda_set_lowrank_out_unfused(0);
-    ops_get(got, dy, ny * 4);
-    ops_synced();
-    memcpy(ref, y, ny * 4);
-    qft_cpu_lowrank_out(ref, ldy, u, B, k, s, with_f ? f : NULL, NULL, N, out);
     double worst = 0, scale = 0;
-    for (size_t e = 0; e < ny; e++) {
-        const double d = fabs((double)got[e] - ref[e]);
+    for (size_t e = 0; e < c.ny; e++) {
+        const double d = fabs((double)c.got[e] - c.ref[e]);
         if (!(d <= worst)) worst = d;
-        if (fabs(ref[e]) > scale) scale = fabs(ref[e]);
+        if (fabs(c.ref[e]) > scale) scale = fabs(c.ref[e]);
     }
-    ck_assert_msg(worst <= 1e-5 * scale, "lowrank_out fallback: %g off at scale %g", worst, scale);
-    G->free(dy), G->free(du), G->free(dB), G->free(df);
-    if (dh) G->free(dh);
-    free(y), free(u), free(B), free(f), free(ref), free(href), free(got), free(hgot);
+    for (size_t e = 0; c.with_h && e < c.nh; e++) {
+        const double d = fabs((double)c.hgot[e] - c.href[e]);
+        if (!(d <= worst)) worst = d;
+    }
+    ck_assert_msg(worst <= 1e-5 * scale, "lowrank_out fallback N %lld out %lld k %lld: %g off "
+                  "at scale %g", (long long)c.N, (long long)c.out, (long long)c.k, worst, scale);
+    lr_case_free(&c);
 }
 END_TEST
 
@@ -419,6 +457,7 @@ void ops_adapt_add_tests(TCase *tc, const qft_ops *gpu) {
     tcase_add_loop_test(tc, test_col_dot, 0, 4);
     tcase_add_loop_test(tc, test_col_dot_scale, 0, 6);
     tcase_add_loop_test(tc, test_lowrank_out, 0, 16);
+    tcase_add_loop_test(tc, test_lowrank_out_gemm, 0, 16);
     tcase_add_loop_test(tc, test_div, 0, 2);
     tcase_add_loop_test(tc, test_row_norms, 0, 5);
     tcase_add_loop_test(tc, test_dropout, 0, 5);
