@@ -89,6 +89,13 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
                 "shard: %s over %d ranks (%s transport); global batch %d x %d x grad_accum %d",
                 rc->shard.plugin, world, s->shard.dt->kind, world, rc->train.batch_size,
                 rc->train.grad_accum);
+    /* fp32 GEMMs leave an H200's tensor cores idle: say what the fast setting is */
+    if (strcmp(rc->train.backend, "cuda") == 0 &&
+        strcmp(rc->train.matmul_precision, "highest") == 0)
+        qft_log(QFT_LOG_INFO, "cuda: GEMMs in full fp32 (train.matmul_precision = \"highest\", "
+                              "the default); \"medium\" runs them on bf16 tensor cores with "
+                              "fp32 accumulation, as PyTorch's bf16 models do, many times "
+                              "faster");
     qft_log(QFT_LOG_INFO,
             "data: %ld examples (%ld tokens, %ld truncated to %d, %ld with no target), "
             "%ld batches of %d per epoch, grad_accum %d -> %ld optimizer steps",
