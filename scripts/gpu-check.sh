@@ -16,8 +16,9 @@
 #      dense DoRA, bnb_dora (QDoRA), hqq_dora), and lora and llama_pro with their frozen
 #      weights kept as bf16 on the GPU (train.frozen_dtype), and lora once more with the
 #      flash attention kernels (QFT_CUDA_ATTENTION=flash) instead of the default GEMM path;
-#      where 2 or more GPUs are visible, QLoRA over 2 ranks (no_shard, shard_grad_op; the
-#      gradients reduced over NCCL on the GPUs) against one process on a GPU;
+#      then QLoRA over 2 ranks (no_shard, shard_grad_op) with gradients and optimizer on the
+#      GPUs, against one process on a GPU: both ranks on one GPU through the staged transport,
+#      and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
 #   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full
 #      (4 layers), qlora and bnb_dora (QDoRA; 32 layers) on a random Llama-3-8B-shaped
 #      model (the layers column says how many), context 2048, batch 1, recomputation, and of
@@ -243,47 +244,63 @@ else
     status=1
 fi
 
-# Several GPUs (2 or more visible, with mpirun, MPI and NCCL built): QLoRA over 2 ranks, one
-# GPU each, with gradients and optimizer state on the GPUs (the strategies' collectives over
-# NCCL), against one process on the GPU with grad_accum 2: the same global batch. NCCL sums
-# in its own order, so the bf16 tolerances apply. A one-GPU machine reports it as not run.
+# Several ranks with the model, gradients and optimizer state on GPUs: QLoRA over 2 ranks
+# (no_shard, shard_grad_op) against one process on a GPU with the same global batch, within
+# the bf16 tolerances. Two ways: both ranks on GPU 0 through the staged transport
+# (shard.device_transport = "staged"; pretend machines of one rank each, so both take GPU 0),
+# which any GPU machine runs; and, where 2 or more GPUs are visible and NCCL is built, one GPU
+# per rank over NCCL.
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-mpi_root=()  # Open MPI refuses root without it; other launchers do not know the flag
-mpirun --version 2>/dev/null | grep -q 'Open MPI' && mpi_root=(--allow-run-as-root)
-if (( ngpu < 2 )) || ! command -v mpirun >/dev/null; then
-    parity_note="$parity_note; several GPUs over NCCL: not run ($ngpu GPU(s) visible$(command -v mpirun >/dev/null || echo ', no mpirun'))"
+mpi_flags=()  # Open MPI refuses root without the first and forwards variables with -x
+mpirun --version 2>/dev/null | grep -q 'Open MPI' &&
+    mpi_flags=(--allow-run-as-root -x QFT_TRANSPORT_NODE_SIZE)
+ranks() { # staged|nccl
+    local sets=(--set train.max_steps=4 --set data.count=24 --set train.batch_size=2
+                --set model.config.hidden_size=64 --set model.config.intermediate_size=128
+                --set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2
+                --set model.config.num_key_value_heads=1 --set data.context_length=192
+                --set output.save_dtype='"f32"' --set train.backend='"cuda"' -q) rc=0 s
+    local d="$BUILD/ranks"
+    [[ -d $d-one ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+        --set train.grad_accum=2 --set output.dir="\"$d-one\"" || return 1
+    # staged: each rank its own pretend machine, so both take GPU 0; empty: the real ones
+    if [[ $1 == staged ]]; then export QFT_TRANSPORT_NODE_SIZE=1; else export QFT_TRANSPORT_NODE_SIZE=; fi
+    for s in no_shard shard_grad_op; do
+        mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+            --set train.grad_accum=1 --set shard.plugin="\"$s\"" \
+            --set shard.device_transport="\"$1\"" --set output.dir="\"$d-$1-$s\"" &&
+        python3 scripts/compare_runs.py "$d-one" "$d-$1-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
+            { echo "ranks $1 $s: FAILED"; rc=1; }
+    done
+    return $rc
+}
+ranks_step() { # staged|nccl
+    if step "ranks_$1" 90 bash -c "$(declare -f ranks); BUILD=$BUILD; mpi_flags=(${mpi_flags[*]}); ranks $1" \
+        | tee "$REPORT_DIR/ranks_$1.txt"; then
+        parity_note="$parity_note; $2 (qlora, no_shard and shard_grad_op) against one process: ok"
+    else
+        parity_note="$parity_note; $2 (qlora, no_shard and shard_grad_op) against one process: FAILED"
+        status=1
+    fi
+}
+if ! command -v mpirun >/dev/null; then
+    parity_note="$parity_note; several ranks on GPUs: not run (no mpirun)"
 elif ! step build_ranks 120 ninja -C "$BUILD" core/transport/libqft_mpi.so \
-        core/transport/libqft_nccl.so shard/no_shard/qft_no_shard.so \
-        shard/shard_grad_op/qft_shard_grad_op.so >"$REPORT_DIR/build_ranks.txt" 2>&1; then
+        shard/no_shard/qft_no_shard.so shard/shard_grad_op/qft_shard_grad_op.so \
+        >"$REPORT_DIR/build_ranks.txt" 2>&1; then
     tail -20 "$REPORT_DIR/build_ranks.txt"
-    parity_note="$parity_note; several GPUs over NCCL: FAILED to build the MPI/NCCL transports or the shard plugins (build_ranks.txt)"
+    parity_note="$parity_note; several ranks on GPUs: FAILED to build the MPI transport or the shard plugins (build_ranks.txt)"
     status=1
 else
-    ranks() {
-        local sets=(--set train.max_steps=4 --set data.count=24 --set train.batch_size=2
-                    --set model.config.hidden_size=64 --set model.config.intermediate_size=128
-                    --set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2
-                    --set model.config.num_key_value_heads=1 --set data.context_length=192
-                    --set output.save_dtype='"f32"' --set train.backend='"cuda"' -q) rc=0 s
-        local d="$BUILD/ranks"
-        # the same global batch: one process of grad_accum 2, two ranks of grad_accum 1
-        "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" --set train.grad_accum=2 \
-            --set output.dir="\"$d-one\"" || return 1
-        for s in no_shard shard_grad_op; do
-            mpirun "${mpi_root[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
-                --set train.grad_accum=1 --set shard.plugin="\"$s\"" \
-                --set output.dir="\"$d-$s\"" &&
-            python3 scripts/compare_runs.py "$d-one" "$d-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
-                { echo "ranks $s: FAILED"; rc=1; }
-        done
-        return $rc
-    }
-    if step ranks 90 bash -c "$(declare -f ranks); BUILD=$BUILD; mpi_root=(${mpi_root[*]}); ranks" \
-        | tee "$REPORT_DIR/ranks.txt"; then
-        parity_note="$parity_note; 2 GPUs over NCCL (qlora, no_shard and shard_grad_op) against one: ok"
-    else
-        parity_note="$parity_note; 2 GPUs over NCCL (qlora, no_shard and shard_grad_op) against one: FAILED"
+    ranks_step staged "2 ranks on one GPU, staged transport"
+    if (( ngpu < 2 )); then
+        parity_note="$parity_note; 2 GPUs over NCCL: not run ($ngpu GPU(s) visible)"
+    elif ! step build_nccl 120 ninja -C "$BUILD" core/transport/libqft_nccl.so \
+            >>"$REPORT_DIR/build_ranks.txt" 2>&1; then
+        parity_note="$parity_note; 2 GPUs over NCCL: FAILED to build the NCCL transport (build_ranks.txt)"
         status=1
+    else
+        ranks_step nccl "2 GPUs over NCCL"
     fi
 fi
 

@@ -212,8 +212,11 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
     }
     /* shard: any shard plugin by name (the registry lists the ones it has when the name
      * is not among them); the seed's names are aliases */
+    static const char *const dev_transports[] = {"auto", "nccl", "staged", NULL};
     if (qft_cfg_string(rc->sec_shard, "plugin", "no_shard", &rc->shard.plugin, err) ||
-        qft_cfg_bool(rc->sec_shard, "cpu_offload", 0, &rc->shard.cpu_offload, err))
+        qft_cfg_bool(rc->sec_shard, "cpu_offload", 0, &rc->shard.cpu_offload, err) ||
+        qft_cfg_choice(rc->sec_shard, "device_transport", "auto", dev_transports,
+                       &rc->shard.device_transport, err))
         return -1;
     if (strcmp(rc->shard.plugin, "ddp") == 0) rc->shard.plugin = "no_shard";
     if (strcmp(rc->shard.plugin, "hybrid_full_shard") == 0) rc->shard.plugin = "hybrid_shard";

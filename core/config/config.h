@@ -64,6 +64,9 @@ typedef struct qft_run_config {
     struct {
         const char *plugin; /* "no_shard" after alias resolution */
         int cpu_offload;
+        /* the transport over backend memory for several ranks without cpu_offload: "auto"
+         * (nccl on cuda, staged otherwise), "nccl" or "staged" */
+        const char *device_transport;
     } shard;
     struct {
         const char *dir;

@@ -15,13 +15,20 @@ int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err) {
     return 0;
 }
 
-int qft_run_shard_open_device(qft_run_shard *sh, const qft_ops *ops, int cuda, int device,
-                              qft_err *err) {
+int qft_run_shard_open_device(qft_run_shard *sh, const qft_ops *ops, const char *kind,
+                              int cuda, int device, qft_err *err) {
     sh->ops = ops;
     if (sh->t->world == 1) return 0; /* the strategies move nothing */
+    /* "auto": NCCL on GPUs; the staged transport for cpu_guard, and on GPUs when asked
+     * (no NCCL, or several ranks sharing one GPU, which NCCL refuses) */
+    const int nccl = strcmp(kind, "nccl") == 0 || (strcmp(kind, "auto") == 0 && cuda);
+    if (nccl && !cuda)
+        return qft_err_setf(err, "shard.device_transport = \"nccl\" moves GPU memory; the %s "
+                                 "backend's goes through \"staged\" (or \"auto\")",
+                            ops->name);
     qft_transport *dt = NULL;
     qft_err e = {0, ""};
-    if (cuda ? qft_transport_open_nccl(sh->t, device, &dt, &e)
+    if (nccl ? qft_transport_open_nccl(sh->t, device, &dt, &e)
              : qft_transport_open_staged(sh->t, ops, &dt, &e))
         return qft_err_setf(err, "%s ranks with gradients and the optimizer on the %s backend: "
                                  "%s (shard.cpu_offload = true keeps them in host memory, "

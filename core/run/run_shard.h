@@ -34,11 +34,12 @@ typedef struct qft_run_shard {
  * run, so that the data can be cut for the global batch. */
 int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err);
 /* Gradients and optimizer on the backend `ops` (not the cpu's; no shard.cpu_offload):
- * with several ranks, opens the transport over its memory that the strategy then uses
- * (NCCL on CUDA device `device` when cuda is set, else staged through the host transport).
- * With one rank only notes ops. Before configure. Collective. */
-int qft_run_shard_open_device(qft_run_shard *sh, const struct qft_ops *ops, int cuda,
-                              int device, qft_err *err);
+ * with several ranks, opens the transport over its memory that the strategy then uses,
+ * shard.device_transport `kind`: "nccl" (CUDA device `device`; cuda must be set), "staged"
+ * (through the host transport), "auto" (nccl when cuda is set, else staged). With one rank
+ * only notes ops. Before configure. Collective. */
+int qft_run_shard_open_device(qft_run_shard *sh, const struct qft_ops *ops, const char *kind,
+                              int cuda, int device, qft_err *err);
 /* Finds and configures rc->shard.plugin in reg. */
 int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const qft_registry *reg,
                             qft_err *err);

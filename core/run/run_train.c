@@ -252,7 +252,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     /* gradients and the optimizer stay on another backend unless shard.cpu_offload; the
      * strategy's collectives then go over that backend's memory */
     s.dev_opt = s.data.ops != qft_cpu_ops() && !rc->shard.cpu_offload;
-    if ((s.dev_opt && qft_run_shard_open_device(&s.shard, s.data.ops,
+    if ((s.dev_opt && qft_run_shard_open_device(&s.shard, s.data.ops, rc->shard.device_transport,
                                                 strcmp(rc->train.backend, "cuda") == 0, device,
                                                 err)) ||
         qft_run_shard_configure(&s.shard, rc, &s.data.reg, err) || prepare_loader(rc, &s, err))

@@ -291,6 +291,10 @@ START_TEST(test_ranks) {
     refused_with(cmd, "full",
                  "--set train.backend=\\\"cpu_guard\\\" --set shard.plugin=\\\"full_shard\\\"",
                  "shards the model itself");
+    /* NCCL moves GPU memory only; cpu_guard's goes through the staged transport */
+    refused_with(cmd, "full",
+                 "--set train.backend=\\\"cpu_guard\\\" --set shard.device_transport=\\\"nccl\\\"",
+                 "shard.device_transport = \"nccl\" moves GPU memory");
 }
 END_TEST
 

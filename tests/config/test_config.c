@@ -153,6 +153,17 @@ START_TEST(test_errors_name_file_line_key) {
     ck_assert_int_ne(qft_config_load(&rc, p, NULL, NULL, 0, &err), 0);
     ck_assert_msg(strstr(err.msg, "train.schedule: \"cosin\" is not one of"), "got: %s", err.msg);
     qft_config_free(&rc);
+    /* shard.device_transport: "auto" unless set, and only its three values */
+    p = write_cfg("devt.cfg", "model: { path = \"m\"; };\ndata: { plugin = \"alpaca\"; };\n");
+    ck_assert_int_eq(qft_config_load(&rc, p, NULL, NULL, 0, &err), 0);
+    ck_assert_str_eq(rc.shard.device_transport, "auto");
+    qft_config_free(&rc);
+    p = write_cfg("devt2.cfg", "model: { path = \"m\"; };\ndata: { plugin = \"alpaca\"; };\n"
+                              "shard: { device_transport = \"mpi\"; };\n");
+    ck_assert_int_ne(qft_config_load(&rc, p, NULL, NULL, 0, &err), 0);
+    ck_assert_msg(strstr(err.msg, "shard.device_transport: \"mpi\" is not one of"), "got: %s",
+                  err.msg);
+    qft_config_free(&rc);
     /* syntax error: libconfig's own message, with file and line */
     p = write_cfg("syntax.cfg", "model: { path = \"m\"; };\ntrain: { lr = ; };\n");
     ck_assert_int_ne(qft_config_load(&rc, p, NULL, NULL, 0, &err), 0);
