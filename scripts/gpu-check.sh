@@ -16,9 +16,6 @@
 #      dense DoRA, bnb_dora (QDoRA), hqq_dora), and lora and llama_pro with their frozen
 #      weights kept as bf16 on the GPU (train.frozen_dtype), and lora once more with the
 #      flash attention kernels (QFT_CUDA_ATTENTION=flash) instead of the default GEMM path;
-#      then QLoRA over 2 ranks (no_shard, shard_grad_op) with gradients and optimizer on the
-#      GPUs, against one process on a GPU: both ranks on one GPU through the staged transport,
-#      and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
 #   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full
 #      (4 layers), qlora and bnb_dora (QDoRA; 32 layers) on a random Llama-3-8B-shaped
 #      model (the layers column says how many), context 2048, batch 1, recomputation, and of
@@ -28,7 +25,10 @@
 #      H = 32, KV = 8, hd = 128 (flash kernels; GEMM path in fp32, TF32 and bf16), NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
-#   6. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
+#   6. trains QLoRA over 2 ranks (no_shard, shard_grad_op) with gradients and optimizer on
+#      the GPUs, against one process on a GPU: both ranks on one GPU through the staged
+#      transport, and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
+#   7. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
 #      on the GPU under memcheck, then racecheck on test_cuda_ops if time is left, when
 #      compute-sanitizer is installed.
 # Everything ends inside 8 minutes (each step is given what is left of the budget). A
@@ -244,12 +244,29 @@ else
     status=1
 fi
 
+# The model-level table (bench/run_model_gpu.sh; its header says how it keeps one run on
+# the GPU at a time). It is given up to 150 s but leaves 40 s for cuda_bench, and is told
+# its share so that it stops its runs and prints the table before this step's timeout.
+mkdir -p "$REPORT_DIR"
+model_out="$REPORT_DIR/model_bench.md"
+mb_t=$(( $(left) - 40 )); (( mb_t > 150 )) && mb_t=150
+if (( mb_t >= 30 )); then
+    QFT_MODEL_BENCH_BUDGET=$(( mb_t - 5 )) step model_bench "$mb_t" bench/run_model_gpu.sh "$BUILD" \
+        | tee "$model_out" || status=1
+else
+    echo "== model_bench: skipped, out of time" | tee "$model_out"
+fi
+
+bench_out="$REPORT_DIR/cuda_bench.md"
+# the benchmark before the sanitizer: its numbers matter more than a racecheck pass
+step cuda_bench 150 "$BUILD/bench/cuda_bench" | tee "$bench_out" || status=1
+
 # Several ranks with the model, gradients and optimizer state on GPUs: QLoRA over 2 ranks
 # (no_shard, shard_grad_op) against one process on a GPU with the same global batch, within
 # the bf16 tolerances. Two ways: both ranks on GPU 0 through the staged transport
 # (shard.device_transport = "staged"; pretend machines of one rank each, so both take GPU 0),
 # which any GPU machine runs; and, where 2 or more GPUs are visible and NCCL is built, one GPU
-# per rank over NCCL.
+# per rank over NCCL. After the benchmarks, whose numbers matter more.
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 mpi_flags=()  # Open MPI refuses root without the first and forwards variables with -x
 mpirun --version 2>/dev/null | grep -q 'Open MPI' &&
@@ -285,6 +302,8 @@ ranks_step() { # staged|nccl
 }
 if ! command -v mpirun >/dev/null; then
     parity_note="$parity_note; several ranks on GPUs: not run (no mpirun)"
+elif (( $(left) < 100 )); then
+    parity_note="$parity_note; several ranks on GPUs: not run (out of time)"
 elif ! step build_ranks 120 ninja -C "$BUILD" core/transport/libqft_mpi.so \
         shard/no_shard/qft_no_shard.so shard/shard_grad_op/qft_shard_grad_op.so \
         >"$REPORT_DIR/build_ranks.txt" 2>&1; then
@@ -303,23 +322,6 @@ else
         ranks_step nccl "2 GPUs over NCCL"
     fi
 fi
-
-# The model-level table (bench/run_model_gpu.sh; its header says how it keeps one run on
-# the GPU at a time). It is given up to 150 s but leaves 40 s for cuda_bench, and is told
-# its share so that it stops its runs and prints the table before this step's timeout.
-mkdir -p "$REPORT_DIR"
-model_out="$REPORT_DIR/model_bench.md"
-mb_t=$(( $(left) - 40 )); (( mb_t > 150 )) && mb_t=150
-if (( mb_t >= 30 )); then
-    QFT_MODEL_BENCH_BUDGET=$(( mb_t - 5 )) step model_bench "$mb_t" bench/run_model_gpu.sh "$BUILD" \
-        | tee "$model_out" || status=1
-else
-    echo "== model_bench: skipped, out of time" | tee "$model_out"
-fi
-
-bench_out="$REPORT_DIR/cuda_bench.md"
-# the benchmark before the sanitizer: its numbers matter more than a racecheck pass
-step cuda_bench 150 "$BUILD/bench/cuda_bench" | tee "$bench_out" || status=1
 
 SAN=$(command -v compute-sanitizer || true)
 san_note="compute-sanitizer not installed: not run"
