@@ -91,6 +91,20 @@ static void embed_rows_on_host(const qft_llama_model *m, const int32_t *ids, int
     }
 }
 
+/* The same rows as bf16 bit patterns (m->embed_host_bf16), for a residual stream kept as
+ * bf16: they go up at half the bytes straight into block 0's kept input. */
+static void embed_bf16_on_host(const qft_llama_model *m, const int32_t *ids, int N,
+                               uint16_t *rows) {
+    const float *table = m->params + qft_llama_outer_entry(m, 0)->offset; // (V, C)
+    const size_t C = (size_t)m->cfg.hidden_size;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *src = table + (size_t)ids[n] * C;
+        uint16_t *dst = rows + (size_t)n * C;
+        for (size_t j = 0; j < C; j++) dst[j] = qft_f32_to_bf16(src[j]);
+    }
+}
+
 int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_err *err) {
     if (!m->entries) return qft_err_setf(err, "llama forward: model has no parameters");
     if (check_batch(m, b, err)) return -1;
@@ -117,14 +131,23 @@ int qft_llama_forward(qft_llama_model *m, const qft_batch *b, float *loss, qft_e
      * reads the embedding, which then stays until backward is past the head. */
     const int tied = m->cfg.tie_word_embeddings;
     if (qft_llama_unit_event(m, QFT_UNIT_GATHER, 0, err)) return -1;
-    if (qft_llama_embed_gathered(m)) {
-        embed_rows_on_host(m, b->ids, N, a->embed_rows);
-        o->upload(qft_llama_x(m, 0), a->embed_rows, (size_t)N * C * sizeof(float));
-    } else if (m->p.embed)
-        o->embedding_fwd(qft_llama_x(m, 0), a->ids, m->p.embed, N, C);
-    else /* frozen and kept as bf16 on the backend */
-        o->embedding_fwd_bf16(qft_llama_x(m, 0), a->ids, qft_llama_embed_bf16(m), N, C);
-    qft_llama_x_keep(m, 0, N);
+    if (qft_llama_embed_gathered(m) && m->embed_host_bf16 && a->x_bf16) {
+        /* what keeping block 0's input would store, uploaded as that (the rows' buffer
+         * holds N C floats, so N C halves fit) and widened: the same bits as below */
+        uint16_t *rows = (uint16_t *)a->embed_rows; // (N, C)
+        embed_bf16_on_host(m, b->ids, N, rows);
+        o->upload(a->xq, rows, (size_t)N * C * sizeof(uint16_t));
+        qft_llama_x_load(m, 0, N);
+    } else {
+        if (qft_llama_embed_gathered(m)) {
+            embed_rows_on_host(m, b->ids, N, a->embed_rows);
+            o->upload(qft_llama_x(m, 0), a->embed_rows, (size_t)N * C * sizeof(float));
+        } else if (m->p.embed)
+            o->embedding_fwd(qft_llama_x(m, 0), a->ids, m->p.embed, N, C);
+        else /* frozen and kept as bf16 on the backend */
+            o->embedding_fwd_bf16(qft_llama_x(m, 0), a->ids, qft_llama_embed_bf16(m), N, C);
+        qft_llama_x_keep(m, 0, N);
+    }
     if (!tied && qft_llama_unit_event(m, QFT_UNIT_RELEASE, 0, err)) return -1;
     /* with recomputation, adapters keep nothing in this pass: backward repeats it */
     m->astep.no_grad = a->fwd_recompute;

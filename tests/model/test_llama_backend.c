@@ -110,12 +110,14 @@ END_TEST
 
 /* The frozen embedding left in host memory (m->embed_on_host): no copy of it on the
  * backend, fp32 or bf16, and forward's rows gathered on the host give the same loss and
- * gradients, bit for bit, as the backend's own lookup; with frozen_bf16 (_i = 1) the
+ * gradients, bit for bit, as the backend's own lookup; with frozen_bf16 (_i = 1, 3) the
  * rows are rounded as the bf16 copy would have held them (the table is made not
- * bf16-exact first, so the rounding shows). A trainable embedding stays on the backend. */
+ * bf16-exact first, so the rounding shows), and with the residual stream kept as bf16 too
+ * (_i = 3) they go up as bf16 into block 0's kept input. A trainable embedding stays on
+ * the backend. */
 START_TEST(test_embedding_on_host) {
     qft_err err = {0};
-    const int bf16 = _i;
+    const int bf16 = _i & 1, resid = _i >> 1;
     qft_llama_model a, b, t;
     build(&a, 1);
     build(&b, 1);
@@ -127,6 +129,7 @@ START_TEST(test_embedding_on_host) {
             table[j] *= 1.0f + 1e-3f * (float)(j % 7);
     }
     b.embed_on_host = 1, t.embed_on_host = 1;
+    a.residual_bf16 = b.residual_bf16 = resid;
     const size_t held0 = qft_cpu_guard_mem_held();
     ck_assert_msg(qft_llama_to_backend(&a, qft_cpu_guard_ops(), bf16, &err) == 0, "%s", err.msg);
     const size_t held_a = qft_cpu_guard_mem_held() - held0;
@@ -164,15 +167,16 @@ START_TEST(test_embedding_on_host) {
                   (double)lb);
     ck_assert_uint_gt(a.n_trainable, 0);
     ck_assert_int_eq(memcmp(a.grads, b.grads, a.n_trainable * sizeof(float)), 0);
-    /* the rounding matters here: a run without it differs */
-    if (bf16) {
+    /* the rounding matters here: a run without it differs (with the residual stream kept
+     * as bf16, block 0's input is rounded anyway) */
+    if (bf16 && !resid) {
         float lc = NAN;
         b.embed_host_bf16 = 0;
         ck_assert_msg(qft_llama_forward(&b, &batch, &lc, &err) == 0, "%s", err.msg);
         ck_assert_msg(lc != lb, "unrounded rows gave the same loss %.9g", (double)lc);
     }
-    printf("embedding on the host (%s there otherwise): loss %.9g both ways\n",
-           bf16 ? "bf16" : "fp32", (double)lb);
+    printf("embedding on the host (%s there otherwise%s): loss %.9g both ways\n",
+           bf16 ? "bf16" : "fp32", resid ? ", residual stream bf16" : "", (double)lb);
     /* a model the cpu backend runs itself reads its table in place: the flag changes
      * nothing there, not even the activations' bytes */
     qft_llama_model h, h2;
@@ -218,7 +222,7 @@ int main(void) {
     TCase *tc = tcase_create("model_backend");
     tcase_add_loop_test(tc, test_frozen_bf16_on_backend, 0, 2);
     tcase_add_test(tc, test_frozen_bf16_refused);
-    tcase_add_loop_test(tc, test_embedding_on_host, 0, 2);
+    tcase_add_loop_test(tc, test_embedding_on_host, 0, 4);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
