@@ -108,38 +108,31 @@ step test_cuda_ops 120 "$BUILD/tests/cuda/test_cuda_ops" 2>&1 | tee "$ops_log"
 rc=${PIPESTATUS[0]}
 if (( rc == 77 )); then echo "gpu-check: test_cuda_ops saw no CUDA device on a GPU machine"; status=1
 elif (( rc != 0 )); then status=1; fi
-# The GEMM attention is new and the default; should its kernel test fail (cases 4-11 of
-# test_attention) while the flash kernels pass (cases 0-3), the training runs below use the
-# flash kernels, so that one broken path does not void every parity run and the tables.
+# A kernel on a default path whose test fails is swapped for its fallback in the runs below,
+# so that one broken kernel does not void every parity run and the tables:
+# fall_back FAILED PASSED VAR VALUE WHAT takes VAR=VALUE when test_cuda_ops' failure lines
+# ("test:case:") match the regex FAILED and none match PASSED (empty: no such condition).
 att_note=""
-if grep -qE 'test_attention:([4-9]|1[01]):' "$ops_log" && ! grep -qE 'test_attention:[0-3]:' "$ops_log"; then
-    export QFT_CUDA_ATTENTION=flash
-    att_note=" The GEMM attention FAILED its kernel test: the training runs used the flash kernels (QFT_CUDA_ATTENTION=flash)."
-    echo "gpu-check:$att_note"
-fi
-# Likewise qmatmul's bf16 path (test_qmatmul cases 2, 3, 6, 7) against its fp32 one: the
-# model bench then runs its GEMMs on TF32 instead of bf16
-if grep -qE 'test_qmatmul:[2367]:' "$ops_log" && ! grep -qE 'test_qmatmul:[0145]:' "$ops_log"; then
-    export QFT_MODEL_BENCH_MATMUL=high
-    att_note="$att_note qmatmul's bf16 path FAILED its kernel test: the model bench ran matmul_precision \"high\" (TF32)."
-    echo "gpu-check: qmatmul's bf16 path failed: the model bench runs TF32"
-fi
-# DoRA's one-pass norm kernel (lowrank_row_norms) is on QDoRA's default path: should its
-# test fail, the trainings below take the generic tiles instead (QFT_CUDA_LOWRANK=tiles).
-if grep -qE 'test_lowrank_row_norms:' "$ops_log"; then
-    export QFT_CUDA_LOWRANK=tiles
-    att_note="$att_note The one-pass DoRA norm kernel FAILED its test: the trainings used the generic tiles (QFT_CUDA_LOWRANK=tiles)."
-    echo "gpu-check: lowrank_row_norms failed: DoRA's norms go through tiles"
-fi
-# DoRA's fused output kernel (lowrank_out) likewise: should its test fail while its GEMM
-# fallback's (test_lowrank_out_gemm) passes, the trainings below build DoRA's output as
-# before, a GEMM, a copy and a scale (QFT_CUDA_LOWRANK_OUT=gemm). col_dot_scale, col_dot
-# with one more store, has no fallback.
-if grep -qE 'test_lowrank_out:' "$ops_log" && ! grep -qE 'test_lowrank_out_gemm:' "$ops_log"; then
-    export QFT_CUDA_LOWRANK_OUT=gemm
-    att_note="$att_note The fused DoRA output kernel FAILED its test: the trainings built DoRA's output by GEMM, copy and scale (QFT_CUDA_LOWRANK_OUT=gemm)."
-    echo "gpu-check: lowrank_out failed: DoRA's output goes through the GEMM"
-fi
+fall_back() {
+    grep -qE "$1" "$ops_log" || return 0
+    [[ -n $2 ]] && grep -qE "$2" "$ops_log" && return 0
+    export "$3=$4"
+    att_note="$att_note $5 FAILED its kernel test: the runs below used $3=$4."
+    echo "gpu-check: $5 failed: the runs below use $3=$4"
+}
+# the GEMM attention (test_attention cases 4-11) while the flash kernels (0-3) pass
+fall_back 'test_attention:([4-9]|1[01]):' 'test_attention:[0-3]:' QFT_CUDA_ATTENTION flash \
+    "The GEMM attention"
+# qmatmul's bf16 path (test_qmatmul cases 2, 3, 6, 7) while its fp32 one passes: the model
+# bench runs its GEMMs on TF32 instead of bf16
+fall_back 'test_qmatmul:[2367]:' 'test_qmatmul:[0145]:' QFT_MODEL_BENCH_MATMUL high \
+    "qmatmul's bf16 path"
+# DoRA's one-pass norm kernel: the generic tiles instead
+fall_back 'test_lowrank_row_norms:' '' QFT_CUDA_LOWRANK tiles "The one-pass DoRA norm kernel"
+# DoRA's fused output kernel, while its GEMM fallback passes: the GEMM, a copy and a scale
+# as before (col_dot_scale, col_dot with one more store, has no fallback)
+fall_back 'test_lowrank_out:' 'test_lowrank_out_gemm:' QFT_CUDA_LOWRANK_OUT gemm \
+    "The fused DoRA output kernel"
 # The issue's two designs of the dequantizing GEMM, measured and the faster kept: when the
 # on-chip kernels passed their tests (test_qgemm_onchip, and test_qlinear which runs them
 # too), qmatmul's two kernels are timed on the 8B linears (cuda_bench --choose-qmatmul) and
