@@ -9,8 +9,9 @@
  *   - "nccl": one rank per GPU, device buffers (on `device`), its communicator bootstrapped
  *     through the MPI transport so that the same mpirun launches both.
  *   - "staged": buffers in the memory of the run's backend, which host code may not touch
- *     (the memory-guarded cpu_guard backend), moved through host memory to and from the
- *     host transport it wraps; its sums are that transport's, so in rank order over MPI.
+ *     (the memory-guarded cpu_guard backend; a GPU without NCCL, or one shared by several
+ *     ranks), moved through host memory to and from the host transport it wraps; its sums
+ *     and its counters are that transport's, so sums in rank order over MPI.
  *
  * Rules every entry follows:
  *   - Collective: every rank of the transport calls the same entries in the same order
@@ -151,8 +152,7 @@ struct qft_transport {
                                  * change of the transport */
     void *impl;
     /* (ABI 7) A transport over host buffers with the same ranks, for scalars that live on
-     * the host whatever `device` says: the transport itself when device is -1. Its traffic
-     * is counted in its own stats. */
+     * the host whatever `device` says: the transport itself when device is -1. */
     const qft_transport *host;
 };
 
