@@ -40,8 +40,6 @@
 #include <sys/wait.h>
 #include <time.h>
 
-static char **g_argv;
-static int g_argc;
 static char g_tmp[4096];
 static char g_mpirun[4096]; /* mpirun and its flags, from argv */
 
@@ -363,10 +361,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s MPIRUN [MPIRUN-FLAGS...]\n", argv[0]);
         return 2;
     }
-    g_argc = argc, g_argv = argv;
     size_t ml = 0;
-    for (int i = 1; i < g_argc; i++)
-        ml += (size_t)snprintf(g_mpirun + ml, sizeof g_mpirun - ml, "%s ", g_argv[i]);
+    for (int i = 1; i < argc; i++)
+        ml += (size_t)snprintf(g_mpirun + ml, sizeof g_mpirun - ml, "%s ", argv[i]);
     snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-shard-XXXXXX");
     if (!mkdtemp(g_tmp)) {
         perror("mkdtemp");
