@@ -25,8 +25,8 @@
 #      H = 32, KV = 8, hd = 128 (flash kernels; GEMM path in fp32, TF32 and bf16), NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
-#   6. trains QLoRA over 2 ranks (no_shard, shard_grad_op) with gradients and optimizer on
-#      the GPUs, against one process on a GPU: both ranks on one GPU through the staged
+#   6. trains QLoRA over 2 ranks (no_shard, shard_grad_op, full_shard: the units in CUDA
+#      virtual memory, committed per gather) with gradients and optimizer on the GPUs, against one process on a GPU: both ranks on one GPU through the staged
 #      transport, and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
 #   7. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
 #      on the GPU under memcheck, then racecheck on test_cuda_ops if time is left, when
@@ -255,7 +255,7 @@ bench_out="$REPORT_DIR/cuda_bench.md"
 step cuda_bench 150 "$BUILD/bench/cuda_bench" | tee "$bench_out" || status=1
 
 # Several ranks with the model, gradients and optimizer state on GPUs: QLoRA over 2 ranks
-# (no_shard, shard_grad_op) against one process on a GPU with the same global batch, within
+# (no_shard, shard_grad_op, full_shard) against one process on a GPU with the same global batch, within
 # the bf16 tolerances. Two ways: both ranks on GPU 0 through the staged transport
 # (shard.device_transport = "staged"; pretend machines of one rank each, so both take GPU 0),
 # which any GPU machine runs; and, where 2 or more GPUs are visible and NCCL is built, one GPU
@@ -275,7 +275,7 @@ ranks() { # staged|nccl
         --set train.grad_accum=2 --set output.dir="\"$d-one\"" || return 1
     # staged: each rank its own pretend machine, so both take GPU 0; empty: the real ones
     if [[ $1 == staged ]]; then export QFT_TRANSPORT_NODE_SIZE=1; else export QFT_TRANSPORT_NODE_SIZE=; fi
-    for s in no_shard shard_grad_op; do
+    for s in no_shard shard_grad_op full_shard; do
         mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
             --set train.grad_accum=1 --set shard.plugin="\"$s\"" \
             --set shard.device_transport="\"$1\"" --set output.dir="\"$d-$1-$s\"" &&
@@ -285,20 +285,21 @@ ranks() { # staged|nccl
     return $rc
 }
 ranks_step() { # staged|nccl
-    if step "ranks_$1" 90 bash -c "$(declare -f ranks); BUILD=$BUILD; mpi_flags=(${mpi_flags[*]}); ranks $1" \
+    if step "ranks_$1" 120 bash -c "$(declare -f ranks); BUILD=$BUILD; mpi_flags=(${mpi_flags[*]}); ranks $1" \
         | tee "$REPORT_DIR/ranks_$1.txt"; then
-        parity_note="$parity_note; $2 (qlora, no_shard and shard_grad_op) against one process: ok"
+        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op and full_shard) against one process: ok"
     else
-        parity_note="$parity_note; $2 (qlora, no_shard and shard_grad_op) against one process: FAILED"
+        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op and full_shard) against one process: FAILED"
         status=1
     fi
 }
 if ! command -v mpirun >/dev/null; then
     parity_note="$parity_note; several ranks on GPUs: not run (no mpirun)"
-elif (( $(left) < 100 )); then
+elif (( $(left) < 130 )); then
     parity_note="$parity_note; several ranks on GPUs: not run (out of time)"
 elif ! step build_ranks 120 ninja -C "$BUILD" core/transport/libqft_mpi.so \
         shard/no_shard/qft_no_shard.so shard/shard_grad_op/qft_shard_grad_op.so \
+        shard/full_shard/qft_full_shard.so \
         >"$REPORT_DIR/build_ranks.txt" 2>&1; then
     tail -20 "$REPORT_DIR/build_ranks.txt"
     parity_note="$parity_note; several ranks on GPUs: FAILED to build the MPI transport or the shard plugins (build_ranks.txt)"

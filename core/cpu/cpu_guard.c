@@ -21,6 +21,7 @@
 static struct {
     void *p[GUARD_MAX];
     size_t n[GUARD_MAX], asked[GUARD_MAX];
+    int vm[GUARD_MAX]; /* 1: a commit inside a reservation (vm_commit), not a mapping */
     int count;
     size_t held, peak; /* bytes asked for (not the pages), live and at most: the CUDA
                           backend's count of its cudaMalloc bytes, for the same run */
@@ -47,6 +48,7 @@ static void *guard_alloc(size_t bytes, const char *what) {
     }
     g_guard.p[g_guard.count] = p, g_guard.n[g_guard.count] = n ? n : page;
     g_guard.asked[g_guard.count] = bytes;
+    g_guard.vm[g_guard.count] = 0;
     g_guard.count++;
     g_guard.held += bytes;
     if (g_guard.held > g_guard.peak) g_guard.peak = g_guard.held;
@@ -54,20 +56,74 @@ static void *guard_alloc(size_t bytes, const char *what) {
     return p;
 }
 
+/* Drops entry i from the table (the caller holds the lock). */
+static void forget(int i) {
+    g_guard.held -= g_guard.asked[i];
+    const int last = g_guard.count - 1;
+    g_guard.p[i] = g_guard.p[last], g_guard.n[i] = g_guard.n[last];
+    g_guard.asked[i] = g_guard.asked[last], g_guard.vm[i] = g_guard.vm[last];
+    g_guard.count--;
+}
+
 static void guard_free(void *p) {
     if (!p) return;
     pthread_mutex_lock(&g_lock);
     for (int i = 0; i < g_guard.count; i++)
-        if (g_guard.p[i] == p) {
+        if (g_guard.p[i] == p && !g_guard.vm[i]) {
             munmap(p, g_guard.n[i]);
-            g_guard.held -= g_guard.asked[i];
-            g_guard.p[i] = g_guard.p[g_guard.count - 1];
-            g_guard.n[i] = g_guard.n[g_guard.count - 1];
-            g_guard.asked[i] = g_guard.asked[g_guard.count - 1];
-            g_guard.count--;
+            forget(i);
             break;
         }
     pthread_mutex_unlock(&g_lock);
+}
+
+/* ---- address space with memory behind parts of it (ABI 8's vm_* entries) --------------
+ * A reservation is a PROT_NONE mapping outside the table, so the op windows never open it:
+ * only its committed ranges, which are table entries like allocations, become accessible
+ * during an op, and a kernel touching an uncommitted range faults as it would on a GPU.
+ * Decommitting drops the pages, so the next commit of the range reads zeros. 8 KiB, not
+ * the 2 MiB of a GPU, keeps the tiny test models' padding small while still testing that
+ * the core aligns its commits to what the backend says (twice a 4 KiB page). */
+#define GUARD_VM_GRANULARITY ((size_t)8 << 10)
+
+static size_t guard_vm_granularity(void) { return GUARD_VM_GRANULARITY; }
+
+static void *guard_vm_reserve(size_t bytes) {
+    void *p = mmap(NULL, bytes ? bytes : GUARD_VM_GRANULARITY, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int guard_vm_commit(void *p, size_t bytes, const char *what) {
+    (void)what;
+    pthread_mutex_lock(&g_lock);
+    if (g_guard.count == GUARD_MAX) {
+        pthread_mutex_unlock(&g_lock);
+        return -1;
+    }
+    const int i = g_guard.count++;
+    g_guard.p[i] = p, g_guard.n[i] = bytes, g_guard.asked[i] = bytes, g_guard.vm[i] = 1;
+    g_guard.held += bytes;
+    if (g_guard.held > g_guard.peak) g_guard.peak = g_guard.held;
+    pthread_mutex_unlock(&g_lock);
+    return 0;
+}
+
+static void guard_vm_decommit(void *p, size_t bytes) {
+    pthread_mutex_lock(&g_lock);
+    for (int i = 0; i < g_guard.count; i++)
+        if (g_guard.p[i] == p && g_guard.vm[i] && g_guard.n[i] == bytes) {
+            /* outside an op the range is PROT_NONE already; dropping its pages makes a
+             * later commit read zeros, as vm_commit promises */
+            madvise(p, bytes, MADV_DONTNEED);
+            forget(i);
+            break;
+        }
+    pthread_mutex_unlock(&g_lock);
+}
+
+static void guard_vm_unreserve(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : GUARD_VM_GRANULARITY);
 }
 
 size_t qft_cpu_guard_mem_peak(void) {
@@ -349,6 +405,11 @@ static const qft_ops guard_ops = {
     .lowrank_row_norms = guard_lowrank_row_norms,
     .lowrank_out = guard_lowrank_out,
     .col_dot_scale = guard_col_dot_scale,
+    .vm_granularity = guard_vm_granularity,
+    .vm_reserve = guard_vm_reserve,
+    .vm_commit = guard_vm_commit,
+    .vm_decommit = guard_vm_decommit,
+    .vm_unreserve = guard_vm_unreserve,
 };
 
 const qft_ops *qft_cpu_guard_ops(void) { return &guard_ops; }

@@ -59,6 +59,17 @@ struct qft_cuda_state {
     char name[160];
 };
 extern struct qft_cuda_state qft_cuda_g;
+/* The held/peak count of the backend's device memory (qft_cuda_mem_held): every buffer,
+ * or committed range, this library makes live, and its end. */
+void qft_cuda_mem_note_alloc(void *p, size_t bytes);
+void qft_cuda_mem_note_free(void *p);
+
+/* ---- virtual memory management (cuda_vm.cu): qft_ops's vm_* entries ------------------ */
+size_t qft_cuda_vm_granularity(void);
+void *qft_cuda_vm_reserve(size_t bytes);
+int qft_cuda_vm_commit(void *p, size_t bytes, const char *what);
+void qft_cuda_vm_decommit(void *p, size_t bytes);
+void qft_cuda_vm_unreserve(void *p, size_t bytes);
 
 /* ---- element-wise launches --------------------------------------------------------------
  * Threads per block of the one-thread-per-element kernels, the grid that launches them

@@ -69,7 +69,7 @@ static pthread_mutex_t mem_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct mem_rec { void *p; size_t bytes; } *mem_tab;
 static size_t mem_n, mem_cap, mem_held, mem_peak;
 
-static void mem_note_alloc(void *p, size_t bytes) {
+void qft_cuda_mem_note_alloc(void *p, size_t bytes) {
     pthread_mutex_lock(&mem_lock);
     if (mem_n == mem_cap) {
         size_t cap = mem_cap ? 2 * mem_cap : 1024;
@@ -83,7 +83,7 @@ static void mem_note_alloc(void *p, size_t bytes) {
     pthread_mutex_unlock(&mem_lock);
 }
 
-static void mem_note_free(void *p) {
+void qft_cuda_mem_note_free(void *p) {
     pthread_mutex_lock(&mem_lock);
     for (size_t i = mem_n; i-- > 0;) // the newest first: scratch and activations
         if (mem_tab[i].p == p) {
@@ -115,13 +115,13 @@ void *qft_cuda_scratch(size_t bytes) {
     // queued kernels may still read the old buffer
     if (CUDA_CHECK(cudaDeviceSynchronize())) return NULL;
     if (qft_cuda_g.scratch) {
-        mem_note_free(qft_cuda_g.scratch);
+        qft_cuda_mem_note_free(qft_cuda_g.scratch);
         CUDA_CHECK(cudaFree(qft_cuda_g.scratch));
     }
     qft_cuda_g.scratch = NULL, qft_cuda_g.scratch_bytes = 0;
     size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
     if (CUDA_CHECK(cudaMalloc(&qft_cuda_g.scratch, want))) return NULL;
-    mem_note_alloc(qft_cuda_g.scratch, want);
+    qft_cuda_mem_note_alloc(qft_cuda_g.scratch, want);
     qft_cuda_g.scratch_bytes = want;
     return qft_cuda_g.scratch;
 }
@@ -146,13 +146,13 @@ static void *cuda_alloc(size_t bytes, const char *what) {
         qft_cuda_fail("cudaMalloc", __FILE__, __LINE__, msg);
         return NULL;
     }
-    mem_note_alloc(p, bytes ? bytes : 1);
+    qft_cuda_mem_note_alloc(p, bytes ? bytes : 1);
     return p;
 }
 
 static void cuda_free(void *p) {
     if (!p) return;
-    mem_note_free(p);
+    qft_cuda_mem_note_free(p);
     if (qft_cuda_g.pooled)
         CUDA_CHECK(cudaFreeAsync(p, 0));
     else
@@ -231,6 +231,11 @@ static const qft_ops cuda_ops = {
     qft_cuda_lowrank_row_norms,
     qft_cuda_lowrank_out,
     qft_cuda_col_dot_scale,
+    qft_cuda_vm_granularity,
+    qft_cuda_vm_reserve,
+    qft_cuda_vm_commit,
+    qft_cuda_vm_decommit,
+    qft_cuda_vm_unreserve,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90
@@ -281,7 +286,7 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
         return NULL;
     }
     g->lt_work_bytes = LT_WORKSPACE;
-    mem_note_alloc(g->lt_work, LT_WORKSPACE);
+    qft_cuda_mem_note_alloc(g->lt_work, LT_WORKSPACE);
     int pools = 0;
     cudaMemPool_t pool;
     uint64_t keep_all = UINT64_MAX; // never hand freed pool memory back to the driver

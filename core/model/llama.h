@@ -99,6 +99,10 @@ typedef struct qft_llama_build {
      * and frozen floats start on a page and are padded to a multiple of unit_pad, the
      * buffers are releasable address space (qft_vm_*). 0: one packed flat buffer. */
     int unit_pad;
+    /* With unit_pad: bytes (a multiple of the page) every unit range starts on and is
+     * rounded to, so that a backend's vm_commit can map each unit at the same offsets
+     * there (its vm_granularity); 0: the page. */
+    size_t unit_align;
 } qft_llama_build;
 
 /* Full sharding (FSDP FULL_SHARD) cuts the model into units that are gathered whole just
@@ -118,6 +122,7 @@ enum {
     QFT_UNIT_GATHER = 0,  /* the unit's parameters are needed whole now */
     QFT_UNIT_RELEASE,     /* ... and not any more, until the next GATHER */
     QFT_UNIT_GRADS_DONE,  /* this backward added its last gradient into the unit */
+    QFT_UNIT_GRADS_BEGIN, /* this backward is about to add the unit's first gradient */
 };
 
 struct qft_llama_acts; /* activation storage, private to the model code */
@@ -174,6 +179,7 @@ typedef struct qft_llama_model {
     struct qft_llama_acts *acts;
     /* the unit layout (qft_llama_build.unit_pad), NULL units without it */
     int unit_pad, n_units;
+    size_t unit_align;        /* bytes each unit's ranges start on and round to */
     qft_llama_unit *units;    /* [n_units] */
     uint8_t *packed;          /* the units' packed regions, one reservation of packed_cap */
     size_t packed_cap;
@@ -185,6 +191,11 @@ typedef struct qft_llama_model {
     const struct qft_ops *ops;
     float *dev_params, *dev_grads;
     size_t n_dev_params;      /* floats of dev_params: trainable prefix + frozen fp32 ones */
+    /* With the unit layout, dev_params, dev_grads and dev_packed are the backend's
+     * reservations (vm_reserve) mirroring params, grads and packed at the same offsets,
+     * with memory behind a unit's ranges only while full sharding has committed them
+     * (run_fsdp.c); nothing is uploaded at qft_llama_to_backend. */
+    uint8_t *dev_packed;
     /* Packed weights on another backend are dequantized a tile of rows at a time into
      * this scratch (qtile_floats floats of backend memory) and multiplied from there. */
     float *qtile;
@@ -237,7 +248,12 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * checkpoints are): the linears and the head multiply through the tile path, the
  * embedding's rows are widened as they are looked up. With m->embed_on_host a frozen, untied
  * embedding stays in host memory only (see the field). After weights are in, gradients
- * allocated and adapters attached; not with a unit layout. */
+ * allocated and adapters attached.
+ * With the unit layout (full sharding cut the model already, qft_run_fsdp_init) it uploads
+ * nothing: dev_params, dev_grads and dev_packed are reservations of ops (its vm_* entries,
+ * with a granularity unit_align is a multiple of) at the host's offsets, the packed
+ * layouts point into dev_packed, and the units' memory comes and goes with the unit hook;
+ * frozen_bf16 and embed_on_host do not apply there. */
 int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, int frozen_bf16,
                          qft_err *err);
 /* Whether forward gathers the batch's embedding rows from the host's table: embed_on_host

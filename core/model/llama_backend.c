@@ -59,10 +59,18 @@ static int upload_bf16(qft_llama_model *m, const qft_ops *ops, qft_param_entry *
  * of a 4096-wide weight). */
 #define QFT_LLAMA_QTILE_BYTES ((size_t)64 << 20)
 
-static void free_layout(const qft_ops *ops, qft_qlayout *ql) {
+static size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
+
+/* Whether p lies in the backend's mirror of the packed regions (the unit layout). */
+static int in_dev_packed(const qft_llama_model *m, const void *p) {
+    const uint8_t *b = p;
+    return m->dev_packed && b >= m->dev_packed && b < m->dev_packed + m->packed_cap;
+}
+
+static void free_layout(const qft_llama_model *m, const qft_ops *ops, qft_qlayout *ql) {
     if (!ql) return;
     for (int b = 0; b < QFT_QLAYOUT_MAX_BUFS; b++)
-        if (ql->buf[b]) ops->free((void *)ql->buf[b]);
+        if (ql->buf[b] && !in_dev_packed(m, ql->buf[b])) ops->free((void *)ql->buf[b]);
     free(ql);
 }
 
@@ -93,9 +101,24 @@ static int upload_packed(qft_llama_model *m, const qft_ops *ops, qft_param_entry
     for (int b = 0; b < QFT_QLAYOUT_MAX_BUFS; b++) {
         dev->buf[b] = NULL;
         if (!host.buf[b] || !host.bytes[b]) continue;
+        const uint8_t *hb = host.buf[b];
+        if (m->dev_packed && hb >= m->packed && hb < m->packed + m->packed_cap) {
+            /* placed in a unit's region: the same offset in the backend's mirror, which
+             * full sharding fills when it gathers the unit */
+            if (hb + host.bytes[b] > m->packed + m->packed_cap) {
+                free_layout(m, ops, dev);
+                return qft_err_setf(err, "%s: the quantizer's buffer %d runs past the packed "
+                                         "regions",
+                                    e->name, b);
+            }
+            dev->buf[b] = m->dev_packed + (hb - m->packed);
+            continue;
+        }
+        /* outside the units' regions (a constant table of the weight's own, such as NF4's
+         * codebook, or no unit layout at all): a copy of its own, whole on every rank */
         void *p = ops->alloc(host.bytes[b], "packed weights");
         if (!p) {
-            free_layout(ops, dev);
+            free_layout(m, ops, dev);
             return qft_err_setf(err, "backend \"%s\": out of memory for %s's packed weight "
                                      "(%zu bytes)",
                                 ops->name, e->name, host.bytes[b]);
@@ -107,17 +130,60 @@ static int upload_packed(qft_llama_model *m, const qft_ops *ops, qft_param_entry
     return 0;
 }
 
+/* The bytes of the backend's reservations under the unit layout (whole commit units). */
+static size_t span(const qft_llama_model *m, size_t bytes) {
+    return round_up(bytes ? bytes : 1, m->unit_align);
+}
+
 static void free_device(qft_llama_model *m, const qft_ops *ops) {
     for (int i = 0; i < m->n_entries; i++) {
-        free_layout(ops, m->entries[i].ql);
+        free_layout(m, ops, m->entries[i].ql);
         m->entries[i].ql = NULL;
     }
     if (m->qtile) ops->free(m->qtile);
-    if (m->dev_params) ops->free(m->dev_params);
-    if (m->dev_grads) ops->free(m->dev_grads);
+    if (m->units) { /* reservations, every range decommitted by full sharding's end */
+        if (m->dev_params) ops->vm_unreserve(m->dev_params, span(m, m->n_params * sizeof(float)));
+        if (m->dev_grads)
+            ops->vm_unreserve(m->dev_grads, span(m, m->n_trainable * sizeof(float)));
+        if (m->dev_packed) ops->vm_unreserve(m->dev_packed, m->packed_cap);
+    } else {
+        if (m->dev_params) ops->free(m->dev_params);
+        if (m->dev_grads) ops->free(m->dev_grads);
+    }
     m->qtile = NULL, m->qtile_floats = 0;
     m->dev_params = m->dev_grads = NULL;
+    m->dev_packed = NULL;
     m->n_dev_params = 0;
+}
+
+/* The unit layout's reservations on ops (see qft_llama_to_backend): the host's offsets,
+ * no memory behind them yet. */
+static int reserve_units(qft_llama_model *m, const qft_ops *ops, int frozen_bf16, qft_err *err) {
+    const size_t g = ops->vm_granularity ? ops->vm_granularity() : 0;
+    if (!g || !ops->vm_reserve || !ops->vm_commit || !ops->vm_decommit || !ops->vm_unreserve)
+        return qft_err_setf(err, "backend \"%s\" cannot map memory behind reserved address "
+                                 "space (no vm_* entries, or a device without virtual memory "
+                                 "management), where full sharding keeps the model's units; "
+                                 "use shard_grad_op, or the cpu backend",
+                            ops->name);
+    if (m->unit_align % g != 0)
+        return qft_err_setf(err, "backend \"%s\": the model's units are aligned to %zu bytes, "
+                                 "not a multiple of the backend's %zu-byte granularity",
+                            ops->name, m->unit_align, g);
+    if (frozen_bf16)
+        return qft_err_setf(err, "backend \"%s\": train.frozen_dtype = \"bf16\" with a strategy "
+                                 "that shards parameters (full_shard, hybrid_shard) is not in "
+                                 "this version; the frozen weights stay fp32 (or packed)",
+                            ops->name);
+    m->dev_params = ops->vm_reserve(span(m, m->n_params * sizeof(float)));
+    m->dev_grads = ops->vm_reserve(span(m, m->n_trainable * sizeof(float)));
+    m->dev_packed = m->packed_cap ? ops->vm_reserve(m->packed_cap) : NULL;
+    if (!m->dev_params || !m->dev_grads || (m->packed_cap && !m->dev_packed))
+        return qft_err_setf(err, "backend \"%s\": no address space left for the model's %zu "
+                                 "parameters",
+                            ops->name, m->n_params);
+    m->n_dev_params = m->n_params;
+    return 0;
 }
 
 void qft_llama_backend_free(qft_llama_model *m) {
@@ -126,11 +192,16 @@ void qft_llama_backend_free(qft_llama_model *m) {
 
 int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16, qft_err *err) {
     if (m->dev_params) return qft_err_setf(err, "the model is on a backend already");
-    if (m->units)
-        return qft_err_setf(err, "backend \"%s\": full sharding cuts the model in host memory "
-                                 "in this version; use no_shard or shard_grad_op there",
-                            ops->name);
     if (!m->grads) return qft_err_setf(err, "backend \"%s\": allocate gradients first", ops->name);
+    const int units = m->units != NULL;
+    if (units) {
+        if (m->n_quantized && !m->packed)
+            return qft_err_setf(err, "backend \"%s\": the packed weights are not placed in "
+                                     "their units yet (full sharding's init places them)",
+                                ops->name);
+        m->embed_on_host = 0; /* the embedding is a unit like the others */
+        if (reserve_units(m, ops, frozen_bf16, err)) goto fail;
+    }
     /* Packed weights, and frozen dense ones kept as bf16, have no fp32 copy there: the
      * backend's flat buffer is the trainable prefix (same offsets as the host's) followed
      * by the frozen fp32 tensors, each at dev_offset. */
@@ -149,7 +220,7 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
         } else if (frozen_bf16 && bf16_candidate(m, e)) {
             if (upload_bf16(m, ops, e, err)) goto fail;
         } else {
-            if (e->role != QFT_ROLE_TRAIN) {
+            if (e->role != QFT_ROLE_TRAIN && !units) {
                 e->dev_offset = n_dev;
                 n_dev += (e->numel + 15) / 16 * 16; /* 64-byte aligned starts */
             }
@@ -174,22 +245,26 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
             goto fail;
         }
     }
-    m->dev_params = ops->alloc((n_dev ? n_dev : 1) * sizeof(float), "parameters");
-    m->dev_grads = ops->alloc((m->n_trainable ? m->n_trainable : 1) * sizeof(float), "gradients");
-    if (!m->dev_params || !m->dev_grads) {
-        qft_err_setf(err, "backend \"%s\": out of memory for %zu parameters", ops->name, n_dev);
-        goto fail;
+    if (!units) {
+        m->dev_params = ops->alloc((n_dev ? n_dev : 1) * sizeof(float), "parameters");
+        m->dev_grads = ops->alloc((m->n_trainable ? m->n_trainable : 1) * sizeof(float),
+                                  "gradients");
+        if (!m->dev_params || !m->dev_grads) {
+            qft_err_setf(err, "backend \"%s\": out of memory for %zu parameters", ops->name,
+                         n_dev);
+            goto fail;
+        }
+        m->n_dev_params = n_dev;
+        ops->upload(m->dev_params, m->params, m->n_trainable * sizeof(float));
+        ops->zero(m->dev_grads, m->n_trainable);
     }
-    m->n_dev_params = n_dev;
-    ops->upload(m->dev_params, m->params, m->n_trainable * sizeof(float));
-    ops->zero(m->dev_grads, m->n_trainable);
     for (int i = 0; i < m->n_entries; i++) {
         const qft_param_entry *e = &m->entries[i];
         if (e->dev_offset == SIZE_MAX) { /* the embedding kept on the host */
             m->p.embed = NULL;
             continue;
         }
-        if (e->role == QFT_ROLE_FROZEN && !e->ql)
+        if (e->role == QFT_ROLE_FROZEN && !e->ql && !units)
             ops->upload(m->dev_params + e->dev_offset, m->params + e->offset,
                         e->numel * sizeof(float));
         /* adapter tensors have no view (their adapter is attached again below); packed and

@@ -96,6 +96,10 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
     /* the batch of the forward, whose ids and mask are in the backend's memory already */
     a->mask = b->mask ? a->mask_buf : NULL;
 
+    /* the head's gradients (and a tied head's, the embedding's) start here */
+    if (qft_llama_unit_event(m, QFT_UNIT_GRADS_BEGIN, L + 1, err) ||
+        (c->tie_word_embeddings && qft_llama_unit_event(m, QFT_UNIT_GRADS_BEGIN, 0, err)))
+        return -1;
     /* The head's backward a chunk of rows at a time, as forward ran it: d loss / d logits
      * in place (the logits are not needed any more; a chunked forward's are computed again
      * first, the same GEMM on the same rows), then dln's rows and the head's gradient. */
@@ -133,11 +137,14 @@ int qft_llama_backward(qft_llama_model *m, const qft_batch *b, float loss_scale,
         m->astep.no_grad = 0; /* this pass keeps what the backward right after needs */
         if (qft_llama_unit_event(m, QFT_UNIT_GATHER, l + 1, err)) return -1;
         if (a->fwd_recompute && qft_llama_block_forward(m, l, 0, x_in, NULL, err)) return -1;
-        if (block_backward(m, l, a->fwd_recompute ? 0 : l, x_in, err) ||
+        if (qft_llama_unit_event(m, QFT_UNIT_GRADS_BEGIN, l + 1, err) ||
+            block_backward(m, l, a->fwd_recompute ? 0 : l, x_in, err) ||
             qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, l + 1, err) ||
             qft_llama_unit_event(m, QFT_UNIT_RELEASE, l + 1, err))
             return -1;
     }
+    if (!c->tie_word_embeddings && qft_llama_unit_event(m, QFT_UNIT_GRADS_BEGIN, 0, err))
+        return -1;
     if (m->g.embed) o->embedding_bwd(m->g.embed, a->dres, a->ids, N, C);
     return qft_llama_unit_event(m, QFT_UNIT_GRADS_DONE, 0, err);
 }

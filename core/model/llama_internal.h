@@ -74,7 +74,7 @@ float **qft_llama_view_slot(qft_llama_ptrs *v, int layer, int field);
 
 /* Assigns the unit layout's offsets (llama_units.c): sets every dense entry's offset,
  * n_trainable, n_params and the unit table. */
-int qft_llama_units_layout(qft_llama_model *m, int pad, qft_err *err);
+int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, qft_err *err);
 
 /* Runs block l on x_in (N, C): fills slot `slot` of rstd1, qkv, att, lse, xmid, rstd2, gu
  * and, when x_out is not NULL, writes x_out (N, C) = the block's output. */

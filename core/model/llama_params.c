@@ -210,7 +210,7 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
         }
     }
     if (build && build->unit_pad > 0) {
-        if (qft_llama_units_layout(m, build->unit_pad, err)) {
+        if (qft_llama_units_layout(m, build->unit_pad, build->unit_align, err)) {
             qft_llama_free(m);
             return -1;
         }
@@ -407,6 +407,8 @@ int qft_llama_alloc_grads(qft_llama_model *m, qft_err *err) {
 void qft_llama_zero_grads(qft_llama_model *m) {
     /* releasing zeroes too, and leaves untouched pages untouched (a sharded run's grads
      * are resident only while a unit's backward fills them) */
+    if (m->dev_grads && m->units)
+        return; /* full sharding decommitted each unit's range after reducing it */
     if (m->dev_grads)
         m->ops->zero(m->dev_grads, m->n_trainable);
     else if (m->grads && m->units)

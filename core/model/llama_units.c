@@ -1,5 +1,6 @@
 /* The unit layout of full sharding (see qft_llama_unit in llama.h): offsets assigned unit by
- * unit so that each unit's tensors form one page-aligned, padded range per role, and the
+ * unit so that each unit's tensors form one aligned, padded range per role (the page, or
+ * a backend's commit granularity, so that its copy can map units at the same offsets), and the
  * packed weights of quantized linears moved into per-unit regions the core owns. The
  * padding makes every unit cut into equal pieces for any group of up to unit_pad ranks
  * that divides it, so gathers and reduce-scatters move whole blocks with no scratch. */
@@ -17,16 +18,23 @@ int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e) {
 
 static size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
-int qft_llama_units_layout(qft_llama_model *m, int pad, qft_err *err) {
+int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, qft_err *err) {
     const int U = m->cfg.num_hidden_layers + 2;
+    const size_t page = qft_vm_page();
+    /* a backend's granularity below the host's page (8 KiB on a 16 KiB-page machine)
+     * divides it: the page then serves both */
+    if (align == 0 || (align < page && page % align == 0)) align = page;
+    if (align % page != 0)
+        return qft_err_setf(err, "unit alignment %zu is not a multiple of the %zu-byte page",
+                            align, page);
     m->units = calloc((size_t)U, sizeof *m->units);
     if (!m->units) return qft_err_setf(err, "out of memory allocating the unit table");
-    m->n_units = U, m->unit_pad = pad;
-    const size_t page_f = qft_vm_page() / sizeof(float);
+    m->n_units = U, m->unit_pad = pad, m->unit_align = align;
+    const size_t align_f = align / sizeof(float);
     size_t off = 0;
     for (int pass = QFT_ROLE_TRAIN; pass <= QFT_ROLE_FROZEN; pass++) {
         for (int u = 0; u < U; u++) {
-            off = round_up(off, page_f);
+            off = round_up(off, align_f);
             const size_t start = off;
             for (int i = 0; i < m->n_entries; i++) {
                 qft_param_entry *e = &m->entries[i];
@@ -40,6 +48,9 @@ int qft_llama_units_layout(qft_llama_model *m, int pad, qft_err *err) {
             else
                 m->units[u].f_off = start, m->units[u].f_len = off - start;
         }
+        /* whole alignment units at the end too: releasing or committing the last unit's
+         * range covers them, and must stay inside the buffer */
+        off = round_up(off, align_f);
         if (pass == QFT_ROLE_TRAIN) m->n_trainable = off;
     }
     m->n_params = off;
@@ -75,7 +86,7 @@ int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
                                  "(shard_grad_op, no_shard)");
     /* each unit's room: the weights' own byte counts, the 64-byte alignment of up to eight
      * buffers each, and the round-up to whole pieces */
-    const size_t piece = 64 * (size_t)m->unit_pad, page = qft_vm_page();
+    const size_t piece = 64 * (size_t)m->unit_pad, page = m->unit_align;
     size_t total = 0;
     for (int u = 0; u < m->n_units; u++) {
         size_t need = 0;

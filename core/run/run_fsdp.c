@@ -1,18 +1,80 @@
 /* Full sharding of the model's units (see run_fsdp.h). */
 #include "run_fsdp.h"
 
+#include "qft_ops.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 static size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
-/* The model buffers' resident bytes now (mincore), folded into the peak. */
+/* The model buffers' resident bytes now, folded into the peak: on the host the pages
+ * mincore finds, on a backend the bytes committed there. */
 static void measure(qft_run_fsdp *f) {
     const qft_llama_model *m = f->m;
-    const size_t now = qft_vm_resident(m->params, m->n_params * sizeof(float)) +
-                       qft_vm_resident(m->grads, m->n_trainable * sizeof(float)) +
-                       qft_vm_resident(m->packed, m->packed_cap);
+    const size_t now = f->ops ? f->committed
+                              : qft_vm_resident(m->params, m->n_params * sizeof(float)) +
+                                    qft_vm_resident(m->grads, m->n_trainable * sizeof(float)) +
+                                    qft_vm_resident(m->packed, m->packed_cap);
     if (now > f->peak) f->peak = now;
+}
+
+/* ---- the unit ranges in the memory the passes use --------------------------------------
+ * The host's buffers (qft_vm_*: pages appear on first write and go at release), or the
+ * backend's mirrors of them (dev_params, dev_grads, dev_packed: memory behind a range only
+ * between vm_commit and vm_decommit). Ranges are whole alignment units: each starts on one
+ * and nothing else shares its last. */
+typedef struct unit_range {
+    void *p;      /* in the passes' memory */
+    size_t bytes; /* what a commit or release covers */
+} unit_range;
+
+static unit_range t_range(const qft_run_fsdp *f, int u) {
+    const qft_llama_model *m = f->m;
+    const qft_llama_unit *un = &m->units[u];
+    float *base = f->ops ? m->dev_params : m->params;
+    return (unit_range){base + un->t_off, round_up(un->t_len * sizeof(float), m->unit_align)};
+}
+static unit_range f_range(const qft_run_fsdp *f, int u) {
+    const qft_llama_model *m = f->m;
+    const qft_llama_unit *un = &m->units[u];
+    float *base = f->ops ? m->dev_params : m->params;
+    return (unit_range){base + un->f_off, round_up(un->f_len * sizeof(float), m->unit_align)};
+}
+static unit_range q_range(const qft_run_fsdp *f, int u) {
+    const qft_llama_model *m = f->m;
+    const qft_llama_unit *un = &m->units[u];
+    if (!un->q_len) return (unit_range){NULL, 0};
+    /* the placed bytes, not the unit's whole room (q_cap): nothing lies past q_len */
+    uint8_t *base = f->ops ? m->dev_packed : m->packed;
+    return (unit_range){base + (un->q - m->packed), round_up(un->q_len, m->unit_align)};
+}
+static unit_range g_range(const qft_run_fsdp *f, int u) {
+    const qft_llama_model *m = f->m;
+    const qft_llama_unit *un = &m->units[u];
+    float *base = f->ops ? m->dev_grads : m->grads;
+    return (unit_range){base + un->t_off, round_up(un->t_len * sizeof(float), m->unit_align)};
+}
+
+/* Memory behind r on the backend; nothing to do on the host, whose pages come on write. */
+static int commit(qft_run_fsdp *f, unit_range r, const char *what, qft_err *err) {
+    if (!f->ops || !r.bytes) return 0;
+    if (f->ops->vm_commit(r.p, r.bytes, what))
+        return qft_err_setf(err, "full sharding: backend \"%s\" is out of memory for %zu bytes "
+                                 "of %s",
+                            f->ops->name, r.bytes, what);
+    f->committed += r.bytes;
+    return 0;
+}
+
+static void drop(qft_run_fsdp *f, unit_range r) {
+    if (!r.bytes) return;
+    if (f->ops) {
+        f->ops->vm_decommit(r.p, r.bytes);
+        f->committed -= r.bytes;
+    } else {
+        qft_vm_release(r.p, r.bytes);
+    }
 }
 
 static int gather(qft_run_fsdp *f, int u, qft_err *err) {
@@ -20,45 +82,68 @@ static int gather(qft_run_fsdp *f, int u, qft_err *err) {
     qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
     const size_t G = (size_t)f->G;
-    // every rank's piece lands at its place in the unit's full range
-    if (qft_transport_all_gather(f->group, f->shard_t + f->pt[u], m->params + un->t_off,
-                                 un->t_len / G * sizeof(float), err) ||
-        qft_transport_all_gather(f->group, f->shard_f + f->pf[u], m->params + un->f_off,
-                                 un->f_len / G * sizeof(float), err) ||
-        qft_transport_all_gather(f->group, f->shard_q + f->pq[u], un->q, un->q_len / G, err))
+    const unit_range t = t_range(f, u), fr = f_range(f, u), q = q_range(f, u);
+    if (commit(f, t, "a gathered unit's parameters", err)) return -1;
+    if (commit(f, fr, "a gathered unit's frozen weights", err)) {
+        drop(f, t);
         return -1;
-    f->gathered[u] = 1;
+    }
+    if (commit(f, q, "a gathered unit's packed weights", err)) {
+        drop(f, t), drop(f, fr);
+        return -1;
+    }
+    f->gathered[u] = 1; /* committed: a failed gather below still releases it */
+    // every rank's piece lands at its place in the unit's full range
+    if (qft_transport_all_gather(f->group, f->shard_t + f->pt[u], t.p,
+                                 un->t_len / G * sizeof(float), err) ||
+        qft_transport_all_gather(f->group, f->shard_f + f->pf[u], fr.p,
+                                 un->f_len / G * sizeof(float), err) ||
+        qft_transport_all_gather(f->group, f->shard_q + f->pq[u], q.p, un->q_len / G, err))
+        return -1;
     measure(f);
     return 0;
 }
 
 static void release(qft_run_fsdp *f, int u) {
     if (!f->gathered[u]) return;
-    qft_llama_model *m = f->m;
-    const qft_llama_unit *un = &m->units[u];
-    /* whole pages: a unit's ranges start on a page and nothing else shares their last */
-    const size_t page = qft_vm_page();
-    qft_vm_release(m->params + un->t_off, round_up(un->t_len * sizeof(float), page));
-    qft_vm_release(m->params + un->f_off, round_up(un->f_len * sizeof(float), page));
-    if (un->q_cap) qft_vm_release(un->q, un->q_cap);
+    drop(f, t_range(f, u));
+    drop(f, f_range(f, u));
+    drop(f, q_range(f, u));
     f->gathered[u] = 0;
 }
 
+/* Memory for the unit's gradients before its backward writes them (the backend's; the
+ * host's pages come on write), kept until they are reduced. */
+static int grads_begin(qft_run_fsdp *f, int u, qft_err *err) {
+    if (f->grads_held[u]) return 0;
+    if (commit(f, g_range(f, u), "a unit's gradients", err)) return -1;
+    f->grads_held[u] = 1;
+    return 0;
+}
+
+static void grads_drop(qft_run_fsdp *f, int u) {
+    if (!f->grads_held[u]) return;
+    drop(f, g_range(f, u));
+    f->grads_held[u] = 0;
+}
+
 /* The unit's gradients, summed over the group into this rank's piece, then over the
- * replicas; the full range goes back to zero pages for the next step. Before the last
+ * replicas; the full range goes back to zeros for the next step. Before the last
  * micro-batch of a step nothing moves: gradients accumulate in the full range. */
 static int grads_done(qft_run_fsdp *f, int u, qft_err *err) {
     qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
     if (!f->sync || un->t_len == 0) return 0;
+    /* a backward that added nothing (no target token) still joins the reduce-scatter */
+    if (grads_begin(f, u, err)) return -1;
     measure(f);
     const size_t piece = un->t_len / (size_t)f->G;
     float *g = f->shard_g + f->pt[u]; // (piece)
-    if (qft_transport_reduce_scatter_f32(f->group, m->grads + un->t_off, g, piece, err) ||
+    if (qft_transport_reduce_scatter_f32(f->group, g_range(f, u).p, g, piece, err) ||
         (f->replicas &&
          qft_transport_all_reduce_f32(f->replicas, g, piece, QFT_REDUCE_SUM, err)))
         return -1;
-    qft_vm_release(m->grads + un->t_off, round_up(un->t_len * sizeof(float), qft_vm_page()));
+    grads_drop(f, u);
     return 0;
 }
 
@@ -67,6 +152,7 @@ static int hook(void *ctx, int event, int u, qft_err *err) {
     switch (event) {
     case QFT_UNIT_GATHER: return gather(f, u, err);
     case QFT_UNIT_RELEASE: release(f, u); return 0;
+    case QFT_UNIT_GRADS_BEGIN: return grads_begin(f, u, err);
     case QFT_UNIT_GRADS_DONE: return grads_done(f, u, err);
     default: return qft_err_setf(err, "full sharding: unknown unit event %d", event);
     }
@@ -89,7 +175,8 @@ int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *
     f->pf = calloc((size_t)U, sizeof *f->pf);
     f->pq = calloc((size_t)U, sizeof *f->pq);
     f->gathered = calloc((size_t)U, sizeof *f->gathered);
-    if (!f->pt || !f->pf || !f->pq || !f->gathered) goto oom;
+    f->grads_held = calloc((size_t)U, sizeof *f->grads_held);
+    if (!f->pt || !f->pf || !f->pq || !f->gathered || !f->grads_held) goto oom;
     for (int u = 0; u < U; u++) {
         const qft_llama_unit *un = &m->units[u];
         f->pt[u] = f->n_t, f->n_t += un->t_len / G;
@@ -121,9 +208,60 @@ oom:
     return qft_err_setf(err, "full sharding: out of memory for this rank's shard");
 }
 
+/* A host shard buffer's contents in new backend memory; the host's is freed. */
+static void *to_backend(const qft_ops *ops, void *host, size_t bytes, const char *what) {
+    void *d = ops->alloc(bytes ? bytes : 1, what);
+    if (d && bytes) ops->upload(d, host, bytes);
+    if (d) qft_mem_free(host);
+    return d;
+}
+
+int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, qft_err *err) {
+    qft_llama_model *m = f->m;
+    if (m->ops != ops || !m->dev_params || !m->dev_grads)
+        return qft_err_setf(err, "full sharding: the model is not on backend \"%s\" with the "
+                                 "unit layout",
+                            ops->name);
+    const size_t bt = (f->n_t ? f->n_t : 1) * sizeof(float);
+    float *t = to_backend(ops, f->shard_t, bt, "parameter shard");
+    if (t) f->shard_t = t;
+    float *g = t ? to_backend(ops, f->shard_g, bt, "gradient shard") : NULL;
+    if (g) f->shard_g = g;
+    float *fr = g ? to_backend(ops, f->shard_f, (f->n_f ? f->n_f : 1) * sizeof(float),
+                               "frozen shard")
+                  : NULL;
+    if (fr) f->shard_f = fr;
+    uint8_t *q = fr ? to_backend(ops, f->shard_q, f->n_q ? f->n_q : 1, "packed shard") : NULL;
+    if (q) f->shard_q = q;
+    if (!q) {
+        /* the buffers moved so far are the backend's, the rest still the host's */
+        if (t) ops->free(t), f->shard_t = NULL;
+        if (g) ops->free(g), f->shard_g = NULL;
+        if (fr) ops->free(fr), f->shard_f = NULL;
+        return qft_err_setf(err, "full sharding: backend \"%s\" is out of memory for this "
+                                 "rank's %zu-byte shard",
+                            ops->name, qft_run_fsdp_shard_bytes(f));
+    }
+    f->ops = ops;
+    f->peak = 0;
+    return 0;
+}
+
 int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err) {
-    for (int u = 0; u < f->m->n_units; u++)
+    qft_llama_model *m = f->m;
+    for (int u = 0; u < m->n_units; u++) {
         if (gather(f, u, err)) return -1;
+        if (!f->ops) continue; /* the host's ranges are whole now */
+        /* a unit at a time through the backend, so that its memory holds one unit more at
+         * most; the host's ranges (released pages) fill as the downloads write them */
+        const qft_llama_unit *un = &m->units[u];
+        if (un->t_len)
+            f->ops->download(m->params + un->t_off, t_range(f, u).p, un->t_len * sizeof(float));
+        if (un->f_len)
+            f->ops->download(m->params + un->f_off, f_range(f, u).p, un->f_len * sizeof(float));
+        if (un->q_len) f->ops->download(un->q, q_range(f, u).p, un->q_len);
+        release(f, u);
+    }
     /* the trainable pieces are the optimizer's: the full ranges now hold its update */
     return 0;
 }
@@ -135,7 +273,8 @@ int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err) {
 size_t qft_run_fsdp_expected_peak(const qft_run_fsdp *f, int grad_accum) {
     const qft_llama_model *m = f->m;
     const int U = m->n_units, L = U - 2, tied = m->cfg.tie_word_embeddings;
-    const size_t page = qft_vm_page();
+    /* the host's pages, or the backend's commits: whole alignment units */
+    const size_t page = f->ops ? m->unit_align : qft_vm_page();
     size_t params = 0, grads = 0, peak = 0;
 #define P(u) (round_up(m->units[u].t_len * 4, page) + round_up(m->units[u].f_len * 4, page) + \
               round_up(m->units[u].q_len, page))
@@ -174,13 +313,25 @@ size_t qft_run_fsdp_shard_bytes(const qft_run_fsdp *f) {
 
 void qft_run_fsdp_free(qft_run_fsdp *f) {
     if (f->m && f->m->unit_ctx == f) f->m->unit_hook = NULL, f->m->unit_ctx = NULL;
+    /* a run that stopped in a pass may hold units: the backend's reservations can only go
+     * once nothing is committed in them */
+    if (f->ops && f->gathered && f->grads_held)
+        for (int u = 0; u < f->m->n_units; u++) release(f, u), grads_drop(f, u);
     free(f->pt);
     free(f->pf);
     free(f->pq);
     free(f->gathered);
-    qft_mem_free(f->shard_t);
-    qft_mem_free(f->shard_g);
-    qft_mem_free(f->shard_f);
-    qft_mem_free(f->shard_q);
+    free(f->grads_held);
+    if (f->ops) {
+        f->ops->free(f->shard_t);
+        f->ops->free(f->shard_g);
+        f->ops->free(f->shard_f);
+        f->ops->free(f->shard_q);
+    } else {
+        qft_mem_free(f->shard_t);
+        qft_mem_free(f->shard_g);
+        qft_mem_free(f->shard_f);
+        qft_mem_free(f->shard_q);
+    }
     memset(f, 0, sizeof *f);
 }

@@ -22,8 +22,14 @@ typedef struct qft_run_fsdp {
     uint8_t *shard_q;              /* (n_q) packed pieces */
     size_t n_t, n_f, n_q;
     int *gathered;                 /* [n_units] 1 while the unit is whole here */
+    int *grads_held;               /* [n_units] 1 while the backend holds its gradients */
     int sync;                      /* reduce gradients at GRADS_DONE (a step's last micro) */
     size_t peak;                   /* the model buffers' resident bytes, max over events */
+    /* After qft_run_fsdp_to_backend: the backend whose memory holds the shard buffers and
+     * the units (the model's dev_params, dev_grads, dev_packed), and the bytes committed
+     * there now. NULL: everything in host memory. */
+    const struct qft_ops *ops;
+    size_t committed;
 } qft_run_fsdp;
 
 /* Cuts m (loaded whole, adapters attached, built with the unit layout) over group: places
@@ -31,7 +37,13 @@ typedef struct qft_run_fsdp {
  * the model so that its passes gather and release units. Collective over the job. */
 int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
                       const qft_transport *replicas, qft_err *err);
-/* Every unit whole (before a save). Collective. */
+/* Moves the shard buffers to backend ops, where qft_llama_to_backend put the model (with
+ * the unit layout: reservations at the host's offsets); from then on the units are
+ * gathered, and their gradients reduced, in that memory, over a group that moves it (a
+ * transport over the backend's memory: nccl, staged). After init and to_backend. */
+int qft_run_fsdp_to_backend(qft_run_fsdp *f, const struct qft_ops *ops, qft_err *err);
+/* Every unit whole in the host's buffers (before a save); on a backend, gathered there a
+ * unit at a time and downloaded. Collective. */
 int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err);
 /* The resident-bytes peak the schedule implies for one step of grad_accum micro-batches,
  * from the units' sizes (page-rounded), beside which `peak` is measured. */

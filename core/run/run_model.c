@@ -1,6 +1,7 @@
 /* The model of a run: loaded from a Hugging Face folder, or random from model.config. */
 #include "hf_model.h"
 #include "peft_adapter.h"
+#include "qft_ops.h"
 #include "run.h"
 
 #include <stdint.h>
@@ -95,7 +96,13 @@ int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t 
     const intptr_t flags = (d->qvt ? 1 : 0) | (d->avt ? 2 : 0);
     qft_llama_build build = {.role = run_role, .ctx = (void *)flags, .qvt = d->qvt,
                              .qstate = d->qstate, .avt = d->avt, .astate = d->astate,
-                             .unit_pad = unit_pad};
+                             .unit_pad = unit_pad,
+                             /* full sharding on another backend maps each unit there at
+                              * the host's offsets: its ranges start on the backend's
+                              * commit granularity (or the page, where that is larger) */
+                             .unit_align = unit_pad && d->ops->vm_granularity
+                                               ? d->ops->vm_granularity()
+                                               : 0};
     static qft_run_expansion x; /* one run per process; too big for the stack */
     qft_llama_config c;
     if (rc->model.path) {

@@ -53,12 +53,15 @@ int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const q
         return -1;
     }
     const qft_shard_vtable *vt = p->desc->vtable;
-    if (vt->param_group && sh->dt != sh->t)
-        return qft_err_setf(err, "%s: shard.plugin = \"%s\" shards the model itself, which this "
-                                 "version does in host memory, on the cpu backend only; with "
-                                 "train.backend = \"%s\" on %d ranks use no_shard, "
-                                 "shard_grad_op or hybrid_shard_grad_op",
-                            rc->file, rc->shard.plugin, rc->train.backend, sh->t->world);
+    /* full sharding on another backend keeps the units there: the shards move with the
+     * gradients, so host-memory shards (cpu_offload) are another design */
+    if (vt->param_group && sh->t->world > 1 && strcmp(rc->train.backend, "cpu") != 0 &&
+        !sh->ops)
+        return qft_err_setf(err, "%s: shard.plugin = \"%s\" with train.backend = \"%s\" keeps "
+                                 "each rank's shard and the gathered units in the backend's "
+                                 "memory; shard.cpu_offload = true (shards in host memory) is "
+                                 "not supported with it in this version",
+                            rc->file, rc->shard.plugin, rc->train.backend);
     if (!vt->param_group && (!vt->plan || !vt->reduce_grads || !vt->gather_params))
         return qft_err_setf(err, "shard plugin \"%s\" (%s) has neither param_group nor all of "
                                  "plan, reduce_grads and gather_params",
@@ -68,7 +71,8 @@ int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const q
         return -1;
     sh->vt = vt;
     if (vt->param_group) {
-        if (vt->param_group(sh->state, sh->t, &sh->group, &sh->replicas, err)) return -1;
+        /* the units move in the memory the passes use: dt is the backend's transport */
+        if (vt->param_group(sh->state, sh->dt, &sh->group, &sh->replicas, err)) return -1;
         /* one rank holds everything anyway: cutting the model into one piece would only
          * keep a second copy of it */
         sh->full = sh->group->world > 1 || sh->replicas;
@@ -101,6 +105,10 @@ int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
                                  "the %zu trainable floats",
                             sh->name, sh->t->rank, sh->offset, sh->offset + sh->len, n);
     return 0;
+}
+
+int qft_run_shard_to_backend(qft_run_shard *sh, qft_err *err) {
+    return sh->full && sh->ops ? qft_run_fsdp_to_backend(&sh->fsdp, sh->ops, err) : 0;
 }
 
 float *qft_run_shard_opt_params(qft_run_shard *sh, qft_llama_model *m) {

@@ -48,7 +48,12 @@ int qft_run_shard_unit_pad(const qft_run_shard *sh);
 /* Takes the run's model (built, loaded, adapters attached): asks the plugin for this rank's
  * slice of its trainable floats, or, under full sharding, cuts the model over the group. */
 int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err);
-/* The parameters and gradients this rank's optimizer updates: len floats each. */
+/* Under full sharding with the optimizer on another backend (ops): the shards and units
+ * move to its memory (qft_run_fsdp_to_backend), after qft_llama_to_backend; otherwise a
+ * no-op. */
+int qft_run_shard_to_backend(qft_run_shard *sh, qft_err *err);
+/* The parameters and gradients this rank's optimizer updates: len floats each (under full
+ * sharding the shard buffers, in the backend's memory after qft_run_shard_to_backend). */
 float *qft_run_shard_opt_params(qft_run_shard *sh, qft_llama_model *m);
 float *qft_run_shard_opt_grads(qft_run_shard *sh, qft_llama_model *m);
 /* Whether the micro-batch about to run is the last of its step: under full sharding only

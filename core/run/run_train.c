@@ -149,10 +149,15 @@ static void report_memory(const qft_run_config *rc, run_state *s, int quiet, lon
     size_t measured = 0, expected = 0;
     if (s->dev_opt) {
         /* on the backend: the model's buffers there (measured once, on both sides) and the
-         * optimizer state as its allocator measured it, against the strategy's slice */
+         * optimizer state as its allocator measured it, against the strategy's slice; under
+         * full sharding also the units' commits, peak measured against the schedule's */
         const size_t states = (s->opt.m ? 1 : 0) + (s->opt.v ? 1 : 0);
         measured = s->dev_model_bytes + s->opt_bytes;
         expected = s->dev_model_bytes + states * s->shard.len * sizeof(float);
+        if (s->shard.full) {
+            measured += s->shard.fsdp.peak;
+            expected += qft_run_fsdp_expected_peak(&s->shard.fsdp, rc->train.grad_accum);
+        }
     } else {
         qft_run_shard_memory(&s->shard, &s->model, s->opt_bytes, rc->train.grad_accum,
                              &measured, &expected);
@@ -173,27 +178,46 @@ static void report_memory(const qft_run_config *rc, run_state *s, int quiet, lon
 /* The parameters and gradients this rank's optimizer updates: shard.len floats, in the
  * backend's memory when the optimizer runs there (one rank: the slice is everything). */
 static float *opt_params(run_state *s) {
-    if (s->dev_opt) return s->model.dev_params + s->shard.offset;
+    if (s->dev_opt && !s->shard.full) return s->model.dev_params + s->shard.offset;
     return qft_run_shard_opt_params(&s->shard, &s->model);
 }
 static float *opt_grads(run_state *s) {
-    if (s->dev_opt) return s->model.dev_grads + s->shard.offset;
+    if (s->dev_opt && !s->shard.full) return s->model.dev_grads + s->shard.offset;
     return qft_run_shard_opt_grads(&s->shard, &s->model);
+}
+
+/* The host memory a checkpoint reads and writes the slice's parameters in: the master
+ * copy's slice, or under full sharding (whose host pieces moved to the backend) a buffer of
+ * its own, which the caller frees with host_slice_free. */
+static float *host_slice(run_state *s) {
+    if (!s->shard.full) return s->model.params + s->shard.offset;
+    return qft_mem_alloc((s->shard.len ? s->shard.len : 1) * sizeof(float), "checkpoint slice");
+}
+static void host_slice_free(run_state *s, float *p) {
+    if (s->shard.full) qft_mem_free(p);
 }
 
 /* Training-state checkpoints read and write the optimizer's state and the slice in host
  * memory (run_ckpt.c); with the optimizer on the backend they are staged through a host
- * optimizer and the host master copy. */
+ * optimizer and host_slice. */
 static int ckpt_save(const qft_run_config *rc, run_state *s, const qft_run_ckpt_info *ck,
                      qft_err *err) {
     if (!s->dev_opt) return qft_run_ckpt_save(rc, &s->shard, &s->opt, opt_params(s), ck, err);
     qft_optim host;
-    if (qft_optim_init(&host, &s->opt.cfg, s->opt.n, err)) return -1;
+    float *slice = host_slice(s);
+    if (!slice) return qft_err_setf(err, "out of memory staging the checkpoint's parameters");
+    if (qft_optim_init(&host, &s->opt.cfg, s->opt.n, err)) {
+        host_slice_free(s, slice);
+        return -1;
+    }
     qft_optim_copy_state(&host, &s->opt);
-    qft_llama_params_to_host(&s->model, s->shard.offset, s->shard.len);
-    const int r = qft_run_ckpt_save(rc, &s->shard, &host, s->model.params + s->shard.offset,
-                                    ck, err);
+    if (s->shard.full)
+        s->data.ops->download(slice, opt_params(s), s->shard.len * sizeof(float));
+    else
+        qft_llama_params_to_host(&s->model, s->shard.offset, s->shard.len);
+    const int r = qft_run_ckpt_save(rc, &s->shard, &host, slice, ck, err);
     qft_optim_free(&host);
+    host_slice_free(s, slice);
     return r;
 }
 
@@ -201,11 +225,19 @@ static int ckpt_load(const qft_run_config *rc, run_state *s, long *start_step, q
     if (!s->dev_opt)
         return qft_run_ckpt_load(rc, &s->shard, &s->opt, opt_params(s), start_step, err);
     qft_optim host;
-    if (qft_optim_init(&host, &s->opt.cfg, s->opt.n, err)) return -1;
-    const int r = qft_run_ckpt_load(rc, &s->shard, &host, s->model.params + s->shard.offset,
-                                    start_step, err);
+    float *slice = host_slice(s);
+    if (!slice) return qft_err_setf(err, "out of memory staging the checkpoint's parameters");
+    if (qft_optim_init(&host, &s->opt.cfg, s->opt.n, err)) {
+        host_slice_free(s, slice);
+        return -1;
+    }
+    const int r = qft_run_ckpt_load(rc, &s->shard, &host, slice, start_step, err);
     if (r == 0) qft_optim_copy_state(&s->opt, &host);
+    /* full sharding: the pieces are the parameters, whole units come with each gather */
+    if (r == 0 && s->shard.full)
+        s->data.ops->upload(opt_params(s), slice, s->shard.len * sizeof(float));
     qft_optim_free(&host);
+    host_slice_free(s, slice);
     return r;
 }
 
@@ -292,8 +324,9 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     /* another backend (train.backend): the passes run on its copy of the model */
     const size_t held = opt_mem_held(&s);
     if (s.data.ops != qft_cpu_ops() &&
-        qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
-                             err))
+        (qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
+                              err) ||
+         qft_run_shard_to_backend(&s.shard, err)))
         goto done;
     if (s.dev_opt) s.dev_model_bytes = opt_mem_held(&s) - held;
     /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
@@ -301,7 +334,9 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     long start_step = 0;
     if (rc->train.resume_from) {
         if (ckpt_load(rc, &s, &start_step, err)) goto done;
-        if (s.dev_opt) { /* the slice up, then gathered on the backend */
+        if (s.shard.full) {
+            /* the pieces are the parameters: the units' next gathers bring them */
+        } else if (s.dev_opt) { /* the slice up, then gathered on the backend */
             qft_llama_params_to_backend(&s.model, s.shard.offset, s.shard.len);
             if (qft_run_shard_gather_params(&s.shard, s.model.dev_params, err)) goto done;
         } else {
@@ -447,7 +482,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                               "without the CUDA context)",
                 qft_cuda_loaded_mem_peak() / 1048576.0);
     /* the optimizer updated the backend's copy: the host's, which the savers read, follows */
-    if (s.dev_opt) qft_llama_params_to_host(&s.model, 0, s.model.n_trainable);
+    if (s.dev_opt && !s.shard.full) qft_llama_params_to_host(&s.model, 0, s.model.n_trainable);
     /* full sharding holds pieces: every rank helps make the model whole for rank 0's save */
     if (strcmp(rc->output.save, "none") != 0 && qft_run_shard_gather_model(&s.shard, err))
         goto done;

@@ -337,6 +337,29 @@ typedef struct qft_ops {
     void (*col_dot_scale)(float *acc, float *g, int64_t ldg, const float *a, int64_t lda,
                           const float *b, int64_t ldb, const float *div, const float *f,
                           int64_t N, int64_t n);
+
+    /* ---- appended in ABI 8: address space with memory behind parts of it ---------------
+     * What full sharding keeps the model's units in on a backend (CUDA's virtual memory
+     * management: cuMemAddressReserve, then cuMemCreate + cuMemMap per range; cpu_guard's
+     * reserved mappings): pointers into a reservation stay valid while memory comes and
+     * goes behind its ranges, as the host's qft_vm_* do for the cpu backend. All five NULL
+     * where the backend has none of this. */
+    /* Bytes that a commit's offset from its reservation's start and its size are multiples
+     * of (2 MiB on current GPUs); 0 where this device has no such memory management, and
+     * the other four are not to be called. */
+    size_t (*vm_granularity)(void);
+    /* bytes (a multiple of the granularity) of address space with no memory behind it;
+     * NULL when none is left */
+    void *(*vm_reserve)(size_t bytes);
+    /* Memory behind [p, p + bytes) of a reservation, zero-filled, counted as alloc counts
+     * under `what`: 0, or -1 when the backend is out of memory. Until then, and after
+     * vm_decommit, any access to the range is the backend's equivalent of a bad address. */
+    int (*vm_commit)(void *p, size_t bytes, const char *what);
+    /* Gives back the memory of one whole earlier commit (the same p and bytes) once work
+     * queued on it is done. */
+    void (*vm_decommit)(void *p, size_t bytes);
+    /* Ends a reservation of vm_reserve, after every range of it has been decommitted. */
+    void (*vm_unreserve)(void *p, size_t bytes);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

@@ -284,13 +284,12 @@ START_TEST(test_ranks) {
     }
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s -np 2 -x OMP_NUM_THREADS=1", mpirun);
+    /* full sharding on the backend (tests/shard runs it, and its cpu_offload refusal)
+     * keeps its frozen weights fp32: the bf16 copies are not in the unit layout */
     refused_with(cmd, "full",
-                 "--set train.backend=\\\"cpu_guard\\\" --set shard.cpu_offload=true "
+                 "--set train.backend=\\\"cpu_guard\\\" --set train.frozen_dtype=\\\"bf16\\\" "
                  "--set shard.plugin=\\\"full_shard\\\"",
-                 "full sharding cuts the model in host memory");
-    refused_with(cmd, "full",
-                 "--set train.backend=\\\"cpu_guard\\\" --set shard.plugin=\\\"full_shard\\\"",
-                 "shards the model itself");
+                 "train.frozen_dtype = \"bf16\" with a strategy that shards parameters");
     /* NCCL moves GPU memory only; cpu_guard's goes through the staged transport */
     refused_with(cmd, "full",
                  "--set train.backend=\\\"cpu_guard\\\" --set shard.device_transport=\\\"nccl\\\"",

@@ -1,6 +1,8 @@
-/* Resumable training under `mpirun -np 2` with shard.plugin = "shard_grad_op", where each
- * rank's optimizer owns half of the trainable floats and saves its own file.
- *   - lora and qlora (and qlora on cpu_guard, gradients and optimizer in its memory): 6
+/* Resumable training under `mpirun -np 2` with shard.plugin = "shard_grad_op" (and
+ * "full_shard"), where each rank's optimizer owns half of the trainable floats and saves
+ * its own file.
+ *   - lora and qlora (and qlora on cpu_guard, gradients and optimizer in its memory, under
+ *     shard_grad_op and under full_shard, whose units are committed there per gather): 6
  *     steps straight vs 3 steps resumed to 6 (constant schedule, as in
  *     tests/apps/test_resume.c): every step's loss, learning rate and gradient norm equal
  *     exactly, metrics.jsonl continues without duplicates, and the saved adapters and both
@@ -10,7 +12,8 @@
  *   - rank 1's file cut short: rank 1 fails while rank 0 has gone on to the parameter
  *     gather; the job still ends within 60 s, naming the file.
  * argv: mpirun, then mpirun's flags. $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the
- * tree, $QFT_RESUME_TYPES the train_types this build has plugins for. */
+ * tree, $QFT_RESUME_TYPES and $QFT_RESUME_STRATEGIES the train_types and shard plugins
+ * this build has. */
 #include "run_util.h"
 
 #include <sys/wait.h>
@@ -22,13 +25,17 @@ static int g_argc;
 static char g_tmp[4096];
 static char g_mpirun[4096];
 
-/* train_type and train.backend (NULL: cpu). On cpu_guard gradients and optimizer state
- * stay in its guarded memory (as on a GPU): the checkpoint is staged through host buffers
- * and the resumed slices are gathered over the staged transport. */
+/* train_type, train.backend (NULL: cpu) and shard.plugin. On cpu_guard gradients and
+ * optimizer state stay in its guarded memory (as on a GPU): the checkpoint is staged through
+ * host buffers and the resumed slices are gathered over the staged transport (under
+ * full_shard nothing is gathered: the resumed pieces are the shards themselves). */
 typedef struct resume_case {
-    const char *type, *backend;
+    const char *type, *backend, *strategy;
 } resume_case;
-static const resume_case k_cases[] = {{"lora", NULL}, {"qlora", NULL}, {"qlora", "cpu_guard"}};
+static const resume_case k_cases[] = {{"lora", NULL, "shard_grad_op"},
+                                      {"qlora", NULL, "shard_grad_op"},
+                                      {"qlora", "cpu_guard", "shard_grad_op"},
+                                      {"qlora", "cpu_guard", "full_shard"}};
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
 /* 16 examples: 8 batches of 2 per epoch, 2 micro-batches per step over the ranks, so the 6
@@ -91,16 +98,23 @@ static void ckpt_dir(char *buf, size_t n, const char *type) {
 
 START_TEST(test_resume_two_ranks) {
     const char *type = k_cases[_i].type, *backend = k_cases[_i].backend;
-    if (!type_built(type)) {
-        printf("skip: %s (its plugins are not built)\n", type);
+    const char *strategy = k_cases[_i].strategy;
+    const int sgo = strcmp(strategy, "shard_grad_op") == 0;
+    if (!type_built(type) || !ru_type_built("QFT_RESUME_STRATEGIES", strategy)) {
+        printf("skip: %s under %s (its plugins are not built)\n", type, strategy);
         return;
     }
-    char a[4096], b[4096], extra[16384], pa[8192], pb[8192], be[128] = "";
-    snprintf(a, sizeof a, "%s/%s%s%s-straight", g_tmp, type, backend ? "-" : "",
-             backend ? backend : "");
-    snprintf(b, sizeof b, "%s/%s%s%s-resumed", g_tmp, type, backend ? "-" : "",
-             backend ? backend : "");
-    if (backend) snprintf(be, sizeof be, "--set train.backend=\\\"%s\\\"", backend);
+    char a[4096], b[4096], extra[16384], pa[8192], pb[8192], be[256];
+    /* the first cases' names (lora-resumed, qlora-resumed) are the later tests' inputs */
+    snprintf(a, sizeof a, "%s/%s%s%s%s%s-straight", g_tmp, type, backend ? "-" : "",
+             backend ? backend : "", sgo ? "" : "-", sgo ? "" : strategy);
+    snprintf(b, sizeof b, "%s/%s%s%s%s%s-resumed", g_tmp, type, backend ? "-" : "",
+             backend ? backend : "", sgo ? "" : "-", sgo ? "" : strategy);
+    /* a later --set of a key wins over k_overrides' */
+    snprintf(be, sizeof be, "--set shard.plugin=\\\"%s\\\"", strategy);
+    if (backend)
+        snprintf(be + strlen(be), sizeof be - strlen(be), " --set train.backend=\\\"%s\\\"",
+                 backend);
     snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.save_state_every=3 "
              "--set output.dir=\\\"%s\\\" %s", a, be);
     train_ok(type, extra);
@@ -128,13 +142,13 @@ START_TEST(test_resume_two_ranks) {
     ck_assert_int_eq(off1, len0);
     ck_assert_int_eq(len0 + len1, total);
     ck_assert_int_eq(len0, total / 2);
-    ck_assert_str_eq(qft_st_meta(&f1, "shard_strategy"), "shard_grad_op");
+    ck_assert_str_eq(qft_st_meta(&f1, "shard_strategy"), strategy);
     qft_st_close(&f0);
     qft_st_close(&f1);
-    printf("%s%s%s: -np 2 shard_grad_op, 6 steps straight = 3 steps + resume to 6 (losses, "
+    printf("%s%s%s: -np 2 %s, 6 steps straight = 3 steps + resume to 6 (losses, "
            "lr, grad norms; %d adapter tensors; both ranks' optimizer slices of %lld + %lld "
-           "floats), bit for bit\n", type, backend ? " on " : "", backend ? backend : "", n,
-           len0, len1);
+           "floats), bit for bit\n", type, backend ? " on " : "", backend ? backend : "", strategy,
+           n, len0, len1);
 }
 END_TEST
 

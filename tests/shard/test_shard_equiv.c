@@ -24,6 +24,8 @@
  * (QFT_TRANSPORT_NODE_SIZE). Cases on the cpu_guard backend keep gradients and optimizer
  * state in its guarded memory (as on a GPU), where the strategies' collectives run over
  * the staged transport; the optimizer state is then measured by that backend's allocator.
+ * Full sharding there keeps the units in the backend's memory too (its vm_* entries), so
+ * the peak there is the bytes committed to gathered units and their gradients.
  * Dropout is on in qlora.cfg (0.05): equal losses also show that each micro-batch draws
  * the mask one process would give it.
  *
@@ -76,6 +78,12 @@ static const eq_case k_cases[] = {
     {"full", "shard_grad_op", 2, 2, 0, "cpu_guard"},
     {"bnb_dora", "shard_grad_op", 3, 1, 0, "cpu_guard"},
     {"qlora", "hybrid_shard_grad_op", 4, 1, 2, "cpu_guard"},
+    /* full sharding with the units in the backend's memory: committed at a gather and
+     * gone at the release, gathered and reduce-scattered there */
+    {"qlora", "full_shard", 2, 2, 0, "cpu_guard"},
+    {"bnb_dora", "full_shard", 3, 1, 0, "cpu_guard"},
+    {"full", "full_shard", 2, 2, 0, "cpu_guard"},
+    {"qlora", "hybrid_shard", 4, 1, 2, "cpu_guard"},
 };
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 #define N_STEPS 5
@@ -334,25 +342,25 @@ START_TEST(test_one_rank_fails) {
 }
 END_TEST
 
-/* Full sharding keeps the model's units in host memory: with gradients and the optimizer
- * on another backend it is refused on every rank, naming the strategy and those that work
- * there. */
-START_TEST(test_device_full_shard_refused) {
+/* Full sharding on another backend keeps the shards in its memory: asking for them in
+ * host memory (shard.cpu_offload) is refused on every rank, naming the strategy and the
+ * key. */
+START_TEST(test_device_full_shard_offload_refused) {
     const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
     ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
     char cmd[16384];
     snprintf(cmd, sizeof cmd,
              "timeout 120 %s -np 2 -x OMP_NUM_THREADS=1 %s train %s/configs/full.cfg %s "
              "--set train.backend=\\\"cpu_guard\\\" --set shard.plugin=\\\"full_shard\\\" "
-             "--set output.dir=\\\"%s/refused\\\" 2>&1",
+             "--set shard.cpu_offload=true --set output.dir=\\\"%s/refused\\\" 2>&1",
              g_mpirun, qft, root, k_overrides, g_tmp);
     static char out[1 << 20];
     const int st = ru_run(cmd, out, sizeof out);
-    ck_assert_msg(st != 0, "full_shard on cpu_guard over 2 ranks ran:\n%s", out);
+    ck_assert_msg(st != 0, "full_shard with cpu_offload on cpu_guard over 2 ranks ran:\n%s", out);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 124, "the job hung:\n%s", out);
-    ck_assert_msg(strstr(out, "\"full_shard\" shards the model itself") &&
-                      strstr(out, "use no_shard, shard_grad_op or hybrid_shard_grad_op"),
-                  "no message naming the strategy and the ones that work there:\n%s", out);
+    ck_assert_msg(strstr(out, "shard.plugin = \"full_shard\" with train.backend = \"cpu_guard\"") &&
+                      strstr(out, "shard.cpu_offload = true"),
+                  "no message naming the strategy and the key:\n%s", out);
 }
 END_TEST
 
@@ -374,7 +382,7 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_equivalence, 0, N_CASES);
     tcase_add_test(tc, test_one_rank_fails);
-    tcase_add_test(tc, test_device_full_shard_refused);
+    tcase_add_test(tc, test_device_full_shard_offload_refused);
     suite_add_tcase(s, tc);
     return ru_run_suite(s, g_tmp);
 }
