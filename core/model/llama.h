@@ -252,10 +252,15 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * With the unit layout (full sharding cut the model already, qft_run_fsdp_init) it uploads
  * nothing: dev_params, dev_grads and dev_packed are reservations of ops (its vm_* entries,
  * with a granularity unit_align is a multiple of) at the host's offsets, the packed
- * layouts point into dev_packed, and the units' memory comes and goes with the unit hook;
- * frozen_bf16 and embed_on_host do not apply there. */
+ * layouts point into dev_packed, and the units' memory comes and goes with the unit hook
+ * (a frozen, untied embedding kept on the host with embed_on_host is unit 0, which full
+ * sharding then leaves whole there: qft_llama_embed_stays_on_host); frozen_bf16 is
+ * refused there. */
 int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, int frozen_bf16,
                          qft_err *err);
+/* Whether qft_llama_to_backend will leave the embedding in host memory: embed_on_host
+ * asks, and the embedding is frozen and untied. */
+int qft_llama_embed_stays_on_host(const qft_llama_model *m);
 /* Whether forward gathers the batch's embedding rows from the host's table: embed_on_host
  * means something only once the model is on another backend. */
 static inline int qft_llama_embed_gathered(const qft_llama_model *m) {

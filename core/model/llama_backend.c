@@ -27,6 +27,11 @@ static int host_embedding(const qft_llama_model *m, const qft_param_entry *e) {
            !m->cfg.tie_word_embeddings;
 }
 
+int qft_llama_embed_stays_on_host(const qft_llama_model *m) {
+    const qft_param_entry *e = qft_llama_outer_entry(m, 0);
+    return m->embed_on_host && e && host_embedding(m, e);
+}
+
 /* Entry e as a QFT_QFMT_BF16 layout on the backend, rounded from the host's fp32 copy. */
 static int upload_bf16(qft_llama_model *m, const qft_ops *ops, qft_param_entry *e,
                        qft_err *err) {
@@ -199,7 +204,6 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
             return qft_err_setf(err, "backend \"%s\": the packed weights are not placed in "
                                      "their units yet (full sharding's init places them)",
                                 ops->name);
-        m->embed_on_host = 0; /* the embedding is a unit like the others */
         if (reserve_units(m, ops, frozen_bf16, err)) goto fail;
     }
     /* Packed weights, and frozen dense ones kept as bf16, have no fp32 copy there: the

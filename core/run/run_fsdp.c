@@ -78,7 +78,7 @@ static void drop(qft_run_fsdp *f, unit_range r) {
 }
 
 static int gather(qft_run_fsdp *f, int u, qft_err *err) {
-    if (f->gathered[u]) return 0;
+    if (f->gathered[u] || qft_run_fsdp_whole(f, u)) return 0;
     qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
     const size_t G = (size_t)f->G;
@@ -159,12 +159,14 @@ static int hook(void *ctx, int event, int u, qft_err *err) {
 }
 
 int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
-                      const qft_transport *replicas, qft_err *err) {
+                      const qft_transport *replicas, int embed_whole, qft_err *err) {
     memset(f, 0, sizeof *f);
     f->m = m, f->group = group, f->replicas = replicas;
     f->G = group->world, f->r = group->rank;
     if (!m->units)
         return qft_err_setf(err, "full sharding: the model was not built with the unit layout");
+    /* the embedding alone in its unit, frozen: no gradients or packed bytes to move */
+    f->embed_whole = embed_whole && m->units[0].t_len == 0 && m->units[0].q_len == 0;
     if (m->unit_pad % f->G != 0)
         return qft_err_setf(err, "full sharding: unit padding %d is not a multiple of the "
                                  "group's %d ranks", m->unit_pad, f->G);
@@ -179,6 +181,7 @@ int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *
     if (!f->pt || !f->pf || !f->pq || !f->gathered || !f->grads_held) goto oom;
     for (int u = 0; u < U; u++) {
         const qft_llama_unit *un = &m->units[u];
+        if (qft_run_fsdp_whole(f, u)) continue; /* no pieces: offsets 0, never read */
         f->pt[u] = f->n_t, f->n_t += un->t_len / G;
         f->pf[u] = f->n_f, f->n_f += un->f_len / G;
         f->pq[u] = f->n_q, f->n_q += un->q_len / G;
@@ -190,6 +193,7 @@ int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *
     if (!f->shard_t || !f->shard_g || !f->shard_f || !f->shard_q) goto oom;
     for (int u = 0; u < U; u++) {
         const qft_llama_unit *un = &m->units[u];
+        if (qft_run_fsdp_whole(f, u)) continue; /* its host range stays as loaded */
         const size_t pt = un->t_len / G, pf = un->f_len / G, pq = un->q_len / G;
         memcpy(f->shard_t + f->pt[u], m->params + un->t_off + r * pt, pt * sizeof(float));
         memcpy(f->shard_f + f->pf[u], m->params + un->f_off + r * pf, pf * sizeof(float));
@@ -250,6 +254,7 @@ int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, qft_err *err) {
 int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err) {
     qft_llama_model *m = f->m;
     for (int u = 0; u < m->n_units; u++) {
+        if (qft_run_fsdp_whole(f, u)) continue; /* whole in the host's buffers already */
         if (gather(f, u, err)) return -1;
         if (!f->ops) continue; /* the host's ranges are whole now */
         /* a unit at a time through the backend, so that its memory holds one unit more at
@@ -276,7 +281,8 @@ size_t qft_run_fsdp_expected_peak(const qft_run_fsdp *f, int grad_accum) {
     /* the host's pages, or the backend's commits: whole alignment units */
     const size_t page = f->ops ? m->unit_align : qft_vm_page();
     size_t params = 0, grads = 0, peak = 0;
-#define P(u) (round_up(m->units[u].t_len * 4, page) + round_up(m->units[u].f_len * 4, page) + \
+#define P(u) (qft_run_fsdp_whole(f, u) ? 0 : \
+              round_up(m->units[u].t_len * 4, page) + round_up(m->units[u].f_len * 4, page) + \
               round_up(m->units[u].q_len, page))
 #define GR(u) round_up(m->units[u].t_len * 4, page)
 #define SEE() (peak = params + grads > peak ? params + grads : peak)

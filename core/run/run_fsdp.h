@@ -30,13 +30,23 @@ typedef struct qft_run_fsdp {
      * there now. NULL: everything in host memory. */
     const struct qft_ops *ops;
     size_t committed;
+    /* Unit 0, a frozen and untied embedding that the passes on another backend read in
+     * host memory (qft_llama_embed_stays_on_host), stays whole there: not cut, never
+     * gathered, no traffic (the batch's rows go up with forward instead). */
+    int embed_whole;
 } qft_run_fsdp;
 
 /* Cuts m (loaded whole, adapters attached, built with the unit layout) over group: places
  * the packed weights, copies this rank's pieces out, releases the full buffers and hooks
- * the model so that its passes gather and release units. Collective over the job. */
+ * the model so that its passes gather and release units. embed_whole: see the field (the
+ * model goes to another backend, which keeps the embedding on the host). Collective over
+ * the job. */
 int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
-                      const qft_transport *replicas, qft_err *err);
+                      const qft_transport *replicas, int embed_whole, qft_err *err);
+/* Whether unit u stays whole in host memory (embed_whole's unit 0). */
+static inline int qft_run_fsdp_whole(const qft_run_fsdp *f, int u) {
+    return u == 0 && f->embed_whole;
+}
 /* Moves the shard buffers to backend ops, where qft_llama_to_backend put the model (with
  * the unit layout: reservations at the host's offsets); from then on the units are
  * gathered, and their gradients reduced, in that memory, over a group that moves it (a

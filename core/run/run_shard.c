@@ -87,7 +87,10 @@ int qft_run_shard_unit_pad(const qft_run_shard *sh) {
 
 int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
     if (sh->full) {
-        if (qft_run_fsdp_init(&sh->fsdp, m, sh->group, sh->replicas, err)) return -1;
+        /* on another backend (sh->ops) a frozen embedding read on the host stays whole */
+        if (qft_run_fsdp_init(&sh->fsdp, m, sh->group, sh->replicas,
+                              sh->ops && qft_llama_embed_stays_on_host(m), err))
+            return -1;
         /* the optimizer's slice is this rank's pieces; n counts the padded trainable
          * floats of one copy of the model, for the clipping norm's copy count */
         sh->len = sh->fsdp.n_t;
@@ -221,6 +224,7 @@ double qft_run_shard_expected_bytes(const qft_run_shard *sh, const qft_llama_mod
         double gathered = 0, reduced = 0;
         for (int u = 0; u < m->n_units; u++) {
             const qft_llama_unit *un = &m->units[u];
+            if (qft_run_fsdp_whole(&sh->fsdp, u)) continue; /* never moves */
             const double piece = (double)(un->t_len + un->f_len) * 4 / G + (double)un->q_len / G;
             /* every unit in forward; blocks again in backward (the embedding and the head
              * stay from forward into backward, or are not needed there) */

@@ -89,6 +89,12 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
                 "shard: %s over %d ranks (%s transport); global batch %d x %d x grad_accum %d",
                 rc->shard.plugin, world, s->shard.dt->kind, world, rc->train.batch_size,
                 rc->train.grad_accum);
+    if (world > 1 && s->shard.full && s->shard.fsdp.embed_whole)
+        qft_log(QFT_LOG_INFO,
+                "shard: the frozen embedding (%.1f MiB) stays whole in host memory on every "
+                "rank (train.embedding_on_host = true): not sharded, never gathered; forward "
+                "sends up the batch's rows",
+                (double)c->vocab_size * c->hidden_size * sizeof(float) * mib);
     /* fp32 GEMMs leave an H200's tensor cores idle: say what the fast setting is */
     if (strcmp(rc->train.backend, "cuda") == 0 &&
         strcmp(rc->train.matmul_precision, "highest") == 0)
