@@ -26,7 +26,9 @@
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
 #   6. trains QLoRA over 2 ranks (no_shard, shard_grad_op, full_shard: the units in CUDA
-#      virtual memory, committed per gather) with gradients and optimizer on the GPUs, against one process on a GPU: both ranks on one GPU through the staged
+#      virtual memory, committed per gather; and full_shard with the frozen head cut and
+#      gathered as bf16, against one process with train.frozen_dtype = "bf16") with
+#      gradients and optimizer on the GPUs, against one process on a GPU: both ranks on one GPU through the staged
 #      transport, and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
 #   7. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
 #      on the GPU under memcheck, then racecheck on test_cuda_ops if time is left, when
@@ -271,8 +273,11 @@ ranks() { # staged|nccl
                 --set model.config.num_key_value_heads=1 --set data.context_length=192
                 --set output.save_dtype='"f32"' --set train.backend='"cuda"' -q) rc=0 s
     local d="$BUILD/ranks"
+    local bf16=(--set train.frozen_dtype='"bf16"')
     [[ -d $d-one ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
         --set train.grad_accum=2 --set output.dir="\"$d-one\"" || return 1
+    [[ -d $d-one-bf16 ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" "${bf16[@]}" \
+        --set train.grad_accum=2 --set output.dir="\"$d-one-bf16\"" || return 1
     # staged: each rank its own pretend machine, so both take GPU 0; empty: the real ones
     if [[ $1 == staged ]]; then export QFT_TRANSPORT_NODE_SIZE=1; else export QFT_TRANSPORT_NODE_SIZE=; fi
     for s in no_shard shard_grad_op full_shard; do
@@ -282,14 +287,20 @@ ranks() { # staged|nccl
         python3 scripts/compare_runs.py "$d-one" "$d-$1-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
             { echo "ranks $1 $s: FAILED"; rc=1; }
     done
+    # full sharding with the frozen head cut and gathered as bf16
+    mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+        "${bf16[@]}" --set train.grad_accum=1 --set shard.plugin='"full_shard"' \
+        --set shard.device_transport="\"$1\"" --set output.dir="\"$d-$1-full_shard-bf16\"" &&
+    python3 scripts/compare_runs.py "$d-one-bf16" "$d-$1-full_shard-bf16" --loss-rel 1e-3 \
+        --tensor-rel 1e-2 || { echo "ranks $1 full_shard bf16: FAILED"; rc=1; }
     return $rc
 }
 ranks_step() { # staged|nccl
     if step "ranks_$1" 120 bash -c "$(declare -f ranks); BUILD=$BUILD; mpi_flags=(${mpi_flags[*]}); ranks $1" \
         | tee "$REPORT_DIR/ranks_$1.txt"; then
-        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op and full_shard) against one process: ok"
+        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op, full_shard with fp32 and bf16 frozen weights) against one process: ok"
     else
-        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op and full_shard) against one process: FAILED"
+        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op, full_shard with fp32 and bf16 frozen weights) against one process: FAILED"
         status=1
     fi
 }

@@ -67,6 +67,9 @@ typedef struct qft_param_entry {
     struct qft_qlayout *ql; /* on another backend: a packed weight's buffers there, or a
                              * frozen dense one kept there as bf16 */
     size_t dev_offset;      /* on another backend: its offset in dev_params (when no ql) */
+    /* For qft_llama_unit_bf16's entries: its bf16 values' byte offset in packed (and
+     * dev_packed), inside its unit's region. */
+    size_t packed_at;
     int layer, field;      /* where its views live: layer -1 = embed/norm/head (0/1/2),
                             * -2 = an adapter tensor (no view), else the field of
                             * qft_llama_layer_ptrs in declaration order */
@@ -103,6 +106,11 @@ typedef struct qft_llama_build {
      * rounded to, so that a backend's vm_commit can map each unit at the same offsets
      * there (its vm_granularity); 0: the page. */
     size_t unit_align;
+    /* With unit_pad, for a model that goes to another backend with frozen_bf16: the frozen
+     * dense weights that backend keeps as bf16 (qft_llama_unit_bf16) are cut and gathered as
+     * bf16, in their units' packed regions; their fp32 load slots lie past every unit and
+     * are released once the bf16 copies are placed (qft_llama_place_packed). */
+    int units_bf16;
 } qft_llama_build;
 
 /* Full sharding (FSDP FULL_SHARD) cuts the model into units that are gathered whole just
@@ -180,6 +188,8 @@ typedef struct qft_llama_model {
     /* the unit layout (qft_llama_build.unit_pad), NULL units without it */
     int unit_pad, n_units;
     size_t unit_align;        /* bytes each unit's ranges start on and round to */
+    int units_bf16;           /* qft_llama_build.units_bf16 */
+    size_t bf16_off, bf16_len; /* the fp32 load slots of those weights, in floats */
     qft_llama_unit *units;    /* [n_units] */
     uint8_t *packed;          /* the units' packed regions, one reservation of packed_cap */
     size_t packed_cap;
@@ -281,9 +291,17 @@ void qft_llama_params_to_host(qft_llama_model *m, size_t offset, size_t len);
 /* The unit an entry belongs to. */
 int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e);
 /* Moves every quantized weight's buffers into its unit's packed region through the
- * quantizer's `place`; q_len becomes a multiple of 64 * unit_pad. Needs the unit layout
- * and a quantizer with `place`; once, after the weights are in. */
+ * quantizer's `place`, and with units_bf16 writes the bf16 weights there (rounded from
+ * their fp32 slots, which it then releases); q_len becomes a multiple of 64 * unit_pad.
+ * Needs the unit layout and, for quantized weights, a quantizer with `place`; once, after
+ * the weights are in and the adapters attached (DoRA's magnitudes read the fp32 slots). */
 int qft_llama_place_packed(qft_llama_model *m, qft_err *err);
+/* Whether entry e is one of units_bf16's weights: a frozen dense block linear or an
+ * untied frozen head (the embedding stays fp32: embedding_on_host serves it). */
+int qft_llama_unit_bf16(const qft_llama_model *m, const qft_param_entry *e);
+/* The fp32 slots of unit u's bf16 weights, widened from its packed region (gathered on the
+ * host), for a saver that reads every tensor there. */
+void qft_llama_unit_widen_bf16(qft_llama_model *m, int u);
 /* Tells the hook (if any) about unit u. */
 int qft_llama_unit_event(qft_llama_model *m, int event, int u, qft_err *err);
 void qft_llama_free(qft_llama_model *m);

@@ -10,17 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Frozen dense weights the backend may keep as bf16 (frozen_bf16): a block's linears and
- * an untied head, whose products go through the tile path like packed weights, and an
- * untied embedding, whose rows the backend widens as it looks them up. The norms
- * (vectors) stay fp32. */
-static int bf16_candidate(const qft_llama_model *m, const qft_param_entry *e) {
-    if (e->role != QFT_ROLE_FROZEN || e->ndim != 2) return 0;
-    if (e->layer >= 0) return 1; /* a block's 2-D tensors are its linears */
-    /* the embedding (field 0, looked up by embedding_fwd_bf16) and the head (2), untied */
-    return e->layer == -1 && (e->field == 0 || e->field == 2) && !m->cfg.tie_word_embeddings;
-}
-
 /* The embedding qft_llama_to_backend may leave in host memory: frozen and untied. */
 static int host_embedding(const qft_llama_model *m, const qft_param_entry *e) {
     return e->layer == -1 && e->field == 0 && e->role == QFT_ROLE_FROZEN &&
@@ -32,25 +21,30 @@ int qft_llama_embed_stays_on_host(const qft_llama_model *m) {
     return m->embed_on_host && e && host_embedding(m, e);
 }
 
-/* Entry e as a QFT_QFMT_BF16 layout on the backend, rounded from the host's fp32 copy. */
+/* Entry e as a QFT_QFMT_BF16 layout on the backend, rounded from the host's fp32 copy; or,
+ * with the unit layout, at its placed bytes in dev_packed, which full sharding gathers. */
 static int upload_bf16(qft_llama_model *m, const qft_ops *ops, qft_param_entry *e,
                        qft_err *err) {
     if (!ops->has_qformat || !ops->has_qformat(QFT_QFMT_BF16) || !ops->embedding_fwd_bf16)
         return qft_err_setf(err, "backend \"%s\" does not decode bf16 weights "
                                  "(train.frozen_dtype = \"bf16\")",
                             ops->name);
-    uint16_t *h = malloc(e->numel * sizeof *h); // (out, in)
+    const int placed = m->units != NULL;
+    uint16_t *h = placed ? NULL : malloc(e->numel * sizeof *h); // (out, in)
     qft_qlayout *dev = calloc(1, sizeof *dev);
-    void *d = ops->alloc(e->numel * sizeof *h, "frozen weights (bf16)");
-    if (!h || !dev || !d) {
+    void *d = placed ? m->dev_packed + e->packed_at
+                     : ops->alloc(e->numel * sizeof *h, "frozen weights (bf16)");
+    if ((!placed && !h) || !dev || !d) {
         free(h), free(dev);
-        if (d) ops->free(d);
+        if (d && !placed) ops->free(d);
         return qft_err_setf(err, "%s: out of memory for its bf16 copy", e->name);
     }
-    const float *w = m->params + e->offset; // (out, in)
-    for (size_t i = 0; i < e->numel; i++) h[i] = qft_f32_to_bf16(w[i]);
-    ops->upload(d, h, e->numel * sizeof *h);
-    free(h);
+    if (!placed) {
+        const float *w = m->params + e->offset; // (out, in)
+        for (size_t i = 0; i < e->numel; i++) h[i] = qft_f32_to_bf16(w[i]);
+        ops->upload(d, h, e->numel * sizeof *h);
+        free(h);
+    }
     dev->format = QFT_QFMT_BF16;
     dev->out = e->shape[0], dev->in = e->shape[1];
     dev->buf[QFT_QL_BF16_VALUES] = d;
@@ -175,11 +169,11 @@ static int reserve_units(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
         return qft_err_setf(err, "backend \"%s\": the model's units are aligned to %zu bytes, "
                                  "not a multiple of the backend's %zu-byte granularity",
                             ops->name, m->unit_align, g);
-    if (frozen_bf16)
-        return qft_err_setf(err, "backend \"%s\": train.frozen_dtype = \"bf16\" with a strategy "
-                                 "that shards parameters (full_shard, hybrid_shard) is not in "
-                                 "this version; the frozen weights stay fp32 (or packed)",
-                            ops->name);
+    if (!frozen_bf16 != !m->units_bf16)
+        return qft_err_setf(err, "backend \"%s\": the model's units were laid out %s bf16 "
+                                 "frozen weights, the backend asked %s them",
+                            ops->name, m->units_bf16 ? "with" : "without",
+                            frozen_bf16 ? "for" : "without");
     m->dev_params = ops->vm_reserve(span(m, m->n_params * sizeof(float)));
     m->dev_grads = ops->vm_reserve(span(m, m->n_trainable * sizeof(float)));
     m->dev_packed = m->packed_cap ? ops->vm_reserve(m->packed_cap) : NULL;
@@ -221,7 +215,8 @@ int qft_llama_to_backend(qft_llama_model *m, const qft_ops *ops, int frozen_bf16
             continue;
         } else if (e->role == QFT_ROLE_QUANTIZED) {
             if (upload_packed(m, ops, e, err)) goto fail;
-        } else if (frozen_bf16 && bf16_candidate(m, e)) {
+        } else if (units ? qft_llama_unit_bf16(m, e)
+                         : frozen_bf16 && qft_llama_bf16_candidate(m, e)) {
             if (upload_bf16(m, ops, e, err)) goto fail;
         } else {
             if (e->role != QFT_ROLE_TRAIN && !units) {

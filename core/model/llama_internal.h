@@ -73,8 +73,8 @@ int qft_llama_logit_chunk(const qft_llama_model *m, int N);
 float **qft_llama_view_slot(qft_llama_ptrs *v, int layer, int field);
 
 /* Assigns the unit layout's offsets (llama_units.c): sets every dense entry's offset,
- * n_trainable, n_params and the unit table. */
-int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, qft_err *err);
+ * n_trainable, n_params and the unit table; bf16: qft_llama_build.units_bf16. */
+int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, int bf16, qft_err *err);
 
 /* Runs block l on x_in (N, C): fills slot `slot` of rstd1, qkv, att, lse, xmid, rstd2, gu
  * and, when x_out is not NULL, writes x_out (N, C) = the block's output. */
@@ -129,6 +129,17 @@ qft_llama_linear qft_llama_linear_of(const qft_llama_model *m, int l, int k, int
 qft_llama_linear qft_llama_head_of(const qft_llama_model *m);
 /* The embedding's bf16 copy on a backend (V, C), NULL when it has none. */
 const uint16_t *qft_llama_embed_bf16(const qft_llama_model *m);
+/* Frozen dense weights the backend may keep as bf16 (frozen_bf16): a block's linears and
+ * an untied head, whose products go through the tile path like packed weights, and an
+ * untied embedding, whose rows the backend widens as it looks them up. The norms
+ * (vectors) stay fp32. */
+static inline int qft_llama_bf16_candidate(const qft_llama_model *m, const qft_param_entry *e) {
+    if (e->role != QFT_ROLE_FROZEN || e->ndim != 2) return 0;
+    if (e->layer >= 0) return 1; /* a block's 2-D tensors are its linears */
+    /* the embedding (field 0, looked up by embedding_fwd_bf16) and the head (2), untied */
+    return e->layer == -1 && (e->field == 0 || e->field == 2) && !m->cfg.tie_word_embeddings;
+}
+
 /* The entry of a tensor outside the blocks (layer -1): field 0 the embedding, 1 the final
  * norm, 2 the head; NULL when the model has none (a tied head). */
 const qft_param_entry *qft_llama_outer_entry(const qft_llama_model *m, int field);

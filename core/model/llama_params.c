@@ -210,7 +210,8 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
         }
     }
     if (build && build->unit_pad > 0) {
-        if (qft_llama_units_layout(m, build->unit_pad, build->unit_align, err)) {
+        if (qft_llama_units_layout(m, build->unit_pad, build->unit_align,
+                                   build->units_bf16, err)) {
             qft_llama_free(m);
             return -1;
         }

@@ -18,7 +18,11 @@ int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e) {
 
 static size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
-int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, qft_err *err) {
+int qft_llama_unit_bf16(const qft_llama_model *m, const qft_param_entry *e) {
+    return m->units_bf16 && qft_llama_bf16_candidate(m, e) && !(e->layer == -1 && e->field == 0);
+}
+
+int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, int bf16, qft_err *err) {
     const int U = m->cfg.num_hidden_layers + 2;
     const size_t page = qft_vm_page();
     /* a backend's granularity below the host's page (8 KiB on a 16 KiB-page machine)
@@ -29,7 +33,7 @@ int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, qft_err *e
                             align, page);
     m->units = calloc((size_t)U, sizeof *m->units);
     if (!m->units) return qft_err_setf(err, "out of memory allocating the unit table");
-    m->n_units = U, m->unit_pad = pad, m->unit_align = align;
+    m->n_units = U, m->unit_pad = pad, m->unit_align = align, m->units_bf16 = bf16;
     const size_t align_f = align / sizeof(float);
     size_t off = 0;
     for (int pass = QFT_ROLE_TRAIN; pass <= QFT_ROLE_FROZEN; pass++) {
@@ -38,7 +42,8 @@ int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, qft_err *e
             const size_t start = off;
             for (int i = 0; i < m->n_entries; i++) {
                 qft_param_entry *e = &m->entries[i];
-                if (e->role != pass || qft_llama_unit_of(m, e) != u) continue;
+                if (e->role != pass || qft_llama_unit_of(m, e) != u || qft_llama_unit_bf16(m, e))
+                    continue;
                 e->offset = off;
                 off += e->numel;
             }
@@ -53,6 +58,13 @@ int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, qft_err *e
         off = round_up(off, align_f);
         if (pass == QFT_ROLE_TRAIN) m->n_trainable = off;
     }
+    /* the bf16 weights' fp32 load slots, in no unit: released once they are placed */
+    m->bf16_off = off;
+    for (int i = 0; i < m->n_entries; i++)
+        if (qft_llama_unit_bf16(m, &m->entries[i]))
+            m->entries[i].offset = off, off += m->entries[i].numel;
+    off = round_up(off, align_f);
+    m->bf16_len = off - m->bf16_off;
     m->n_params = off;
     return 0;
 }
@@ -78,8 +90,8 @@ static void *unit_alloc(void *ctx, size_t bytes, qft_err *err) {
 
 int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
     if (!m->units || m->packed) return 0;
-    if (!m->n_quantized) return 0;
-    if (!m->qvt->place)
+    if (!m->n_quantized && !m->bf16_len) return 0;
+    if (m->n_quantized && !m->qvt->place)
         return qft_err_setf(err, "the quantizer cannot place its weights in memory the core "
                                  "owns (no `place` entry), so its packed weights cannot be "
                                  "sharded; use a strategy that keeps parameters whole "
@@ -92,8 +104,9 @@ int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
         size_t need = 0;
         for (int i = 0; i < m->n_entries; i++) {
             const qft_param_entry *e = &m->entries[i];
-            if (e->role == QFT_ROLE_QUANTIZED && e->qw && qft_llama_unit_of(m, e) == u)
-                need += m->qvt->bytes(e->qw) + 8 * 64;
+            if (qft_llama_unit_of(m, e) != u) continue;
+            if (e->role == QFT_ROLE_QUANTIZED && e->qw) need += m->qvt->bytes(e->qw) + 8 * 64;
+            if (qft_llama_unit_bf16(m, e)) need += e->numel * sizeof(uint16_t) + 64;
         }
         m->units[u].q_cap = need ? round_up(need + piece, page) : 0;
         total += m->units[u].q_cap;
@@ -113,9 +126,31 @@ int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
         const qft_placer pl = {&up, unit_alloc};
         if (m->qvt->place(e->qw, &pl, err)) return -1;
     }
+    for (int i = 0; i < m->n_entries; i++) {
+        qft_param_entry *e = &m->entries[i];
+        if (!qft_llama_unit_bf16(m, e)) continue;
+        unit_placer up = {&m->units[qft_llama_unit_of(m, e)], e->name};
+        uint16_t *h = unit_alloc(&up, e->numel * sizeof *h, err);
+        if (!h) return -1;
+        const float *w = m->params + e->offset;
+        for (size_t j = 0; j < e->numel; j++) h[j] = qft_f32_to_bf16(w[j]);
+        e->packed_at = (size_t)((uint8_t *)h - m->packed);
+    }
+    /* the fp32 slots go: the bf16 copies are what the passes read, and what is gathered */
+    if (m->bf16_len) qft_vm_release(m->params + m->bf16_off, m->bf16_len * sizeof(float));
     for (int u = 0; u < m->n_units; u++)
         m->units[u].q_len = round_up(m->units[u].q_len, piece);
     return 0;
+}
+
+void qft_llama_unit_widen_bf16(qft_llama_model *m, int u) {
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (!qft_llama_unit_bf16(m, e) || qft_llama_unit_of(m, e) != u) continue;
+        const uint16_t *h = (const uint16_t *)(m->packed + e->packed_at);
+        float *w = m->params + e->offset;
+        for (size_t j = 0; j < e->numel; j++) w[j] = qft_bf16_to_f32(h[j]);
+    }
 }
 
 int qft_llama_unit_event(qft_llama_model *m, int event, int u, qft_err *err) {

@@ -265,6 +265,7 @@ int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err) {
         if (un->f_len)
             f->ops->download(m->params + un->f_off, f_range(f, u).p, un->f_len * sizeof(float));
         if (un->q_len) f->ops->download(un->q, q_range(f, u).p, un->q_len);
+        qft_llama_unit_widen_bf16(m, u); /* bf16 weights back in their fp32 slots */
         release(f, u);
     }
     /* the trainable pieces are the optimizer's: the full ranges now hold its update */

@@ -1,4 +1,5 @@
 /* The model of a run: loaded from a Hugging Face folder, or random from model.config. */
+#include "cpu_ops.h"
 #include "hf_model.h"
 #include "peft_adapter.h"
 #include "qft_ops.h"
@@ -102,7 +103,10 @@ int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t 
                               * commit granularity (or the page, where that is larger) */
                              .unit_align = unit_pad && d->ops->vm_granularity
                                                ? d->ops->vm_granularity()
-                                               : 0};
+                                               : 0,
+                             /* and its frozen dense weights cut as bf16 there when asked */
+                             .units_bf16 = unit_pad && d->ops != qft_cpu_ops() &&
+                                           strcmp(rc->train.frozen_dtype, "bf16") == 0};
     static qft_run_expansion x; /* one run per process; too big for the stack */
     qft_llama_config c;
     if (rc->model.path) {

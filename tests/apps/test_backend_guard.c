@@ -17,8 +17,9 @@
  *     with bf16 residuals); DoRA computes its norm exactly once per parameter version off
  *     the host (the cpu backend caches an expansion), so it agrees to rounding;
  *     a merged save after training on the backend merges on the host;
- *   - the refusals: cpu_offload on the cpu backend, full sharding with or without
- *     cpu_offload (a quantizer without a packed layout: tests/quant_example).
+ *   - the refusals: cpu_offload and frozen_dtype on the cpu backend, TF32 on cpu_guard,
+ *     NCCL over cpu_guard's memory (a quantizer without a packed layout:
+ *     tests/quant_example).
  * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree. */
 #include "cpu_ops.h"
 #include "run_util.h"
@@ -252,7 +253,8 @@ END_TEST
 /* Under mpirun ($QFT_MPIRUN and its flags, when the build has MPI): 2 ranks with
  * shard_grad_op and no_shard on cpu_guard, the strategies working on the host copies
  * (cpu_offload) or on the backend's memory (the staged transport), equal the cpu backend's
- * run bit for bit; full sharding is refused there with a message either way. */
+ * run bit for bit (full sharding there, with fp32 or bf16 frozen weights: tests/shard);
+ * NCCL is refused there with a message. */
 START_TEST(test_ranks) {
     const char *mpirun = getenv("QFT_MPIRUN");
     if (!mpirun || !*mpirun) {
@@ -284,12 +286,6 @@ START_TEST(test_ranks) {
     }
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s -np 2 -x OMP_NUM_THREADS=1", mpirun);
-    /* full sharding on the backend (tests/shard runs it, and its cpu_offload refusal)
-     * keeps its frozen weights fp32: the bf16 copies are not in the unit layout */
-    refused_with(cmd, "full",
-                 "--set train.backend=\\\"cpu_guard\\\" --set train.frozen_dtype=\\\"bf16\\\" "
-                 "--set shard.plugin=\\\"full_shard\\\"",
-                 "train.frozen_dtype = \"bf16\" with a strategy that shards parameters");
     /* NCCL moves GPU memory only; cpu_guard's goes through the staged transport */
     refused_with(cmd, "full",
                  "--set train.backend=\\\"cpu_guard\\\" --set shard.device_transport=\\\"nccl\\\"",

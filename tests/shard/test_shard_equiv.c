@@ -54,36 +54,58 @@ typedef struct eq_case {
      * in its guarded memory, so the strategy's collectives go through the staged transport
      * there, as they go through NCCL on GPUs */
     const char *backend;
+    /* more --set overrides for both runs, "" none */
+    const char *extra;
 } eq_case;
 
+/* Frozen dense weights as bf16 on the backend: under full sharding they are cut, gathered
+ * and kept there as bf16 (and widened back for a saved whole model, which bf16 saves
+ * then hold exactly as the one-process run's rounded originals). */
+#define BF16 "--set train.frozen_dtype=\\\"bf16\\\""
+#define BF16_SAVE BF16 " --set output.save_dtype=\\\"bf16\\\""
+
 static const eq_case k_cases[] = {
-    {"full", "no_shard", 2, 2, 0, NULL},          {"full", "shard_grad_op", 2, 2, 0, NULL},
-    {"full", "full_shard", 2, 2, 0, NULL},        {"full", "no_shard", 3, 1, 0, NULL},
-    {"full", "shard_grad_op", 3, 1, 0, NULL},     {"full", "full_shard", 3, 1, 0, NULL},
-    {"qlora", "no_shard", 2, 2, 0, NULL},         {"qlora", "shard_grad_op", 2, 2, 0, NULL},
-    {"qlora", "full_shard", 2, 2, 0, NULL},       {"qlora", "no_shard", 3, 1, 0, NULL},
-    {"qlora", "shard_grad_op", 3, 1, 0, NULL},    {"qlora", "full_shard", 3, 1, 0, NULL},
-    {"bnb_dora", "no_shard", 2, 2, 0, NULL},      {"bnb_dora", "shard_grad_op", 2, 2, 0, NULL},
-    {"bnb_dora", "full_shard", 2, 2, 0, NULL},    {"bnb_dora", "no_shard", 3, 1, 0, NULL},
-    {"bnb_dora", "shard_grad_op", 3, 1, 0, NULL}, {"bnb_dora", "full_shard", 3, 1, 0, NULL},
+    {"full", "no_shard", 2, 2, 0, NULL, ""},
+    {"full", "shard_grad_op", 2, 2, 0, NULL, ""},
+    {"full", "full_shard", 2, 2, 0, NULL, ""},
+    {"full", "no_shard", 3, 1, 0, NULL, ""},
+    {"full", "shard_grad_op", 3, 1, 0, NULL, ""},
+    {"full", "full_shard", 3, 1, 0, NULL, ""},
+    {"qlora", "no_shard", 2, 2, 0, NULL, ""},
+    {"qlora", "shard_grad_op", 2, 2, 0, NULL, ""},
+    {"qlora", "full_shard", 2, 2, 0, NULL, ""},
+    {"qlora", "no_shard", 3, 1, 0, NULL, ""},
+    {"qlora", "shard_grad_op", 3, 1, 0, NULL, ""},
+    {"qlora", "full_shard", 3, 1, 0, NULL, ""},
+    {"bnb_dora", "no_shard", 2, 2, 0, NULL, ""},
+    {"bnb_dora", "shard_grad_op", 2, 2, 0, NULL, ""},
+    {"bnb_dora", "full_shard", 2, 2, 0, NULL, ""},
+    {"bnb_dora", "no_shard", 3, 1, 0, NULL, ""},
+    {"bnb_dora", "shard_grad_op", 3, 1, 0, NULL, ""},
+    {"bnb_dora", "full_shard", 3, 1, 0, NULL, ""},
     /* two pretend machines of two ranks: sharded within, replicated across */
-    {"full", "hybrid_shard_grad_op", 4, 1, 2, NULL},
-    {"qlora", "hybrid_shard_grad_op", 4, 1, 2, NULL},
-    {"bnb_dora", "hybrid_shard_grad_op", 4, 1, 2, NULL},
-    {"full", "hybrid_shard", 4, 1, 2, NULL},
-    {"qlora", "hybrid_shard", 4, 1, 2, NULL},
-    {"bnb_dora", "hybrid_shard", 4, 1, 2, NULL},
+    {"full", "hybrid_shard_grad_op", 4, 1, 2, NULL, ""},
+    {"qlora", "hybrid_shard_grad_op", 4, 1, 2, NULL, ""},
+    {"bnb_dora", "hybrid_shard_grad_op", 4, 1, 2, NULL, ""},
+    {"full", "hybrid_shard", 4, 1, 2, NULL, ""},
+    {"qlora", "hybrid_shard", 4, 1, 2, NULL, ""},
+    {"bnb_dora", "hybrid_shard", 4, 1, 2, NULL, ""},
     /* gradients, optimizer and collectives on the backend's memory */
-    {"qlora", "no_shard", 2, 2, 0, "cpu_guard"},
-    {"full", "shard_grad_op", 2, 2, 0, "cpu_guard"},
-    {"bnb_dora", "shard_grad_op", 3, 1, 0, "cpu_guard"},
-    {"qlora", "hybrid_shard_grad_op", 4, 1, 2, "cpu_guard"},
+    {"qlora", "no_shard", 2, 2, 0, "cpu_guard", ""},
+    {"full", "shard_grad_op", 2, 2, 0, "cpu_guard", ""},
+    {"bnb_dora", "shard_grad_op", 3, 1, 0, "cpu_guard", ""},
+    {"qlora", "hybrid_shard_grad_op", 4, 1, 2, "cpu_guard", ""},
     /* full sharding with the units in the backend's memory: committed at a gather and
      * gone at the release, gathered and reduce-scattered there */
-    {"qlora", "full_shard", 2, 2, 0, "cpu_guard"},
-    {"bnb_dora", "full_shard", 3, 1, 0, "cpu_guard"},
-    {"full", "full_shard", 2, 2, 0, "cpu_guard"},
-    {"qlora", "hybrid_shard", 4, 1, 2, "cpu_guard"},
+    {"qlora", "full_shard", 2, 2, 0, "cpu_guard", ""},
+    {"bnb_dora", "full_shard", 3, 1, 0, "cpu_guard", ""},
+    {"full", "full_shard", 2, 2, 0, "cpu_guard", ""},
+    {"qlora", "hybrid_shard", 4, 1, 2, "cpu_guard", ""},
+    /* full sharding with bf16 frozen weights: a block's dense linears (lora), the head
+     * (qlora), frozen blocks saved whole (llama_pro) */
+    {"lora", "full_shard", 2, 2, 0, "cpu_guard", BF16},
+    {"qlora", "full_shard", 3, 1, 0, "cpu_guard", BF16},
+    {"llama_pro", "full_shard", 2, 2, 0, "cpu_guard", BF16_SAVE},
 };
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 #define N_STEPS 5
@@ -248,20 +270,21 @@ START_TEST(test_equivalence) {
     static char out[1 << 20];
 
     snprintf(cmd, sizeof cmd,
-             "%s train %s/configs/%s.cfg %s %s --set shard.plugin=\\\"%s\\\" "
+             "%s train %s/configs/%s.cfg %s %s %s --set shard.plugin=\\\"%s\\\" "
              "--set train.grad_accum=%d --set output.dir=\\\"%s\\\" 2>&1",
-             qft, root, c->type, k_overrides, backend, c->strategy, c->world * c->accum, one);
+             qft, root, c->type, k_overrides, backend, c->extra, c->strategy, c->world * c->accum,
+             one);
     int st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "one process failed (%d):\n%s\n%s", st, cmd, out);
     double mib_one = 0, mib_rank = 0;
     check_rank_memory(c, out, 1, &mib_one);
 
     snprintf(cmd, sizeof cmd,
-             "%s -np %d -x OMP_NUM_THREADS=1 %s %s train %s/configs/%s.cfg %s %s "
+             "%s -np %d -x OMP_NUM_THREADS=1 %s %s train %s/configs/%s.cfg %s %s %s "
              "--set shard.plugin=\\\"%s\\\" --set train.grad_accum=%d "
              "--set output.dir=\\\"%s\\\" 2>&1",
-             g_mpirun, c->world, node_env, qft, root, c->type, k_overrides, backend, c->strategy,
-             c->accum, many);
+             g_mpirun, c->world, node_env, qft, root, c->type, k_overrides, backend, c->extra,
+             c->strategy, c->accum, many);
     st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st == 0, "mpirun failed (%d):\n%s\n%s", st, cmd, out);
     /* the strategy's buffers went through the transport over the backend's memory */
@@ -295,18 +318,19 @@ START_TEST(test_equivalence) {
     /* the run trains: a loss that stays put would hide a missing update */
     ck_assert_msg(l1[N_STEPS - 1] < l1[0], "loss did not fall: %g -> %g", l1[0], l1[N_STEPS - 1]);
 
-    const int adapter = strcmp(c->type, "full") != 0;
+    /* full and llama_pro save the whole model, the others their adapter */
+    const int adapter = strcmp(c->type, "full") != 0 && strcmp(c->type, "llama_pro") != 0;
     char pa[8192], pb[8192];
     snprintf(pa, sizeof pa, "%s/%s", one,
              adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
     snprintf(pb, sizeof pb, "%s/%s", many,
              adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
     const double worst_t = ru_compare_tensors(pa, pb, 1e-5, NULL);
-    printf("%s %s W=%d G=%d%s%s%s: losses %.6f -> %.6f, worst relative difference: loss "
+    printf("%s %s W=%d G=%d%s%s%s%s: losses %.6f -> %.6f, worst relative difference: loss "
            "%.2e, saved tensors %.2e\n",
            c->type, c->strategy, c->world, c->accum, c->node ? " (machines of 2)" : "",
-           c->backend ? " on " : "", c->backend ? c->backend : "", l1[0], l1[N_STEPS - 1],
-           worst_loss, worst_t);
+           c->backend ? " on " : "", c->backend ? c->backend : "",
+           c->extra[0] ? " with frozen bf16" : "", l1[0], l1[N_STEPS - 1], worst_loss, worst_t);
     check_memory(c, out);
     check_rank_memory(c, out, c->world, &mib_rank);
     check_comm(c, out);
