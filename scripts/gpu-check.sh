@@ -26,8 +26,9 @@
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
 #   6. trains QLoRA over 2 ranks (no_shard, shard_grad_op, full_shard: the units in CUDA
-#      virtual memory, committed per gather; and full_shard with the frozen head cut and
-#      gathered as bf16, against one process with train.frozen_dtype = "bf16") with
+#      virtual memory, committed per gather; full_shard with cpu_offload; and full_shard
+#      with the frozen head cut and gathered as bf16, against one process with
+#      train.frozen_dtype = "bf16") with
 #      gradients and optimizer on the GPUs, against one process on a GPU: both ranks on one GPU through the staged
 #      transport, and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
 #   7. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
@@ -287,6 +288,13 @@ ranks() { # staged|nccl
         python3 scripts/compare_runs.py "$d-one" "$d-$1-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
             { echo "ranks $1 $s: FAILED"; rc=1; }
     done
+    # full sharding with the shards and optimizer in host memory (cpu_offload): the units
+    # gathered there over MPI and uploaded whole, whatever the device transport
+    mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+        --set train.grad_accum=1 --set shard.plugin='"full_shard"' --set shard.cpu_offload=true \
+        --set output.dir="\"$d-$1-full_shard-offload\"" &&
+    python3 scripts/compare_runs.py "$d-one" "$d-$1-full_shard-offload" --loss-rel 1e-3 \
+        --tensor-rel 1e-2 || { echo "ranks $1 full_shard cpu_offload: FAILED"; rc=1; }
     # full sharding with the frozen head cut and gathered as bf16
     mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
         "${bf16[@]}" --set train.grad_accum=1 --set shard.plugin='"full_shard"' \
@@ -298,9 +306,9 @@ ranks() { # staged|nccl
 ranks_step() { # staged|nccl
     if step "ranks_$1" 120 bash -c "$(declare -f ranks); BUILD=$BUILD; mpi_flags=(${mpi_flags[*]}); ranks $1" \
         | tee "$REPORT_DIR/ranks_$1.txt"; then
-        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op, full_shard with fp32 and bf16 frozen weights) against one process: ok"
+        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op, full_shard: fp32, cpu_offload and bf16 frozen weights) against one process: ok"
     else
-        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op, full_shard with fp32 and bf16 frozen weights) against one process: FAILED"
+        parity_note="$parity_note; $2 (qlora, no_shard, shard_grad_op, full_shard: fp32, cpu_offload and bf16 frozen weights) against one process: FAILED"
         status=1
     fi
 }

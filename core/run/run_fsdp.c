@@ -29,32 +29,38 @@ typedef struct unit_range {
     size_t bytes; /* what a commit or release covers */
 } unit_range;
 
-static unit_range t_range(const qft_run_fsdp *f, int u) {
+/* Unit u's ranges in the backend's mirrors (dev) or the host's buffers. */
+static unit_range t_range_at(const qft_run_fsdp *f, int u, int dev) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
-    float *base = f->ops ? m->dev_params : m->params;
+    float *base = dev ? m->dev_params : m->params;
     return (unit_range){base + un->t_off, round_up(un->t_len * sizeof(float), m->unit_align)};
 }
-static unit_range f_range(const qft_run_fsdp *f, int u) {
+static unit_range f_range_at(const qft_run_fsdp *f, int u, int dev) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
-    float *base = f->ops ? m->dev_params : m->params;
+    float *base = dev ? m->dev_params : m->params;
     return (unit_range){base + un->f_off, round_up(un->f_len * sizeof(float), m->unit_align)};
 }
-static unit_range q_range(const qft_run_fsdp *f, int u) {
+static unit_range q_range_at(const qft_run_fsdp *f, int u, int dev) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
     if (!un->q_len) return (unit_range){NULL, 0};
     /* the placed bytes, not the unit's whole room (q_cap): nothing lies past q_len */
-    uint8_t *base = f->ops ? m->dev_packed : m->packed;
+    uint8_t *base = dev ? m->dev_packed : m->packed;
     return (unit_range){base + (un->q - m->packed), round_up(un->q_len, m->unit_align)};
 }
-static unit_range g_range(const qft_run_fsdp *f, int u) {
+static unit_range g_range_at(const qft_run_fsdp *f, int u, int dev) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
-    float *base = f->ops ? m->dev_grads : m->grads;
+    float *base = dev ? m->dev_grads : m->grads;
     return (unit_range){base + un->t_off, round_up(un->t_len * sizeof(float), m->unit_align)};
 }
+/* ... in the memory the passes use */
+static unit_range t_range(const qft_run_fsdp *f, int u) { return t_range_at(f, u, f->ops != NULL); }
+static unit_range f_range(const qft_run_fsdp *f, int u) { return f_range_at(f, u, f->ops != NULL); }
+static unit_range q_range(const qft_run_fsdp *f, int u) { return q_range_at(f, u, f->ops != NULL); }
+static unit_range g_range(const qft_run_fsdp *f, int u) { return g_range_at(f, u, f->ops != NULL); }
 
 /* Memory behind r on the backend; nothing to do on the host, whose pages come on write. */
 static int commit(qft_run_fsdp *f, unit_range r, const char *what, qft_err *err) {
@@ -77,11 +83,26 @@ static void drop(qft_run_fsdp *f, unit_range r) {
     }
 }
 
+/* Every rank's piece of unit u at its place in the ranges t, fr, q (the same memory as
+ * the shard buffers: the group's transport moves it). */
+static int all_gather_into(qft_run_fsdp *f, int u, unit_range t, unit_range fr, unit_range q,
+                           qft_err *err) {
+    const qft_llama_unit *un = &f->m->units[u];
+    const size_t G = (size_t)f->G;
+    return qft_transport_all_gather(f->group, f->shard_t + f->pt[u], t.p,
+                                    un->t_len / G * sizeof(float), err) ||
+                   qft_transport_all_gather(f->group, f->shard_f + f->pf[u], fr.p,
+                                            un->f_len / G * sizeof(float), err) ||
+                   qft_transport_all_gather(f->group, f->shard_q + f->pq[u], q.p,
+                                            un->q_len / G, err)
+               ? -1
+               : 0;
+}
+
 static int gather(qft_run_fsdp *f, int u, qft_err *err) {
     if (f->gathered[u] || qft_run_fsdp_whole(f, u)) return 0;
     qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
-    const size_t G = (size_t)f->G;
     const unit_range t = t_range(f, u), fr = f_range(f, u), q = q_range(f, u);
     if (commit(f, t, "a gathered unit's parameters", err)) return -1;
     if (commit(f, fr, "a gathered unit's frozen weights", err)) {
@@ -93,13 +114,20 @@ static int gather(qft_run_fsdp *f, int u, qft_err *err) {
         return -1;
     }
     f->gathered[u] = 1; /* committed: a failed gather below still releases it */
-    // every rank's piece lands at its place in the unit's full range
-    if (qft_transport_all_gather(f->group, f->shard_t + f->pt[u], t.p,
-                                 un->t_len / G * sizeof(float), err) ||
-        qft_transport_all_gather(f->group, f->shard_f + f->pf[u], fr.p,
-                                 un->f_len / G * sizeof(float), err) ||
-        qft_transport_all_gather(f->group, f->shard_q + f->pq[u], q.p, un->q_len / G, err))
-        return -1;
+    if (!f->offload) {
+        if (all_gather_into(f, u, t, fr, q, err)) return -1;
+    } else {
+        /* the pieces are the host's: gathered whole there, then up in one copy a range */
+        const unit_range ht = t_range_at(f, u, 0), hf = f_range_at(f, u, 0),
+                         hq = q_range_at(f, u, 0);
+        if (all_gather_into(f, u, ht, hf, hq, err)) return -1;
+        if (un->t_len) f->ops->upload(t.p, ht.p, un->t_len * sizeof(float));
+        if (un->f_len) f->ops->upload(fr.p, hf.p, un->f_len * sizeof(float));
+        if (un->q_len) f->ops->upload(q.p, hq.p, un->q_len);
+        if (ht.bytes) qft_vm_release(ht.p, ht.bytes);
+        if (hf.bytes) qft_vm_release(hf.p, hf.bytes);
+        if (hq.bytes) qft_vm_release(hq.p, hq.bytes);
+    }
     measure(f);
     return 0;
 }
@@ -139,10 +167,14 @@ static int grads_done(qft_run_fsdp *f, int u, qft_err *err) {
     measure(f);
     const size_t piece = un->t_len / (size_t)f->G;
     float *g = f->shard_g + f->pt[u]; // (piece)
-    if (qft_transport_reduce_scatter_f32(f->group, g_range(f, u).p, g, piece, err) ||
+    /* offloaded: the sums are the host's, from the unit's gradients brought down there */
+    const unit_range full = g_range_at(f, u, f->ops && !f->offload);
+    if (f->offload) f->ops->download(full.p, g_range(f, u).p, un->t_len * sizeof(float));
+    if (qft_transport_reduce_scatter_f32(f->group, full.p, g, piece, err) ||
         (f->replicas &&
          qft_transport_all_reduce_f32(f->replicas, g, piece, QFT_REDUCE_SUM, err)))
         return -1;
+    if (f->offload && full.bytes) qft_vm_release(full.p, full.bytes);
     grads_drop(f, u);
     return 0;
 }
@@ -220,12 +252,17 @@ static void *to_backend(const qft_ops *ops, void *host, size_t bytes, const char
     return d;
 }
 
-int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, qft_err *err) {
+int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, int offload, qft_err *err) {
     qft_llama_model *m = f->m;
     if (m->ops != ops || !m->dev_params || !m->dev_grads)
         return qft_err_setf(err, "full sharding: the model is not on backend \"%s\" with the "
                                  "unit layout",
                             ops->name);
+    if (offload) { /* the shard buffers stay; only the units' memory is the backend's */
+        f->ops = ops, f->offload = 1;
+        f->peak = 0;
+        return 0;
+    }
     const size_t bt = (f->n_t ? f->n_t : 1) * sizeof(float);
     float *t = to_backend(ops, f->shard_t, bt, "parameter shard");
     if (t) f->shard_t = t;
@@ -255,6 +292,13 @@ int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err) {
     qft_llama_model *m = f->m;
     for (int u = 0; u < m->n_units; u++) {
         if (qft_run_fsdp_whole(f, u)) continue; /* whole in the host's buffers already */
+        if (f->offload) { /* the pieces are the host's: gathered there, nothing goes up */
+            if (all_gather_into(f, u, t_range_at(f, u, 0), f_range_at(f, u, 0),
+                                q_range_at(f, u, 0), err))
+                return -1;
+            qft_llama_unit_widen_bf16(m, u);
+            continue;
+        }
         if (gather(f, u, err)) return -1;
         if (!f->ops) continue; /* the host's ranges are whole now */
         /* a unit at a time through the backend, so that its memory holds one unit more at
@@ -329,7 +373,7 @@ void qft_run_fsdp_free(qft_run_fsdp *f) {
     free(f->pq);
     free(f->gathered);
     free(f->grads_held);
-    if (f->ops) {
+    if (f->ops && !f->offload) {
         f->ops->free(f->shard_t);
         f->ops->free(f->shard_g);
         f->ops->free(f->shard_f);

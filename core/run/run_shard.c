@@ -53,15 +53,6 @@ int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const q
         return -1;
     }
     const qft_shard_vtable *vt = p->desc->vtable;
-    /* full sharding on another backend keeps the units there: the shards move with the
-     * gradients, so host-memory shards (cpu_offload) are another design */
-    if (vt->param_group && sh->t->world > 1 && strcmp(rc->train.backend, "cpu") != 0 &&
-        !sh->ops)
-        return qft_err_setf(err, "%s: shard.plugin = \"%s\" with train.backend = \"%s\" keeps "
-                                 "each rank's shard and the gathered units in the backend's "
-                                 "memory; shard.cpu_offload = true (shards in host memory) is "
-                                 "not supported with it in this version",
-                            rc->file, rc->shard.plugin, rc->train.backend);
     if (!vt->param_group && (!vt->plan || !vt->reduce_grads || !vt->gather_params))
         return qft_err_setf(err, "shard plugin \"%s\" (%s) has neither param_group nor all of "
                                  "plan, reduce_grads and gather_params",
@@ -87,9 +78,9 @@ int qft_run_shard_unit_pad(const qft_run_shard *sh) {
 
 int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
     if (sh->full) {
-        /* on another backend (sh->ops) a frozen embedding read on the host stays whole */
+        /* on another backend a frozen embedding read on the host stays whole */
         if (qft_run_fsdp_init(&sh->fsdp, m, sh->group, sh->replicas,
-                              sh->ops && qft_llama_embed_stays_on_host(m), err))
+                              sh->model_ops && qft_llama_embed_stays_on_host(m), err))
             return -1;
         /* the optimizer's slice is this rank's pieces; n counts the padded trainable
          * floats of one copy of the model, for the clipping norm's copy count */
@@ -111,7 +102,8 @@ int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
 }
 
 int qft_run_shard_to_backend(qft_run_shard *sh, qft_err *err) {
-    return sh->full && sh->ops ? qft_run_fsdp_to_backend(&sh->fsdp, sh->ops, err) : 0;
+    if (!sh->full || !sh->model_ops) return 0;
+    return qft_run_fsdp_to_backend(&sh->fsdp, sh->model_ops, sh->ops == NULL, err);
 }
 
 float *qft_run_shard_opt_params(qft_run_shard *sh, qft_llama_model *m) {

@@ -262,13 +262,15 @@ static int optimizer_step(const qft_run_config *rc, run_state *s, float lr, floa
         qft_optim_step(&s->opt, opt_params(s), opt_grads(s), lr); // (len) on the backend
         return qft_run_shard_gather_params(sh, m->dev_params, err);
     }
-    qft_llama_grads_to_host(m); /* another backend: the optimizer works in host memory */
+    /* another backend: the optimizer works in host memory (under full sharding on the
+     * host's shards, which the units' backwards reduced into and their gathers read) */
+    if (!sh->full) qft_llama_grads_to_host(m);
     if (qft_run_shard_reduce_grads(sh, m->grads, err) ||
         qft_run_shard_clip(sh, opt_grads(s), (float)rc->train.grad_clip, gnorm, err))
         return -1;
     qft_optim_step(&s->opt, opt_params(s), opt_grads(s), lr); // (len) slices
     if (qft_run_shard_gather_params(sh, m->params, err)) return -1;
-    qft_llama_params_to_backend(m, 0, m->n_trainable);
+    if (!sh->full) qft_llama_params_to_backend(m, 0, m->n_trainable);
     return 0;
 }
 
@@ -324,6 +326,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                                                              ? (size_t)1 << 30
                                                              : (size_t)64 << 20);
 
+    s.shard.model_ops = s.data.ops != qft_cpu_ops() ? s.data.ops : NULL;
     if (qft_run_shard_plan(&s.shard, &s.model, err) ||
         prepare_optimizer(rc, &s, user_quiet, err))
         goto done;

@@ -2,7 +2,8 @@
  * "full_shard"), where each rank's optimizer owns half of the trainable floats and saves
  * its own file.
  *   - lora and qlora (and qlora on cpu_guard, gradients and optimizer in its memory, under
- *     shard_grad_op and under full_shard, whose units are committed there per gather): 6
+ *     shard_grad_op and under full_shard, whose units are committed there per gather, with
+ *     the shards and optimizer there or in host memory with cpu_offload): 6
  *     steps straight vs 3 steps resumed to 6 (constant schedule, as in
  *     tests/apps/test_resume.c): every step's loss, learning rate and gradient norm equal
  *     exactly, metrics.jsonl continues without duplicates, and the saved adapters and both
@@ -28,14 +29,17 @@ static char g_mpirun[4096];
 /* train_type, train.backend (NULL: cpu) and shard.plugin. On cpu_guard gradients and
  * optimizer state stay in its guarded memory (as on a GPU): the checkpoint is staged through
  * host buffers and the resumed slices are gathered over the staged transport (under
- * full_shard nothing is gathered: the resumed pieces are the shards themselves). */
+ * full_shard nothing is gathered: the resumed pieces are the shards themselves). offload:
+ * shard.cpu_offload, the shards and optimizer in host memory, the units on the backend. */
 typedef struct resume_case {
     const char *type, *backend, *strategy;
+    int offload;
 } resume_case;
-static const resume_case k_cases[] = {{"lora", NULL, "shard_grad_op"},
-                                      {"qlora", NULL, "shard_grad_op"},
-                                      {"qlora", "cpu_guard", "shard_grad_op"},
-                                      {"qlora", "cpu_guard", "full_shard"}};
+static const resume_case k_cases[] = {{"lora", NULL, "shard_grad_op", 0},
+                                      {"qlora", NULL, "shard_grad_op", 0},
+                                      {"qlora", "cpu_guard", "shard_grad_op", 0},
+                                      {"qlora", "cpu_guard", "full_shard", 0},
+                                      {"qlora", "cpu_guard", "full_shard", 1}};
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
 /* 16 examples: 8 batches of 2 per epoch, 2 micro-batches per step over the ranks, so the 6
@@ -99,22 +103,24 @@ static void ckpt_dir(char *buf, size_t n, const char *type) {
 START_TEST(test_resume_two_ranks) {
     const char *type = k_cases[_i].type, *backend = k_cases[_i].backend;
     const char *strategy = k_cases[_i].strategy;
-    const int sgo = strcmp(strategy, "shard_grad_op") == 0;
+    const int sgo = strcmp(strategy, "shard_grad_op") == 0, offload = k_cases[_i].offload;
     if (!type_built(type) || !ru_type_built("QFT_RESUME_STRATEGIES", strategy)) {
         printf("skip: %s under %s (its plugins are not built)\n", type, strategy);
         return;
     }
     char a[4096], b[4096], extra[16384], pa[8192], pb[8192], be[256];
     /* the first cases' names (lora-resumed, qlora-resumed) are the later tests' inputs */
-    snprintf(a, sizeof a, "%s/%s%s%s%s%s-straight", g_tmp, type, backend ? "-" : "",
-             backend ? backend : "", sgo ? "" : "-", sgo ? "" : strategy);
-    snprintf(b, sizeof b, "%s/%s%s%s%s%s-resumed", g_tmp, type, backend ? "-" : "",
-             backend ? backend : "", sgo ? "" : "-", sgo ? "" : strategy);
+    snprintf(a, sizeof a, "%s/%s%s%s%s%s%s-straight", g_tmp, type, backend ? "-" : "",
+             backend ? backend : "", sgo ? "" : "-", sgo ? "" : strategy,
+             offload ? "-offload" : "");
+    snprintf(b, sizeof b, "%s/%s%s%s%s%s%s-resumed", g_tmp, type, backend ? "-" : "",
+             backend ? backend : "", sgo ? "" : "-", sgo ? "" : strategy,
+             offload ? "-offload" : "");
     /* a later --set of a key wins over k_overrides' */
     snprintf(be, sizeof be, "--set shard.plugin=\\\"%s\\\"", strategy);
     if (backend)
-        snprintf(be + strlen(be), sizeof be - strlen(be), " --set train.backend=\\\"%s\\\"",
-                 backend);
+        snprintf(be + strlen(be), sizeof be - strlen(be), " --set train.backend=\\\"%s\\\"%s",
+                 backend, offload ? " --set shard.cpu_offload=true" : "");
     snprintf(extra, sizeof extra, "--set train.max_steps=6 --set output.save_state_every=3 "
              "--set output.dir=\\\"%s\\\" %s", a, be);
     train_ok(type, extra);
@@ -145,10 +151,10 @@ START_TEST(test_resume_two_ranks) {
     ck_assert_str_eq(qft_st_meta(&f1, "shard_strategy"), strategy);
     qft_st_close(&f0);
     qft_st_close(&f1);
-    printf("%s%s%s: -np 2 %s, 6 steps straight = 3 steps + resume to 6 (losses, "
+    printf("%s%s%s: -np 2 %s%s, 6 steps straight = 3 steps + resume to 6 (losses, "
            "lr, grad norms; %d adapter tensors; both ranks' optimizer slices of %lld + %lld "
            "floats), bit for bit\n", type, backend ? " on " : "", backend ? backend : "", strategy,
-           n, len0, len1);
+           offload ? " with cpu_offload" : "", n, len0, len1);
 }
 END_TEST
 
