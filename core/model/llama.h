@@ -111,6 +111,9 @@ typedef struct qft_llama_build {
      * bf16, in their units' packed regions; their fp32 load slots lie past every unit and
      * are released once the bf16 copies are placed (qft_llama_place_packed). */
     int units_bf16;
+    /* The model's embed_on_host, set at build: units_bf16 cuts the embedding as bf16 only
+     * where it does not stay whole on the host. */
+    int embed_on_host;
 } qft_llama_build;
 
 /* Full sharding (FSDP FULL_SHARD) cuts the model into units that are gathered whole just
@@ -296,8 +299,9 @@ int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e);
  * Needs the unit layout and, for quantized weights, a quantizer with `place`; once, after
  * the weights are in and the adapters attached (DoRA's magnitudes read the fp32 slots). */
 int qft_llama_place_packed(qft_llama_model *m, qft_err *err);
-/* Whether entry e is one of units_bf16's weights: a frozen dense block linear or an
- * untied frozen head (the embedding stays fp32: embedding_on_host serves it). */
+/* Whether entry e is one of units_bf16's weights: a frozen dense block linear, an untied
+ * frozen head, and an untied frozen embedding unless embed_on_host keeps it whole on the
+ * host (in fp32, its rows rounded as they are read). */
 int qft_llama_unit_bf16(const qft_llama_model *m, const qft_param_entry *e);
 /* The fp32 slots of unit u's bf16 weights, widened from its packed region (gathered on the
  * host), for a saver that reads every tensor there. */

@@ -210,6 +210,7 @@ int qft_llama_alloc_build(qft_llama_model *m, const qft_llama_config *cfg,
         }
     }
     if (build && build->unit_pad > 0) {
+        m->embed_on_host = build->embed_on_host; /* which entries units_bf16 takes */
         if (qft_llama_units_layout(m, build->unit_pad, build->unit_align,
                                    build->units_bf16, err)) {
             qft_llama_free(m);

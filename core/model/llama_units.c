@@ -19,7 +19,8 @@ int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e) {
 static size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
 int qft_llama_unit_bf16(const qft_llama_model *m, const qft_param_entry *e) {
-    return m->units_bf16 && qft_llama_bf16_candidate(m, e) && !(e->layer == -1 && e->field == 0);
+    return m->units_bf16 && qft_llama_bf16_candidate(m, e) &&
+           !(e->layer == -1 && e->field == 0 && m->embed_on_host);
 }
 
 int qft_llama_units_layout(qft_llama_model *m, int pad, size_t align, int bf16, qft_err *err) {

@@ -106,7 +106,8 @@ int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t 
                                                : 0,
                              /* and its frozen dense weights cut as bf16 there when asked */
                              .units_bf16 = unit_pad && d->ops != qft_cpu_ops() &&
-                                           strcmp(rc->train.frozen_dtype, "bf16") == 0};
+                                           strcmp(rc->train.frozen_dtype, "bf16") == 0,
+                             .embed_on_host = rc->train.embedding_on_host};
     static qft_run_expansion x; /* one run per process; too big for the stack */
     qft_llama_config c;
     if (rc->model.path) {
