@@ -267,8 +267,9 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * with a granularity unit_align is a multiple of) at the host's offsets, the packed
  * layouts point into dev_packed, and the units' memory comes and goes with the unit hook
  * (a frozen, untied embedding kept on the host with embed_on_host is unit 0, which full
- * sharding then leaves whole there: qft_llama_embed_stays_on_host); frozen_bf16 is
- * refused there. */
+ * sharding then leaves whole there: qft_llama_embed_stays_on_host); frozen_bf16 must
+ * match the build's units_bf16, whose bf16 layouts point at the weights' placed bytes in
+ * dev_packed. */
 int qft_llama_to_backend(qft_llama_model *m, const struct qft_ops *ops, int frozen_bf16,
                          qft_err *err);
 /* Whether qft_llama_to_backend will leave the embedding in host memory: embed_on_host
