@@ -288,11 +288,11 @@ ranks() { # staged|nccl
         python3 scripts/compare_runs.py "$d-one" "$d-$1-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
             { echo "ranks $1 $s: FAILED"; rc=1; }
     done
-    # full sharding with the shards and optimizer in host memory (cpu_offload): the units
-    # gathered there over MPI and uploaded whole, whatever the device transport
+    # full sharding with the shards and optimizer in host memory (cpu_offload): each gather
+    # uploads the rank's pieces and all-gathers them on the GPU over the device transport
     mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
         --set train.grad_accum=1 --set shard.plugin='"full_shard"' --set shard.cpu_offload=true \
-        --set output.dir="\"$d-$1-full_shard-offload\"" &&
+        --set shard.device_transport="\"$1\"" --set output.dir="\"$d-$1-full_shard-offload\"" &&
     python3 scripts/compare_runs.py "$d-one" "$d-$1-full_shard-offload" --loss-rel 1e-3 \
         --tensor-rel 1e-2 || { echo "ranks $1 full_shard cpu_offload: FAILED"; rc=1; }
     # full sharding with the frozen head cut and gathered as bf16

@@ -29,38 +29,32 @@ typedef struct unit_range {
     size_t bytes; /* what a commit or release covers */
 } unit_range;
 
-/* Unit u's ranges in the backend's mirrors (dev) or the host's buffers. */
-static unit_range t_range_at(const qft_run_fsdp *f, int u, int dev) {
+static unit_range t_range(const qft_run_fsdp *f, int u) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
-    float *base = dev ? m->dev_params : m->params;
+    float *base = f->ops ? m->dev_params : m->params;
     return (unit_range){base + un->t_off, round_up(un->t_len * sizeof(float), m->unit_align)};
 }
-static unit_range f_range_at(const qft_run_fsdp *f, int u, int dev) {
+static unit_range f_range(const qft_run_fsdp *f, int u) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
-    float *base = dev ? m->dev_params : m->params;
+    float *base = f->ops ? m->dev_params : m->params;
     return (unit_range){base + un->f_off, round_up(un->f_len * sizeof(float), m->unit_align)};
 }
-static unit_range q_range_at(const qft_run_fsdp *f, int u, int dev) {
+static unit_range q_range(const qft_run_fsdp *f, int u) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
     if (!un->q_len) return (unit_range){NULL, 0};
     /* the placed bytes, not the unit's whole room (q_cap): nothing lies past q_len */
-    uint8_t *base = dev ? m->dev_packed : m->packed;
+    uint8_t *base = f->ops ? m->dev_packed : m->packed;
     return (unit_range){base + (un->q - m->packed), round_up(un->q_len, m->unit_align)};
 }
-static unit_range g_range_at(const qft_run_fsdp *f, int u, int dev) {
+static unit_range g_range(const qft_run_fsdp *f, int u) {
     const qft_llama_model *m = f->m;
     const qft_llama_unit *un = &m->units[u];
-    float *base = dev ? m->dev_grads : m->grads;
+    float *base = f->ops ? m->dev_grads : m->grads;
     return (unit_range){base + un->t_off, round_up(un->t_len * sizeof(float), m->unit_align)};
 }
-/* ... in the memory the passes use */
-static unit_range t_range(const qft_run_fsdp *f, int u) { return t_range_at(f, u, f->ops != NULL); }
-static unit_range f_range(const qft_run_fsdp *f, int u) { return f_range_at(f, u, f->ops != NULL); }
-static unit_range q_range(const qft_run_fsdp *f, int u) { return q_range_at(f, u, f->ops != NULL); }
-static unit_range g_range(const qft_run_fsdp *f, int u) { return g_range_at(f, u, f->ops != NULL); }
 
 /* Memory behind r on the backend; nothing to do on the host, whose pages come on write. */
 static int commit(qft_run_fsdp *f, unit_range r, const char *what, qft_err *err) {
@@ -83,20 +77,21 @@ static void drop(qft_run_fsdp *f, unit_range r) {
     }
 }
 
-/* Every rank's piece of unit u at its place in the ranges t, fr, q (the same memory as
- * the shard buffers: the group's transport moves it). */
-static int all_gather_into(qft_run_fsdp *f, int u, unit_range t, unit_range fr, unit_range q,
-                           qft_err *err) {
+/* This rank's pieces of unit u, where the group's transport reads them: the shard
+ * buffers, or with offload (whose shards are the host's) copies in the backend's scratch. */
+static void pieces_of(qft_run_fsdp *f, int u, const void **pt, const void **pf,
+                      const void **pq) {
     const qft_llama_unit *un = &f->m->units[u];
-    const size_t G = (size_t)f->G;
-    return qft_transport_all_gather(f->group, f->shard_t + f->pt[u], t.p,
-                                    un->t_len / G * sizeof(float), err) ||
-                   qft_transport_all_gather(f->group, f->shard_f + f->pf[u], fr.p,
-                                            un->f_len / G * sizeof(float), err) ||
-                   qft_transport_all_gather(f->group, f->shard_q + f->pq[u], q.p,
-                                            un->q_len / G, err)
-               ? -1
-               : 0;
+    const size_t G = (size_t)f->G, bt = un->t_len / G * sizeof(float),
+                 bf = un->f_len / G * sizeof(float), bq = un->q_len / G;
+    *pt = f->shard_t + f->pt[u], *pf = f->shard_f + f->pf[u], *pq = f->shard_q + f->pq[u];
+    if (!f->offload) return;
+    uint8_t *s = f->scratch; // (bt | bf | bq), 64-byte aligned parts
+    const size_t at_f = round_up(bt, 64), at_q = at_f + round_up(bf, 64);
+    if (bt) f->ops->upload(s, *pt, bt);
+    if (bf) f->ops->upload(s + at_f, *pf, bf);
+    if (bq) f->ops->upload(s + at_q, *pq, bq);
+    *pt = s, *pf = s + at_f, *pq = s + at_q;
 }
 
 static int gather(qft_run_fsdp *f, int u, qft_err *err) {
@@ -114,20 +109,14 @@ static int gather(qft_run_fsdp *f, int u, qft_err *err) {
         return -1;
     }
     f->gathered[u] = 1; /* committed: a failed gather below still releases it */
-    if (!f->offload) {
-        if (all_gather_into(f, u, t, fr, q, err)) return -1;
-    } else {
-        /* the pieces are the host's: gathered whole there, then up in one copy a range */
-        const unit_range ht = t_range_at(f, u, 0), hf = f_range_at(f, u, 0),
-                         hq = q_range_at(f, u, 0);
-        if (all_gather_into(f, u, ht, hf, hq, err)) return -1;
-        if (un->t_len) f->ops->upload(t.p, ht.p, un->t_len * sizeof(float));
-        if (un->f_len) f->ops->upload(fr.p, hf.p, un->f_len * sizeof(float));
-        if (un->q_len) f->ops->upload(q.p, hq.p, un->q_len);
-        if (ht.bytes) qft_vm_release(ht.p, ht.bytes);
-        if (hf.bytes) qft_vm_release(hf.p, hf.bytes);
-        if (hq.bytes) qft_vm_release(hq.p, hq.bytes);
-    }
+    // every rank's piece lands at its place in the unit's full range
+    const size_t G = (size_t)f->G;
+    const void *pt, *pf, *pq;
+    pieces_of(f, u, &pt, &pf, &pq);
+    if (qft_transport_all_gather(f->group, pt, t.p, un->t_len / G * sizeof(float), err) ||
+        qft_transport_all_gather(f->group, pf, fr.p, un->f_len / G * sizeof(float), err) ||
+        qft_transport_all_gather(f->group, pq, q.p, un->q_len / G, err))
+        return -1;
     measure(f);
     return 0;
 }
@@ -166,15 +155,13 @@ static int grads_done(qft_run_fsdp *f, int u, qft_err *err) {
     if (grads_begin(f, u, err)) return -1;
     measure(f);
     const size_t piece = un->t_len / (size_t)f->G;
-    float *g = f->shard_g + f->pt[u]; // (piece)
-    /* offloaded: the sums are the host's, from the unit's gradients brought down there */
-    const unit_range full = g_range_at(f, u, f->ops && !f->offload);
-    if (f->offload) f->ops->download(full.p, g_range(f, u).p, un->t_len * sizeof(float));
-    if (qft_transport_reduce_scatter_f32(f->group, full.p, g, piece, err) ||
+    /* offloaded, the piece is summed in the backend's scratch and goes down to its shard */
+    float *g = f->offload ? (float *)f->scratch : f->shard_g + f->pt[u]; // (piece)
+    if (qft_transport_reduce_scatter_f32(f->group, g_range(f, u).p, g, piece, err) ||
         (f->replicas &&
          qft_transport_all_reduce_f32(f->replicas, g, piece, QFT_REDUCE_SUM, err)))
         return -1;
-    if (f->offload && full.bytes) qft_vm_release(full.p, full.bytes);
+    if (f->offload) f->ops->download(f->shard_g + f->pt[u], g, piece * sizeof(float));
     grads_drop(f, u);
     return 0;
 }
@@ -258,8 +245,23 @@ int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, int offload, qf
         return qft_err_setf(err, "full sharding: the model is not on backend \"%s\" with the "
                                  "unit layout",
                             ops->name);
-    if (offload) { /* the shard buffers stay; only the units' memory is the backend's */
-        f->ops = ops, f->offload = 1;
+    if (offload) {
+        /* the shard buffers stay; a scratch for one unit's pieces carries them up (and a
+         * unit's summed gradient piece down) */
+        size_t bytes = 64;
+        for (int u = 0; u < m->n_units; u++) {
+            const qft_llama_unit *un = &m->units[u];
+            const size_t G = (size_t)f->G, bt = un->t_len / G * sizeof(float);
+            const size_t need = round_up(bt, 64) + round_up(un->f_len / G * sizeof(float), 64) +
+                                un->q_len / G;
+            if (need > bytes) bytes = need;
+        }
+        f->scratch = ops->alloc(bytes, "full sharding's piece scratch");
+        if (!f->scratch)
+            return qft_err_setf(err, "full sharding: backend \"%s\" is out of memory for a "
+                                     "%zu-byte scratch",
+                                ops->name, bytes);
+        f->ops = ops, f->offload = 1, f->scratch_bytes = bytes;
         f->peak = 0;
         return 0;
     }
@@ -292,13 +294,6 @@ int qft_run_fsdp_gather_all(qft_run_fsdp *f, qft_err *err) {
     qft_llama_model *m = f->m;
     for (int u = 0; u < m->n_units; u++) {
         if (qft_run_fsdp_whole(f, u)) continue; /* whole in the host's buffers already */
-        if (f->offload) { /* the pieces are the host's: gathered there, nothing goes up */
-            if (all_gather_into(f, u, t_range_at(f, u, 0), f_range_at(f, u, 0),
-                                q_range_at(f, u, 0), err))
-                return -1;
-            qft_llama_unit_widen_bf16(m, u);
-            continue;
-        }
         if (gather(f, u, err)) return -1;
         if (!f->ops) continue; /* the host's ranges are whole now */
         /* a unit at a time through the backend, so that its memory holds one unit more at
@@ -373,6 +368,7 @@ void qft_run_fsdp_free(qft_run_fsdp *f) {
     free(f->pq);
     free(f->gathered);
     free(f->grads_held);
+    if (f->scratch) f->ops->free(f->scratch);
     if (f->ops && !f->offload) {
         f->ops->free(f->shard_t);
         f->ops->free(f->shard_g);

@@ -31,11 +31,13 @@ typedef struct qft_run_fsdp {
     const struct qft_ops *ops;
     size_t committed;
     /* With ops: the shard buffers stayed in host memory (shard.cpu_offload), where the
-     * optimizer works on them. A gather all-gathers the pieces into the host's unit ranges
-     * over the group (the host transport) and uploads the whole unit into its committed
-     * backend ranges; a unit's gradients come down into the host's range to be
-     * reduce-scattered there. Host memory then holds one unit more at most, briefly. */
+     * optimizer works on them. A gather uploads this rank's pieces into scratch and
+     * all-gathers them into the unit's commits over the group (the backend's transport);
+     * a unit's gradients are reduce-scattered into scratch and their piece comes down to
+     * shard_g. Host-device traffic is the rank's pieces only, as in FSDP's CPU offload. */
     int offload;
+    void *scratch; /* (scratch_bytes) of the backend's memory, with offload */
+    size_t scratch_bytes;
     /* Unit 0, a frozen and untied embedding that the passes on another backend read in
      * host memory (qft_llama_embed_stays_on_host), stays whole there: not cut, never
      * gathered, no traffic (the batch's rows go up with forward instead). */
@@ -57,8 +59,7 @@ static inline int qft_run_fsdp_whole(const qft_run_fsdp *f, int u) {
  * the unit layout: reservations at the host's offsets); from then on the units are
  * gathered, and their gradients reduced, in that memory, over a group that moves it (a
  * transport over the backend's memory: nccl, staged). With offload the shard buffers stay
- * in host memory and the group is the host's (see the field). After init and
- * qft_llama_to_backend. */
+ * in host memory (see the field). After init and qft_llama_to_backend. */
 int qft_run_fsdp_to_backend(qft_run_fsdp *f, const struct qft_ops *ops, int offload,
                             qft_err *err);
 /* Every unit whole in the host's buffers (before a save); on a backend, gathered there a

@@ -30,17 +30,24 @@ int qft_run_shard_open_device(qft_run_shard *sh, const qft_ops *ops, const char 
     qft_err e = {0, ""};
     if (nccl ? qft_transport_open_nccl(sh->t, device, &dt, &e)
              : qft_transport_open_staged(sh->t, ops, &dt, &e))
-        return qft_err_setf(err, "%s ranks with gradients and the optimizer on the %s backend: "
-                                 "%s (shard.cpu_offload = true keeps them in host memory, "
-                                 "where the host transport reduces them)",
+        return qft_err_setf(err, "%s ranks with gradients, or full sharding's units, on the %s "
+                                 "backend: %s (shard.device_transport = \"staged\" goes "
+                                 "through the host; for strategies other than full sharding "
+                                 "shard.cpu_offload = true also keeps the gradients there)",
                             cuda ? "GPU" : "several", ops->name, e.msg);
     sh->dt = dt;
     return 0;
 }
 
+int qft_run_shard_full_plugin(const qft_run_config *rc, const qft_registry *reg) {
+    const qft_plugin *p = qft_registry_find(reg, QFT_KIND_SHARD, rc->shard.plugin, NULL);
+    return p && ((const qft_shard_vtable *)p->desc->vtable)->param_group != NULL;
+}
+
 int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const qft_registry *reg,
                             qft_err *err) {
     sh->name = rc->shard.plugin;
+    sh->offload = rc->shard.cpu_offload;
     /* shard.cpu_offload is the backend's business (run_plugins.c): the shards live in host
      * memory either way */
     const int identity_ok = strcmp(rc->shard.plugin, "no_shard") == 0 && sh->t->world == 1;
@@ -80,7 +87,7 @@ int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
     if (sh->full) {
         /* on another backend a frozen embedding read on the host stays whole */
         if (qft_run_fsdp_init(&sh->fsdp, m, sh->group, sh->replicas,
-                              sh->model_ops && qft_llama_embed_stays_on_host(m), err))
+                              sh->ops && qft_llama_embed_stays_on_host(m), err))
             return -1;
         /* the optimizer's slice is this rank's pieces; n counts the padded trainable
          * floats of one copy of the model, for the clipping norm's copy count */
@@ -102,8 +109,8 @@ int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
 }
 
 int qft_run_shard_to_backend(qft_run_shard *sh, qft_err *err) {
-    if (!sh->full || !sh->model_ops) return 0;
-    return qft_run_fsdp_to_backend(&sh->fsdp, sh->model_ops, sh->ops == NULL, err);
+    if (!sh->full || !sh->ops) return 0;
+    return qft_run_fsdp_to_backend(&sh->fsdp, sh->ops, sh->offload, err);
 }
 
 float *qft_run_shard_opt_params(qft_run_shard *sh, qft_llama_model *m) {
@@ -144,7 +151,8 @@ int qft_run_shard_reduce_grads(qft_run_shard *sh, float *grads, qft_err *err) {
 
 int qft_run_shard_clip(qft_run_shard *sh, float *slice, float max_norm, float *norm,
                        qft_err *err) {
-    const qft_ops *ops = sh->ops; // slice (len) is its memory; NULL: the host's
+    // slice (len) is its memory; NULL: the host's
+    const qft_ops *ops = sh->offload ? NULL : sh->ops;
     if (sh->len == sh->n && !sh->full) {
         /* the whole sum is here (no_shard, or one rank): the one-process code path, bits
          * and all */

@@ -18,10 +18,9 @@ typedef struct qft_run_shard {
      * "nccl" on the cuda backend, "staged" through t on cpu_guard. */
     qft_transport *dt;
     const struct qft_ops *ops;  /* the backend of those buffers; NULL: host memory */
-    /* The backend the passes run on (train.backend), NULL: the cpu's. Set before plan:
-     * full sharding keeps the units there, and with ops NULL (shard.cpu_offload) the
-     * shards in host memory. */
-    const struct qft_ops *model_ops;
+    /* shard.cpu_offload: the optimizer and its slice in host memory. Full sharding still
+     * gathers its units in ops's memory over dt; only its shards stay on the host. */
+    int offload;
     const qft_shard_vtable *vt; /* NULL: the built-in identity (no_shard, world 1, plugin absent) */
     void *state;
     const char *name;           /* the strategy, for messages */
@@ -44,6 +43,10 @@ int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err);
  * only notes ops. Before configure. Collective. */
 int qft_run_shard_open_device(qft_run_shard *sh, const struct qft_ops *ops, const char *kind,
                               int cuda, int device, qft_err *err);
+/* Whether rc->shard.plugin (found in reg) shards the parameters (has param_group): full
+ * sharding on another backend needs the transport over its memory even with
+ * shard.cpu_offload. 0 where the plugin is absent (configure then says so). */
+int qft_run_shard_full_plugin(const qft_run_config *rc, const qft_registry *reg);
 /* Finds and configures rc->shard.plugin in reg. */
 int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const qft_registry *reg,
                             qft_err *err);
@@ -52,10 +55,9 @@ int qft_run_shard_unit_pad(const qft_run_shard *sh);
 /* Takes the run's model (built, loaded, adapters attached): asks the plugin for this rank's
  * slice of its trainable floats, or, under full sharding, cuts the model over the group. */
 int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err);
-/* Under full sharding on another backend (model_ops): the units are gathered in its
- * memory from then on, and the shards move there too unless they stay on the host with the
- * optimizer (ops NULL: shard.cpu_offload; qft_run_fsdp_to_backend), after
- * qft_llama_to_backend; otherwise a no-op. */
+/* Under full sharding on another backend (ops): the units are gathered in its memory from
+ * then on, and the shards move there too unless they stay on the host with the optimizer
+ * (offload; qft_run_fsdp_to_backend), after qft_llama_to_backend; otherwise a no-op. */
 int qft_run_shard_to_backend(qft_run_shard *sh, qft_err *err);
 /* The parameters and gradients this rank's optimizer updates: len floats each (under full
  * sharding the shard buffers, in the backend's memory after qft_run_shard_to_backend). */

@@ -292,9 +292,12 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     /* gradients and the optimizer stay on another backend unless shard.cpu_offload; the
      * strategy's collectives then go over that backend's memory */
     s.dev_opt = s.data.ops != qft_cpu_ops() && !rc->shard.cpu_offload;
-    if ((s.dev_opt && qft_run_shard_open_device(&s.shard, s.data.ops, rc->shard.device_transport,
-                                                strcmp(rc->train.backend, "cuda") == 0, device,
-                                                err)) ||
+    /* full sharding gathers its units there even with cpu_offload (its shards stay here) */
+    const int dev_units = s.data.ops != qft_cpu_ops() && rc->shard.cpu_offload &&
+                          qft_run_shard_full_plugin(rc, &s.data.reg);
+    if (((s.dev_opt || dev_units) &&
+         qft_run_shard_open_device(&s.shard, s.data.ops, rc->shard.device_transport,
+                                   strcmp(rc->train.backend, "cuda") == 0, device, err)) ||
         qft_run_shard_configure(&s.shard, rc, &s.data.reg, err) || prepare_loader(rc, &s, err))
         goto done;
 
@@ -326,7 +329,6 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
                                                              ? (size_t)1 << 30
                                                              : (size_t)64 << 20);
 
-    s.shard.model_ops = s.data.ops != qft_cpu_ops() ? s.data.ops : NULL;
     if (qft_run_shard_plan(&s.shard, &s.model, err) ||
         prepare_optimizer(rc, &s, user_quiet, err))
         goto done;
