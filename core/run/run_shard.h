@@ -36,7 +36,8 @@ typedef struct qft_run_shard {
 /* Opens the transport ("auto": MPI under mpirun, else local). Before anything else of a
  * run, so that the data can be cut for the global batch. */
 int qft_run_shard_open_transport(qft_run_shard *sh, qft_err *err);
-/* Gradients and optimizer on the backend `ops` (not the cpu's; no shard.cpu_offload):
+/* Gradients and optimizer on the backend `ops` (not the cpu's; no shard.cpu_offload), or
+ * full sharding's units there (also with shard.cpu_offload):
  * with several ranks, opens the transport over its memory that the strategy then uses,
  * shard.device_transport `kind`: "nccl" (CUDA device `device`; cuda must be set), "staged"
  * (through the host transport), "auto" (nccl when cuda is set, else staged). With one rank
