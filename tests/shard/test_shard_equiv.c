@@ -112,7 +112,7 @@ static const eq_case k_cases[] = {
     {"llama_pro", "full_shard", 2, 2, 0, "cpu_guard", BF16_SAVE},
     /* full sharding with cpu_offload: FSDP + QLoRA for shards bigger than the GPUs */
     {"qlora", "full_shard", 2, 2, 0, "cpu_guard", OFFLOAD},
-    {"bnb_dora", "hybrid_shard", 4, 1, 2, "cpu_guard", OFFLOAD},
+    {"bnb_dora", "hybrid_shard", 4, 1, 2, "cpu_guard", OFFLOAD " " BF16},
     /* ... with the embedding sharded too, as bf16 */
     {"lora", "full_shard", 3, 1, 0, "cpu_guard", OFFLOAD " " BF16 " " EMBED_SHARDED},
 };
