@@ -281,26 +281,22 @@ ranks() { # staged|nccl
         --set train.grad_accum=2 --set output.dir="\"$d-one-bf16\"" || return 1
     # staged: each rank its own pretend machine, so both take GPU 0; empty: the real ones
     if [[ $1 == staged ]]; then export QFT_TRANSPORT_NODE_SIZE=1; else export QFT_TRANSPORT_NODE_SIZE=; fi
-    for s in no_shard shard_grad_op full_shard; do
+    # 2 ranks as $2 (more sets after it) against the one-process run $1, named $3
+    two() {
+        local one=$1 s=$2 name=$3 t=$tr; shift 3
         mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
-            --set train.grad_accum=1 --set shard.plugin="\"$s\"" \
-            --set shard.device_transport="\"$1\"" --set output.dir="\"$d-$1-$s\"" &&
-        python3 scripts/compare_runs.py "$d-one" "$d-$1-$s" --loss-rel 1e-3 --tensor-rel 1e-2 ||
-            { echo "ranks $1 $s: FAILED"; rc=1; }
-    done
+            "$@" --set train.grad_accum=1 --set shard.plugin="\"$s\"" \
+            --set shard.device_transport="\"$t\"" --set output.dir="\"$d-$t-$name\"" &&
+        python3 scripts/compare_runs.py "$one" "$d-$t-$name" --loss-rel 1e-3 --tensor-rel 1e-2 ||
+            { echo "ranks $t $name: FAILED"; rc=1; }
+    }
+    local tr=$1
+    for s in no_shard shard_grad_op full_shard; do two "$d-one" "$s" "$s"; done
     # full sharding with the shards and optimizer in host memory (cpu_offload): each gather
     # uploads the rank's pieces and all-gathers them on the GPU over the device transport
-    mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
-        --set train.grad_accum=1 --set shard.plugin='"full_shard"' --set shard.cpu_offload=true \
-        --set shard.device_transport="\"$1\"" --set output.dir="\"$d-$1-full_shard-offload\"" &&
-    python3 scripts/compare_runs.py "$d-one" "$d-$1-full_shard-offload" --loss-rel 1e-3 \
-        --tensor-rel 1e-2 || { echo "ranks $1 full_shard cpu_offload: FAILED"; rc=1; }
+    two "$d-one" full_shard full_shard-offload --set shard.cpu_offload=true
     # full sharding with the frozen head cut and gathered as bf16
-    mpirun "${mpi_flags[@]}" -np 2 "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
-        "${bf16[@]}" --set train.grad_accum=1 --set shard.plugin='"full_shard"' \
-        --set shard.device_transport="\"$1\"" --set output.dir="\"$d-$1-full_shard-bf16\"" &&
-    python3 scripts/compare_runs.py "$d-one-bf16" "$d-$1-full_shard-bf16" --loss-rel 1e-3 \
-        --tensor-rel 1e-2 || { echo "ranks $1 full_shard bf16: FAILED"; rc=1; }
+    two "$d-one-bf16" full_shard full_shard-bf16 "${bf16[@]}"
     return $rc
 }
 ranks_step() { # staged|nccl

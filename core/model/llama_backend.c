@@ -4,6 +4,7 @@
  * trainable floats after each optimizer step and one download of their gradients before
  * it are the traffic; frozen weights go up once, packed ones in their packed form (the
  * backend dequantizes a tile of rows at a time into one scratch the linears share). */
+#include "cpu_ops.h"
 #include "llama_internal.h"
 
 #include <stdint.h>
@@ -40,8 +41,7 @@ static int upload_bf16(qft_llama_model *m, const qft_ops *ops, qft_param_entry *
         return qft_err_setf(err, "%s: out of memory for its bf16 copy", e->name);
     }
     if (!placed) {
-        const float *w = m->params + e->offset; // (out, in)
-        for (size_t i = 0; i < e->numel; i++) h[i] = qft_f32_to_bf16(w[i]);
+        qft_cpu_f32_to_bf16(h, m->params + e->offset, e->numel); // (out, in)
         ops->upload(d, h, e->numel * sizeof *h);
         free(h);
     }

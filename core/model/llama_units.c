@@ -4,6 +4,7 @@
  * packed weights of quantized linears moved into per-unit regions the core owns. The
  * padding makes every unit cut into equal pieces for any group of up to unit_pad ranks
  * that divides it, so gathers and reduce-scatters move whole blocks with no scratch. */
+#include "cpu_ops.h"
 #include "llama_internal.h"
 
 #include <stdlib.h>
@@ -133,8 +134,7 @@ int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
         unit_placer up = {&m->units[qft_llama_unit_of(m, e)], e->name};
         uint16_t *h = unit_alloc(&up, e->numel * sizeof *h, err);
         if (!h) return -1;
-        const float *w = m->params + e->offset;
-        for (size_t j = 0; j < e->numel; j++) h[j] = qft_f32_to_bf16(w[j]);
+        qft_cpu_f32_to_bf16(h, m->params + e->offset, e->numel);
         e->packed_at = (size_t)((uint8_t *)h - m->packed);
     }
     /* the fp32 slots go: the bf16 copies are what the passes read, and what is gathered */
@@ -148,9 +148,8 @@ void qft_llama_unit_widen_bf16(qft_llama_model *m, int u) {
     for (int i = 0; i < m->n_entries; i++) {
         const qft_param_entry *e = &m->entries[i];
         if (!qft_llama_unit_bf16(m, e) || qft_llama_unit_of(m, e) != u) continue;
-        const uint16_t *h = (const uint16_t *)(m->packed + e->packed_at);
-        float *w = m->params + e->offset;
-        for (size_t j = 0; j < e->numel; j++) w[j] = qft_bf16_to_f32(h[j]);
+        qft_cpu_bf16_to_f32(m->params + e->offset, (const uint16_t *)(m->packed + e->packed_at),
+                            e->numel);
     }
 }
 

@@ -77,17 +77,27 @@ static void drop(qft_run_fsdp *f, unit_range r) {
     }
 }
 
+/* Where unit u's pieces (bt, bf, bq bytes) lie in the offload scratch: trainable at 0,
+ * frozen at *at_f, packed at *at_q, 64-byte aligned. Returns the bytes they take. */
+static size_t scratch_layout(const qft_run_fsdp *f, int u, size_t *bt, size_t *bf, size_t *bq,
+                             size_t *at_f, size_t *at_q) {
+    const qft_llama_unit *un = &f->m->units[u];
+    const size_t G = (size_t)f->G;
+    *bt = un->t_len / G * sizeof(float), *bf = un->f_len / G * sizeof(float);
+    *bq = un->q_len / G;
+    *at_f = round_up(*bt, 64), *at_q = *at_f + round_up(*bf, 64);
+    return *at_q + *bq;
+}
+
 /* This rank's pieces of unit u, where the group's transport reads them: the shard
  * buffers, or with offload (whose shards are the host's) copies in the backend's scratch. */
 static void pieces_of(qft_run_fsdp *f, int u, const void **pt, const void **pf,
                       const void **pq) {
-    const qft_llama_unit *un = &f->m->units[u];
-    const size_t G = (size_t)f->G, bt = un->t_len / G * sizeof(float),
-                 bf = un->f_len / G * sizeof(float), bq = un->q_len / G;
     *pt = f->shard_t + f->pt[u], *pf = f->shard_f + f->pf[u], *pq = f->shard_q + f->pq[u];
     if (!f->offload) return;
-    uint8_t *s = f->scratch; // (bt | bf | bq), 64-byte aligned parts
-    const size_t at_f = round_up(bt, 64), at_q = at_f + round_up(bf, 64);
+    size_t bt, bf, bq, at_f, at_q;
+    scratch_layout(f, u, &bt, &bf, &bq, &at_f, &at_q);
+    uint8_t *s = f->scratch; // (bt | bf | bq)
     if (bt) f->ops->upload(s, *pt, bt);
     if (bf) f->ops->upload(s + at_f, *pf, bf);
     if (bq) f->ops->upload(s + at_q, *pq, bq);
@@ -250,10 +260,8 @@ int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, int offload, qf
          * unit's summed gradient piece down) */
         size_t bytes = 64;
         for (int u = 0; u < m->n_units; u++) {
-            const qft_llama_unit *un = &m->units[u];
-            const size_t G = (size_t)f->G, bt = un->t_len / G * sizeof(float);
-            const size_t need = round_up(bt, 64) + round_up(un->f_len / G * sizeof(float), 64) +
-                                un->q_len / G;
+            size_t bt, bf, bq, at_f, at_q;
+            const size_t need = scratch_layout(f, u, &bt, &bf, &bq, &at_f, &at_q);
             if (need > bytes) bytes = need;
         }
         f->scratch = ops->alloc(bytes, "full sharding's piece scratch");
@@ -261,7 +269,7 @@ int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, int offload, qf
             return qft_err_setf(err, "full sharding: backend \"%s\" is out of memory for a "
                                      "%zu-byte scratch",
                                 ops->name, bytes);
-        f->ops = ops, f->offload = 1, f->scratch_bytes = bytes;
+        f->ops = ops, f->offload = 1;
         f->peak = 0;
         return 0;
     }

@@ -36,8 +36,7 @@ typedef struct qft_run_fsdp {
      * a unit's gradients are reduce-scattered into scratch and their piece comes down to
      * shard_g. Host-device traffic is the rank's pieces only, as in FSDP's CPU offload. */
     int offload;
-    void *scratch; /* (scratch_bytes) of the backend's memory, with offload */
-    size_t scratch_bytes;
+    void *scratch; /* the backend's memory for the largest unit's pieces, with offload */
     /* Unit 0, a frozen and untied embedding that the passes on another backend read in
      * host memory (qft_llama_embed_stays_on_host), stays whole there: not cut, never
      * gathered, no traffic (the batch's rows go up with forward instead). */
