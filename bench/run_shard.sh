@@ -7,6 +7,8 @@
 #
 # Usage: bench/run_shard.sh [BUILD_DIR] [TRAIN_TYPE] [STEPS]
 #   BUILD_DIR   default build; TRAIN_TYPE default qlora (configs/<type>.cfg); STEPS default 4.
+#   $QFT_SHARD_BENCH_SETS: more overrides for every run, split at spaces, e.g.
+#   '--set train.backend="cpu_guard" --set shard.cpu_offload=true'.
 # The model: hidden 256, 4 layers, 4 heads (2 KV), intermediate 688, the tokenizer's
 # vocabulary, sequence 256, batch 2 per rank, one OpenMP thread per rank. The global batch
 # grows with the ranks (each rank trains its own micro-batches), so tokens/s compares the
@@ -26,8 +28,10 @@ SETS=(--set train.max_steps="$STEPS" --set data.count=256 --set train.batch_size
       --set model.config.num_attention_heads=4 --set model.config.num_key_value_heads=2
       --set data.context_length=256 --set data.pad_to_context=true
       --set output.save='"none"')
+read -ra EXTRA <<<"${QFT_SHARD_BENCH_SETS:-}"
+SETS+=("${EXTRA[@]}")
 
-echo "train_type $TYPE, $STEPS steps, $(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "train_type $TYPE, $STEPS steps, $(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC')${EXTRA[*]:+, ${EXTRA[*]}}"
 echo
 echo "| strategy | ranks | tokens/s | bytes sent per step (rank 0) | expected | peak param+grad+optim per rank (MiB) | expected (MiB) |"
 echo "|---|---|---|---|---|---|---|"
