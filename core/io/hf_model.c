@@ -299,12 +299,20 @@ int qft_hf_model_load_build(const char *dir, qft_llama_model *m, const qft_llama
     int rc = check_extras(&s, m, err);
     float *scratch = NULL;
     size_t scratch_n = 0;
-    for (int i = 0; !rc && i < m->n_entries; i++)
-        if (m->entries[i].layer != -2) /* adapter tensors are not in a base checkpoint */
-            rc = load_tensor(&s, m, &m->entries[i], &scratch, &scratch_n, err);
+    /* a unit at a time (embedding, blocks, head), each finished before the next loads, so
+     * that the build's on_unit can cut it (full sharding) */
+    for (int u = 0; !rc && u < m->cfg.num_hidden_layers + 2; u++) {
+        for (int i = 0; !rc && i < m->n_entries; i++) {
+            qft_param_entry *e = &m->entries[i];
+            /* adapter tensors are not in a base checkpoint */
+            if (e->layer != -2 && qft_llama_unit_of(m, e) == u)
+                rc = load_tensor(&s, m, e, &scratch, &scratch_n, err);
+        }
+        if (!rc) rc = qft_llama_expand_unit(m, u, 0, err);
+        if (!rc && build && build->on_unit) rc = build->on_unit(build->unit_ctx, m, u, err);
+    }
     qft_mem_free(scratch);
     sources_close(&s);
-    if (!rc) rc = qft_llama_expand_finish(m, 0, err);
     if (rc) qft_llama_free(m);
     return rc;
 }

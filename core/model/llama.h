@@ -81,6 +81,8 @@ enum { QFT_LIN_Q = 0, QFT_LIN_K, QFT_LIN_V, QFT_LIN_O, QFT_LIN_GATE, QFT_LIN_UP,
 
 /* How to build a model: the role of each tensor and the quantizer for frozen linears.
  * A NULL build (or role) means every tensor trains, dense. */
+struct qft_llama_model;
+
 typedef struct qft_llama_build {
     /* Role of tensor `name`; is_linear says it is one of a block's seven projections
      * (quantizers only ever take those: embeddings, norms and the head stay dense). */
@@ -109,11 +111,17 @@ typedef struct qft_llama_build {
     /* With unit_pad, for a model that goes to another backend with frozen_bf16: the frozen
      * dense weights that backend keeps as bf16 (qft_llama_unit_bf16) are cut and gathered as
      * bf16, in their units' packed regions; their fp32 load slots lie past every unit and
-     * are released once the bf16 copies are placed (qft_llama_place_packed). */
+     * are released once the bf16 copies are placed (qft_llama_place_unit). */
     int units_bf16;
     /* The model's embed_on_host, set at build: units_bf16 cuts the embedding as bf16 only
      * where it does not stay whole on the host. */
     int embed_on_host;
+    /* Optional, for a loader (qft_hf_model_load_build, or a random init unit by unit):
+     * called once each unit is complete (its weights loaded or drawn, block expansion
+     * applied), in ascending order, so that full sharding can attach that unit's adapters
+     * and cut it before the next one loads: no rank then holds the whole model. */
+    int (*on_unit)(void *ctx, struct qft_llama_model *m, int u, qft_err *err);
+    void *unit_ctx;
 } qft_llama_build;
 
 /* Full sharding (FSDP FULL_SHARD) cuts the model into units that are gathered whole just
@@ -196,6 +204,7 @@ typedef struct qft_llama_model {
     qft_llama_unit *units;    /* [n_units] */
     uint8_t *packed;          /* the units' packed regions, one reservation of packed_cap */
     size_t packed_cap;
+    size_t packed_used;       /* the bytes of it units were placed in so far */
     /* The backend the passes run on; NULL is the CPU backend working on params and grads
      * directly. Another backend (qft_llama_to_backend) holds its own copies, dev_params
      * (n_params) and dev_grads (n_trainable), which the views p and g point into; params
@@ -235,16 +244,26 @@ int qft_llama_get_dense(const qft_llama_model *m, const qft_param_entry *e, floa
 int qft_llama_get_merged(const qft_llama_model *m, const qft_param_entry *e, float *dst,
                          qft_err *err);
 /* transformers' init: normal(0, initializer_range) for linears and embeddings, ones for
- * norms; quantized linears are drawn dense and quantized one at a time. */
+ * norms; quantized linears are drawn dense and quantized one at a time. Inserted blocks
+ * of block expansion are left to qft_llama_expand_unit. */
 int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err);
-/* Block expansion after the weights are in: inserted blocks get their o_proj and
- * down_proj zeroed; with copy set (a random model, whose blocks were drawn
- * independently) they first copy every tensor of their source block. */
-int qft_llama_expand_finish(qft_llama_model *m, int copy, qft_err *err);
+/* The same draws for unit u's tensors only (see qft_llama_unit_of; the values do not
+ * depend on the order units are drawn in). Inserted blocks of block expansion are not
+ * drawn: they copy their source block (qft_llama_expand_unit with copy). */
+int qft_llama_init_random_unit(qft_llama_model *m, uint64_t seed, int u, qft_err *err);
+/* Block expansion, a unit at a time in ascending order, each once its weights are in:
+ * an inserted block gets its o_proj and down_proj zeroed; with copy set (a random model,
+ * whose inserted blocks were not drawn) an original block's unit first gives every tensor
+ * to the inserted blocks copying it (dequantized where it is packed), which follow it. */
+int qft_llama_expand_unit(qft_llama_model *m, int u, int copy, qft_err *err);
 /* Attaches the build's adapter to every linear it declared tensors for: init = 1 draws
  * PEFT's initialisation from seed; init = 0 keeps tensors loaded from a saved adapter.
  * Call after the base weights are in (DoRA reads them) and after qft_llama_alloc_grads. */
 int qft_llama_attach_adapters(qft_llama_model *m, int init, uint64_t seed, qft_err *err);
+/* The same for unit u's linears only (block u - 1's), with the same values; the others
+ * stay as they are, and a later qft_llama_attach_adapters leaves it attached. */
+int qft_llama_attach_unit_adapters(qft_llama_model *m, int u, int init, uint64_t seed,
+                                   qft_err *err);
 /* Bytes the model's weights occupy: the flat buffer plus every packed weight. */
 size_t qft_llama_weight_bytes(const qft_llama_model *m);
 /* Allocates grads (n_trainable, zeroed) and the g views of trainable tensors. */
@@ -262,7 +281,7 @@ void qft_llama_zero_grads(qft_llama_model *m);
  * embedding's rows are widened as they are looked up. With m->embed_on_host a frozen, untied
  * embedding stays in host memory only (see the field). After weights are in, gradients
  * allocated and adapters attached.
- * With the unit layout (full sharding cut the model already, qft_run_fsdp_init) it uploads
+ * With the unit layout (full sharding cut the model already, qft_run_fsdp_cut) it uploads
  * nothing: dev_params, dev_grads and dev_packed are reservations of ops (its vm_* entries,
  * with a granularity unit_align is a multiple of) at the host's offsets, the packed
  * layouts point into dev_packed, and the units' memory comes and goes with the unit hook
@@ -294,12 +313,19 @@ void qft_llama_params_to_host(qft_llama_model *m, size_t offset, size_t len);
 /* ---- the unit layout (core/model/llama_units.c) ---------------------------------------- */
 /* The unit an entry belongs to. */
 int qft_llama_unit_of(const qft_llama_model *m, const qft_param_entry *e);
-/* Moves every quantized weight's buffers into its unit's packed region through the
- * quantizer's `place`, and with units_bf16 writes the bf16 weights there (rounded from
- * their fp32 slots, which it then releases); q_len becomes a multiple of 64 * unit_pad.
- * Needs the unit layout and, for quantized weights, a quantizer with `place`; once, after
- * the weights are in and the adapters attached (DoRA's magnitudes read the fp32 slots). */
-int qft_llama_place_packed(qft_llama_model *m, qft_err *err);
+/* The packed regions of the units, filled a unit at a time as the model loads (full
+ * sharding cuts each unit right after). begin reserves address space for every unit's
+ * region (4 bytes a weight for weights not yet quantized: a bound); place_unit moves unit
+ * u's quantized weights into the next region through the quantizer's `place` and, with
+ * units_bf16, writes its bf16 weights there (rounded from their fp32 slots, whose pages it
+ * then releases); q_len becomes a multiple of 64 * unit_pad. Units in ascending order,
+ * each once its weights are in and its adapters attached (DoRA's magnitudes read the fp32
+ * slots). end releases the slots' last pages and the reservation's unused tail
+ * (packed_cap becomes the bytes the units took). Needs the unit layout and, for quantized
+ * weights, a quantizer with `place`. */
+int qft_llama_packed_begin(qft_llama_model *m, qft_err *err);
+int qft_llama_place_unit(qft_llama_model *m, int u, qft_err *err);
+void qft_llama_packed_end(qft_llama_model *m);
 /* Whether entry e is one of units_bf16's weights: a frozen dense block linear, an untied
  * frozen head, and an untied frozen embedding unless embed_on_host keeps it whole on the
  * host (in fp32, its rows rounded as they are read). */

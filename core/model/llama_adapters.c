@@ -89,12 +89,14 @@ static int attach_one(qft_llama_model *m, qft_llama_adapted *ad, int init, qft_r
     return m->avt->attach(m->astate, &ad->base, ad->params, ad->n_params, init, r, &ad->al, err);
 }
 
-int qft_llama_attach_adapters(qft_llama_model *m, int init, uint64_t seed, qft_err *err) {
+/* Block `only`'s linears, or with only < 0 every block's. */
+static int attach_blocks(qft_llama_model *m, int only, int init, uint64_t seed, qft_err *err) {
     if (!m->avt) return 0;
     if (!m->grads) return qft_err_setf(err, "attach adapters after qft_llama_alloc_grads");
     qft_rng root;
     qft_rng_seed(&root, seed);
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+    for (int l = only < 0 ? 0 : only; l < (only < 0 ? m->cfg.num_hidden_layers : only + 1);
+         l++)
         for (int k = 0; k < QFT_LIN_COUNT; k++) {
             qft_llama_adapted *ad = m->adapted[l][k];
             if (!ad || ad->al) continue;
@@ -105,6 +107,17 @@ int qft_llama_attach_adapters(qft_llama_model *m, int init, uint64_t seed, qft_e
             if (attach_one(m, ad, init, &r, err)) return -1;
         }
     return 0;
+}
+
+int qft_llama_attach_adapters(qft_llama_model *m, int init, uint64_t seed, qft_err *err) {
+    return attach_blocks(m, -1, init, seed, err);
+}
+
+int qft_llama_attach_unit_adapters(qft_llama_model *m, int u, int init, uint64_t seed,
+                                   qft_err *err) {
+    /* units 0 and L + 1 (embedding, head) carry no adapted linears */
+    if (u < 1 || u > m->cfg.num_hidden_layers) return 0;
+    return attach_blocks(m, u - 1, init, seed, err);
 }
 
 int qft_llama_adapters_rebind(qft_llama_model *m, int on_backend, qft_err *err) {

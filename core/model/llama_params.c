@@ -292,32 +292,46 @@ int qft_llama_get_merged(const qft_llama_model *m, const qft_param_entry *e, flo
     return qft_llama_get_dense(m, e, dst, err);
 }
 
-int qft_llama_expand_finish(qft_llama_model *m, int copy, qft_err *err) {
-    if (!m->layer_new) return 0;
-    const int L = m->cfg.num_hidden_layers;
-    for (int l = 0; l < L; l++) {
-        if (!m->layer_new[l]) continue;
-        if (copy) {
-            int from = -1; /* the block holding the source layer */
-            for (int j = 0; j < L && from < 0; j++)
-                if (!m->layer_new[j] && m->layer_src[j] == m->layer_src[l]) from = j;
-            if (from < 0) return qft_err_setf(err, "block %d: its source block is missing", l);
+/* The block an inserted block copies: the first original block with its source layer. */
+static int expand_from(const qft_llama_model *m, int l) {
+    for (int j = 0; j < m->cfg.num_hidden_layers; j++)
+        if (!m->layer_new[j] && m->layer_src[j] == m->layer_src[l]) return j;
+    return -1;
+}
+
+int qft_llama_expand_unit(qft_llama_model *m, int u, int copy, qft_err *err) {
+    const int L = m->cfg.num_hidden_layers, j = u - 1;
+    if (!m->layer_new || j < 0 || j >= L) return 0;
+    if (!m->layer_new[j]) {
+        if (!copy) return 0;
+        /* an original block, complete: the inserted blocks that copy it take its tensors
+         * now, while it is whole (a streamed load cuts it next) */
+        for (int l = j + 1; l < L; l++) {
+            if (!m->layer_new[l] || expand_from(m, l) != j) continue;
             for (int i = 0; i < m->n_entries; i++) {
                 const qft_param_entry *d = &m->entries[i];
                 if (d->layer != l) continue;
-                for (int j = 0; j < m->n_entries; j++) {
-                    const qft_param_entry *sE = &m->entries[j];
-                    if (sE->layer == from && sE->field == d->field &&
+                for (int k = 0; k < m->n_entries; k++) {
+                    const qft_param_entry *sE = &m->entries[k];
+                    if (sE->layer == j && sE->field == d->field &&
                         qft_llama_get_dense(m, sE, m->params + d->offset, err))
                         return -1;
                 }
             }
         }
-        for (int i = 0; i < m->n_entries; i++) {
-            const qft_param_entry *e = &m->entries[i];
-            if (e->layer == l && (e->field == 4 || e->field == 8)) /* o_proj, down_proj */
-                memset(m->params + e->offset, 0, e->numel * sizeof(float));
-        }
+        return 0;
+    }
+    if (copy) { /* it took its source's tensors when that unit was complete */
+        const int from = expand_from(m, j);
+        if (from < 0) return qft_err_setf(err, "block %d: its source block is missing", j);
+        if (from > j)
+            return qft_err_setf(err, "block %d: its source block %d comes after it (inserted "
+                                     "blocks follow the blocks they copy)", j, from);
+    }
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (e->layer == j && (e->field == 4 || e->field == 8)) /* o_proj, down_proj */
+            memset(m->params + e->offset, 0, e->numel * sizeof(float));
     }
     return 0;
 }
@@ -348,7 +362,7 @@ static void fill_normal(const qft_rng *tensor, float *p, size_t n, float std) {
     }
 }
 
-int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
+int qft_llama_init_random_unit(qft_llama_model *m, uint64_t seed, int u, qft_err *err) {
     qft_rng root, r;
     qft_rng_seed(&root, seed);
     qft_rng_fork(&root, "llama_init", &r);
@@ -359,6 +373,9 @@ int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
         qft_param_entry *e = &m->entries[i];
         float *p = m->params + e->offset;
         if (e->layer == -2) continue; /* adapter tensors: the adapter's init, at attach */
+        /* an inserted block copies its source block (qft_llama_expand_unit) */
+        if (e->layer >= 0 && m->layer_new && m->layer_new[e->layer]) continue;
+        if (qft_llama_unit_of(m, e) != u) continue;
         if (e->role == QFT_ROLE_QUANTIZED) {
             free(tmp);
             tmp = malloc(e->numel * sizeof(float));
@@ -376,6 +393,12 @@ int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
     }
     free(tmp);
     return rc;
+}
+
+int qft_llama_init_random(qft_llama_model *m, uint64_t seed, qft_err *err) {
+    for (int u = 0; u < m->cfg.num_hidden_layers + 2; u++)
+        if (qft_llama_init_random_unit(m, seed, u, err)) return -1;
+    return 0;
 }
 
 size_t qft_llama_weight_bytes(const qft_llama_model *m) {

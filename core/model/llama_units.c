@@ -7,6 +7,7 @@
 #include "cpu_ops.h"
 #include "llama_internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,7 +91,23 @@ static void *unit_alloc(void *ctx, size_t bytes, qft_err *err) {
     return p->u->q + at;
 }
 
-int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
+/* Unit u's packed room: its weights' own byte counts (4 bytes a weight for one not yet
+ * quantized, the bound the reservation takes before a streamed load), the 64-byte
+ * alignment of up to eight buffers each, and the round-up to whole pieces. */
+static size_t unit_room(const qft_llama_model *m, int u) {
+    const size_t piece = 64 * (size_t)m->unit_pad, page = m->unit_align;
+    size_t need = 0;
+    for (int i = 0; i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (qft_llama_unit_of(m, e) != u) continue;
+        if (e->role == QFT_ROLE_QUANTIZED)
+            need += (e->qw ? m->qvt->bytes(e->qw) : e->numel * sizeof(float)) + 8 * 64;
+        if (qft_llama_unit_bf16(m, e)) need += e->numel * sizeof(uint16_t) + 64;
+    }
+    return need ? round_up(need + piece, page) : 0;
+}
+
+int qft_llama_packed_begin(qft_llama_model *m, qft_err *err) {
     if (!m->units || m->packed) return 0;
     if (!m->n_quantized && !m->bf16_len) return 0;
     if (m->n_quantized && !m->qvt->place)
@@ -98,50 +115,68 @@ int qft_llama_place_packed(qft_llama_model *m, qft_err *err) {
                                  "owns (no `place` entry), so its packed weights cannot be "
                                  "sharded; use a strategy that keeps parameters whole "
                                  "(shard_grad_op, no_shard)");
-    /* each unit's room: the weights' own byte counts, the 64-byte alignment of up to eight
-     * buffers each, and the round-up to whole pieces */
-    const size_t piece = 64 * (size_t)m->unit_pad, page = m->unit_align;
     size_t total = 0;
-    for (int u = 0; u < m->n_units; u++) {
-        size_t need = 0;
-        for (int i = 0; i < m->n_entries; i++) {
-            const qft_param_entry *e = &m->entries[i];
-            if (qft_llama_unit_of(m, e) != u) continue;
-            if (e->role == QFT_ROLE_QUANTIZED && e->qw) need += m->qvt->bytes(e->qw) + 8 * 64;
-            if (qft_llama_unit_bf16(m, e)) need += e->numel * sizeof(uint16_t) + 64;
-        }
-        m->units[u].q_cap = need ? round_up(need + piece, page) : 0;
-        total += m->units[u].q_cap;
-    }
+    for (int u = 0; u < m->n_units; u++) total += unit_room(m, u);
+    /* address space only: pages appear as units are placed */
     m->packed = qft_vm_reserve(total, err);
     if (!m->packed) return -1;
-    m->packed_cap = total;
-    size_t at = 0;
-    for (int u = 0; u < m->n_units; u++) {
-        m->units[u].q = m->units[u].q_cap ? m->packed + at : NULL;
-        at += m->units[u].q_cap;
-    }
-    for (int i = 0; i < m->n_entries; i++) {
+    m->packed_cap = total, m->packed_used = 0;
+    return 0;
+}
+
+int qft_llama_place_unit(qft_llama_model *m, int u, qft_err *err) {
+    if (!m->packed) return 0; /* nothing packed in the model */
+    qft_llama_unit *un = &m->units[u];
+    const size_t room = unit_room(m, u); /* exact now that its weights are quantized */
+    if (room > m->packed_cap - m->packed_used)
+        return qft_err_setf(err, "unit %d: its packed weights need %zu bytes but %zu of the "
+                                 "%zu reserved are left (the quantizer stores more than 4 "
+                                 "bytes a weight)",
+                            u, room, m->packed_cap - m->packed_used, m->packed_cap);
+    un->q_cap = room, un->q_len = 0;
+    un->q = room ? m->packed + m->packed_used : NULL;
+    m->packed_used += room;
+    float *lo = NULL, *hi = NULL; /* the unit's bf16 load slots, contiguous */
+    for (int i = 0; i < m->n_entries; i++) { /* the packed weights first, then bf16's */
         qft_param_entry *e = &m->entries[i];
-        if (e->role != QFT_ROLE_QUANTIZED || !e->qw) continue;
-        unit_placer up = {&m->units[qft_llama_unit_of(m, e)], e->name};
+        if (qft_llama_unit_of(m, e) != u || e->role != QFT_ROLE_QUANTIZED || !e->qw) continue;
+        unit_placer up = {un, e->name};
         const qft_placer pl = {&up, unit_alloc};
         if (m->qvt->place(e->qw, &pl, err)) return -1;
     }
     for (int i = 0; i < m->n_entries; i++) {
         qft_param_entry *e = &m->entries[i];
-        if (!qft_llama_unit_bf16(m, e)) continue;
-        unit_placer up = {&m->units[qft_llama_unit_of(m, e)], e->name};
+        if (qft_llama_unit_of(m, e) != u || !qft_llama_unit_bf16(m, e)) continue;
+        unit_placer up = {un, e->name};
         uint16_t *h = unit_alloc(&up, e->numel * sizeof *h, err);
         if (!h) return -1;
-        qft_cpu_f32_to_bf16(h, m->params + e->offset, e->numel);
+        float *slot = m->params + e->offset;
+        qft_cpu_f32_to_bf16(h, slot, e->numel);
         e->packed_at = (size_t)((uint8_t *)h - m->packed);
+        if (!lo || slot < lo) lo = slot;
+        if (!hi || slot + e->numel > hi) hi = slot + e->numel;
     }
-    /* the fp32 slots go: the bf16 copies are what the passes read, and what is gathered */
-    if (m->bf16_len) qft_vm_release(m->params + m->bf16_off, m->bf16_len * sizeof(float));
-    for (int u = 0; u < m->n_units; u++)
-        m->units[u].q_len = round_up(m->units[u].q_len, piece);
+    /* the bf16 copies are what the passes read and what is gathered: the fp32 slots go,
+     * the pages wholly inside them now (a page shared with the next unit's slots waits
+     * for qft_llama_packed_end, as those may be loaded already) */
+    if (lo) {
+        const size_t ps = qft_vm_page();
+        const uintptr_t a = ((uintptr_t)lo + ps - 1) / ps * ps, b = (uintptr_t)hi / ps * ps;
+        if (a < b) qft_vm_release((void *)a, b - a);
+    }
+    un->q_len = round_up(un->q_len, 64 * (size_t)m->unit_pad);
     return 0;
+}
+
+void qft_llama_packed_end(qft_llama_model *m) {
+    if (!m->packed) return;
+    if (m->bf16_len) qft_vm_release(m->params + m->bf16_off, m->bf16_len * sizeof(float));
+    /* the room past the last unit was a bound (weights not yet quantized): give it back,
+     * so that a backend's mirror reserves what the units use */
+    if (m->packed_used && m->packed_used < m->packed_cap) {
+        qft_vm_free(m->packed + m->packed_used, m->packed_cap - m->packed_used);
+        m->packed_cap = m->packed_used;
+    }
 }
 
 void qft_llama_unit_widen_bf16(qft_llama_model *m, int u) {

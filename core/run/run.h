@@ -17,11 +17,14 @@
  * frozen dense); with a quantizer alone, the linears are packed and the tensors it leaves
  * dense (embeddings, norms, head) train; with neither, every tensor trains. The adapter
  * is attached (initialised, or loaded from adapter.path) and gradients are allocated.
- * unit_pad > 0 builds the unit layout of full sharding (qft_llama_build.unit_pad). */
+ * unit_pad > 0 builds the unit layout of full sharding (qft_llama_build.unit_pad); with
+ * it, cut (if not NULL) takes each unit as it completes, adapters attached, in ascending
+ * order (qft_run_shard_cut_unit), so that the whole model never is in memory at once. */
 struct qft_run_data;
+typedef int (*qft_run_unit_fn)(void *ctx, qft_llama_model *m, int u, qft_err *err);
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
-                        const struct qft_run_data *d, int unit_pad, qft_llama_model *m,
-                        qft_err *err);
+                        const struct qft_run_data *d, int unit_pad, qft_run_unit_fn cut,
+                        void *cut_ctx, qft_llama_model *m, qft_err *err);
 
 /* Block expansion (Llama-Pro): an adapter plugin with an `expand` hook plans the expanded
  * block list from a checkpoint's n_src blocks, and the plan is set on the build (its

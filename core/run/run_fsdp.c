@@ -187,21 +187,27 @@ static int hook(void *ctx, int event, int u, qft_err *err) {
     }
 }
 
-int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
-                      const qft_transport *replicas, int embed_whole, qft_err *err) {
+int qft_run_fsdp_begin(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
+                       const qft_transport *replicas, int embed_whole, qft_err *err) {
     memset(f, 0, sizeof *f);
     f->m = m, f->group = group, f->replicas = replicas;
     f->G = group->world, f->r = group->rank;
     if (!m->units)
         return qft_err_setf(err, "full sharding: the model was not built with the unit layout");
     /* the embedding alone in its unit, frozen: no gradients or packed bytes to move */
-    f->embed_whole = embed_whole && m->units[0].t_len == 0 && m->units[0].q_len == 0;
+    f->embed_whole = embed_whole && m->units[0].t_len == 0;
+    for (int i = 0; f->embed_whole && i < m->n_entries; i++) {
+        const qft_param_entry *e = &m->entries[i];
+        if (qft_llama_unit_of(m, e) == 0 &&
+            (e->role == QFT_ROLE_QUANTIZED || qft_llama_unit_bf16(m, e)))
+            f->embed_whole = 0;
+    }
     if (m->unit_pad % f->G != 0)
         return qft_err_setf(err, "full sharding: unit padding %d is not a multiple of the "
                                  "group's %d ranks", m->unit_pad, f->G);
-    if (qft_llama_place_packed(m, err)) return -1;
+    if (qft_llama_packed_begin(m, err)) return -1;
     const int U = m->n_units;
-    const size_t G = (size_t)f->G, r = (size_t)f->r;
+    const size_t G = (size_t)f->G;
     f->pt = calloc((size_t)U, sizeof *f->pt);
     f->pf = calloc((size_t)U, sizeof *f->pf);
     f->pq = calloc((size_t)U, sizeof *f->pq);
@@ -213,32 +219,78 @@ int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *
         if (qft_run_fsdp_whole(f, u)) continue; /* no pieces: offsets 0, never read */
         f->pt[u] = f->n_t, f->n_t += un->t_len / G;
         f->pf[u] = f->n_f, f->n_f += un->f_len / G;
-        f->pq[u] = f->n_q, f->n_q += un->q_len / G;
+        /* the packed pieces' offsets come as units are placed (qft_run_fsdp_cut) */
     }
     f->shard_t = qft_mem_calloc((f->n_t ? f->n_t : 1) * sizeof(float), "parameter shard");
     f->shard_g = qft_mem_calloc((f->n_t ? f->n_t : 1) * sizeof(float), "gradient shard");
     f->shard_f = qft_mem_calloc((f->n_f ? f->n_f : 1) * sizeof(float), "frozen shard");
-    f->shard_q = qft_mem_calloc(f->n_q ? f->n_q : 1, "packed shard");
+    /* address space for every unit's packed room over G (a bound until the units are
+     * quantized): the pages this rank's pieces fill are the shard */
+    f->shard_q_cap = m->packed_cap / G + 64;
+    f->shard_q = qft_vm_reserve(f->shard_q_cap, err);
     if (!f->shard_t || !f->shard_g || !f->shard_f || !f->shard_q) goto oom;
-    for (int u = 0; u < U; u++) {
-        const qft_llama_unit *un = &m->units[u];
-        if (qft_run_fsdp_whole(f, u)) continue; /* its host range stays as loaded */
-        const size_t pt = un->t_len / G, pf = un->f_len / G, pq = un->q_len / G;
-        memcpy(f->shard_t + f->pt[u], m->params + un->t_off + r * pt, pt * sizeof(float));
-        memcpy(f->shard_f + f->pf[u], m->params + un->f_off + r * pf, pf * sizeof(float));
-        if (pq) memcpy(f->shard_q + f->pq[u], un->q + r * pq, pq);
-        f->gathered[u] = 1;
-        release(f, u);
+    return 0;
+oom:
+    qft_run_fsdp_free(f);
+    return qft_err_setf(err, "full sharding: out of memory for this rank's shard");
+}
+
+/* The load's memory now: the model buffers' resident pages and the pieces cut so far. */
+static void measure_load(qft_run_fsdp *f) {
+    const qft_llama_model *m = f->m;
+    const size_t now = qft_vm_resident(m->params, m->n_params * sizeof(float)) +
+                       qft_vm_resident(m->grads, m->n_trainable * sizeof(float)) +
+                       qft_vm_resident(m->packed, m->packed_used) + f->load_cut;
+    if (now > f->load_peak) f->load_peak = now;
+}
+
+int qft_run_fsdp_cut(qft_run_fsdp *f, int u, qft_err *err) {
+    qft_llama_model *m = f->m;
+    if (u != f->n_cut)
+        return qft_err_setf(err, "full sharding: unit %d cut out of order (unit %d is next)",
+                            u, f->n_cut);
+    if (qft_llama_place_unit(m, u, err)) return -1;
+    f->n_cut++;
+    const qft_llama_unit *un = &m->units[u];
+    const size_t G = (size_t)f->G, r = (size_t)f->r;
+    /* every unit's ranges: what the whole model would hold on this rank */
+    const size_t whole = round_up(un->t_len * sizeof(float), m->unit_align) +
+                         round_up(un->f_len * sizeof(float), m->unit_align) +
+                         round_up(un->q_len, m->unit_align);
+    f->load_whole += whole;
+    if (whole > f->load_largest) f->load_largest = whole;
+    if (qft_run_fsdp_whole(f, u)) { /* its host range stays as loaded */
+        measure_load(f);
+        return 0;
     }
+    const size_t pt = un->t_len / G, pf = un->f_len / G, pq = un->q_len / G;
+    if (f->n_q + pq > f->shard_q_cap)
+        return qft_err_setf(err, "full sharding: unit %d's packed piece overflows the shard's "
+                                 "%zu reserved bytes", u, f->shard_q_cap);
+    f->pq[u] = f->n_q, f->n_q += pq;
+    memcpy(f->shard_t + f->pt[u], m->params + un->t_off + r * pt, pt * sizeof(float));
+    memcpy(f->shard_f + f->pf[u], m->params + un->f_off + r * pf, pf * sizeof(float));
+    if (pq) memcpy(f->shard_q + f->pq[u], un->q + r * pq, pq);
+    f->load_cut += (pt + pf) * sizeof(float) + pq;
+    measure_load(f); /* the unit still whole: the load's high point for it */
+    f->gathered[u] = 1;
+    release(f, u);
+    return 0;
+}
+
+int qft_run_fsdp_finish(qft_run_fsdp *f, qft_err *err) {
+    qft_llama_model *m = f->m;
+    if (f->n_cut != m->n_units)
+        return qft_err_setf(err, "full sharding: %d of the model's %d units were cut",
+                            f->n_cut, m->n_units);
+    qft_llama_packed_end(m);
     qft_vm_release(m->grads, m->n_trainable * sizeof(float));
+    f->load_rss = qft_mem_peak_rss();
     m->unit_hook = hook, m->unit_ctx = f;
     f->sync = 1;
     measure(f);
     f->peak = 0; /* the load is over: the peak is training's */
     return 0;
-oom:
-    qft_run_fsdp_free(f);
-    return qft_err_setf(err, "full sharding: out of memory for this rank's shard");
 }
 
 /* A host shard buffer's contents in new backend memory; the host's is freed. */
@@ -282,8 +334,12 @@ int qft_run_fsdp_to_backend(qft_run_fsdp *f, const qft_ops *ops, int offload, qf
                                "frozen shard")
                   : NULL;
     if (fr) f->shard_f = fr;
-    uint8_t *q = fr ? to_backend(ops, f->shard_q, f->n_q ? f->n_q : 1, "packed shard") : NULL;
-    if (q) f->shard_q = q;
+    uint8_t *q = fr ? ops->alloc(f->n_q ? f->n_q : 1, "packed shard") : NULL;
+    if (q) {
+        if (f->n_q) ops->upload(q, f->shard_q, f->n_q);
+        qft_vm_free(f->shard_q, f->shard_q_cap); /* a reservation, not qft_mem's */
+        f->shard_q = q;
+    }
     if (!q) {
         /* the buffers moved so far are the backend's, the rest still the host's */
         if (t) ops->free(t), f->shard_t = NULL;
@@ -386,7 +442,7 @@ void qft_run_fsdp_free(qft_run_fsdp *f) {
         qft_mem_free(f->shard_t);
         qft_mem_free(f->shard_g);
         qft_mem_free(f->shard_f);
-        qft_mem_free(f->shard_q);
+        qft_vm_free(f->shard_q, f->shard_q_cap);
     }
     memset(f, 0, sizeof *f);
 }

@@ -19,7 +19,8 @@ typedef struct qft_run_fsdp {
     float *shard_t;                /* (n_t) trainable pieces: the optimizer's parameters */
     float *shard_g;                /* (n_t) their gradients, summed over the job */
     float *shard_f;                /* (n_f) frozen pieces */
-    uint8_t *shard_q;              /* (n_q) packed pieces */
+    uint8_t *shard_q;              /* (n_q) packed pieces, on the host in a reservation */
+    size_t shard_q_cap;            /* ... of this many bytes (a bound set at begin) */
     size_t n_t, n_f, n_q;
     int *gathered;                 /* [n_units] 1 while the unit is whole here */
     int *grads_held;               /* [n_units] 1 while the backend holds its gradients */
@@ -41,15 +42,27 @@ typedef struct qft_run_fsdp {
      * host memory (qft_llama_embed_stays_on_host), stays whole there: not cut, never
      * gathered, no traffic (the batch's rows go up with forward instead). */
     int embed_whole;
+    /* The load (qft_run_fsdp_begin, cut, finish): units cut so far, the bytes of their
+     * pieces, and the peak of the model buffers' resident bytes plus those pieces, beside
+     * load_whole, the units' ranges summed (what holding the whole model takes), and
+     * load_largest, the largest unit's. */
+    int n_cut;
+    size_t load_cut, load_peak, load_whole, load_largest;
+    size_t load_rss; /* the process's peak resident set when the cut finished */
 } qft_run_fsdp;
 
-/* Cuts m (loaded whole, adapters attached, built with the unit layout) over group: places
- * the packed weights, copies this rank's pieces out, releases the full buffers and hooks
- * the model so that its passes gather and release units. embed_whole: see the field (the
- * model goes to another backend, which keeps the embedding on the host). Collective over
- * the job. */
-int qft_run_fsdp_init(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
-                      const qft_transport *replicas, int embed_whole, qft_err *err);
+/* Cuts m (built with the unit layout) over group as it loads (qft_llama_build.on_unit), so
+ * that a rank holds its shard and one unit, never the whole model. begin: once m has its
+ * layout, before anything is placed. cut: each unit in ascending order, once its weights
+ * are in and its adapters attached; places the unit's packed weights, copies this rank's
+ * pieces out and releases the unit's ranges. finish: once every unit is cut; hooks the
+ * model so that its passes gather and release units. embed_whole: see the field (the
+ * model goes to another backend, which keeps the embedding on the host). No communication:
+ * every rank loads the same model and cuts its own pieces. */
+int qft_run_fsdp_begin(qft_run_fsdp *f, qft_llama_model *m, const qft_transport *group,
+                       const qft_transport *replicas, int embed_whole, qft_err *err);
+int qft_run_fsdp_cut(qft_run_fsdp *f, int u, qft_err *err);
+int qft_run_fsdp_finish(qft_run_fsdp *f, qft_err *err);
 /* Whether unit u stays whole in host memory (embed_whole's unit 0). */
 static inline int qft_run_fsdp_whole(const qft_run_fsdp *f, int u) {
     return u == 0 && f->embed_whole;

@@ -92,9 +92,40 @@ int qft_run_plan_expansion(const qft_adapter_vtable *avt, const void *astate, in
     return 0;
 }
 
+/* A streamed build's work as each unit completes, before full sharding cuts it. */
+typedef struct unit_stream {
+    const char *adapter_path; /* a saved adapter to load, or NULL: draw PEFT's init */
+    uint64_t seed;
+    qft_run_unit_fn cut;
+    void *cut_ctx;
+    int started;
+} unit_stream;
+
+static int stream_unit(void *ctx, qft_llama_model *m, int u, qft_err *err) {
+    unit_stream *st = ctx;
+    if (!st->started) {
+        /* before the first cut: the gradients' address space, and a saved adapter's
+         * tensors (small), written into every unit's ranges while they are still whole */
+        st->started = 1;
+        if (qft_llama_alloc_grads(m, err) ||
+            (st->adapter_path && qft_peft_load(st->adapter_path, m, err)))
+            return -1;
+    }
+    if (qft_llama_attach_unit_adapters(m, u, st->adapter_path == NULL, st->seed, err))
+        return -1;
+    return st->cut(st->cut_ctx, m, u, err);
+}
+
 int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t seed,
-                        const qft_run_data *d, int unit_pad, qft_llama_model *m, qft_err *err) {
+                        const qft_run_data *d, int unit_pad, qft_run_unit_fn cut,
+                        void *cut_ctx, qft_llama_model *m, qft_err *err) {
     const intptr_t flags = (d->qvt ? 1 : 0) | (d->avt ? 2 : 0);
+    const char *adapter_path = NULL;
+    if (qft_cfg_string(rc->sec_adapter, "path", NULL, &adapter_path, err)) return -1;
+    if (adapter_path && !d->avt)
+        return qft_err_setf(err, "%s: adapter.path is set but the train_type has no adapter",
+                            rc->file);
+    unit_stream st = {adapter_path, seed, cut, cut_ctx, 0};
     qft_llama_build build = {.role = run_role, .ctx = (void *)flags, .qvt = d->qvt,
                              .qstate = d->qstate, .avt = d->avt, .astate = d->astate,
                              .unit_pad = unit_pad,
@@ -107,7 +138,9 @@ int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t 
                              /* and its frozen dense weights cut as bf16 there when asked */
                              .units_bf16 = unit_pad && d->ops != qft_cpu_ops() &&
                                            strcmp(rc->train.frozen_dtype, "bf16") == 0,
-                             .embed_on_host = rc->train.embedding_on_host};
+                             .embed_on_host = rc->train.embedding_on_host,
+                             .on_unit = unit_pad && cut ? stream_unit : NULL,
+                             .unit_ctx = &st};
     static qft_run_expansion x; /* one run per process; too big for the stack */
     qft_llama_config c;
     if (rc->model.path) {
@@ -123,16 +156,16 @@ int qft_run_build_model(const qft_run_config *rc, int tokenizer_vocab, uint64_t 
             return -1;
         if (build.layer_src) c.num_hidden_layers = build.n_layers;
         if (qft_llama_alloc_build(m, &c, &build, err)) return -1;
-        if (qft_llama_init_random(m, seed, err) || qft_llama_expand_finish(m, 1, err)) goto fail;
+        /* unit by unit, as a checkpoint loads (the draws do not depend on the order) */
+        for (int u = 0; u < c.num_hidden_layers + 2; u++)
+            if (qft_llama_init_random_unit(m, seed, u, err) ||
+                qft_llama_expand_unit(m, u, 1, err) ||
+                (build.on_unit && build.on_unit(build.unit_ctx, m, u, err)))
+                goto fail;
     }
+    /* what a streamed build did already as its units completed is not done again */
     if (qft_llama_alloc_grads(m, err)) goto fail;
-    const char *adapter_path = NULL;
-    if (qft_cfg_string(rc->sec_adapter, "path", NULL, &adapter_path, err)) goto fail;
-    if (adapter_path && !d->avt) {
-        qft_err_setf(err, "%s: adapter.path is set but the train_type has no adapter", rc->file);
-        goto fail;
-    }
-    if (adapter_path && qft_peft_load(adapter_path, m, err)) goto fail;
+    if (adapter_path && !st.started && qft_peft_load(adapter_path, m, err)) goto fail;
     if (qft_llama_attach_adapters(m, adapter_path == NULL, seed, err)) goto fail;
     return 0;
 fail:

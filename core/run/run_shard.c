@@ -83,12 +83,23 @@ int qft_run_shard_unit_pad(const qft_run_shard *sh) {
     return sh->full ? 16 * sh->group->world : 0;
 }
 
+int qft_run_shard_cut_unit(void *ctx, qft_llama_model *m, int u, qft_err *err) {
+    qft_run_shard *sh = ctx;
+    if (!sh->full) return 0;
+    /* on another backend a frozen embedding read on the host stays whole */
+    if (!sh->fsdp.m && qft_run_fsdp_begin(&sh->fsdp, m, sh->group, sh->replicas,
+                                          sh->ops && qft_llama_embed_stays_on_host(m), err))
+        return -1;
+    return qft_run_fsdp_cut(&sh->fsdp, u, err);
+}
+
 int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err) {
     if (sh->full) {
-        /* on another backend a frozen embedding read on the host stays whole */
-        if (qft_run_fsdp_init(&sh->fsdp, m, sh->group, sh->replicas,
-                              sh->ops && qft_llama_embed_stays_on_host(m), err))
-            return -1;
+        /* the build cut it as it loaded (qft_run_shard_cut_unit) */
+        if (sh->fsdp.m != m)
+            return qft_err_setf(err, "full sharding: the model was not cut as it loaded "
+                                     "(build it with qft_run_shard_cut_unit)");
+        if (qft_run_fsdp_finish(&sh->fsdp, err)) return -1;
         /* the optimizer's slice is this rank's pieces; n counts the padded trainable
          * floats of one copy of the model, for the clipping norm's copy count */
         sh->len = sh->fsdp.n_t;

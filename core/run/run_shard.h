@@ -53,8 +53,13 @@ int qft_run_shard_configure(qft_run_shard *sh, const qft_run_config *rc, const q
                             qft_err *err);
 /* The model build's qft_llama_build.unit_pad: 0 unless the strategy shards parameters. */
 int qft_run_shard_unit_pad(const qft_run_shard *sh);
+/* The build's cut (qft_run_build_model) under full sharding: unit u of m is complete, with
+ * its adapters; this rank keeps its pieces and releases the rest (qft_run_fsdp_cut; the
+ * first call begins the cut). A no-op for other strategies. ctx is the qft_run_shard. */
+int qft_run_shard_cut_unit(void *ctx, qft_llama_model *m, int u, qft_err *err);
 /* Takes the run's model (built, loaded, adapters attached): asks the plugin for this rank's
- * slice of its trainable floats, or, under full sharding, cuts the model over the group. */
+ * slice of its trainable floats, or, under full sharding, finishes the cut the build made
+ * unit by unit. */
 int qft_run_shard_plan(qft_run_shard *sh, qft_llama_model *m, qft_err *err);
 /* Under full sharding on another backend (ops): the units are gathered in its memory from
  * then on, and the shards move there too unless they stay on the host with the optimizer

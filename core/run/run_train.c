@@ -89,6 +89,13 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
                 "shard: %s over %d ranks (%s transport); global batch %d x %d x grad_accum %d",
                 rc->shard.plugin, world, s->shard.dt->kind, world, rc->train.batch_size,
                 rc->train.grad_accum);
+    if (world > 1 && s->shard.full)
+        qft_log(QFT_LOG_INFO,
+                "shard: loaded unit by unit: this rank held at most %.3f MiB of the model's "
+                "buffers and its pieces (%.3f MiB for all its units whole, the largest "
+                "%.3f MiB); the process's peak RSS by then %.1f MiB",
+                (double)s->shard.fsdp.load_peak * mib, (double)s->shard.fsdp.load_whole * mib,
+                (double)s->shard.fsdp.load_largest * mib, (double)s->shard.fsdp.load_rss * mib);
     if (world > 1 && s->shard.full && s->shard.fsdp.embed_whole)
         qft_log(QFT_LOG_INFO,
                 "shard: the frozen embedding (%.1f MiB) stays whole in host memory on every "
@@ -302,7 +309,8 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         goto done;
 
     if (qft_run_build_model(rc, qft_tokenizer_vocab_size(s.data.tok), (uint64_t)rc->train.seed,
-                            &s.data, qft_run_shard_unit_pad(&s.shard), &s.model, err))
+                            &s.data, qft_run_shard_unit_pad(&s.shard),
+                            qft_run_shard_cut_unit, &s.shard, &s.model, err))
         goto done;
     s.have_model = 1;
     if (qft_tokenizer_vocab_size(s.data.tok) > s.model.cfg.vocab_size) {

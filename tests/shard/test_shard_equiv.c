@@ -260,6 +260,37 @@ static void check_comm(const eq_case *c, const char *out) {
     ck_assert_msg(seen == (1 << c->world) - 1, "not every rank reported its traffic:\n%s", out);
 }
 
+/* The saved results of the one-process run and the ranks' (their adapters, or whole
+ * models): every tensor within 1e-5 relative; the worst difference. */
+static double compare_saved(const char *one, const char *many, int adapter) {
+    const char *file = adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors";
+    char pa[8192], pb[8192];
+    snprintf(pa, sizeof pa, "%s/%s", one, file);
+    snprintf(pb, sizeof pb, "%s/%s", many, file);
+    return ru_compare_tensors(pa, pb, 1e-5, NULL);
+}
+
+/* Rank 0's "shard: loaded unit by unit" line under full sharding over groups of G ranks:
+ * the load held at most this rank's pieces (the whole over G) and two units whole (the
+ * one being cut, and an embedding that a backend keeps whole on the host), never the
+ * whole model; and at least most of the largest unit, which was whole when it was cut. */
+static void check_load(const char *out, int G) {
+    const char *p = strstr(out, "shard: loaded unit by unit: ");
+    ck_assert_msg(p != NULL, "no load line:\n%s", out);
+    double held, whole, largest;
+    ck_assert_int_eq(sscanf(p, "shard: loaded unit by unit: this rank held at most %lf MiB of "
+                               "the model's buffers and its pieces (%lf MiB for all its units "
+                               "whole, the largest %lf MiB)",
+                            &held, &whole, &largest),
+                     3);
+    const double bound = whole / G + 2 * largest + 2.0 / 1024;
+    ck_assert_msg(held <= bound && held < whole && held >= 0.5 * largest,
+                  "the load held %.3f MiB (whole model %.3f, largest unit %.3f, bound %.3f)",
+                  held, whole, largest, bound);
+    printf("  load: at most %.3f MiB held (whole model %.3f MiB, largest unit %.3f, bound "
+           "%.3f)\n", held, whole, largest, bound);
+}
+
 START_TEST(test_equivalence) {
     const eq_case *c = &k_cases[_i];
     if (!types_built(c->type)) {
@@ -329,13 +360,8 @@ START_TEST(test_equivalence) {
     ck_assert_msg(l1[N_STEPS - 1] < l1[0], "loss did not fall: %g -> %g", l1[0], l1[N_STEPS - 1]);
 
     /* full and llama_pro save the whole model, the others their adapter */
-    const int adapter = strcmp(c->type, "full") != 0 && strcmp(c->type, "llama_pro") != 0;
-    char pa[8192], pb[8192];
-    snprintf(pa, sizeof pa, "%s/%s", one,
-             adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
-    snprintf(pb, sizeof pb, "%s/%s", many,
-             adapter ? "adapter/adapter_model.safetensors" : "model/model.safetensors");
-    const double worst_t = ru_compare_tensors(pa, pb, 1e-5, NULL);
+    const double worst_t = compare_saved(
+        one, many, strcmp(c->type, "full") != 0 && strcmp(c->type, "llama_pro") != 0);
     printf("%s %s W=%d G=%d%s%s%s%s%s%s: losses %.6f -> %.6f, worst relative difference: loss "
            "%.2e, saved tensors %.2e\n",
            c->type, c->strategy, c->world, c->accum, c->node ? " (machines of 2)" : "",
@@ -345,6 +371,7 @@ START_TEST(test_equivalence) {
            strstr(c->extra, EMBED_SHARDED) ? " (embedding sharded)" : "", l1[0],
            l1[N_STEPS - 1], worst_loss, worst_t);
     check_memory(c, out);
+    if (is_full(c)) check_load(out, c->node ? c->node : c->world);
     check_rank_memory(c, out, c->world, &mib_rank);
     check_comm(c, out);
     printf("  %s %s W=%d: parameters + gradients + optimizer state peak per rank %.3f MiB "
@@ -356,6 +383,81 @@ START_TEST(test_equivalence) {
     else
         ck_assert_msg(mib_rank < mib_one, "%s: %.3f MiB per rank, %.3f on one process",
                       c->strategy, mib_rank, mib_one);
+    fflush(stdout);
+}
+END_TEST
+
+/* Full sharding from a Hugging Face checkpoint (model.path), loaded and cut unit by unit:
+ * the base is a whole model that one process trained and saved (full.cfg); QLoRA on it
+ * (quantized as each block arrives), QLoRA again from the saved adapter (adapter.path,
+ * written into the units before they are cut), and Llama-Pro with NF4 originals (each
+ * inserted block read from its source block's tensors) train under 2 and 3 ranks as in one
+ * process. */
+START_TEST(test_checkpoint) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    static char out[1 << 20];
+    char cmd[16384], base[4096], base_model[4096];
+    snprintf(base, sizeof base, "%s/ckpt-base", g_tmp);
+    snprintf(base_model, sizeof base_model, "%s/model", base);
+    snprintf(cmd, sizeof cmd, "%s train %s/configs/full.cfg %s --set output.dir=\\\"%s\\\" 2>&1",
+             qft, root, k_overrides, base);
+    int st = ru_run(cmd, out, sizeof out);
+    ck_assert_msg(st == 0, "the base run failed (%d):\n%s\n%s", st, cmd, out);
+    static const struct {
+        const char *type;
+        int world;
+        int from_adapter; /* adapter.path = the previous case's one-process adapter */
+    } cases[] = {{"qlora", 2, 0}, {"qlora", 2, 1}, {"bnb_llama_pro", 3, 0}};
+    char prev_adapter[4096] = "";
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        if (!types_built(cases[k].type)) {
+            printf("skip: %s from a checkpoint (its plugins are not built)\n", cases[k].type);
+            continue;
+        }
+        char one[4096], many[4096], sets[8192];
+        snprintf(one, sizeof one, "%s/ckpt-%zu-one", g_tmp, k);
+        snprintf(many, sizeof many, "%s/ckpt-%zu-ranks", g_tmp, k);
+        int n = snprintf(sets, sizeof sets, "%s --set model.path=\\\"%s\\\" "
+                                           "--set shard.plugin=\\\"full_shard\\\"",
+                         k_overrides, base_model);
+        if (cases[k].from_adapter)
+            snprintf(sets + n, sizeof sets - (size_t)n, " --set adapter.path=\\\"%s\\\"",
+                     prev_adapter);
+        const int W = cases[k].world;
+        snprintf(cmd, sizeof cmd,
+                 "%s train %s/configs/%s.cfg %s --set train.grad_accum=%d "
+                 "--set output.dir=\\\"%s\\\" 2>&1",
+                 qft, root, cases[k].type, sets, W, one);
+        st = ru_run(cmd, out, sizeof out);
+        ck_assert_msg(st == 0, "one process failed (%d):\n%s\n%s", st, cmd, out);
+        snprintf(cmd, sizeof cmd,
+                 "%s -np %d -x OMP_NUM_THREADS=1 %s train %s/configs/%s.cfg %s "
+                 "--set train.grad_accum=1 --set output.dir=\\\"%s\\\" 2>&1",
+                 g_mpirun, W, qft, root, cases[k].type, sets, many);
+        st = ru_run(cmd, out, sizeof out);
+        ck_assert_msg(st == 0, "mpirun failed (%d):\n%s\n%s", st, cmd, out);
+        check_load(out, W);
+        double l1[N_STEPS], lw[N_STEPS], g1[N_STEPS], gw[N_STEPS], worst = 0;
+        read_losses(one, l1, g1);
+        read_losses(many, lw, gw);
+        for (int s = 0; s < N_STEPS; s++) {
+            const double rel = fabs(l1[s] - lw[s]) / fabs(l1[s]);
+            ck_assert_msg(rel <= 1e-5, "%s: step %d: loss %.9g (one process) vs %.9g (%d ranks)",
+                          cases[k].type, s + 1, l1[s], lw[s], W);
+            if (rel > worst) worst = rel;
+        }
+        /* the run trains (on a base already trained, the loss need not fall in 5 steps) */
+        ck_assert_msg(fabs(l1[N_STEPS - 1] - l1[0]) > 1e-6 * fabs(l1[0]),
+                      "the loss stayed at %g", l1[0]);
+        const int adapter = strcmp(cases[k].type, "qlora") == 0;
+        const double worst_t = compare_saved(one, many, adapter);
+        printf("%s from a checkpoint%s, full_shard W=%d: losses %.6f -> %.6f, worst relative "
+               "difference: loss %.2e, saved tensors %.2e\n",
+               cases[k].type, cases[k].from_adapter ? " and a saved adapter" : "", W, l1[0],
+               l1[N_STEPS - 1], worst, worst_t);
+        if (adapter) snprintf(prev_adapter, sizeof prev_adapter, "%s/adapter", one);
+    }
     fflush(stdout);
 }
 END_TEST
@@ -405,6 +507,7 @@ int main(int argc, char **argv) {
     TCase *tc = tcase_create("equivalence");
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_equivalence, 0, N_CASES);
+    tcase_add_test(tc, test_checkpoint);
     tcase_add_test(tc, test_one_rank_fails);
     suite_add_tcase(s, tc);
     return ru_run_suite(s, g_tmp);
