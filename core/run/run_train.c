@@ -31,7 +31,9 @@ typedef struct run_state {
      * backend without shard.cpu_offload); otherwise on the host copies */
     int dev_opt;
     size_t opt_bytes; /* the optimizer state's allocation on this rank */
-    size_t dev_model_bytes; /* with dev_opt: what moving the model there allocated */
+    /* with dev_opt, or full sharding with cpu_offload: what moving the model to the
+     * backend allocated there */
+    size_t dev_model_bytes;
     /* the adapters' params_version (qft_sdk.h): non-zero, and a new value after anything
      * that writes the trainable parameters (a resume, each optimizer update) */
     uint64_t params_version;
@@ -120,10 +122,19 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
 
 /* The bytes held now by the allocator of the memory the optimizer works in: the host's
  * accounted one, or the backend's with dev_opt. */
-static size_t opt_mem_held(const run_state *s) {
-    if (!s->dev_opt) return qft_mem_current();
+static size_t backend_mem_held(const run_state *s) {
     return s->data.ops == qft_cpu_guard_ops() ? qft_cpu_guard_mem_held()
                                               : qft_cuda_loaded_mem_held();
+}
+
+static size_t opt_mem_held(const run_state *s) {
+    return s->dev_opt ? backend_mem_held(s) : qft_mem_current();
+}
+
+/* Full sharding with shard.cpu_offload: shards and optimizer in host memory, the units
+ * and the model's other buffers on the backend. */
+static int full_offload(const run_state *s) {
+    return s->shard.full && s->shard.offload && s->data.ops != qft_cpu_ops();
 }
 
 /* The optimizer over this rank's slice only: state for shard.len floats. Measured from the
@@ -174,12 +185,22 @@ static void report_memory(const qft_run_config *rc, run_state *s, int quiet, lon
     } else {
         qft_run_shard_memory(&s->shard, &s->model, s->opt_bytes, rc->train.grad_accum,
                              &measured, &expected);
+        /* the backend's model buffers besides the units' commits (the dequantization tile
+         * scratch, the pieces' scratch), measured once, on both sides as above */
+        if (full_offload(s)) measured += s->dev_model_bytes, expected += s->dev_model_bytes;
     }
     const qft_transport *t = s->shard.t;
+    /* offloaded, the part that must fit the device: its buffers and the units' commits */
+    char dev_s[96] = "";
+    if (full_offload(s))
+        snprintf(dev_s, sizeof dev_s, " (%.3f MiB of it on backend \"%s\", the rest host)",
+                 (double)(s->dev_model_bytes + s->shard.fsdp.peak) / 1048576.0,
+                 s->data.ops->name);
     qft_log(QFT_LOG_INFO,
             "memory: rank %d of %d (%s): parameters, gradients and optimizer state peaked at "
-            "%.3f MiB measured, %.3f MiB expected",
-            t->rank, t->world, rc->shard.plugin, measured / 1048576.0, expected / 1048576.0);
+            "%.3f MiB measured, %.3f MiB expected%s",
+            t->rank, t->world, rc->shard.plugin, measured / 1048576.0, expected / 1048576.0,
+            dev_s);
     if (t->world == 1 || steps <= 0) return;
     const double want = qft_run_shard_expected_bytes(&s->shard, &s->model, rc->train.grad_accum);
     char exp_s[64] = "no figure for this plugin";
@@ -342,12 +363,14 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         goto done;
     /* another backend (train.backend): the passes run on its copy of the model */
     const size_t held = opt_mem_held(&s);
+    const size_t dev_held = full_offload(&s) ? backend_mem_held(&s) : 0;
     if (s.data.ops != qft_cpu_ops() &&
         (qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
                               err) ||
          qft_run_shard_to_backend(&s.shard, err)))
         goto done;
     if (s.dev_opt) s.dev_model_bytes = opt_mem_held(&s) - held;
+    if (full_offload(&s)) s.dev_model_bytes = backend_mem_held(&s) - dev_held;
     /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
      * checkpoint, then every rank holds the full parameters; the loop starts after it. */
     long start_step = 0;

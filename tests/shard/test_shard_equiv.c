@@ -230,6 +230,19 @@ static void check_rank_memory(const eq_case *c, const char *out, int world, doub
         ck_assert_msg(fabs(meas - expect) <= 0.02 * expect + 16.0 / 1024,
                       "%s %s rank %d of %d: %.3f MiB measured, %.3f MiB expected", c->type,
                       c->strategy, r, w, meas, expect);
+        /* offloaded under full sharding, the line says what of it is on the backend: the
+         * units and the backend's buffers, not the shards and AdamW state */
+        const char *dev = strstr(p, "MiB expected (");
+        const char *eol = strchr(p, '\n');
+        const int offloaded = w > 1 && is_full(c) && strstr(c->extra, "cpu_offload") != NULL;
+        double on_dev = 0;
+        if (dev && (!eol || dev < eol))
+            ck_assert_int_eq(sscanf(dev, "MiB expected (%lf MiB of it on backend", &on_dev), 1);
+        ck_assert_msg(offloaded ? on_dev > 0 && on_dev < meas : on_dev == 0,
+                      "%s %s rank %d: %.3f of %.3f MiB on the backend", c->type, c->strategy,
+                      r, on_dev, meas);
+        if (offloaded)
+            printf("  rank %d: %.3f of its %.3f MiB on the backend\n", r, on_dev, meas);
         if (meas > *max_mib) *max_mib = meas;
     }
     ck_assert_msg(seen == (1 << world) - 1, "not every rank reported its memory:\n%s", out);
