@@ -120,13 +120,14 @@ static void report_start(const qft_run_config *rc, const run_state *s, long tota
             total_steps);
 }
 
-/* The bytes held now by the allocator of the memory the optimizer works in: the host's
- * accounted one, or the backend's with dev_opt. */
+/* The bytes the run's backend (not the cpu) holds now, by its allocator. */
 static size_t backend_mem_held(const run_state *s) {
     return s->data.ops == qft_cpu_guard_ops() ? qft_cpu_guard_mem_held()
                                               : qft_cuda_loaded_mem_held();
 }
 
+/* The bytes held now by the allocator of the memory the optimizer works in: the host's
+ * accounted one, or the backend's with dev_opt. */
 static size_t opt_mem_held(const run_state *s) {
     return s->dev_opt ? backend_mem_held(s) : qft_mem_current();
 }
@@ -362,15 +363,16 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         prepare_optimizer(rc, &s, user_quiet, err))
         goto done;
     /* another backend (train.backend): the passes run on its copy of the model */
-    const size_t held = opt_mem_held(&s);
-    const size_t dev_held = full_offload(&s) ? backend_mem_held(&s) : 0;
+    /* what that allocates there is counted in the memory line: with dev_opt, and under
+     * full sharding with cpu_offload */
+    const int dev_counted = s.dev_opt || full_offload(&s);
+    const size_t held = dev_counted ? backend_mem_held(&s) : 0;
     if (s.data.ops != qft_cpu_ops() &&
         (qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
                               err) ||
          qft_run_shard_to_backend(&s.shard, err)))
         goto done;
-    if (s.dev_opt) s.dev_model_bytes = opt_mem_held(&s) - held;
-    if (full_offload(&s)) s.dev_model_bytes = backend_mem_held(&s) - dev_held;
+    if (dev_counted) s.dev_model_bytes = backend_mem_held(&s) - held;
     /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
      * checkpoint, then every rank holds the full parameters; the loop starts after it. */
     long start_step = 0;

@@ -273,6 +273,26 @@ static void check_comm(const eq_case *c, const char *out) {
     ck_assert_msg(seen == (1 << c->world) - 1, "not every rank reported its traffic:\n%s", out);
 }
 
+/* The one-process run's losses (into l1[N_STEPS]) against the ranks': each step's loss
+ * and the gradient norm clipping used (train.grad_clip = 1 in the configs) within 1e-5
+ * relative; the worst loss difference. */
+static double compare_losses(const char *what, const char *one, const char *many, int world,
+                             double *l1) {
+    double lw[N_STEPS], g1[N_STEPS], gw[N_STEPS], worst = 0;
+    read_losses(one, l1, g1);
+    read_losses(many, lw, gw);
+    for (int s = 0; s < N_STEPS; s++) {
+        const double rel = fabs(l1[s] - lw[s]) / fabs(l1[s]);
+        ck_assert_msg(rel <= 1e-5, "%s: step %d: loss %.9g (one process) vs %.9g (%d ranks)",
+                      what, s + 1, l1[s], lw[s], world);
+        if (rel > worst) worst = rel;
+        ck_assert_msg(g1[s] > 0 && fabs(g1[s] - gw[s]) <= 1e-5 * g1[s],
+                      "%s: step %d: grad norm %.9g (one process) vs %.9g (%d ranks)", what,
+                      s + 1, g1[s], gw[s], world);
+    }
+    return worst;
+}
+
 /* The saved results of the one-process run and the ranks' (their adapters, or whole
  * models): every tensor within 1e-5 relative; the worst difference. */
 static double compare_saved(const char *one, const char *many, int adapter) {
@@ -356,19 +376,8 @@ START_TEST(test_equivalence) {
                       kept ? "stayed" : "did not stay", out);
     }
 
-    double l1[N_STEPS], lw[N_STEPS], g1[N_STEPS], gw[N_STEPS], worst_loss = 0;
-    read_losses(one, l1, g1);
-    read_losses(many, lw, gw);
-    for (int s = 0; s < N_STEPS; s++) {
-        const double rel = fabs(l1[s] - lw[s]) / fabs(l1[s]);
-        ck_assert_msg(rel <= 1e-5, "step %d: loss %.9g (one process) vs %.9g (%d ranks)", s + 1,
-                      l1[s], lw[s], c->world);
-        if (rel > worst_loss) worst_loss = rel;
-        /* the norm that clipping used (train.grad_clip = 1 in both configs) */
-        ck_assert_msg(g1[s] > 0 && fabs(g1[s] - gw[s]) <= 1e-5 * g1[s],
-                      "step %d: grad norm %.9g (one process) vs %.9g (%d ranks)", s + 1, g1[s],
-                      gw[s], c->world);
-    }
+    double l1[N_STEPS];
+    const double worst_loss = compare_losses(c->type, one, many, c->world, l1);
     /* the run trains: a loss that stays put would hide a missing update */
     ck_assert_msg(l1[N_STEPS - 1] < l1[0], "loss did not fall: %g -> %g", l1[0], l1[N_STEPS - 1]);
 
@@ -451,15 +460,8 @@ START_TEST(test_checkpoint) {
         st = ru_run(cmd, out, sizeof out);
         ck_assert_msg(st == 0, "mpirun failed (%d):\n%s\n%s", st, cmd, out);
         check_load(out, W);
-        double l1[N_STEPS], lw[N_STEPS], g1[N_STEPS], gw[N_STEPS], worst = 0;
-        read_losses(one, l1, g1);
-        read_losses(many, lw, gw);
-        for (int s = 0; s < N_STEPS; s++) {
-            const double rel = fabs(l1[s] - lw[s]) / fabs(l1[s]);
-            ck_assert_msg(rel <= 1e-5, "%s: step %d: loss %.9g (one process) vs %.9g (%d ranks)",
-                          cases[k].type, s + 1, l1[s], lw[s], W);
-            if (rel > worst) worst = rel;
-        }
+        double l1[N_STEPS];
+        const double worst = compare_losses(cases[k].type, one, many, W, l1);
         /* the run trains (on a base already trained, the loss need not fall in 5 steps) */
         ck_assert_msg(fabs(l1[N_STEPS - 1] - l1[0]) > 1e-6 * fabs(l1[0]),
                       "the loss stayed at %g", l1[0]);
