@@ -61,6 +61,14 @@
 # cpu, DoRA's within 1e-5). The GEMM attention (cuda_attention_gemm.cu, the default since
 # it was added) likewise: its schedule runs on the CPU in test_cuda_twin against the CPU
 # backend's attention; its row kernels and cuBLASLt's batched layouts are first run here.
+# Later still, all of the backend's code was run on the CPU under the CUDA emulator
+# (core/cuda/emu: the same .cu files compiled for the host, threads as fibers, device memory
+# guarded, cuBLASLt and the VMM emulated): test_cuda_ops passes there (cuda_ops_emu), and so
+# do steps 3 and 6's training runs against the cpu backend (tests/apps cuda_emu). That run
+# found and fixed two bugs this script would have hit (HQQ weights whose groups are not
+# whole rows, in DoRA's fused norm and the on-chip GEMM). What is left for the GPU: the
+# hardware's own behaviour (warp timing, memory model), cuBLASLt's real kernels, the real
+# driver's VMM, NCCL, and every figure.
 #
 # Usage: scripts/gpu-check.sh            (from anywhere; QFT_GPU_BUILD overrides the dir)
 set -uo pipefail

@@ -38,12 +38,15 @@ __device__ float lr_elem(const lr_weight &w, int64_t r, int64_t c) {
                                             w.nf4.nested_map, w.nf4.offset, i / w.nf4.blocksize);
         return qft_twin_mul(w.nf4.code[qft_twin_nf4_code(w.nf4.packed, i)], a);
     }
-    const int64_t gi = qft_twin_hqq_group(&w.g, r, c);
+    // HQQ groups the flattened weight as (R, C), which is (out, in) only when a group is a
+    // whole row: the element's place there, as dequantize finds it
+    const int64_t gr = i / w.g.C, gc = i - gr * w.g.C;
+    const int64_t gi = qft_twin_hqq_group(&w.g, gr, gc);
     const float z = qft_twin_hqq_zero(w.hqq.zero, w.hqq.zero_q, w.hqq.zero_meta[0],
                                       w.hqq.zero_meta[1], gi);
     const float s = qft_twin_hqq_scale(w.hqq.scale, w.hqq.scale_q, w.hqq.scale_meta,
                                        w.g.n_groups, gi);
-    return qft_twin_hqq_value(qft_twin_hqq_code(w.hqq.packed, &w.g, r, c), z, s);
+    return qft_twin_hqq_value(qft_twin_hqq_code(w.hqq.packed, &w.g, gr, gc), z, s);
 }
 
 // norm (out); A (r, in), B (out, r). Dynamic shared memory: ROWS * r floats of B.
@@ -153,8 +156,8 @@ extern "C" void qft_cuda_lowrank_row_norms(float *norm, const qft_qlayout *w, co
                 return lr_fail("NF4 layout without its absmax");
         } else {
             lw.hqq = hqq, lw.hqq_on = 1;
-            if (qft_twin_hqq_geom_make(&lw.g, hqq.nbits, hqq.group_size, hqq.axis, hqq.n) ||
-                lw.g.C != in)
+            if (hqq.n != out * in ||
+                qft_twin_hqq_geom_make(&lw.g, hqq.nbits, hqq.group_size, hqq.axis, hqq.n))
                 return lr_fail("an HQQ layout whose geometry does not hold the weight");
         }
     }

@@ -64,7 +64,10 @@ __device__ void decode_run(const packed_w &w, const float *code, int64_t r, int6
             }
             dst[e] = bf(qft_twin_mul(code[qft_twin_nf4_code(w.nf4.packed, i)], a));
         } else {
-            const int64_t gi = qft_twin_hqq_group(&w.g, r, c);
+            // HQQ groups the flattened weight as (R, C), (out, in) only when a group is a
+            // whole row: the element's place there, as dequantize finds it
+            const int64_t i = r * w.in + c, gr = i / w.g.C, gc = i - gr * w.g.C;
+            const int64_t gi = qft_twin_hqq_group(&w.g, gr, gc);
             if (gi != key) {
                 key = gi;
                 z = qft_twin_hqq_zero(w.hqq.zero, w.hqq.zero_q, w.hqq.zero_meta[0],
@@ -72,7 +75,7 @@ __device__ void decode_run(const packed_w &w, const float *code, int64_t r, int6
                 s = qft_twin_hqq_scale(w.hqq.scale, w.hqq.scale_q, w.hqq.scale_meta,
                                        w.g.n_groups, gi);
             }
-            dst[e] = bf(qft_twin_hqq_value(qft_twin_hqq_code(w.hqq.packed, &w.g, r, c), z, s));
+            dst[e] = bf(qft_twin_hqq_value(qft_twin_hqq_code(w.hqq.packed, &w.g, gr, gc), z, s));
         }
     }
 }
@@ -182,8 +185,7 @@ int packed_of(const qft_cuda_weight *cw, packed_w *pw, const char *fn, qft_err *
     }
     pw->hqq = *cw->hqq;
     if (pw->hqq.n != n ||
-        qft_twin_hqq_geom_make(&pw->g, pw->hqq.nbits, pw->hqq.group_size, pw->hqq.axis, n) ||
-        pw->g.C != cw->in)
+        qft_twin_hqq_geom_make(&pw->g, pw->hqq.nbits, pw->hqq.group_size, pw->hqq.axis, n))
         return qft_err_setf(err, "%s: HQQ weight of %lld elements (nbits %d, group %d, axis %d) "
                                  "does not describe (%d, %d)",
                             fn, (long long)pw->hqq.n, pw->hqq.nbits, pw->hqq.group_size,

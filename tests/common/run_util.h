@@ -92,9 +92,13 @@ static inline void ru_same_metrics(const char *a, const char *b, int steps) {
 
 /* Every tensor of two safetensors files: the same names, shapes and dtypes, not all zeros
  * (a zero tensor would pass any comparison), and equal: bit for bit when rel is 0, else
- * within rel relative (plus 1e-7 absolute near zero). Returns the worst relative
- * difference of values above 1e-3 in magnitude; *count (may be NULL) the tensor count. */
-static inline double ru_compare_tensors(const char *pa, const char *pb, double rel, int *count) {
+ * within rel relative (plus 1e-7 absolute near zero) element by element, or, when
+ * `scaled`, within rel of the tensor's scale (max |a - b| <= rel max |a|, as
+ * scripts/compare_runs.py measures two backends). Returns the worst relative difference
+ * (of values above 1e-3 in magnitude; scaled: of any tensor); *count (may be NULL) the
+ * tensor count. */
+static inline double ru_compare_tensors_as(const char *pa, const char *pb, double rel,
+                                          int scaled, int *count) {
     qft_st_file a, b;
     qft_err err = {0, ""};
     ck_assert_msg(qft_st_open(pa, &a, &err) == 0, "%s", err.msg);
@@ -113,9 +117,14 @@ static inline double ru_compare_tensors(const char *pa, const char *pb, double r
         ck_assert(va && vb);
         ck_assert_msg(qft_st_entry_to_f32(&a, ea, va, &err) == 0, "%s", err.msg);
         ck_assert_msg(qft_st_entry_to_f32(&b, eb, vb, &err) == 0, "%s", err.msg);
-        double sumsq = 0;
+        double sumsq = 0, scale = 0, diff = 0;
         for (size_t k = 0; k < n; k++) {
-            if (rel == 0) {
+            if (scaled) {
+                scale = fmax(scale, fabs((double)va[k]));
+                diff = va[k] != va[k] || vb[k] != vb[k]
+                           ? INFINITY
+                           : fmax(diff, fabs((double)va[k] - (double)vb[k]));
+            } else if (rel == 0) {
                 ck_assert_msg(memcmp(&va[k], &vb[k], sizeof(float)) == 0,
                               "%s[%zu]: %.9g (%s) vs %.9g (%s)", ea->name, k, (double)va[k], pa,
                               (double)vb[k], pb);
@@ -129,6 +138,11 @@ static inline double ru_compare_tensors(const char *pa, const char *pb, double r
             sumsq += (double)va[k] * va[k];
         }
         ck_assert_msg(sumsq > 0, "%s: %s is all zeros", pa, ea->name);
+        if (scaled) {
+            ck_assert_msg(diff <= rel * scale, "%s: %.3g of its scale %.3g apart (limit %.3g)",
+                          ea->name, diff / scale, scale, rel);
+            if (diff / scale > worst) worst = diff / scale;
+        }
         free(va);
         free(vb);
     }
@@ -136,6 +150,11 @@ static inline double ru_compare_tensors(const char *pa, const char *pb, double r
     qft_st_close(&a);
     qft_st_close(&b);
     return worst;
+}
+
+/* Element by element (see ru_compare_tensors_as). */
+static inline double ru_compare_tensors(const char *pa, const char *pb, double rel, int *count) {
+    return ru_compare_tensors_as(pa, pb, rel, 0, count);
 }
 
 /* The same tensors bit for bit; returns their count. */

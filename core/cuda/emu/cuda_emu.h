@@ -1,0 +1,260 @@
+/*
+ * The CUDA emulator's device side: what a kernel of core/cuda needs to compile as plain
+ * C++ and run on the CPU. Every .cu file of the backend is compiled a second time with this
+ * header forced in (-include) after emu_rewrite.py has turned its launches
+ * `k<<<grid, block, smem, stream>>>(args)` into `qft_emu::make_launcher(k, grid, block,
+ * smem, stream)(args)` and its `extern __shared__ T x[];` into a pointer to the launch's
+ * dynamic shared memory. The result, libqft_cuda_emu.so, is the real backend's code run by
+ * the emulator's runtime (cuda_emu_sched.cc, cuda_emu_runtime.cc, cuda_emu_lt.cc): each
+ * thread of a block is a fiber, __syncthreads and the warp shuffles are barriers between
+ * fibers, device memory is guarded (a host access or an access past an allocation aborts
+ * with the address), and cuBLASLt is a reference GEMM. It lets the kernels' logic, their
+ * launch shapes and the backend's host/device discipline run on a machine without a GPU;
+ * it says nothing of their speed, and warp-level timing (lockstep) is not modelled.
+ */
+#ifndef QFT_CUDA_EMU_H
+#define QFT_CUDA_EMU_H
+
+/* Before the CUDA headers: host_defines.h keeps a __shared__ that is already defined.
+ * Shared memory is per block; the blocks of a launch run one after another (and launches
+ * one at a time), so a function-static is the block's shared memory. */
+#define __shared__ static
+#define __launch_bounds__(...)
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace qft_emu {
+
+/* The running fiber's coordinates, set by the scheduler at every switch (one launch runs
+ * at a time, on the thread that made it). */
+extern uint3 cur_thread, cur_block;
+extern dim3 cur_block_dim, cur_grid_dim;
+
+struct launch_cfg {
+    dim3 grid, block;
+    size_t smem;
+    cudaStream_t stream;
+};
+
+/* Checks a launch as the driver would (block and grid limits, dynamic shared memory against
+ * the kernel's opt-in); 0 when it may run, else the error is recorded for
+ * cudaGetLastError and the launch is dropped. */
+int launch_check(const void *fn, const launch_cfg &c);
+/* Runs body(ctx) once for every thread of every block of c, block after block. */
+void launch_run(const launch_cfg &c, void (*body)(void *), void *ctx);
+/* A kernel argument that is a pointer must be null or point into device memory (a kernel
+ * given a host pointer faults on a GPU); reports and aborts otherwise. */
+void check_pointer_arg(const void *fn, int index, const void *p);
+
+template <class T> void check_arg(const void *fn, int index, const T &v) {
+    if constexpr (std::is_pointer<T>::value) check_pointer_arg(fn, index, (const void *)v);
+    (void)fn, (void)index, (void)v;
+}
+
+template <class... P> struct launcher {
+    void (*k)(P...);
+    launch_cfg c;
+    template <class... A> void operator()(A &&...a) {
+        static_assert(sizeof...(A) == sizeof...(P), "kernel argument count");
+        std::tuple<typename std::decay<P>::type...> args(std::forward<A>(a)...);
+        const void *fn = (const void *)k;
+        int i = 0;
+        std::apply([&](const auto &...v) { (check_arg(fn, i++, v), ...); }, args);
+        if (launch_check(fn, c)) return;
+        struct ctx_t {
+            void (*k)(P...);
+            std::tuple<typename std::decay<P>::type...> *args;
+        } ctx{k, &args};
+        launch_run(
+            c,
+            [](void *p) {
+                ctx_t *x = (ctx_t *)p;
+                std::apply(x->k, *x->args); // each thread gets its own copy of the arguments
+            },
+            &ctx);
+    }
+};
+
+template <class... P>
+launcher<P...> make_launcher(void (*k)(P...), dim3 grid, dim3 block, size_t smem = 0,
+                             cudaStream_t stream = 0) {
+    return launcher<P...>{k, launch_cfg{grid, block, smem, stream}};
+}
+
+/* The block's dynamic shared memory (poisoned at each block's start, as it is garbage on a
+ * GPU). */
+void *dyn_smem();
+
+/* Barriers: the whole block, or the lanes of `mask` in the caller's warp. */
+void sync_block();
+void sync_warp(unsigned mask);
+/* The warp's exchange: every lane of mask offers v, then reads lane src's offer. */
+uint64_t warp_exchange(unsigned mask, uint64_t v, int src);
+
+template <class T> T shfl_from(unsigned mask, T v, int src) {
+    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof v);
+    bits = warp_exchange(mask, bits, src);
+    T r;
+    memcpy(&r, &bits, sizeof r);
+    return r;
+}
+
+inline int lane_id() {
+    const unsigned t = cur_thread.x + cur_block_dim.x * (cur_thread.y + cur_block_dim.y * cur_thread.z);
+    return (int)(t & 31u);
+}
+
+} // namespace qft_emu
+
+#define threadIdx (qft_emu::cur_thread)
+#define blockIdx (qft_emu::cur_block)
+#define blockDim (qft_emu::cur_block_dim)
+#define gridDim (qft_emu::cur_grid_dim)
+#ifndef warpSize
+#define warpSize 32
+#endif
+
+/* cudaFuncSetAttribute on a kernel (cuda_runtime.h's template form is nvcc's only) */
+template <class... P> inline cudaError_t cudaFuncSetAttribute(void (*k)(P...), cudaFuncAttribute a, int v) {
+    return cudaFuncSetAttribute((const void *)k, a, v);
+}
+
+inline void __syncthreads() { qft_emu::sync_block(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { qft_emu::sync_warp(mask); }
+
+template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    const int lane = qft_emu::lane_id();
+    return qft_emu::shfl_from(mask, v, (lane & ~(width - 1)) + (src & (width - 1)));
+}
+template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    const int lane = qft_emu::lane_id();
+    int src = lane ^ lane_mask;
+    if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+    return qft_emu::shfl_from(mask, v, src);
+}
+template <class T> inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int lane = qft_emu::lane_id();
+    const int src = (lane & (width - 1)) + (int)delta < width ? lane + (int)delta : lane;
+    return qft_emu::shfl_from(mask, v, src);
+}
+template <class T> inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int lane = qft_emu::lane_id();
+    const int src = (lane & (width - 1)) >= (int)delta ? lane - (int)delta : lane;
+    return qft_emu::shfl_from(mask, v, src);
+}
+
+/* the bit casts: the same bits as another type */
+template <class To, class From> inline To qft_emu_bits(From v) {
+    static_assert(sizeof(To) == sizeof(From), "a bit cast between sizes");
+    To r;
+    memcpy(&r, &v, sizeof r);
+    return r;
+}
+inline float __uint_as_float(unsigned u) { return qft_emu_bits<float>(u); }
+inline unsigned __float_as_uint(float f) { return qft_emu_bits<unsigned>(f); }
+inline float __int_as_float(int i) { return qft_emu_bits<float>(i); }
+inline int __float_as_int(float f) { return qft_emu_bits<int>(f); }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+template <class T> inline T __ldg(const T *p) { return *p; }
+/* CUDA's integer min and max (device code has them in the global namespace) */
+template <class A, class B, class = typename std::enable_if<std::is_integral<A>::value && std::is_integral<B>::value>::type>
+inline typename std::common_type<A, B>::type min(A a, B b) { return a < b ? a : b; }
+template <class A, class B, class = typename std::enable_if<std::is_integral<A>::value && std::is_integral<B>::value>::type>
+inline typename std::common_type<A, B>::type max(A a, B b) { return a > b ? a : b; }
+
+/* nvcuda::wmma for the 16x16x16 shapes the backend uses. A fragment is warp-wide on a GPU,
+ * its elements spread over the lanes in an unspecified order; here every lane holds the
+ * whole tile, and the collective calls (load, mma, store) are done by each lane on its own
+ * copy, which gives the same result as long as the code treats fragments as opaque (as the
+ * WMMA API requires) and calls them with the whole warp (checked with a warp barrier). */
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K> struct frag_dims;
+template <int M, int N, int K> struct frag_dims<matrix_a, M, N, K> {
+    static const int rows = M, cols = K;
+};
+template <int M, int N, int K> struct frag_dims<matrix_b, M, N, K> {
+    static const int rows = K, cols = N;
+};
+template <int M, int N, int K> struct frag_dims<accumulator, M, N, K> {
+    static const int rows = M, cols = N;
+};
+
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
+    static const int rows = frag_dims<Use, M, N, K>::rows, cols = frag_dims<Use, M, N, K>::cols;
+    static const int num_elements = rows * cols;
+    float v[rows * cols]; // row-major, values as float (bf16 inputs are exact in float)
+};
+
+template <class Use, int M, int N, int K, class T, class L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L> &f, float value) {
+    for (int i = 0; i < f.num_elements; i++) f.v[i] = value;
+}
+
+template <class E> inline float emu_load_elem(const E *p) { return (float)*p; }
+inline float emu_load_elem(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+
+template <class Use, int M, int N, int K, class T, class L, class E>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const E *p, unsigned ldm) {
+    qft_emu::sync_warp(0xffffffffu);
+    typedef fragment<Use, M, N, K, T, L> F;
+    const bool rowm = std::is_same<L, row_major>::value;
+    for (int r = 0; r < F::rows; r++)
+        for (int c = 0; c < F::cols; c++)
+            f.v[r * F::cols + c] = emu_load_elem(rowm ? p + (size_t)r * ldm + c : p + (size_t)c * ldm + r);
+}
+
+template <int M, int N, int K, class TA, class LA, class TB, class LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float> &d,
+                     const fragment<matrix_a, M, N, K, TA, LA> &a,
+                     const fragment<matrix_b, M, N, K, TB, LB> &b,
+                     const fragment<accumulator, M, N, K, float> &c) {
+    qft_emu::sync_warp(0xffffffffu);
+    float out[M * N];
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float s = c.v[i * N + j];
+            for (int k = 0; k < K; k++) s += a.v[i * K + k] * b.v[k * N + j];
+            out[i * N + j] = s;
+        }
+    memcpy(d.v, out, sizeof out);
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f,
+                              unsigned ldm, layout_t layout) {
+    qft_emu::sync_warp(0xffffffffu);
+    // every lane writes the same values; lane 0's store is the one that counts
+    if (qft_emu::lane_id() == 0)
+        for (int r = 0; r < M; r++)
+            for (int c = 0; c < N; c++)
+                (layout == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r]) =
+                    f.v[r * N + c];
+    qft_emu::sync_warp(0xffffffffu);
+}
+} // namespace wmma
+} // namespace nvcuda
+
+#endif

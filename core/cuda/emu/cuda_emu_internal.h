@@ -1,0 +1,46 @@
+// Private to the CUDA emulator's runtime (core/cuda/emu/*.cc).
+#ifndef QFT_CUDA_EMU_INTERNAL_H
+#define QFT_CUDA_EMU_INTERNAL_H
+
+#include "cuda_emu.h"
+
+#include <stddef.h>
+
+namespace qft_emu {
+
+// Prints "qft cuda emulator: msg" and aborts: what would be a fault or a hang on a GPU.
+[[noreturn]] void fatal(const char *msg);
+
+// ---- device memory (cuda_emu_mem.cc) ------------------------------------------------------
+// Device memory is host memory kept PROT_NONE while host code runs, so a host access to
+// it faults and is reported; kernels, copies and GEMMs run between device_enter and
+// device_leave, when a fault opens the allocation it hit (and an access past its end, into
+// the guard page, or to an uncommitted virtual range is reported).
+void device_enter();
+void device_leave();
+// A new allocation of `bytes` (256-aligned, poisoned with 0xff: NaN as floats), NULL when
+// the emulated device is full.
+void *mem_alloc(size_t bytes);
+// 0, or -1 when p is not an allocation's start.
+int mem_free(void *p);
+// Whether [p, p + bytes) lies in device memory (an allocation or a committed range).
+bool mem_is_device(const void *p, size_t bytes);
+size_t mem_live_bytes();
+size_t mem_total_bytes();
+
+// Virtual memory (the driver's cuMem* entries): a reservation, then ranges of it committed
+// (granularity-aligned), opened to the device, and released.
+void *vm_reserve(size_t bytes);
+int vm_free(void *p, size_t bytes);
+int vm_map(void *p, size_t bytes);
+int vm_set_access(void *p, size_t bytes); // read/write for the device: whole mapped chunks
+int vm_unmap(void *p, size_t bytes);
+size_t vm_granularity();
+
+// ---- launches (cuda_emu_sched.cc, cuda_emu_runtime.cc) ----------------------------------
+size_t smem_limit(const void *fn);           // the kernel's dynamic shared memory limit
+void record_launch_error(const char *msg);   // for the next cudaGetLastError
+
+} // namespace qft_emu
+
+#endif

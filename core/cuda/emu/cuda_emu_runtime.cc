@@ -1,0 +1,221 @@
+// The emulator's CUDA runtime: the cudart calls the backend makes, with their real
+// signatures (from cuda_runtime_api.h), over the guarded device memory of cuda_emu_mem.cc.
+// One device, "qft CUDA emulator", reporting sm_90's limits. Everything is synchronous, so
+// streams and the stream-ordered pool are the plain calls. The checks a GPU's runtime
+// makes are made here too: a copy's direction must match where its pointers are, a free
+// must be of an allocation's start, a launch must fit the limits.
+#include "cuda_emu_internal.h"
+
+#include <cuda.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <map>
+
+#undef warpSize // cudaDeviceProp's field, not the device constant
+
+namespace qft_emu {
+namespace {
+pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+cudaError_t last_error = cudaSuccess;
+std::map<const void *, size_t> smem_attr; // kernel -> dynamic shared memory opt-in
+int current_device;
+const size_t SMEM_DEFAULT = 48 << 10, SMEM_OPTIN = 232448;
+const int SM_COUNT = 2; // small grids: the element-wise kernels launch 32 blocks an SM
+
+cudaError_t fail(cudaError_t e, const char *call, const char *why) {
+    fprintf(stderr, "qft cuda emulator: %s: %s\n", call, why);
+    pthread_mutex_lock(&lock);
+    if (last_error == cudaSuccess) last_error = e;
+    pthread_mutex_unlock(&lock);
+    return e;
+}
+} // namespace
+
+size_t smem_limit(const void *fn) {
+    pthread_mutex_lock(&lock);
+    auto it = smem_attr.find(fn);
+    const size_t v = it == smem_attr.end() ? SMEM_DEFAULT : it->second;
+    pthread_mutex_unlock(&lock);
+    return v;
+}
+
+void record_launch_error(const char *msg) { fail(cudaErrorInvalidConfiguration, "kernel launch", msg); }
+
+void check_pointer_arg(const void *fn, int index, const void *p) {
+    if (!p || mem_is_device(p, 1)) return;
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "kernel %p given a pointer that is not device memory as its argument %d: %p",
+             fn, index, p);
+    fatal(msg);
+}
+
+} // namespace qft_emu
+
+using namespace qft_emu;
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int *count) {
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaSetDevice", "the emulator has device 0 only");
+    current_device = device;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device) {
+    *device = current_device;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
+    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties", "no such device");
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "qft CUDA emulator (CPU; sm_90 limits)");
+    prop->totalGlobalMem = mem_total_bytes();
+    prop->sharedMemPerBlock = SMEM_DEFAULT;
+    prop->sharedMemPerBlockOptin = SMEM_OPTIN;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024, prop->maxThreadsDim[2] = 64;
+    prop->maxGridSize[0] = 0x7fffffff, prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
+    prop->major = 9, prop->minor = 0;
+    prop->multiProcessorCount = SM_COUNT;
+    prop->memoryPoolsSupported = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
+    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute", "no such device");
+    switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = SM_COUNT; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)SMEM_OPTIN; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = (int)SMEM_DEFAULT; break;
+    case cudaDevAttrMemoryPoolsSupported: *value = 1; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
+    case cudaDevAttrWarpSize: *value = 32; break;
+    default: return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute", "an attribute the emulator does not model");
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int device) {
+    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaDeviceGetDefaultMemPool", "no such device");
+    static int the_pool;
+    *pool = (cudaMemPool_t)&the_pool;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void *) { return cudaSuccess; }
+
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    *p = mem_alloc(bytes);
+    if (!*p) return fail(cudaErrorMemoryAllocation, "cudaMalloc", "the emulated device is full (QFT_CUDA_EMU_MEM_GIB)");
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
+
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    if (mem_free(p)) return fail(cudaErrorInvalidValue, "cudaFree", "not the start of a live device allocation");
+    return cudaSuccess;
+}
+
+cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
+
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+    *total_b = mem_total_bytes();
+    *free_b = *total_b - mem_live_bytes();
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind) {
+    if (!n) return cudaSuccess;
+    const bool dd = mem_is_device(dst, n), sd = mem_is_device(src, n);
+    const bool ok = kind == cudaMemcpyHostToDevice   ? dd && !sd
+                    : kind == cudaMemcpyDeviceToHost ? sd && !dd
+                    : kind == cudaMemcpyDeviceToDevice ? dd && sd
+                    : kind == cudaMemcpyHostToHost     ? !dd && !sd
+                                                       : true; // cudaMemcpyDefault: any
+    if (!ok) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "kind %d does not match the pointers (dst %p %s, src %p %s, %zu bytes)", (int)kind,
+                 dst, dd ? "device" : "not device (or not whole)", src,
+                 sd ? "device" : "not device (or not whole)", n);
+        return fail(cudaErrorInvalidValue, "cudaMemcpy", msg);
+    }
+    device_enter();
+    memmove(dst, src, n);
+    device_leave();
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, n, kind);
+}
+
+cudaError_t cudaMemset(void *p, int value, size_t n) {
+    if (!n) return cudaSuccess;
+    if (!mem_is_device(p, n)) return fail(cudaErrorInvalidValue, "cudaMemset", "not device memory (or not all of it)");
+    device_enter();
+    memset(p, value, n);
+    device_leave();
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int value, size_t n, cudaStream_t) { return cudaMemset(p, value, n); }
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaGetLastError(void) {
+    pthread_mutex_lock(&lock);
+    const cudaError_t e = last_error;
+    last_error = cudaSuccess;
+    pthread_mutex_unlock(&lock);
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) {
+    pthread_mutex_lock(&lock);
+    const cudaError_t e = last_error;
+    pthread_mutex_unlock(&lock);
+    return e;
+}
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    default: return "an error of the CUDA emulator";
+    }
+}
+
+const char *cudaGetErrorName(cudaError_t e) { return cudaGetErrorString(e); }
+
+cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+    if (value < 0 || (size_t)value > SMEM_OPTIN)
+        return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute", "more dynamic shared memory than the device's opt-in maximum");
+    pthread_mutex_lock(&lock);
+    smem_attr[func] = (size_t)value;
+    pthread_mutex_unlock(&lock);
+    return cudaSuccess;
+}
+
+} // extern "C"

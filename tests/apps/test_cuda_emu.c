@@ -1,0 +1,172 @@
+/* The CUDA backend's own code trained on the CPU: qft train with train.backend = "cuda" and
+ * QFT_CUDA_LIB pointing at libqft_cuda_emu.so, the same core/cuda sources compiled for the
+ * CUDA emulator (core/cuda/emu: every kernel launch run by fibers, cuBLASLt by a reference
+ * GEMM, device memory guarded so that any host access to it, or a kernel's access past an
+ * allocation, aborts the run). Against the cpu backend, the runs of scripts/gpu-check.sh's
+ * parity step, with its bf16 tolerances where the GPU computes in bf16 or TF32 and tighter
+ * ones where it computes in fp32:
+ *   - every train_type (full, llama_pro, lora, dense DoRA, qlora, hqq_lora, QDoRA, hqq_dora,
+ *     Llama-Pro on NF4), with the optimizer on the device and with cpu_offload;
+ *   - the flash attention kernels instead of the GEMM attention, bf16 residuals, frozen
+ *     weights as bf16, TF32 and bf16 GEMMs, the quantized linear decoded on chip (WMMA);
+ *   - full sharding over 2 ranks on the emulated device (CUDA virtual memory, the staged
+ *     transport) against one process, when the build has mpirun.
+ * The emulator's own checks are tested in tests/cuda (cuda_emu_self).
+ * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree, $QFT_CUDA_EMU_LIB the library. */
+#include "run_util.h"
+
+#include <unistd.h>
+
+static char g_tmp[4096];
+
+static const char *k_overrides =
+    "--set train.max_steps=4 --set data.count=24 --set train.batch_size=2 "
+    "--set model.config.hidden_size=64 --set model.config.intermediate_size=128 "
+    "--set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2 "
+    "--set model.config.num_key_value_heads=1 --set data.context_length=192 "
+    "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1";
+
+/* SGD for the bf16 and TF32 cases: AdamW's first steps move each weight by about lr times
+ * its gradient's sign, so rounding flips near-zero updates (LoRA's B starts at 0) */
+#define SGD "--set train.optimizer=\\\"sgd\\\" --set train.lr=0.05 "
+
+static const struct {
+    const char *name, *type;
+    const char *sets;      /* both runs */
+    const char *cuda_sets; /* the emulated CUDA run only */
+    const char *env;       /* the emulated CUDA run's environment */
+    double loss_rel, tensor_rel;
+} k_cases[] = {
+    {"full", "full", "--set train.recompute=true", "", "", 1e-5, 1e-4},
+    {"full, cpu_offload", "full", "--set train.recompute=false", "--set shard.cpu_offload=true",
+     "", 1e-5, 1e-4},
+    {"llama_pro", "llama_pro", "", "", "", 1e-5, 1e-4},
+    {"lora", "lora", "", "", "", 1e-5, 1e-4},
+    {"dora", "lora", "--set adapter.plugin=\\\"dora\\\"", "", "", 1e-5, 1e-4},
+    {"qlora", "qlora", "--set train.loss_chunk_tokens=100", "", "", 1e-5, 1e-4},
+    {"hqq_lora", "hqq_lora", "", "", "", 1e-5, 1e-4},
+    {"QDoRA", "bnb_dora", "", "", "", 1e-5, 1e-4},
+    {"hqq_dora", "hqq_dora", "--set adapter.dropout=0.1", "", "", 1e-5, 1e-4},
+    {"bnb_llama_pro", "bnb_llama_pro", "", "", "", 1e-5, 1e-4},
+    /* both sides round the residual stream to bf16, and a last-bit difference before it
+     * can round one value a bf16 step apart: bf16 tolerances */
+    {"qlora, bf16 residuals", "qlora", "--set train.residual_dtype=\\\"bf16\\\"", "", "", 1e-3,
+     1e-2},
+    {"lora, flash attention", "lora", "", "", "QFT_CUDA_ATTENTION=flash", 1e-5, 1e-4},
+    {"lora, frozen bf16", "lora", SGD, "--set train.frozen_dtype=\\\"bf16\\\"", "", 1e-3, 1e-2},
+    {"llama_pro, frozen bf16", "llama_pro", SGD, "--set train.frozen_dtype=\\\"bf16\\\"", "",
+     1e-3, 1e-2},
+    {"qlora, TF32", "qlora", SGD, "--set train.matmul_precision=\\\"high\\\"", "", 1e-3, 1e-2},
+    {"qlora, bf16 GEMMs", "qlora", SGD, "--set train.matmul_precision=\\\"medium\\\"", "", 1e-3,
+     1e-2},
+    {"qlora, on-chip dequantization", "qlora", SGD, "--set train.matmul_precision=\\\"medium\\\"",
+     "QFT_CUDA_QMATMUL=onchip", 1e-3, 1e-2},
+    {"hqq_lora, on-chip dequantization", "hqq_lora", SGD,
+     "--set train.matmul_precision=\\\"medium\\\"", "QFT_CUDA_QMATMUL=onchip", 1e-3, 1e-2},
+};
+
+/* qft train configs/<type>.cfg under `pre` (environment and launcher words) with `sets`. */
+static void train(const char *pre, const char *type, const char *sets, const char *dir) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    char cmd[16384];
+    static char out[1 << 18];
+    snprintf(cmd, sizeof cmd, "%s %s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s\\\" -q 2>&1",
+             pre, qft, root, type, k_overrides, sets, dir);
+    const int st = ru_run(cmd, out, sizeof out);
+    if (st != 0) fputs(out, stdout); /* whole, not through Check's bounded message */
+    ck_assert_msg(st == 0, "%.2000s failed (%d); its output is above", cmd, st);
+}
+
+/* The saved file of a run: the merged model, or the adapter. */
+static void saved_file(const char *dir, char *path, size_t size) {
+    snprintf(path, size, "%s/model/model.safetensors", dir);
+    if (!ru_exists(path)) snprintf(path, size, "%s/adapter/adapter_model.safetensors", dir);
+}
+
+static void emu_pre(char *pre, size_t size, const char *env) {
+    snprintf(pre, size, "QFT_CUDA_LIB=%s %s", getenv("QFT_CUDA_EMU_LIB"), env);
+}
+
+START_TEST(test_same_as_cpu) {
+    if (!ru_type_built("QFT_TRAIN_TYPES", k_cases[_i].type)) {
+        printf("skip: train_type %s is not built\n", k_cases[_i].type);
+        return;
+    }
+    char a[8192], b[8192], sets[4096], pre[8192], pa[8192 + 64], pb[8192 + 64];
+    snprintf(a, sizeof a, "%s/cpu-%d", g_tmp, _i);
+    snprintf(b, sizeof b, "%s/emu-%d", g_tmp, _i);
+    train("", k_cases[_i].type, k_cases[_i].sets, a);
+    snprintf(sets, sizeof sets, "%s %s --set train.backend=\\\"cuda\\\"", k_cases[_i].sets,
+             k_cases[_i].cuda_sets);
+    emu_pre(pre, sizeof pre, k_cases[_i].env);
+    train(pre, k_cases[_i].type, sets, b);
+    const double dm = ru_close_metrics(a, b, 4, k_cases[_i].loss_rel);
+    saved_file(a, pa, sizeof pa);
+    saved_file(b, pb, sizeof pb);
+    int n = 0;
+    const double dt = ru_compare_tensors_as(pa, pb, k_cases[_i].tensor_rel, 1, &n);
+    printf("%s on the emulated CUDA backend vs cpu: losses and gradient norms within %.2g, %d "
+           "tensors within %.2g of their scale\n", k_cases[_i].name, dm, n, dt);
+}
+END_TEST
+
+/* Full sharding of QLoRA over 2 ranks on the emulated device (each rank its own process
+ * and emulator: the units in CUDA virtual memory, committed per gather, the pieces moved
+ * by the staged transport; each rank its own pretend machine, so both take device 0, as
+ * gpu-check.sh runs 2 ranks on one GPU) against one process on it, with the shards on the
+ * device and with cpu_offload: the same training to rounding. */
+START_TEST(test_full_shard) {
+    const char *mpirun = getenv("QFT_MPIRUN");
+    if (!mpirun || !*mpirun) {
+        printf("skip: no mpirun in this build\n");
+        return;
+    }
+    if (!ru_type_built("QFT_TRAIN_TYPES", "qlora")) {
+        printf("skip: train_type qlora is not built\n");
+        return;
+    }
+    char a[8192], b[8192], pre[8192], launch[8192], pa[8192 + 64], pb[8192 + 64];
+    snprintf(a, sizeof a, "%s/shard-one", g_tmp);
+    emu_pre(pre, sizeof pre, "");
+    /* one process accumulating 2 micro-batches is the 2 ranks' step */
+    train(pre, "qlora", "--set train.backend=\\\"cuda\\\" --set train.grad_accum=2", a);
+    snprintf(launch, sizeof launch,
+             "QFT_TRANSPORT_NODE_SIZE=1 %s -np 2 -x OMP_NUM_THREADS=1 -x QFT_TRANSPORT_NODE_SIZE "
+             "-x QFT_CUDA_LIB=%s", mpirun, getenv("QFT_CUDA_EMU_LIB"));
+    const char *offload[] = {"", "--set shard.cpu_offload=true"};
+    for (int i = 0; i < 2; i++) {
+        char sets[1024];
+        snprintf(b, sizeof b, "%s/shard-two-%d", g_tmp, i);
+        snprintf(sets, sizeof sets,
+                 "--set train.backend=\\\"cuda\\\" --set shard.plugin=\\\"full_shard\\\" "
+                 "--set shard.device_transport=\\\"staged\\\" --set train.grad_accum=1 %s",
+                 offload[i]);
+        train(launch, "qlora", sets, b);
+        const double dm = ru_close_metrics(a, b, 4, 1e-5);
+        saved_file(a, pa, sizeof pa);
+        saved_file(b, pb, sizeof pb);
+        int n = 0;
+        const double dt = ru_compare_tensors_as(pa, pb, 1e-4, 1, &n);
+        printf("qlora, full_shard%s over 2 ranks on the emulated device vs one process: "
+               "metrics within %.2g, %d tensors within %.2g of their scale\n",
+               i ? " with cpu_offload" : "", dm, n, dt);
+    }
+}
+END_TEST
+
+int main(void) {
+    if (!getenv("QFT_CUDA_EMU_LIB")) {
+        printf("skip: this build has no CUDA emulator (no CUDA headers)\n");
+        return 77;
+    }
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-cuda-emu-XXXXXX");
+    if (!mkdtemp(g_tmp)) return 1;
+    Suite *s = suite_create("cuda_emu");
+    TCase *tc = tcase_create("emu");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
+    tcase_add_test(tc, test_full_shard);
+    suite_add_tcase(s, tc);
+    return ru_run_suite(s, g_tmp);
+}
