@@ -343,21 +343,45 @@ START_TEST(test_qgemm_onchip) {
 }
 END_TEST
 
-/* lowrank_row_norms (DoRA's norms in one read of W) on an NF4 layout and on the dense fp32
- * weight it decodes to, ranks 4 and 16, 37 rows (a partial block of rows) of 320 (a partial
- * pass of columns): the two GPU paths give the same bits, and the CPU entry's within one
- * float rounding (the same elements; the squares summed in double in another order). */
+/* lowrank_row_norms (DoRA's norms in one read of W) on an NF4 layout (_i 0, 1: ranks 4 and
+ * 16) or an HQQ one (_i 2: 4 bits, groups of 64 along the rows, so a row of 320 holds 5
+ * groups and the grouped matrix is not (out, in)) and on the dense fp32 weight it decodes
+ * to, 38 rows (a partial block of rows) of 320 (a partial pass of columns): the two GPU
+ * paths give the same bits, and the CPU entry's within one float rounding (the same
+ * elements; the squares summed in double in another order). */
 START_TEST(test_lowrank_row_norms) {
-    const int64_t out = 37, in = 320, r = _i ? 16 : 4; /* 37 * 320: NF4 blocks of 64 */
+    const int64_t out = 38, in = 320, r = _i == 1 ? 16 : 4; /* 38 * 320: blocks of 64 */
     const float s = 0.5f;
     float *Wf = ctu_calloc((size_t)(out * in), 4);
-    void *dev[3];
-    qft_cuda_nf4 nf4 = nf4_random(out * in, 400 + (uint64_t)_i, Wf, dev);
+    void *dev[3] = {NULL, NULL, NULL};
     qft_qlayout L;
     memset(&L, 0, sizeof L);
-    L.format = QFT_QFMT_NF4, L.out = out, L.in = in, L.nf4_blocksize = nf4.blocksize;
-    L.buf[QFT_QL_NF4_PACKED] = nf4.packed, L.buf[QFT_QL_NF4_CODE] = nf4.code;
-    L.buf[QFT_QL_NF4_ABSMAX] = nf4.absmax;
+    L.out = out, L.in = in;
+#ifdef QFT_TWIN_HQQ
+    qft_cuda_hqq hq;
+    memset(&hq, 0, sizeof hq);
+#endif
+    if (_i < 2) {
+        qft_cuda_nf4 nf4 = nf4_random(out * in, 400 + (uint64_t)_i, Wf, dev);
+        L.format = QFT_QFMT_NF4, L.nf4_blocksize = nf4.blocksize;
+        L.buf[QFT_QL_NF4_PACKED] = nf4.packed, L.buf[QFT_QL_NF4_CODE] = nf4.code;
+        L.buf[QFT_QL_NF4_ABSMAX] = nf4.absmax;
+    } else {
+#ifdef QFT_TWIN_HQQ
+        const cth_case c = {4, 1, 0, 64, out, in};
+        struct qft_qweight *qw = cth_quantize(&c, 402);
+        hq = hqq_dev(qw);
+        cth_plugin()->free_weight(qw);
+        L.format = QFT_QFMT_HQQ, L.hqq_nbits = hq.nbits, L.hqq_group_size = hq.group_size;
+        L.hqq_axis = hq.axis;
+        L.buf[QFT_QL_HQQ_PACKED] = hq.packed, L.buf[QFT_QL_HQQ_ZERO] = hq.zero;
+        L.buf[QFT_QL_HQQ_SCALE] = hq.scale;
+#else
+        printf("lowrank_row_norms (HQQ): skipped, the hqq plugin is not in this build\n");
+        free(Wf);
+        return;
+#endif
+    }
     float *W = ctu_calloc((size_t)(out * in), 4), *dW = G->alloc((size_t)(out * in) * 4, "t");
     ck_assert_ptr_nonnull(dW);
     G->dequantize(&L, 0, out, dW);
@@ -390,6 +414,9 @@ START_TEST(test_lowrank_row_norms) {
                       "row %lld rank %lld: gpu %.9g cpu %.9g", (long long)j, (long long)r,
                       got[j], ref[j]);
     for (int i = 0; i < 3; i++) dfree(dev[i]);
+#ifdef QFT_TWIN_HQQ
+    if (_i == 2) hqq_dev_free(&hq);
+#endif
     dfree(dW), dfree(dA), dfree(dB), dfree(dn);
     free(Wf), free(W), free(A), free(B), free(got), free(got2), free(ref);
 }
@@ -404,5 +431,5 @@ void ops_linear_add_tests(TCase *tc, const qft_ops *gpu) {
 #endif
     tcase_add_loop_test(tc, test_qlinear, 0, 3);
     tcase_add_loop_test(tc, test_qgemm_onchip, 0, 4);
-    tcase_add_loop_test(tc, test_lowrank_row_norms, 0, 2);
+    tcase_add_loop_test(tc, test_lowrank_row_norms, 0, 3);
 }
