@@ -3,8 +3,9 @@
  * CUDA emulator (core/cuda/emu: every kernel launch run by fibers, cuBLASLt by a reference
  * GEMM, device memory guarded so that any host access to it, or a kernel's access past an
  * allocation, aborts the run). Against the cpu backend, the runs of scripts/gpu-check.sh's
- * parity step, with its bf16 tolerances where the GPU computes in bf16 or TF32 and tighter
- * ones where it computes in fp32:
+ * parity step, with its bf16 tolerances (losses 1e-3, tensors 1e-2 of their scale) where the
+ * GPU computes in bf16 or TF32 and tighter ones where it computes in fp32 (1e-5, 1e-3: the
+ * emulated GEMM sums in OpenBLAS's order, and AdamW's first steps magnify that in LoRA's B):
  *   - every train_type (full, llama_pro, lora, dense DoRA, qlora, hqq_lora, QDoRA, hqq_dora,
  *     Llama-Pro on NF4), with the optimizer on the device and with cpu_offload;
  *   - the flash attention kernels instead of the GEMM attention, bf16 residuals, frozen
@@ -37,22 +38,22 @@ static const struct {
     const char *env;       /* the emulated CUDA run's environment */
     double loss_rel, tensor_rel;
 } k_cases[] = {
-    {"full", "full", "--set train.recompute=true", "", "", 1e-5, 1e-4},
+    {"full", "full", "--set train.recompute=true", "", "", 1e-5, 1e-3},
     {"full, cpu_offload", "full", "--set train.recompute=false", "--set shard.cpu_offload=true",
-     "", 1e-5, 1e-4},
-    {"llama_pro", "llama_pro", "", "", "", 1e-5, 1e-4},
-    {"lora", "lora", "", "", "", 1e-5, 1e-4},
-    {"dora", "lora", "--set adapter.plugin=\\\"dora\\\"", "", "", 1e-5, 1e-4},
-    {"qlora", "qlora", "--set train.loss_chunk_tokens=100", "", "", 1e-5, 1e-4},
-    {"hqq_lora", "hqq_lora", "", "", "", 1e-5, 1e-4},
-    {"QDoRA", "bnb_dora", "", "", "", 1e-5, 1e-4},
-    {"hqq_dora", "hqq_dora", "--set adapter.dropout=0.1", "", "", 1e-5, 1e-4},
-    {"bnb_llama_pro", "bnb_llama_pro", "", "", "", 1e-5, 1e-4},
+     "", 1e-5, 1e-3},
+    {"llama_pro", "llama_pro", "", "", "", 1e-5, 1e-3},
+    {"lora", "lora", "", "", "", 1e-5, 1e-3},
+    {"dora", "lora", "--set adapter.plugin=\\\"dora\\\"", "", "", 1e-5, 1e-3},
+    {"qlora", "qlora", "--set train.loss_chunk_tokens=100", "", "", 1e-5, 1e-3},
+    {"hqq_lora", "hqq_lora", "", "", "", 1e-5, 1e-3},
+    {"QDoRA", "bnb_dora", "", "", "", 1e-5, 1e-3},
+    {"hqq_dora", "hqq_dora", "--set adapter.dropout=0.1", "", "", 1e-5, 1e-3},
+    {"bnb_llama_pro", "bnb_llama_pro", "", "", "", 1e-5, 1e-3},
     /* both sides round the residual stream to bf16, and a last-bit difference before it
      * can round one value a bf16 step apart: bf16 tolerances */
     {"qlora, bf16 residuals", "qlora", "--set train.residual_dtype=\\\"bf16\\\"", "", "", 1e-3,
      1e-2},
-    {"lora, flash attention", "lora", "", "", "QFT_CUDA_ATTENTION=flash", 1e-5, 1e-4},
+    {"lora, flash attention", "lora", "", "", "QFT_CUDA_ATTENTION=flash", 1e-5, 1e-3},
     {"lora, frozen bf16", "lora", SGD, "--set train.frozen_dtype=\\\"bf16\\\"", "", 1e-3, 1e-2},
     {"llama_pro, frozen bf16", "llama_pro", SGD, "--set train.frozen_dtype=\\\"bf16\\\"", "",
      1e-3, 1e-2},

@@ -1,5 +1,5 @@
 // The emulator's cuBLASLt: the calls cuda_gemm.cu makes, with their real signatures, and
-// a reference GEMM behind cublasLtMatmul. Column-major D = alpha op(A) op(B) + beta C over
+// a reference GEMM (OpenBLAS's sgemm on fp32 copies of the operands) behind cublasLtMatmul. Column-major D = alpha op(A) op(B) + beta C over
 // strided batches, fp32 accumulation; A and B fp32 or bf16, C and D fp32 or bf16. Under
 // CUBLAS_COMPUTE_32F_FAST_16BF (or _TF32) the fp32 inputs are rounded to bf16 (or TF32)
 // first, as the tensor cores read them. What cuBLASLt checks is checked: the layouts'
@@ -9,6 +9,7 @@
 // chosen for may fault on a GPU. With beta = 0, C is not read (it may hold NaN).
 #include "cuda_emu_internal.h"
 
+#include <cblas.h>
 #include <cublasLt.h>
 
 #include <stdio.h>
@@ -70,6 +71,22 @@ void store(void *p, cudaDataType_t t, size_t i, float v) {
         ((float *)p)[i] = v;
     else
         ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+}
+
+// The matrix at p (layout l) as fp32 in its own layout: p itself when it is fp32 and the
+// compute type reads it unrounded, else a copy in buf, bf16 widened, or rounded to bf16
+// (r16) or TF32 (r32).
+const float *as_f32(const void *p, const emu_layout *l, bool r16, bool r32, std::vector<float> &buf) {
+    if (l->type == CUDA_R_32F && !r16 && !r32) return (const float *)p;
+    const size_t span = (l->cols - 1) * (size_t)l->ld + l->rows;
+    buf.resize(span);
+    for (uint64_t c = 0; c < l->cols; c++)
+        for (uint64_t r = 0; r < l->rows; r++) {
+            const size_t i = r + c * (size_t)l->ld;
+            const float v = load(p, l->type, i);
+            buf[i] = r16 ? round_bf16(v) : r32 ? round_tf32(v) : v;
+        }
+    return buf.data();
 }
 
 bool aligned(const void *p, uint32_t a) { return a <= 1 || (uintptr_t)p % a == 0; }
@@ -280,28 +297,22 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     if (work_bytes && !mem_is_device(work, work_bytes)) return bad("cublasLtMatmul", "the workspace is not device memory");
     const bool r16 = d->compute == CUBLAS_COMPUTE_32F_FAST_16BF, r32 = d->compute == CUBLAS_COMPUTE_32F_FAST_TF32;
     device_enter();
-    std::vector<float> opa(m * k), opb(k * n);
+    std::vector<float> abuf, bbuf, t(m * n);
     for (int32_t p = 0; p < nb; p++) {
         const void *Ap = (const char *)A + p * a->stride * esize(a->type);
         const void *Bp = (const char *)B + p * b->stride * esize(b->type);
         const void *Cp = (const char *)C + p * c->stride * esize(c->type);
         void *Dp = (char *)D + p * dl->stride * esize(dl->type);
-        // op(A) as (m, k) rows and op(B) as (n, k) rows (both contiguous in k), rounded as the compute type reads
-        for (uint64_t i = 0; i < m; i++)
-            for (uint64_t q = 0; q < k; q++) {
-                float v = load(Ap, a->type, d->ta == CUBLAS_OP_N ? i + q * a->ld : q + i * a->ld);
-                opa[i * k + q] = r16 ? round_bf16(v) : r32 ? round_tf32(v) : v;
-            }
-        for (uint64_t q = 0; q < k; q++)
-            for (uint64_t j = 0; j < n; j++) {
-                float v = load(Bp, b->type, d->tb == CUBLAS_OP_N ? q + j * b->ld : j + q * b->ld);
-                opb[j * k + q] = r16 ? round_bf16(v) : r32 ? round_tf32(v) : v;
-            }
+        // the products in fp32 by OpenBLAS (the reference's order of sums, not cuBLASLt's),
+        // on the operands as stored (rounded as the compute type reads them): t (m, n)
+        // column-major = alpha op(A) op(B)
+        const float *af = as_f32(Ap, a, r16, r32, abuf), *bf = as_f32(Bp, b, r16, r32, bbuf);
+        cblas_sgemm(CblasColMajor, d->ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    d->tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, (int)m, (int)n, (int)k, alpha,
+                    af, (int)a->ld, bf, (int)b->ld, 0.0f, t.data(), (int)m);
         for (uint64_t j = 0; j < n; j++)
             for (uint64_t i = 0; i < m; i++) {
-                float s = 0.0f;
-                for (uint64_t q = 0; q < k; q++) s += opa[i * k + q] * opb[j * k + q];
-                float v = alpha * s;
+                float v = t[i + j * m];
                 if (beta != 0.0f) v += beta * load(Cp, c->type, i + j * c->ld);
                 store(Dp, dl->type, i + j * dl->ld, v);
             }

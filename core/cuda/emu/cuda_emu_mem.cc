@@ -52,7 +52,8 @@ size_t live_bytes;
 size_t page;
 
 // Ranges opened during the current device section, closed by device_leave. The handler
-// appends under a spin lock (worker threads may fault together); no allocation in it.
+// appends under a spin lock (a copy on another host thread may fault at the same time as a
+// kernel); no allocation in it.
 const int OPEN_CAP = 1 << 16;
 struct open_range {
     uintptr_t start;

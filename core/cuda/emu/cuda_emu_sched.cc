@@ -1,6 +1,6 @@
 // The emulator's thread scheduler: a launch runs its blocks one after another, and a
-// block's threads as fibers, on the thread that launched it (launches are serialised). A fiber runs until it
-// reaches a barrier (__syncthreads, a warp barrier under __syncwarp, a shuffle or a WMMA
+// block's threads as fibers, on the thread that launched it (launches are serialised). A
+// fiber runs until it reaches a barrier (__syncthreads, a warp barrier under __syncwarp, a shuffle or a WMMA
 // call) or returns; when every fiber is waiting, the barriers whose members have all
 // arrived are released. A barrier that can never be released (some threads of the block or
 // warp took another path) is a deadlock on a GPU too, and is reported as one.
@@ -12,8 +12,6 @@
 #include <sys/mman.h>
 
 #include <pthread.h>
-
-#include <vector>
 
 namespace qft_emu {
 
@@ -280,7 +278,6 @@ uint64_t warp_exchange(unsigned mask, uint64_t v, int src) {
     const bool offered = src >= 0 && src < 32 && (mask >> src & 1) && me->fibers[warp * 32 + src].st != DONE &&
                          warp * 32 + (unsigned)src < me->n;
     const uint64_t r = offered ? slots[src] : ~(uint64_t)0;
-    (void)v;
     sync_warp(mask);
     return r;
 }
