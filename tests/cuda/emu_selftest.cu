@@ -47,6 +47,8 @@ __global__ void dynamic_smem(float *out) {
     out[threadIdx.x] = sm[blockDim.x - 1 - threadIdx.x];
 }
 
+__global__ void __launch_bounds__(64) bounded_kernel(float *out) { out[threadIdx.x] = 1.0f; }
+
 // a lane reads a shuffle from a lane that has returned
 __global__ void shuffle_from_returned(float *out) {
     if (threadIdx.x >= 16) return;
@@ -138,6 +140,18 @@ int emu_st_launch(int threads, size_t smem, int opt_in, int *ok) {
     float first = -1.0f;
     cudaMemcpy(&first, out, sizeof first, cudaMemcpyDeviceToHost);
     *ok = first == (float)(threads - 1);
+    cudaFree(out);
+    return e;
+}
+
+// the error cudaGetLastError gives after launching a kernel declared with
+// __launch_bounds__(64) with `threads` threads
+int emu_st_bounded(int threads) {
+    float *out = NULL;
+    cudaMalloc((void **)&out, 128 * sizeof(float));
+    cudaGetLastError();
+    bounded_kernel<<<1, threads>>>(out);
+    const int e = (int)cudaGetLastError();
     cudaFree(out);
     return e;
 }

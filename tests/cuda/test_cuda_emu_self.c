@@ -4,7 +4,8 @@
  *     uncommitted part of a virtual reservation or a committed one without access
  *     (cuMemSetAccess); a host pointer as a kernel argument; a
  *     host write to device memory; a barrier that can never fill (deadlock);
- *   - refusals that a GPU's runtime makes too: a block of more than 1024 threads, more
+ *   - refusals that a GPU's runtime makes too: a block of more than 1024 threads, or more
+ *     than the kernel's __launch_bounds__, more
  *     dynamic shared memory than the kernel opted into (and the launch once it has), a
  *     copy whose direction does not match its pointers, a cuBLASLt algorithm used on an
  *     operand less aligned than it was chosen for;
@@ -26,13 +27,15 @@ void emu_st_host_touch(void);
 void emu_st_use_after_free(void);
 void emu_st_reservation(long index, int access);
 int emu_st_launch(int threads, size_t smem, int opt_in, int *ok);
+int emu_st_bounded(int threads);
 int emu_st_neighbour(int barrier);
 unsigned emu_st_shuffle_from_returned(void);
 int emu_st_poisoned(void);
 int emu_st_copy_wrong_kind(void);
 int emu_st_lt_alignment(int a_offset);
 
-enum { CUDA_SUCCESS_ = 0, CUDA_INVALID_VALUE_ = 1, CUDA_INVALID_CONFIGURATION_ = 9 };
+enum { CUDA_SUCCESS_ = 0, CUDA_INVALID_VALUE_ = 1, CUDA_INVALID_CONFIGURATION_ = 9,
+       CUDA_LAUNCH_OUT_OF_RESOURCES_ = 701 };
 enum { CUBLAS_SUCCESS_ = 0, CUBLAS_INVALID_VALUE_ = 7 };
 
 /* Runs fn(arg) in a child with stderr captured; the child must abort (SIGABRT) with
@@ -111,6 +114,9 @@ START_TEST(test_refusals) {
     ck_assert_int_eq(emu_st_launch(32, 64 << 10, 0, &ok), CUDA_INVALID_CONFIGURATION_);
     ck_assert_int_eq(emu_st_launch(32, 64 << 10, 64 << 10, &ok), CUDA_SUCCESS_);
     ck_assert(ok);
+    /* a kernel declared __launch_bounds__(64): 64 threads run, 128 are refused */
+    ck_assert_int_eq(emu_st_bounded(64), CUDA_SUCCESS_);
+    ck_assert_int_eq(emu_st_bounded(128), CUDA_LAUNCH_OUT_OF_RESOURCES_);
     ck_assert_int_eq(emu_st_copy_wrong_kind(), CUDA_INVALID_VALUE_);
     ck_assert_int_eq(emu_st_lt_alignment(0), CUBLAS_SUCCESS_);
     ck_assert_int_eq(emu_st_lt_alignment(1), CUBLAS_INVALID_VALUE_); /* 4-byte aligned A */

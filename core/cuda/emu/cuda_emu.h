@@ -45,10 +45,11 @@ struct launch_cfg {
     cudaStream_t stream;
 };
 
-/* Checks a launch as the driver would (block and grid limits, dynamic shared memory against
- * the kernel's opt-in); 0 when it may run, else the error is recorded for
- * cudaGetLastError and the launch is dropped. */
-int launch_check(const void *fn, const launch_cfg &c);
+/* Checks a launch as the driver would (block and grid limits, the kernel's
+ * __launch_bounds__ when max_threads is not 0, dynamic shared memory against its opt-in);
+ * 0 when it may run, else the error is recorded for cudaGetLastError and the launch is
+ * dropped. */
+int launch_check(const void *fn, const launch_cfg &c, unsigned max_threads);
 /* Runs body(ctx) once for every thread of every block of c, block after block. */
 void launch_run(const launch_cfg &c, void (*body)(void *), void *ctx);
 /* A kernel argument that is a pointer must be null or point into device memory (a kernel
@@ -63,13 +64,20 @@ template <class T> void check_arg(const void *fn, int index, const T &v) {
 template <class... P> struct launcher {
     void (*k)(P...);
     launch_cfg c;
+    unsigned max_threads; // the kernel's __launch_bounds__, 0 for none
+    /* The kernel was declared with __launch_bounds__(n) (emu_rewrite.py adds the call). */
+    launcher bounded(unsigned n) const {
+        launcher l = *this;
+        l.max_threads = n;
+        return l;
+    }
     template <class... A> void operator()(A &&...a) {
         static_assert(sizeof...(A) == sizeof...(P), "kernel argument count");
         std::tuple<typename std::decay<P>::type...> args(std::forward<A>(a)...);
         const void *fn = (const void *)k;
         int i = 0;
         std::apply([&](const auto &...v) { (check_arg(fn, i++, v), ...); }, args);
-        if (launch_check(fn, c)) return;
+        if (launch_check(fn, c, max_threads)) return;
         struct ctx_t {
             void (*k)(P...);
             std::tuple<typename std::decay<P>::type...> *args;
@@ -87,7 +95,7 @@ template <class... P> struct launcher {
 template <class... P>
 launcher<P...> make_launcher(void (*k)(P...), dim3 grid, dim3 block, size_t smem = 0,
                              cudaStream_t stream = 0) {
-    return launcher<P...>{k, launch_cfg{grid, block, smem, stream}};
+    return launcher<P...>{k, launch_cfg{grid, block, smem, stream}, 0};
 }
 
 /* The block's dynamic shared memory (poisoned at each block's start, as it is garbage on a

@@ -39,7 +39,7 @@ size_t vm_granularity();
 
 // ---- launches (cuda_emu_sched.cc, cuda_emu_runtime.cc) ----------------------------------
 size_t smem_limit(const void *fn);           // the kernel's dynamic shared memory limit
-void record_launch_error(const char *msg);   // for the next cudaGetLastError
+void record_launch_error(cudaError_t e, const char *msg); // for the next cudaGetLastError
 
 } // namespace qft_emu
 

@@ -43,7 +43,7 @@ size_t smem_limit(const void *fn) {
     return v;
 }
 
-void record_launch_error(const char *msg) { fail(cudaErrorInvalidConfiguration, "kernel launch", msg); }
+void record_launch_error(cudaError_t e, const char *msg) { fail(e, "kernel launch", msg); }
 
 void check_pointer_arg(const void *fn, int index, const void *p) {
     if (!p || mem_is_device(p, 1)) return;
@@ -202,6 +202,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     default: return "an error of the CUDA emulator";
     }
 }

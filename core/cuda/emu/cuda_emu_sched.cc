@@ -282,14 +282,18 @@ uint64_t warp_exchange(unsigned mask, uint64_t v, int src) {
     return r;
 }
 
-int launch_check(const void *fn, const launch_cfg &c) {
+int launch_check(const void *fn, const launch_cfg &c, unsigned max_threads) {
     const unsigned long long threads =
         (unsigned long long)c.block.x * c.block.y * c.block.z;
     const char *why = NULL;
+    cudaError_t e = cudaErrorInvalidConfiguration;
     if (threads == 0 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0)
         why = "an empty grid or block";
     else if (threads > 1024 || c.block.x > 1024 || c.block.y > 1024 || c.block.z > 64)
         why = "more than 1024 threads in a block (or a block dimension past its limit)";
+    else if (max_threads && threads > max_threads)
+        why = "more threads in a block than the kernel's __launch_bounds__",
+        e = cudaErrorLaunchOutOfResources; // "too many resources requested for launch"
     else if (c.grid.y > 65535 || c.grid.z > 65535 || c.grid.x > 0x7fffffffu)
         why = "a grid dimension past its limit";
     else if (c.smem > smem_limit(fn))
@@ -300,7 +304,7 @@ int launch_check(const void *fn, const launch_cfg &c) {
                  "launch refused: %s (grid %u,%u,%u; block %u,%u,%u; %zu bytes of dynamic "
                  "shared memory)",
                  why, c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z, c.smem);
-        record_launch_error(msg);
+        record_launch_error(e, msg);
         return -1;
     }
     return 0;
