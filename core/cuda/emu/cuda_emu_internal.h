@@ -8,7 +8,8 @@
 
 namespace qft_emu {
 
-// Prints "qft cuda emulator: msg" and aborts: what would be a fault or a hang on a GPU.
+// Prints "qft cuda emulator: msg" and a backtrace, and aborts: what would be a fault or a
+// hang on a GPU.
 [[noreturn]] void fatal(const char *msg);
 
 // ---- device memory (cuda_emu_mem.cc) ------------------------------------------------------

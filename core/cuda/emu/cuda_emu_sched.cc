@@ -6,6 +6,7 @@
 // warp took another path) is a deadlock on a GPU too, and is reported as one.
 #include "cuda_emu_internal.h"
 
+#include <execinfo.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,9 @@ void run_block(worker *w, const launch_cfg &c, uint3 bid) {
 void fatal(const char *msg) {
     fprintf(stderr, "qft cuda emulator: %s\n", msg);
     fflush(stderr);
+    // where: the caller's frames (a kernel's, up to its fiber's start, when a fiber stops here)
+    void *frames[48];
+    backtrace_symbols_fd(frames, backtrace(frames, 48), 2);
     abort();
 }
 
