@@ -30,13 +30,6 @@
 
 static char g_tmp[4096];
 
-static const char *k_overrides =
-    "--set train.max_steps=4 --set data.count=24 --set train.batch_size=2 "
-    "--set model.config.hidden_size=64 --set model.config.intermediate_size=128 "
-    "--set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2 "
-    "--set model.config.num_key_value_heads=1 --set data.context_length=192 "
-    "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1";
-
 START_TEST(test_guard_bites) {
     const qft_ops *o = qft_cpu_guard_ops();
     float host[300], back[300];
@@ -65,20 +58,11 @@ END_TEST
 /* qft train (under `launch`: "" or an mpirun line) configs/<type>.cfg on `backend`. */
 static void train_with(const char *launch, const char *type, const char *backend,
                        int offload, const char *extra, const char *dir) {
-    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
-    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
-    char cmd[16384], pre[1024] = "";
-    static char out[1 << 18];
-    if (*launch) snprintf(pre, sizeof pre, "%s -np 2 -x OMP_NUM_THREADS=1 ", launch);
-    snprintf(cmd, sizeof cmd,
-             "%s%s train %s/configs/%s.cfg %s --set train.backend=\\\"%s\\\" %s %s "
-             "--set output.dir=\\\"%s\\\" -q 2>&1",
-             pre, qft, root, type, k_overrides, backend,
-             strcmp(backend, "cpu") && offload ? "--set shard.cpu_offload=true" : "", extra,
-             dir);
-    const int st = ru_run(cmd, out, sizeof out);
-    if (st != 0) fputs(out, stdout); /* whole, not through Check's bounded message */
-    ck_assert_msg(st == 0, "%.2000s failed (%d); its output is above", cmd, st);
+    char pre[1024] = "", sets[16384];
+    if (*launch) snprintf(pre, sizeof pre, "%s -np 2 -x OMP_NUM_THREADS=1", launch);
+    snprintf(sets, sizeof sets, "--set train.backend=\\\"%s\\\" %s %s", backend,
+             strcmp(backend, "cpu") && offload ? "--set shard.cpu_offload=true" : "", extra);
+    ru_train(pre, type, sets, dir);
 }
 
 static void train(const char *type, const char *backend, int offload, const char *extra,
@@ -232,7 +216,7 @@ static void refused_with(const char *launch, const char *type, const char *sets,
     static char out[1 << 16];
     snprintf(cmd, sizeof cmd,
              "%s %s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s/x\\\" 2>&1",
-             launch, qft, root, type, k_overrides, sets, g_tmp);
+             launch, qft, root, type, RU_TINY_LLAMA, sets, g_tmp);
     const int st = ru_run(cmd, out, sizeof out);
     ck_assert_msg(st != 0, "accepted: %.2000s\n%.4000s", cmd, out);
     ck_assert_msg(strstr(out, want) != NULL, "no \"%s\" in:\n%.4000s", want, out);

@@ -20,13 +20,6 @@
 
 static char g_tmp[4096];
 
-static const char *k_overrides =
-    "--set train.max_steps=4 --set data.count=24 --set train.batch_size=2 "
-    "--set model.config.hidden_size=64 --set model.config.intermediate_size=128 "
-    "--set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2 "
-    "--set model.config.num_key_value_heads=1 --set data.context_length=192 "
-    "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1";
-
 /* SGD for the bf16 and TF32 cases: AdamW's first steps move each weight by about lr times
  * its gradient's sign, so rounding flips near-zero updates (LoRA's B starts at 0) */
 #define SGD "--set train.optimizer=\\\"sgd\\\" --set train.lr=0.05 "
@@ -66,19 +59,6 @@ static const struct {
      "--set train.matmul_precision=\\\"medium\\\"", "QFT_CUDA_QMATMUL=onchip", 1e-3, 1e-2},
 };
 
-/* qft train configs/<type>.cfg under `pre` (environment and launcher words) with `sets`. */
-static void train(const char *pre, const char *type, const char *sets, const char *dir) {
-    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
-    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
-    char cmd[16384];
-    static char out[1 << 18];
-    snprintf(cmd, sizeof cmd, "%s %s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s\\\" -q 2>&1",
-             pre, qft, root, type, k_overrides, sets, dir);
-    const int st = ru_run(cmd, out, sizeof out);
-    if (st != 0) fputs(out, stdout); /* whole, not through Check's bounded message */
-    ck_assert_msg(st == 0, "%.2000s failed (%d); its output is above", cmd, st);
-}
-
 /* The saved file of a run: the merged model, or the adapter. */
 static void saved_file(const char *dir, char *path, size_t size) {
     snprintf(path, size, "%s/model/model.safetensors", dir);
@@ -97,11 +77,11 @@ START_TEST(test_same_as_cpu) {
     char a[8192], b[8192], sets[4096], pre[8192], pa[8192 + 64], pb[8192 + 64];
     snprintf(a, sizeof a, "%s/cpu-%d", g_tmp, _i);
     snprintf(b, sizeof b, "%s/emu-%d", g_tmp, _i);
-    train("", k_cases[_i].type, k_cases[_i].sets, a);
+    ru_train("", k_cases[_i].type, k_cases[_i].sets, a);
     snprintf(sets, sizeof sets, "%s %s --set train.backend=\\\"cuda\\\"", k_cases[_i].sets,
              k_cases[_i].cuda_sets);
     emu_pre(pre, sizeof pre, k_cases[_i].env);
-    train(pre, k_cases[_i].type, sets, b);
+    ru_train(pre, k_cases[_i].type, sets, b);
     const double dm = ru_close_metrics(a, b, 4, k_cases[_i].loss_rel);
     saved_file(a, pa, sizeof pa);
     saved_file(b, pb, sizeof pb);
@@ -131,7 +111,7 @@ START_TEST(test_full_shard) {
     snprintf(a, sizeof a, "%s/shard-one", g_tmp);
     emu_pre(pre, sizeof pre, "");
     /* one process accumulating 2 micro-batches is the 2 ranks' step */
-    train(pre, "qlora", "--set train.backend=\\\"cuda\\\" --set train.grad_accum=2", a);
+    ru_train(pre, "qlora", "--set train.backend=\\\"cuda\\\" --set train.grad_accum=2", a);
     snprintf(launch, sizeof launch,
              "QFT_TRANSPORT_NODE_SIZE=1 %s -np 2 -x OMP_NUM_THREADS=1 -x QFT_TRANSPORT_NODE_SIZE "
              "-x QFT_CUDA_LIB=%s", mpirun, getenv("QFT_CUDA_EMU_LIB"));
@@ -143,7 +123,7 @@ START_TEST(test_full_shard) {
                  "--set train.backend=\\\"cuda\\\" --set shard.plugin=\\\"full_shard\\\" "
                  "--set shard.device_transport=\\\"staged\\\" --set train.grad_accum=1 %s",
                  offload[i]);
-        train(launch, "qlora", sets, b);
+        ru_train(launch, "qlora", sets, b);
         const double dm = ru_close_metrics(a, b, 4, 1e-5);
         saved_file(a, pa, sizeof pa);
         saved_file(b, pb, sizeof pb);

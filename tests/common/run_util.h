@@ -39,6 +39,31 @@ static inline int ru_run(const char *cmd, char *out, size_t size) {
     return pclose(p);
 }
 
+/* The tiny random Llama the backend tests train (tests/apps): 4 steps of 2 rows, hidden 64,
+ * 2 layers, context 192, saved in f32, every step logged. */
+#define RU_TINY_LLAMA                                                                        \
+    "--set train.max_steps=4 --set data.count=24 --set train.batch_size=2 "                  \
+    "--set model.config.hidden_size=64 --set model.config.intermediate_size=128 "            \
+    "--set model.config.num_hidden_layers=2 --set model.config.num_attention_heads=2 "       \
+    "--set model.config.num_key_value_heads=1 --set data.context_length=192 "                \
+    "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1"
+
+/* qft train $QFT_SOURCE_ROOT/configs/<type>.cfg ($QFT_BIN) under `pre` (environment and
+ * launcher words, or "") with RU_TINY_LLAMA and `sets`, into dir; a failure prints the
+ * run's output whole and fails the test. */
+static inline void ru_train(const char *pre, const char *type, const char *sets, const char *dir) {
+    const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
+    ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
+    char cmd[16384];
+    static char out[1 << 18];
+    snprintf(cmd, sizeof cmd,
+             "%s %s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s\\\" -q 2>&1", pre,
+             qft, root, type, RU_TINY_LLAMA, sets, dir);
+    const int st = ru_run(cmd, out, sizeof out);
+    if (st != 0) fputs(out, stdout); /* whole, not through Check's bounded message */
+    ck_assert_msg(st == 0, "%.2000s failed (%d); its output is above", cmd, st);
+}
+
 static inline int ru_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;

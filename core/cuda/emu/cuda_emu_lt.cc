@@ -73,13 +73,20 @@ void store(void *p, cudaDataType_t t, size_t i, float v) {
         ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
 }
 
+// Elements from a matrix's first to its last (layout l): (cols - 1) ld + rows.
+size_t span_of(const emu_layout *l) { return (l->cols - 1) * (size_t)l->ld + l->rows; }
+
+// Problem p's matrix of a strided batch starting at base (layout l).
+const void *problem_at(const void *base, const emu_layout *l, int32_t p) {
+    return (const char *)base + p * l->stride * (int64_t)esize(l->type);
+}
+
 // The matrix at p (layout l) as fp32 in its own layout: p itself when it is fp32 and the
 // compute type reads it unrounded, else a copy in buf, bf16 widened, or rounded to bf16
 // (r16) or TF32 (r32).
 const float *as_f32(const void *p, const emu_layout *l, bool r16, bool r32, std::vector<float> &buf) {
     if (l->type == CUDA_R_32F && !r16 && !r32) return (const float *)p;
-    const size_t span = (l->cols - 1) * (size_t)l->ld + l->rows;
-    buf.resize(span);
+    buf.resize(span_of(l));
     for (uint64_t c = 0; c < l->cols; c++)
         for (uint64_t r = 0; r < l->rows; r++) {
             const size_t i = r + c * (size_t)l->ld;
@@ -271,14 +278,12 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     const int32_t nb = a->batch;
     // every problem's matrices must be device memory, at the algorithm's alignment
     for (int32_t p = 0; p < nb; p++) {
-        const void *ptr[4] = {(const char *)A + p * a->stride * esize(a->type),
-                              (const char *)B + p * b->stride * esize(b->type),
-                              (const char *)C + p * c->stride * esize(c->type),
-                              (const char *)D + p * dl->stride * esize(dl->type)};
         const emu_layout *ls[4] = {a, b, c, dl};
+        const void *ptr[4] = {problem_at(A, a, p), problem_at(B, b, p), problem_at(C, c, p),
+                              problem_at(D, dl, p)};
         for (int i = 0; i < 4; i++) {
             if (i == 2 && beta == 0.0f) continue;
-            const size_t span = ((ls[i]->cols - 1) * (uint64_t)ls[i]->ld + ls[i]->rows) * esize(ls[i]->type);
+            const size_t span = span_of(ls[i]) * esize(ls[i]->type);
             if (!mem_is_device(ptr[i], span)) {
                 char msg[200];
                 snprintf(msg, sizeof msg, "%c of problem %d (%p, %zu bytes) is not device memory",
@@ -299,10 +304,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     device_enter();
     std::vector<float> abuf, bbuf, t(m * n);
     for (int32_t p = 0; p < nb; p++) {
-        const void *Ap = (const char *)A + p * a->stride * esize(a->type);
-        const void *Bp = (const char *)B + p * b->stride * esize(b->type);
-        const void *Cp = (const char *)C + p * c->stride * esize(c->type);
-        void *Dp = (char *)D + p * dl->stride * esize(dl->type);
+        const void *Ap = problem_at(A, a, p), *Bp = problem_at(B, b, p), *Cp = problem_at(C, c, p);
+        void *Dp = (void *)problem_at(D, dl, p);
         // the products in fp32 by OpenBLAS (the reference's order of sums, not cuBLASLt's),
         // on the operands as stored (rounded as the compute type reads them): t (m, n)
         // column-major = alpha op(A) op(B)

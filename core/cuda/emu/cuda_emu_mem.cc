@@ -43,8 +43,10 @@ struct region {
     uintptr_t base;       // ALLOC: the pointer handed out; VM: the aligned reservation
     size_t bytes;         // ALLOC: as asked; VM: the reservation's size
     size_t data_pages;    // ALLOC: bytes of the data pages (before the guard)
-    std::map<uintptr_t, chunk> *chunks; // VM: committed ranges, by start
+    std::map<uintptr_t, chunk> *chunks; // VM: committed ranges, by start (chunk_at)
 };
+
+typedef std::pair<const uintptr_t, chunk> chunk_entry;
 
 pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; // the region table's writers
 std::map<uintptr_t, region> regions;               // by map_start
@@ -90,6 +92,22 @@ const region *find(uintptr_t addr) {
     --it;
     const region &r = it->second;
     return addr < r.map_start + r.map_len ? &r : NULL;
+}
+
+// The committed chunk of VM region r holding addr, or NULL.
+chunk_entry *chunk_at(const region *r, uintptr_t addr) {
+    auto it = r->chunks->upper_bound(addr);
+    if (it == r->chunks->begin()) return NULL;
+    --it;
+    return addr < it->first + it->second.bytes ? &*it : NULL;
+}
+
+// Whether [a, a + bytes) of VM region r is whole committed chunks, back to back.
+bool whole_chunks(const region *r, uintptr_t a, size_t bytes) {
+    uintptr_t at = a;
+    for (auto it = r->chunks->find(a); at < a + bytes && it != r->chunks->end() && it->first == at; ++it)
+        at += it->second.bytes;
+    return at == a + bytes;
 }
 
 void open_push(uintptr_t start, size_t len) {
@@ -152,22 +170,18 @@ void on_fault(int sig, siginfo_t *si, void *uc) {
         open_push(r->map_start, r->data_pages);
         return;
     }
-    auto it = r->chunks->upper_bound(a);
-    if (it != r->chunks->begin()) {
-        --it;
-        if (a < it->first + it->second.bytes && it->second.access) {
-            mprotect((void *)it->first, it->second.bytes, PROT_READ | PROT_WRITE);
-            open_push(it->first, it->second.bytes);
+    if (const chunk_entry *ch = chunk_at(r, a)) {
+        if (ch->second.access) {
+            mprotect((void *)ch->first, ch->second.bytes, PROT_READ | PROT_WRITE);
+            open_push(ch->first, ch->second.bytes);
             return;
         }
-        if (a < it->first + it->second.bytes) {
-            snprintf(msg, sizeof msg,
-                     "device access at %p, byte %lld of a %zu-byte virtual reservation at %p: "
-                     "memory is mapped there but the device was given no access "
-                     "(cuMemSetAccess)",
-                     (void *)a, (long long)(a - r->base), r->bytes, (void *)r->base);
-            report(msg);
-        }
+        snprintf(msg, sizeof msg,
+                 "device access at %p, byte %lld of a %zu-byte virtual reservation at %p: "
+                 "memory is mapped there but the device was given no access "
+                 "(cuMemSetAccess)",
+                 (void *)a, (long long)(a - r->base), r->bytes, (void *)r->base);
+        report(msg);
     }
     snprintf(msg, sizeof msg,
              "device access at %p, byte %lld of a %zu-byte virtual reservation at %p, where "
@@ -276,11 +290,8 @@ bool mem_is_device(const void *p, size_t bytes) {
     if (r && r->kind == ALLOC) {
         ok = a >= r->base && a + bytes <= r->base + r->bytes;
     } else if (r) {
-        auto it = r->chunks->upper_bound(a);
-        if (it != r->chunks->begin()) {
-            --it;
-            ok = a + bytes <= it->first + it->second.bytes && it->second.access;
-        }
+        const chunk_entry *ch = chunk_at(r, a);
+        ok = ch && ch->second.access && a + bytes <= ch->first + ch->second.bytes;
     }
     pthread_mutex_unlock(&lock);
     return ok;
@@ -350,14 +361,7 @@ int vm_set_access(void *p, size_t bytes) {
     const uintptr_t a = (uintptr_t)p;
     pthread_mutex_lock(&lock);
     const region *r = find(a);
-    int bad = !r || r->kind != VM;
-    // the range must be whole committed chunks, back to back
-    uintptr_t at = a;
-    if (!bad) {
-        auto it = r->chunks->find(a);
-        while (at < a + bytes && it != r->chunks->end() && it->first == at) at += it->second.bytes, ++it;
-        bad = at != a + bytes;
-    }
+    const bool bad = !r || r->kind != VM || !whole_chunks(r, a, bytes);
     if (!bad)
         for (auto it = r->chunks->find(a); it != r->chunks->end() && it->first < a + bytes; ++it)
             it->second.access = true;
@@ -369,19 +373,11 @@ int vm_unmap(void *p, size_t bytes) {
     const uintptr_t a = (uintptr_t)p;
     pthread_mutex_lock(&lock);
     const region *r = find(a);
-    if (!r || r->kind != VM) {
+    if (!r || r->kind != VM || !whole_chunks(r, a, bytes)) {
         pthread_mutex_unlock(&lock);
         return -1;
     }
-    // the range must be whole committed chunks, back to back
-    uintptr_t at = a;
-    auto it = r->chunks->find(a);
-    while (at < a + bytes && it != r->chunks->end() && it->first == at) at += it->second.bytes, ++it;
-    if (at != a + bytes) {
-        pthread_mutex_unlock(&lock);
-        return -1;
-    }
-    for (it = r->chunks->find(a); it != r->chunks->end() && it->first < a + bytes;) {
+    for (auto it = r->chunks->find(a); it != r->chunks->end() && it->first < a + bytes;) {
         live_bytes -= it->second.bytes;
         it = r->chunks->erase(it);
     }
