@@ -68,14 +68,17 @@
 # found and fixed two bugs this script would have hit (HQQ weights whose groups are not
 # whole rows, in DoRA's fused norm and the on-chip GEMM). What is left for the GPU: the
 # hardware's own behaviour (warp timing, memory model), cuBLASLt's real kernels, the real
-# driver's VMM, NCCL, and every figure.
+# driver's VMM, the real NCCL (its calls in transport_nccl.c have run against the emulator's
+# NCCL between emulated devices: tests/transport transport_nccl_emu_*, tests/apps cuda_emu),
+# and every figure.
 #
 # Usage: scripts/gpu-check.sh            (from anywhere; QFT_GPU_BUILD overrides the dir)
 #
 # A rehearsal without a GPU: QFT_GPU_CHECK_EMU=1 runs the same script on the CUDA emulator
 # (core/cuda/emu): it builds the emulator beside the real backend, runs test_cuda_ops_emu
-# for test_cuda_ops and points every qft run at libqft_cuda_emu.so (QFT_CUDA_LIB), and
-# leaves out what only a GPU can give (the benchmarks, the qmatmul choice, which are
+# for test_cuda_ops and points every qft run at libqft_cuda_emu.so (QFT_CUDA_LIB), gives the
+# ranks step 2 emulated devices and the NCCL transport built over the emulator's NCCL
+# (QFT_CUDA_EMU_DEVICES, QFT_NCCL_LIB=libqft_nccl_emu.so), and leaves out what only a GPU can give (the benchmarks, the qmatmul choice, which are
 # timings, and compute-sanitizer). It checks the script itself (the steps, the parity and
 # ranks runs, the fallbacks, the report) and takes a few CPU minutes, so its budget is
 # larger (QFT_GPU_BUDGET, 1800 s by default).
@@ -299,6 +302,11 @@ fi
 # which any GPU machine runs; and, where 2 or more GPUs are visible and NCCL is built, one GPU
 # per rank over NCCL. After the benchmarks, whose numbers matter more.
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+nccl_lib=core/transport/libqft_nccl.so
+if [[ $EMU == 1 ]]; then # 2 emulated devices, and NCCL's code over the emulator's NCCL
+    export QFT_CUDA_EMU_DEVICES=2 QFT_NCCL_LIB="$build_abs/core/cuda/libqft_nccl_emu.so"
+    ngpu=2 nccl_lib=core/cuda/libqft_nccl_emu.so
+fi
 mpi_flags=()  # Open MPI refuses root without the first and forwards variables with -x
 mpirun --version 2>/dev/null | grep -q 'Open MPI' &&
     mpi_flags=(--allow-run-as-root -x QFT_TRANSPORT_NODE_SIZE)
@@ -358,7 +366,7 @@ else
     ranks_step staged "2 ranks on one GPU, staged transport"
     if (( ngpu < 2 )); then
         parity_note="$parity_note; 2 GPUs over NCCL: not run ($ngpu GPU(s) visible)"
-    elif ! step build_nccl 120 ninja -C "$BUILD" core/transport/libqft_nccl.so \
+    elif ! step build_nccl 120 ninja -C "$BUILD" "$nccl_lib" \
             >>"$REPORT_DIR/build_ranks.txt" 2>&1; then
         parity_note="$parity_note; 2 GPUs over NCCL: FAILED to build the NCCL transport (build_ranks.txt)"
         status=1

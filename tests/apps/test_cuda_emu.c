@@ -10,8 +10,9 @@
  *     Llama-Pro on NF4), with the optimizer on the device and with cpu_offload;
  *   - the flash attention kernels instead of the GEMM attention, bf16 residuals, frozen
  *     weights as bf16, TF32 and bf16 GEMMs, the quantized linear decoded on chip (WMMA);
- *   - full sharding over 2 ranks on the emulated device (CUDA virtual memory, the staged
- *     transport) against one process, when the build has mpirun.
+ *   - 2 ranks against one process, when the build has mpirun: full sharding on one
+ *     emulated device (CUDA virtual memory, the staged transport), and over NCCL on 2
+ *     emulated devices (the emulator's NCCL under transport_nccl.c).
  * The emulator's own checks are tested in tests/cuda (cuda_emu_self).
  * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree, $QFT_CUDA_EMU_LIB the library. */
 #include "run_util.h"
@@ -92,47 +93,68 @@ START_TEST(test_same_as_cpu) {
 }
 END_TEST
 
-/* Full sharding of QLoRA over 2 ranks on the emulated device (each rank its own process
- * and emulator: the units in CUDA virtual memory, committed per gather, the pieces moved
- * by the staged transport; each rank its own pretend machine, so both take device 0, as
- * gpu-check.sh runs 2 ranks on one GPU) against one process on it, with the shards on the
- * device and with cpu_offload: the same training to rounding. */
-START_TEST(test_full_shard) {
+/* Several ranks on the emulated CUDA backend, each rank its own process and emulator,
+ * against one process accumulating the ranks' micro-batches (the same step), to rounding:
+ *   - full sharding of QLoRA, its units in CUDA virtual memory committed per gather, the
+ *     pieces moved by the staged transport; each rank its own pretend machine, so both
+ *     take device 0, as gpu-check.sh runs 2 ranks on one GPU; with the shards on the device
+ *     and with cpu_offload;
+ *   - over NCCL (core/transport/transport_nccl.c built over the emulator's CUDA runtime and
+ *     NCCL: libqft_nccl_emu.so), 2 ranks of one machine on 2 emulated devices, as on a
+ *     machine with 2 GPUs: full sharding of QLoRA, and a dense full finetune whose
+ *     gradients no_shard all-reduces on the devices. */
+static const struct {
+    const char *name, *type, *sets;
+    int nccl; /* 0: the staged transport on pretend machines of one rank */
+} k_ranks[] = {
+    {"qlora, full_shard", "qlora", "--set shard.plugin=\\\"full_shard\\\"", 0},
+    {"qlora, full_shard with cpu_offload", "qlora",
+     "--set shard.plugin=\\\"full_shard\\\" --set shard.cpu_offload=true", 0},
+    {"qlora, full_shard over NCCL", "qlora", "--set shard.plugin=\\\"full_shard\\\"", 1},
+    {"full, no_shard over NCCL", "full", "--set shard.plugin=\\\"no_shard\\\"", 1},
+};
+
+START_TEST(test_ranks) {
     const char *mpirun = getenv("QFT_MPIRUN");
     if (!mpirun || !*mpirun) {
         printf("skip: no mpirun in this build\n");
         return;
     }
-    if (!ru_type_built("QFT_TRAIN_TYPES", "qlora")) {
-        printf("skip: train_type qlora is not built\n");
+    if (!ru_type_built("QFT_TRAIN_TYPES", k_ranks[_i].type)) {
+        printf("skip: train_type %s is not built\n", k_ranks[_i].type);
         return;
     }
-    char a[8192], b[8192], pre[8192], launch[8192], pa[8192 + 64], pb[8192 + 64];
-    snprintf(a, sizeof a, "%s/shard-one", g_tmp);
+    const char *nccl_lib = getenv("QFT_NCCL_EMU_LIB");
+    if (k_ranks[_i].nccl && (!nccl_lib || !*nccl_lib)) {
+        printf("skip: this build's emulator has no NCCL (nccl.h not found)\n");
+        return;
+    }
+    char a[8192], b[8192], pre[8192], launch[8192], sets[2048], pa[8192 + 64], pb[8192 + 64];
+    snprintf(a, sizeof a, "%s/ranks-one-%d", g_tmp, _i);
+    snprintf(b, sizeof b, "%s/ranks-two-%d", g_tmp, _i);
     emu_pre(pre, sizeof pre, "");
     /* one process accumulating 2 micro-batches is the 2 ranks' step */
-    ru_train(pre, "qlora", "--set train.backend=\\\"cuda\\\" --set train.grad_accum=2", a);
-    snprintf(launch, sizeof launch,
-             "QFT_TRANSPORT_NODE_SIZE=1 %s -np 2 -x OMP_NUM_THREADS=1 -x QFT_TRANSPORT_NODE_SIZE "
-             "-x QFT_CUDA_LIB=%s", mpirun, getenv("QFT_CUDA_EMU_LIB"));
-    const char *offload[] = {"", "--set shard.cpu_offload=true"};
-    for (int i = 0; i < 2; i++) {
-        char sets[1024];
-        snprintf(b, sizeof b, "%s/shard-two-%d", g_tmp, i);
-        snprintf(sets, sizeof sets,
-                 "--set train.backend=\\\"cuda\\\" --set shard.plugin=\\\"full_shard\\\" "
-                 "--set shard.device_transport=\\\"staged\\\" --set train.grad_accum=1 %s",
-                 offload[i]);
-        ru_train(launch, "qlora", sets, b);
-        const double dm = ru_close_metrics(a, b, 4, 1e-5);
-        saved_file(a, pa, sizeof pa);
-        saved_file(b, pb, sizeof pb);
-        int n = 0;
-        const double dt = ru_compare_tensors_as(pa, pb, 1e-4, 1, &n);
-        printf("qlora, full_shard%s over 2 ranks on the emulated device vs one process: "
-               "metrics within %.2g, %d tensors within %.2g of their scale\n",
-               i ? " with cpu_offload" : "", dm, n, dt);
-    }
+    ru_train(pre, k_ranks[_i].type, "--set train.backend=\\\"cuda\\\" --set train.grad_accum=2", a);
+    if (k_ranks[_i].nccl)
+        snprintf(launch, sizeof launch,
+                 "QFT_CUDA_EMU_DEVICES=2 %s -np 2 -x OMP_NUM_THREADS=1 -x QFT_CUDA_EMU_DEVICES "
+                 "-x QFT_CUDA_LIB=%s -x QFT_NCCL_LIB=%s", mpirun, getenv("QFT_CUDA_EMU_LIB"),
+                 nccl_lib);
+    else
+        snprintf(launch, sizeof launch,
+                 "QFT_TRANSPORT_NODE_SIZE=1 %s -np 2 -x OMP_NUM_THREADS=1 "
+                 "-x QFT_TRANSPORT_NODE_SIZE -x QFT_CUDA_LIB=%s", mpirun, getenv("QFT_CUDA_EMU_LIB"));
+    snprintf(sets, sizeof sets,
+             "--set train.backend=\\\"cuda\\\" --set shard.device_transport=\\\"%s\\\" "
+             "--set train.grad_accum=1 %s", k_ranks[_i].nccl ? "nccl" : "staged", k_ranks[_i].sets);
+    ru_train(launch, k_ranks[_i].type, sets, b);
+    const double dm = ru_close_metrics(a, b, 4, 1e-5);
+    saved_file(a, pa, sizeof pa);
+    saved_file(b, pb, sizeof pb);
+    int n = 0;
+    const double dt = ru_compare_tensors_as(pa, pb, 1e-4, 1, &n);
+    printf("%s, 2 ranks on the emulated CUDA backend vs one process: metrics within %.2g, %d "
+           "tensors within %.2g of their scale\n", k_ranks[_i].name, dm, n, dt);
 }
 END_TEST
 
@@ -147,7 +169,7 @@ int main(void) {
     TCase *tc = tcase_create("emu");
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
-    tcase_add_test(tc, test_full_shard);
+    tcase_add_loop_test(tc, test_ranks, 0, (int)(sizeof k_ranks / sizeof k_ranks[0]));
     suite_add_tcase(s, tc);
     return ru_run_suite(s, g_tmp);
 }

@@ -76,6 +76,15 @@ void emu_st_host_pointer_arg(void) {
     write_at<<<1, 32>>>(host, 0);
 }
 
+// Device 0's allocation given to a kernel launched on device 1 (no peer access).
+void emu_st_other_device_arg(void) {
+    float *x = NULL;
+    cudaSetDevice(0);
+    cudaMalloc((void **)&x, 32 * sizeof(float));
+    cudaSetDevice(1);
+    write_at<<<1, 32>>>(x, 0);
+}
+
 void emu_st_host_touch(void) {
     float *x = NULL;
     cudaMalloc((void **)&x, 64 * sizeof(float));

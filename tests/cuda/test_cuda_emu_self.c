@@ -2,7 +2,8 @@
  *   - aborts, each in a child process, with the message that names the fault: a kernel's
  *     write past an allocation (into its guard page), into freed memory, into an
  *     uncommitted part of a virtual reservation or a committed one without access
- *     (cuMemSetAccess); a host pointer as a kernel argument; a
+ *     (cuMemSetAccess); a host pointer as a kernel argument, or another device's
+ *     allocation (no peer access); a
  *     host write to device memory; a barrier that can never fill (deadlock);
  *   - refusals that a GPU's runtime makes too: a block of more than 1024 threads, or more
  *     than the kernel's __launch_bounds__, more
@@ -24,6 +25,7 @@ void emu_st_out_of_bounds(int past);
 void emu_st_deadlock(void);
 void emu_st_host_pointer_arg(void);
 void emu_st_host_touch(void);
+void emu_st_other_device_arg(void);
 void emu_st_use_after_free(void);
 void emu_st_reservation(long index, int access);
 int emu_st_launch(int threads, size_t smem, int opt_in, int *ok);
@@ -72,6 +74,7 @@ static void oob(long past) { emu_st_out_of_bounds((int)past); }
 static void deadlock(long a) { (void)a, emu_st_deadlock(); }
 static void host_arg(long a) { (void)a, emu_st_host_pointer_arg(); }
 static void host_touch(long a) { (void)a, emu_st_host_touch(); }
+static void other_device(long a) { (void)a, emu_st_other_device_arg(); }
 static void after_free(long a) { (void)a, emu_st_use_after_free(); }
 static void reservation(long i) { emu_st_reservation(i, 1); }
 static void no_access(long i) { emu_st_reservation(i, 0); }
@@ -81,6 +84,8 @@ START_TEST(test_aborts) {
     expect_abort(oob, 28, "device access out of bounds", "112 bytes past the end of a 400-byte allocation");
     expect_abort(deadlock, 0, "deadlock in block (0,0,0): 1 threads at __syncthreads, 31 at a warp barrier", NULL);
     expect_abort(host_arg, 0, "given a pointer that is not device memory as its argument 0", NULL);
+    /* QFT_CUDA_EMU_DEVICES=2 (meson.build) */
+    expect_abort(other_device, 0, "launched on device 1 given device 0's memory as its argument 0", NULL);
     expect_abort(host_touch, 0, "host code touched device memory", "byte 28 of a 256-byte allocation");
     expect_abort(after_free, 0, "given a pointer that is not device memory", NULL);
     /* the first float past the committed 2 MiB */

@@ -5,8 +5,9 @@
  * `k<<<grid, block, smem, stream>>>(args)` into `qft_emu::make_launcher(k, grid, block,
  * smem, stream)(args)` and its `extern __shared__ T x[];` into a pointer to the launch's
  * dynamic shared memory. The result, libqft_cuda_emu.so, is the real backend's code run by
- * the emulator's runtime (cuda_emu_sched.cc, cuda_emu_mem.cc, cuda_emu_runtime.cc,
- * cuda_emu_driver.cc, cuda_emu_lt.cc; docs/design-as-built.md describes it): each
+ * the emulator's runtime, libqft_cuda_emu_rt.so (cuda_emu_sched.cc, cuda_emu_mem.cc,
+ * cuda_emu_runtime.cc, cuda_emu_driver.cc, cuda_emu_lt.cc, and cuda_emu_nccl.cc for the NCCL
+ * transport; docs/design-as-built.md describes it): each
  * thread of a block is a fiber, __syncthreads and the warp shuffles are barriers between
  * fibers, device memory is guarded (a host access or an access past an allocation aborts
  * with the address), and cuBLASLt is a reference GEMM. It lets the kernels' logic, their

@@ -19,6 +19,7 @@ using namespace qft_emu;
 namespace {
 struct phys {
     size_t bytes;
+    int device; // its location
     bool mapped, released;
 };
 pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -43,11 +44,11 @@ CUresult emu_addr_free(CUdeviceptr p, size_t size) {
 CUresult emu_create(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop,
                     unsigned long long flags) {
     if (!size || size % vm_granularity() || flags || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-        prop->location.id != 0)
+        prop->location.id < 0 || prop->location.id >= device_count())
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&lock);
     *h = next_handle++;
-    handles[*h] = phys{size, false, false};
+    handles[*h] = phys{size, prop->location.id, false, false};
     pthread_mutex_unlock(&lock);
     return CUDA_SUCCESS;
 }
@@ -74,7 +75,7 @@ CUresult emu_map(CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocati
         r = CUDA_ERROR_INVALID_VALUE;
     else if (it->second.mapped)
         r = CUDA_ERROR_NOT_SUPPORTED; // the emulator maps a handle once
-    else if (vm_map((void *)(uintptr_t)p, size))
+    else if (vm_map((void *)(uintptr_t)p, size, it->second.device))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS) it->second.mapped = true, mapped_at[(uintptr_t)p] = h;
     pthread_mutex_unlock(&lock);
@@ -100,21 +101,27 @@ CUresult emu_unmap(CUdeviceptr p, size_t size) {
     return CUDA_SUCCESS;
 }
 
+// Each descriptor opens the range to one device (read/write only: what the backend asks).
 CUresult emu_set_access(CUdeviceptr p, size_t size, const CUmemAccessDesc *desc, size_t count) {
-    if (!count || desc[0].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[0].location.id != 0 ||
-        desc[0].flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
-        return CUDA_ERROR_INVALID_VALUE;
-    return vm_set_access((void *)(uintptr_t)p, size) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    unsigned devices = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||
+            desc[i].location.id >= device_count() || desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            return CUDA_ERROR_INVALID_VALUE;
+        devices |= 1u << desc[i].location.id;
+    }
+    if (!devices) return CUDA_ERROR_INVALID_VALUE;
+    return vm_set_access((void *)(uintptr_t)p, size, devices) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }
 
 CUresult emu_device_get(CUdevice *d, int ordinal) {
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *d = 0;
+    if (ordinal < 0 || ordinal >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    *d = ordinal;
     return CUDA_SUCCESS;
 }
 
 CUresult emu_attribute(int *v, CUdevice_attribute a, CUdevice d) {
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (d < 0 || d >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
     if (a != CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED) return CUDA_ERROR_INVALID_VALUE;
     *v = 1;
     return CUDA_SUCCESS;

@@ -19,24 +19,38 @@ namespace qft_emu {
 // the guard page, or to an uncommitted virtual range is reported).
 void device_enter();
 void device_leave();
-// A new allocation of `bytes` (256-aligned, poisoned with 0xff: NaN as floats), NULL when
-// the emulated device is full.
-void *mem_alloc(size_t bytes);
+// A new allocation of `bytes` on `device` (256-aligned, poisoned with 0xff: NaN as
+// floats), NULL when that emulated device is full.
+void *mem_alloc(size_t bytes, int device);
 // 0, or -1 when p is not an allocation's start.
 int mem_free(void *p);
-// Whether [p, p + bytes) lies in device memory (an allocation or a committed range).
+// Whether [p, p + bytes) lies in device memory (an allocation or a committed range), of
+// any device; mem_on: memory that `device` may access (its own allocations, and committed
+// ranges cuMemSetAccess opened to it). Without peer access (never enabled here) a kernel
+// on one GPU faults on another's allocation.
 bool mem_is_device(const void *p, size_t bytes);
-size_t mem_live_bytes();
-size_t mem_total_bytes();
+bool mem_on(const void *p, size_t bytes, int device);
+// The device holding [p, p + bytes), or -1 when it is not device memory.
+int mem_where(const void *p, size_t bytes, unsigned *access);
+size_t mem_live_bytes(int device);
+size_t mem_total_bytes(); // each device's
 
 // Virtual memory (the driver's cuMem* entries): a reservation, then ranges of it committed
 // (granularity-aligned), opened to the device, and released.
 void *vm_reserve(size_t bytes);
 int vm_free(void *p, size_t bytes);
-int vm_map(void *p, size_t bytes);
-int vm_set_access(void *p, size_t bytes); // read/write for the device: whole mapped chunks
+int vm_map(void *p, size_t bytes, int device);
+// read/write for `devices` (a bit each): whole mapped chunks
+int vm_set_access(void *p, size_t bytes, unsigned devices);
 int vm_unmap(void *p, size_t bytes);
 size_t vm_granularity();
+
+// ---- devices (cuda_emu_runtime.cc) -------------------------------------------------------
+// $QFT_CUDA_EMU_DEVICES of them (1 to MAX_DEVICES, default 1), alike; each host thread has
+// its current device, 0 until cudaSetDevice, as with the CUDA runtime.
+const int MAX_DEVICES = 8;
+int device_count();
+int current_device();
 
 // ---- launches (cuda_emu_sched.cc, cuda_emu_runtime.cc) ----------------------------------
 size_t smem_limit(const void *fn);           // the kernel's dynamic shared memory limit

@@ -284,9 +284,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
         for (int i = 0; i < 4; i++) {
             if (i == 2 && beta == 0.0f) continue;
             const size_t span = span_of(ls[i]) * esize(ls[i]->type);
-            if (!mem_is_device(ptr[i], span)) {
+            if (!mem_on(ptr[i], span, current_device())) {
                 char msg[200];
-                snprintf(msg, sizeof msg, "%c of problem %d (%p, %zu bytes) is not device memory",
+                snprintf(msg, sizeof msg, "%c of problem %d (%p, %zu bytes) is not the current device's memory",
                          "ABCD"[i], p, ptr[i], span);
                 return bad("cublasLtMatmul", msg);
             }
@@ -299,7 +299,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
             }
         }
     }
-    if (work_bytes && !mem_is_device(work, work_bytes)) return bad("cublasLtMatmul", "the workspace is not device memory");
+    if (work_bytes && !mem_on(work, work_bytes, current_device())) return bad("cublasLtMatmul", "the workspace is not the current device's memory");
     const bool r16 = d->compute == CUBLAS_COMPUTE_32F_FAST_16BF, r32 = d->compute == CUBLAS_COMPUTE_32F_FAST_TF32;
     device_enter();
     std::vector<float> abuf, bbuf, t(m * n);

@@ -33,7 +33,8 @@ enum region_kind { ALLOC, VM };
 // may access it yet (cuMemSetAccess; without it a GPU faults).
 struct chunk {
     size_t bytes;
-    bool access;
+    int device;        // where its physical memory is (cuMemCreate's location)
+    unsigned access;   // the devices that may access it, a bit each (cuMemSetAccess)
 };
 
 struct region {
@@ -43,6 +44,7 @@ struct region {
     uintptr_t base;       // ALLOC: the pointer handed out; VM: the aligned reservation
     size_t bytes;         // ALLOC: as asked; VM: the reservation's size
     size_t data_pages;    // ALLOC: bytes of the data pages (before the guard)
+    int device;           // ALLOC: the device current at cudaMalloc
     std::map<uintptr_t, chunk> *chunks; // VM: committed ranges, by start (chunk_at)
 };
 
@@ -50,7 +52,7 @@ typedef std::pair<const uintptr_t, chunk> chunk_entry;
 
 pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; // the region table's writers
 std::map<uintptr_t, region> regions;               // by map_start
-size_t live_bytes;
+size_t live_bytes[MAX_DEVICES]; // per device
 size_t page;
 
 // Ranges opened during the current device section, closed by device_leave. The handler
@@ -171,7 +173,7 @@ void on_fault(int sig, siginfo_t *si, void *uc) {
         return;
     }
     if (const chunk_entry *ch = chunk_at(r, a)) {
-        if (ch->second.access) {
+        if (ch->second.access) { // which device touches it is checked at the launch
             mprotect((void *)ch->first, ch->second.bytes, PROT_READ | PROT_WRITE);
             open_push(ch->first, ch->second.bytes);
             return;
@@ -231,18 +233,18 @@ void device_leave() {
 
 size_t mem_total_bytes() { return env_total(); }
 
-size_t mem_live_bytes() {
+size_t mem_live_bytes(int device) {
     pthread_mutex_lock(&lock);
-    const size_t b = live_bytes;
+    const size_t b = live_bytes[device];
     pthread_mutex_unlock(&lock);
     return b;
 }
 
-void *mem_alloc(size_t bytes) {
+void *mem_alloc(size_t bytes, int device) {
     ready();
     const size_t data = round_up(bytes ? bytes : 1, 256);
     pthread_mutex_lock(&lock);
-    if (live_bytes + bytes > env_total()) {
+    if (live_bytes[device] + bytes > env_total()) {
         pthread_mutex_unlock(&lock);
         return NULL;
     }
@@ -261,8 +263,9 @@ void *mem_alloc(size_t bytes) {
     r.data_pages = pages;
     r.base = r.map_start + pages - data;
     r.bytes = bytes;
+    r.device = device;
     regions[r.map_start] = r;
-    live_bytes += bytes;
+    live_bytes[device] += bytes;
     pthread_mutex_unlock(&lock);
     poison(r.map_start, pages);
     return (void *)r.base;
@@ -276,25 +279,38 @@ int mem_free(void *p) {
         return -1;
     }
     munmap((void *)r->map_start, r->map_len);
-    live_bytes -= r->bytes;
+    live_bytes[r->device] -= r->bytes;
     regions.erase(r->map_start);
     pthread_mutex_unlock(&lock);
     return 0;
 }
 
-bool mem_is_device(const void *p, size_t bytes) {
+// The device of [p, p + bytes) (an allocation's, or a committed chunk's physical
+// location), and through *access the devices that may touch it; -1 when the range is not
+// wholly in one allocation or one committed chunk open to some device.
+int mem_where(const void *p, size_t bytes, unsigned *access) {
     const uintptr_t a = (uintptr_t)p;
     pthread_mutex_lock(&lock);
     const region *r = find(a);
-    bool ok = false;
+    int dev = -1;
+    unsigned acc = 0;
     if (r && r->kind == ALLOC) {
-        ok = a >= r->base && a + bytes <= r->base + r->bytes;
+        if (a >= r->base && a + bytes <= r->base + r->bytes) dev = r->device, acc = 1u << r->device;
     } else if (r) {
         const chunk_entry *ch = chunk_at(r, a);
-        ok = ch && ch->second.access && a + bytes <= ch->first + ch->second.bytes;
+        if (ch && ch->second.access && a + bytes <= ch->first + ch->second.bytes)
+            dev = ch->second.device, acc = ch->second.access;
     }
     pthread_mutex_unlock(&lock);
-    return ok;
+    if (access) *access = acc;
+    return dev;
+}
+
+bool mem_is_device(const void *p, size_t bytes) { return mem_where(p, bytes, NULL) >= 0; }
+
+bool mem_on(const void *p, size_t bytes, int device) {
+    unsigned acc = 0;
+    return mem_where(p, bytes, &acc) >= 0 && (acc >> device & 1u);
 }
 
 size_t vm_granularity() { return (size_t)2 << 20; } // an H100's minimum granularity
@@ -334,13 +350,13 @@ int vm_free(void *p, size_t bytes) {
     return 0;
 }
 
-int vm_map(void *p, size_t bytes) {
+int vm_map(void *p, size_t bytes, int device) {
     const uintptr_t a = (uintptr_t)p;
     const size_t g = vm_granularity();
     pthread_mutex_lock(&lock);
     const region *r = find(a);
     int bad = !r || r->kind != VM || a % g || bytes % g || !bytes || a < r->base ||
-              a + bytes > r->base + r->bytes || live_bytes + bytes > env_total();
+              a + bytes > r->base + r->bytes || live_bytes[device] + bytes > env_total();
     if (!bad) {
         auto it = r->chunks->lower_bound(a);
         if (it != r->chunks->end() && it->first < a + bytes) bad = 1;
@@ -350,21 +366,21 @@ int vm_map(void *p, size_t bytes) {
         pthread_mutex_unlock(&lock);
         return -1;
     }
-    (*r->chunks)[a] = chunk{bytes, false};
-    live_bytes += bytes;
+    (*r->chunks)[a] = chunk{bytes, device, 0};
+    live_bytes[device] += bytes;
     pthread_mutex_unlock(&lock);
     poison(a, bytes);
     return 0;
 }
 
-int vm_set_access(void *p, size_t bytes) {
+int vm_set_access(void *p, size_t bytes, unsigned devices) {
     const uintptr_t a = (uintptr_t)p;
     pthread_mutex_lock(&lock);
     const region *r = find(a);
     const bool bad = !r || r->kind != VM || !whole_chunks(r, a, bytes);
     if (!bad)
         for (auto it = r->chunks->find(a); it != r->chunks->end() && it->first < a + bytes; ++it)
-            it->second.access = true;
+            it->second.access |= devices;
     pthread_mutex_unlock(&lock);
     return bad ? -1 : 0;
 }
@@ -378,7 +394,7 @@ int vm_unmap(void *p, size_t bytes) {
         return -1;
     }
     for (auto it = r->chunks->find(a); it != r->chunks->end() && it->first < a + bytes;) {
-        live_bytes -= it->second.bytes;
+        live_bytes[it->second.device] -= it->second.bytes;
         it = r->chunks->erase(it);
     }
     // fresh pages: the memory is gone, and its contents with it

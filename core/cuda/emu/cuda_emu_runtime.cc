@@ -1,6 +1,8 @@
 // The emulator's CUDA runtime: the cudart calls the backend makes, with their real
 // signatures (from cuda_runtime_api.h), over the guarded device memory of cuda_emu_mem.cc.
-// One device, "qft CUDA emulator", reporting sm_90's limits. Everything is synchronous, so
+// $QFT_CUDA_EMU_DEVICES alike devices (default 1), "qft CUDA emulator", reporting sm_90's
+// limits; the current device is per host thread, and each device's memory its own (a
+// kernel given another device's allocation is reported: no peer access). Everything is synchronous, so
 // streams and the stream-ordered pool are the plain calls. The checks a GPU's runtime
 // makes are made here too: a copy's direction must match where its pointers are, a free
 // must be of an allocation's start, a launch must fit the limits.
@@ -22,7 +24,7 @@ namespace {
 pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 cudaError_t last_error = cudaSuccess;
 std::map<const void *, size_t> smem_attr; // kernel -> dynamic shared memory opt-in
-int current_device;
+thread_local int this_thread_device; // the CUDA runtime's current device is per thread
 const size_t SMEM_DEFAULT = 48 << 10, SMEM_OPTIN = 232448;
 const int SM_COUNT = 2; // small grids: the element-wise kernels launch 32 blocks an SM
 
@@ -45,12 +47,31 @@ size_t smem_limit(const void *fn) {
 
 void record_launch_error(cudaError_t e, const char *msg) { fail(e, "kernel launch", msg); }
 
+int device_count() {
+    static int n = 0;
+    if (!n) {
+        const char *e = getenv("QFT_CUDA_EMU_DEVICES");
+        const int v = e && *e ? atoi(e) : 1;
+        n = v >= 1 && v <= MAX_DEVICES ? v : 1;
+    }
+    return n;
+}
+
+int current_device() { return this_thread_device; }
+
 void check_pointer_arg(const void *fn, int index, const void *p) {
-    if (!p || mem_is_device(p, 1)) return;
-    char msg[200];
-    snprintf(msg, sizeof msg,
-             "kernel %p given a pointer that is not device memory as its argument %d: %p",
-             fn, index, p);
+    if (!p || mem_on(p, 1, current_device())) return;
+    char msg[240];
+    const int where = mem_where(p, 1, NULL);
+    if (where >= 0)
+        snprintf(msg, sizeof msg,
+                 "kernel %p launched on device %d given device %d's memory as its argument %d: "
+                 "%p (no peer access: on a GPU an illegal address)",
+                 fn, current_device(), where, index, p);
+    else
+        snprintf(msg, sizeof msg,
+                 "kernel %p given a pointer that is not device memory as its argument %d: %p",
+                 fn, index, p);
     fatal(msg);
 }
 
@@ -60,24 +81,27 @@ using namespace qft_emu;
 
 extern "C" {
 
+static bool bad_device(int device) { return device < 0 || device >= device_count(); }
+
 cudaError_t cudaGetDeviceCount(int *count) {
-    *count = 1;
+    *count = device_count();
     return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device) {
-    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaSetDevice", "the emulator has device 0 only");
-    current_device = device;
+    if (bad_device(device))
+        return fail(cudaErrorInvalidDevice, "cudaSetDevice", "no such device (QFT_CUDA_EMU_DEVICES)");
+    this_thread_device = device;
     return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int *device) {
-    *device = current_device;
+    *device = this_thread_device;
     return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
-    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties", "no such device");
+    if (bad_device(device)) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties", "no such device");
     memset(prop, 0, sizeof *prop);
     snprintf(prop->name, sizeof prop->name, "qft CUDA emulator (CPU; sm_90 limits)");
     prop->totalGlobalMem = mem_total_bytes();
@@ -94,7 +118,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
 }
 
 cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
-    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute", "no such device");
+    if (bad_device(device)) return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute", "no such device");
     switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = SM_COUNT; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)SMEM_OPTIN; break;
@@ -110,16 +134,49 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
 }
 
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int device) {
-    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaDeviceGetDefaultMemPool", "no such device");
-    static int the_pool;
-    *pool = (cudaMemPool_t)&the_pool;
+    if (bad_device(device)) return fail(cudaErrorInvalidDevice, "cudaDeviceGetDefaultMemPool", "no such device");
+    static int pools[MAX_DEVICES];
+    *pool = (cudaMemPool_t)&pools[device];
     return cudaSuccess;
 }
 
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void *) { return cudaSuccess; }
 
+// Streams: work completes inside each call, so a stream is only a handle, checked at every
+// use (the legacy default stream is 0).
+static std::map<cudaStream_t, int> streams; // created and not destroyed, -> device
+
+static cudaError_t check_stream(cudaStream_t s, const char *call) {
+    if (!s) return cudaSuccess;
+    pthread_mutex_lock(&lock);
+    const bool ok = streams.count(s) > 0;
+    pthread_mutex_unlock(&lock);
+    return ok ? cudaSuccess : fail(cudaErrorInvalidResourceHandle, call, "not a live stream");
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
+    if (flags != cudaStreamDefault && flags != cudaStreamNonBlocking)
+        return fail(cudaErrorInvalidValue, "cudaStreamCreateWithFlags", "unknown flags");
+    *s = (cudaStream_t) new int(0);
+    pthread_mutex_lock(&lock);
+    streams[*s] = this_thread_device;
+    pthread_mutex_unlock(&lock);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    pthread_mutex_lock(&lock);
+    const bool ok = s && streams.erase(s) > 0;
+    pthread_mutex_unlock(&lock);
+    if (!ok) return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy", "not a live stream");
+    delete (int *)s;
+    return cudaSuccess;
+}
+
 cudaError_t cudaMalloc(void **p, size_t bytes) {
-    *p = mem_alloc(bytes);
+    *p = mem_alloc(bytes, this_thread_device);
     if (!*p) return fail(cudaErrorMemoryAllocation, "cudaMalloc", "the emulated device is full (QFT_CUDA_EMU_MEM_GIB)");
     return cudaSuccess;
 }
@@ -136,7 +193,7 @@ cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
 
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
     *total_b = mem_total_bytes();
-    *free_b = *total_b - mem_live_bytes();
+    *free_b = *total_b - mem_live_bytes(this_thread_device);
     return cudaSuccess;
 }
 
@@ -162,8 +219,9 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy(dst, src, n, kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s) {
+    const cudaError_t e = check_stream(s, "cudaMemcpyAsync");
+    return e != cudaSuccess ? e : cudaMemcpy(dst, src, n, kind);
 }
 
 cudaError_t cudaMemset(void *p, int value, size_t n) {
@@ -175,10 +233,14 @@ cudaError_t cudaMemset(void *p, int value, size_t n) {
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void *p, int value, size_t n, cudaStream_t) { return cudaMemset(p, value, n); }
+cudaError_t cudaMemsetAsync(void *p, int value, size_t n, cudaStream_t s) {
+    const cudaError_t e = check_stream(s, "cudaMemsetAsync");
+    return e != cudaSuccess ? e : cudaMemset(p, value, n);
+}
 
+cudaError_t cudaStreamQuery(cudaStream_t s) { return check_stream(s, "cudaStreamQuery"); }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) { return check_stream(s, "cudaStreamSynchronize"); }
 
 cudaError_t cudaGetLastError(void) {
     pthread_mutex_lock(&lock);
@@ -203,6 +265,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     default: return "an error of the CUDA emulator";
     }
 }
