@@ -20,8 +20,8 @@
  *   - DoRA's element-wise steps on a (2048, 14336) output at r = 16: the fused lowrank_out
  *     and col_dot_scale against the steps they replace.
  * Times are the median of `iters` runs after warm-up, measured on the host around a
- * device synchronisation. Usage: cuda_bench [--quick | --choose-qmatmul] (the latter:
- * see choose_qmatmul). Exits 77 without a device. */
+ * device synchronisation. Usage: cuda_bench [--quick | --choose-qmatmul |
+ * --choose-attention] (see choose_qmatmul and attention_table). Exits 77 without a device. */
 #include "qft_base.h"
 #include "qft_cuda.h"
 
@@ -447,10 +447,52 @@ static int choose_qmatmul(void) {
     return 0;
 }
 
+/* The attention rows at Llama-3-8B's shape (B 1, T 2048, H 32, KV 8, hd 128), each kernel
+ * (qft_cuda_set_attention_kernel) at its matmul precision. choose: only the two bf16
+ * designs, the GEMM path and the tensor-core kernels, then, last, the QFT_CUDA_ATTENTION
+ * setting of the faster (fwd + bwd), for the GPU check to run the model with. */
+static int attention_table(int choose) {
+    att_ctx a = {1, 2048, 32, 8, 128, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    const size_t nq = (size_t)a.B * a.T * QFT_QKV_WIDTH(a.H, a.KV, a.hd);
+    const size_t no = (size_t)a.B * a.T * a.H * a.hd;
+    a.qkv = rand_dev(nq, 1.0f, 5), a.dout = rand_dev(no, 1.0f, 6);
+    a.out = dalloc(no * 4), a.dqkv = dalloc(nq * 4), a.lse = dalloc((size_t)a.B * a.H * a.T * 4);
+    a.work_n = G->attention_workspace(a.T, a.hd);
+    a.work = dalloc(a.work_n * 4);
+    /* causal: half of the T x T scores; forward 2 matmuls, backward counted as 2.5x */
+    const double flops = 4.0 * a.B * a.H * (double)a.T * a.T * a.hd / 2;
+    printf("| attention B T H KV hd | kernel | forward ms | backward ms | fwd+bwd ms "
+           "| fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
+    static const struct {
+        const char *name;
+        int kernel, precision;
+    } kinds[] = {{"flash, fp32", 1, 0}, {"GEMMs, fp32", 0, 0}, {"GEMMs, TF32", 0, 1},
+                 {"GEMMs, bf16", 0, 2}, {"tensor cores, bf16", 2, 2}};
+    double total[5] = {0};
+    for (int k = choose ? 3 : 0; k < 5; k++) {
+        qft_cuda_set_attention_kernel(kinds[k].kernel);
+        qft_cuda_set_matmul_precision(kinds[k].precision);
+        const double tf = time_median(run_att_fwd, &a), tb = time_median(run_att_bwd, &a);
+        total[k] = tf + tb;
+        printf("| %d %d %d %d %d | %s | %.2f | %.2f | %.2f | %.1f | %.1f |\n", a.B, a.T, a.H,
+               a.KV, a.hd, kinds[k].name, tf * 1e3, tb * 1e3, (tf + tb) * 1e3, flops / tf / 1e12,
+               2.5 * flops / tb / 1e12);
+    }
+    printf("\n");
+    qft_cuda_set_attention_kernel(0);
+    qft_cuda_set_matmul_precision(0);
+    G->free(a.qkv), G->free(a.dout), G->free(a.out), G->free(a.dqkv), G->free(a.lse);
+    G->free(a.work);
+    sync_or_die();
+    if (choose) printf("QFT_CUDA_ATTENTION=%s\n", total[4] < total[3] ? "tc" : "gemm");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     const int choose = argc > 1 && strcmp(argv[1], "--choose-qmatmul") == 0;
-    if (quick || choose) iters = 5;
+    const int choose_att = argc > 1 && strcmp(argv[1], "--choose-attention") == 0;
+    if (quick || choose || choose_att) iters = 5;
     qft_err err = {0, ""};
     G = qft_cuda_ops(0, &err);
     if (!G) {
@@ -458,6 +500,7 @@ int main(int argc, char **argv) {
         return 77;
     }
     if (choose) return choose_qmatmul();
+    if (choose_att) return attention_table(1);
     printf("# qft CUDA kernels on %s\n\n", qft_cuda_device_name());
 
     /* buffers for the largest GEMM: 8192^2 per operand for the peak, 14336 x 4096 weights */
@@ -501,36 +544,9 @@ int main(int argc, char **argv) {
     }
     printf("\npeak = the best bf16 probe above: %.1f TFLOP/s\n\n", peak);
 
-    /* attention, Llama-3-8B shape: the flash kernels, and the GEMM path at each matmul
-     * precision (its products in cuBLASLt; fp32, TF32, bf16) */
-    {
-        att_ctx a = {1, 2048, 32, 8, 128, NULL, NULL, NULL, NULL, NULL, NULL, 0};
-        const size_t nq = (size_t)a.B * a.T * QFT_QKV_WIDTH(a.H, a.KV, a.hd);
-        const size_t no = (size_t)a.B * a.T * a.H * a.hd;
-        a.qkv = rand_dev(nq, 1.0f, 5), a.dout = rand_dev(no, 1.0f, 6);
-        a.out = dalloc(no * 4), a.dqkv = dalloc(nq * 4), a.lse = dalloc((size_t)a.B * a.H * a.T * 4);
-        a.work_n = G->attention_workspace(a.T, a.hd);
-        a.work = dalloc(a.work_n * 4);
-        /* causal: half of the T x T scores; forward 2 matmuls, backward counted as 2.5x */
-        const double flops = 4.0 * a.B * a.H * (double)a.T * a.T * a.hd / 2;
-        printf("| attention B T H KV hd | kernel | forward ms | backward ms | fwd+bwd ms "
-               "| fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
-        static const char *const kinds[] = {"flash, fp32", "GEMMs, fp32", "GEMMs, TF32",
-                                            "GEMMs, bf16"};
-        for (int k = 0; k < 4; k++) {
-            qft_cuda_set_attention_kernel(k == 0);
-            qft_cuda_set_matmul_precision(k == 0 ? 0 : k - 1);
-            const double tf = time_median(run_att_fwd, &a), tb = time_median(run_att_bwd, &a);
-            printf("| %d %d %d %d %d | %s | %.2f | %.2f | %.2f | %.1f | %.1f |\n", a.B, a.T, a.H,
-                   a.KV, a.hd, kinds[k], tf * 1e3, tb * 1e3, (tf + tb) * 1e3, flops / tf / 1e12,
-                   2.5 * flops / tb / 1e12);
-        }
-        printf("\n");
-        qft_cuda_set_attention_kernel(0);
-        qft_cuda_set_matmul_precision(0);
-        G->free(a.qkv), G->free(a.dout), G->free(a.out), G->free(a.dqkv), G->free(a.lse);
-        G->free(a.work);
-    }
+    /* attention, Llama-3-8B shape: the flash kernels, the GEMM path at each matmul
+     * precision (its products in cuBLASLt; fp32, TF32, bf16), the bf16 tensor-core kernels */
+    attention_table(0);
 
     /* NF4 dequantization of a 14336 x 4096 weight */
     {

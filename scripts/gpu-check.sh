@@ -10,19 +10,23 @@
 #      among them, bf16 GEMM, NF4 and HQQ dequantization, the quantized linear, and
 #      AdamW, against the CPU backend and the CPU plugins; here it must run, a skip is a
 #      failure; should only the GEMM attention's cases fail, the steps after it train with
-#      the flash kernels and the report says so);
+#      the flash kernels and the report says so); then, where they passed, times the two
+#      designs each of the dequantizing GEMM and of the bf16 attention (GEMM path against
+#      the tensor-core kernels) at 8B shapes and runs what follows with the faster;
 #   3. trains a tiny random Llama on the GPU and on the CPU and compares the runs: the
 #      dense train_types (full, llama_pro), then the adapter ones (lora, qlora, hqq_lora,
 #      dense DoRA, bnb_dora (QDoRA), hqq_dora), and lora and llama_pro with their frozen
 #      weights kept as bf16 on the GPU (train.frozen_dtype), and lora once more with the
-#      flash attention kernels (QFT_CUDA_ATTENTION=flash) instead of the default GEMM path;
+#      flash attention kernels (QFT_CUDA_ATTENTION=flash) instead of the default GEMM path,
+#      and qlora at bf16 precision with the tensor-core attention (QFT_CUDA_ATTENTION=tc);
 #   4. runs bench/run_model_gpu.sh: tokens/s and peak GPU memory of qft train for full
 #      (4 layers), qlora and bnb_dora (QDoRA; 32 layers) on a random Llama-3-8B-shaped
 #      model (the layers column says how many), context 2048, batch 1, recomputation, and of
 #      PyTorch + PEFT (+ bitsandbytes) on the same shapes when python3 has them;
 #   5. runs bench/cuda_bench: bf16 cuBLASLt GEMM TFLOP/s on the Llama-3-8B shapes at
 #      M = 2048 against the measured peak, attention forward/backward time at T = 2048,
-#      H = 32, KV = 8, hd = 128 (flash kernels; GEMM path in fp32, TF32 and bf16), NF4 and HQQ dequantization GB/s, and the quantized linear
+#      H = 32, KV = 8, hd = 128 (flash kernels; GEMM path in fp32, TF32 and bf16; the bf16
+#      tensor-core kernels), NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
 #   6. trains QLoRA over 2 ranks (no_shard, shard_grad_op, full_shard: the units in CUDA
@@ -185,6 +189,28 @@ elif ! grep -qE 'test_(qgemm_onchip|qlinear):' "$ops_log" && (( rc == 0 )); then
 else
     att_note="$att_note The on-chip dequantizing GEMM FAILED its kernel tests (or test_cuda_ops did): not timed against the scratch path, not used."
 fi
+# The attention's two bf16 designs likewise: the GEMM path (cuBLASLt over query tiles) and
+# the flash-style tensor-core kernels (cuda_attention_tc.cu), timed at the 8B shape
+# (cuda_bench --choose-attention) when the latter passed test_attention (cases 12-15) and
+# no fallback chose the attention already; the runs below (at bf16 precision) take the faster.
+if [[ $EMU == 1 ]]; then
+    att_note="$att_note On the emulator: the attention choice (a timing) not made."
+elif [[ -n ${QFT_CUDA_ATTENTION:-} ]]; then
+    att_note="$att_note The attention choice was not made (QFT_CUDA_ATTENTION=$QFT_CUDA_ATTENTION already)."
+elif ! grep -qE 'test_attention:1[2-5]:' "$ops_log" && (( rc == 0 )); then
+    choice_log="$REPORT_DIR/choose_attention.txt"
+    step choose_attention 40 "$BUILD/bench/cuda_bench" --choose-attention | tee "$choice_log"
+    choice=$(grep -o '^QFT_CUDA_ATTENTION=[a-z]*' "$choice_log" | tail -1)
+    rows=$(grep -E '^\| 1 2048 .*bf16 \|' "$choice_log" | awk -F'|' '{printf "%s%s %s ms", sep, $3, $6; sep=";"}')
+    if [[ $choice == QFT_CUDA_ATTENTION=tc ]]; then
+        export QFT_CUDA_ATTENTION=tc
+        att_note="$att_note The tensor-core attention was faster than the GEMM path (fwd+bwd:$rows): the runs below at bf16 precision used it (QFT_CUDA_ATTENTION=tc)."
+    elif [[ -n $choice ]]; then
+        att_note="$att_note The GEMM attention was faster than the tensor-core kernels (fwd+bwd:$rows): kept."
+    fi
+else
+    att_note="$att_note The tensor-core attention FAILED its kernel tests (or test_cuda_ops did): not timed, not used."
+fi
 
 # The model on the GPU against the CPU backend: the dense train_types (the ones the CUDA
 # backend runs in this version, with parameters, gradients and optimizer state in host
@@ -262,13 +288,17 @@ parity_adapters() {
     (export QFT_CUDA_QMATMUL=onchip
      parity qlora_onchip qlora "${sgd[@]}" -- --set train.matmul_precision='"medium"') ||
         { echo "parity qlora_onchip: FAILED"; rc=1; }
+    # the same with the tensor-core attention (QFT_CUDA_ATTENTION=tc, bf16 precision only)
+    (export QFT_CUDA_ATTENTION=tc
+     parity qlora_tcatt qlora "${sgd[@]}" -- --set train.matmul_precision='"medium"') ||
+        { echo "parity qlora_tcatt: FAILED"; rc=1; }
     return $rc
 }
 if step parity_adapters 180 bash -c "$(declare -f parity parity_adapters); BUILD=$BUILD; parity_adapters" \
     | tee "$REPORT_DIR/parity_adapters.txt"; then
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs, and with on-chip dequantization): ok"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs, with on-chip dequantization and with the tensor-core attention): ok"
 else
-    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs, and with on-chip dequantization): FAILED"
+    parity_note="$parity_note; adapters (lora, qlora, hqq_lora, dora, qdora, hqq_dora; lora with the flash attention; qlora with bf16 residuals; lora and llama_pro with frozen bf16; qlora with TF32 and bf16 GEMMs, with on-chip dequantization and with the tensor-core attention): FAILED"
     status=1
 fi
 

@@ -3,7 +3,8 @@
 // kernels or the scratch is too small for it): queries and keys in tiles of QFT_ATT_TILE
 // (cuda_twin.h), scores of one tile pair in registers, an online softmax over key tiles,
 // the log-sum-exp saved; nothing of size (T, T) exists. fp32 throughout (the op table is
-// fp32); the tensor-core bf16 version is later work.
+// fp32). The entries here also dispatch to the bf16 tensor-core kernels
+// (cuda_attention_tc.cu) when they were chosen.
 //
 // Forward and dQ: one block per (query tile, head, batch row), warp w owning 8 query rows,
 // lane = key within the key tile. dK and dV: one block per (key tile, kv head, batch row),
@@ -345,7 +346,8 @@ int qft_cuda_attention_setup(void) {
     if (dkv_smem(QFT_ATT_HD_MAX) > qft_cuda_g.smem_optin)
         return qft_cuda_fail("attention_setup", __FILE__, __LINE__,
                              "the device's shared memory per block is too small for head_dim 128");
-    return setup_nd<1>() || setup_nd<2>() || setup_nd<3>() || setup_nd<4>();
+    return setup_nd<1>() || setup_nd<2>() || setup_nd<3>() || setup_nd<4>() ||
+           (qft_cuda_attn_tc_supports(QFT_ATT_HD_MAX) && qft_cuda_attn_tc_setup());
 }
 
 // The GEMM path's score blocks (two (H, rows, T) blocks, cuda_twin_attg.h): room for whole
@@ -358,21 +360,34 @@ size_t qft_cuda_attention_workspace(int T, int hd) {
 }
 
 namespace {
-int use_flash; // qft_cuda_set_attention_kernel
+int use_kernel; // qft_cuda_set_attention_kernel: 0 GEMM path, 1 flash, 2 tensor cores
 } // namespace
 
-extern "C" void qft_cuda_set_attention_kernel(int flash) { use_flash = flash != 0; }
+extern "C" void qft_cuda_set_attention_kernel(int kernel) {
+    use_kernel = kernel >= 0 && kernel <= 2 ? kernel : 0;
+}
+
+// The tensor-core kernels round q, k, v and the probabilities to bf16, which only the bf16
+// matmul precision asks for (a backward on the GEMM path after their forward then rounds
+// its scores alike); at the others a choice of them falls back to the GEMM path.
+static bool use_tc(int hd) {
+    return use_kernel == 2 && qft_cuda_g.matmul_precision == 2 && qft_cuda_attn_tc_supports(hd);
+}
 
 // Query rows per tile the GEMM path gets from this scratch; 0 sends the call to the flash
 // kernels (chosen, or too little scratch for one step of rows).
 static int gemm_rows(size_t work_floats, int T, int H) {
-    return use_flash ? 0 : qft_twin_attg_rows(work_floats, T, H);
+    return use_kernel == 1 ? 0 : qft_twin_attg_rows(work_floats, T, H);
 }
 
 void qft_cuda_attention_fwd(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
                             int T, int H, int KV, int hd, float scale, float *work,
                             size_t work_floats) {
     if (B <= 0 || T <= 0 || H <= 0 || check_shape("attention_fwd", H, KV, hd)) return;
+    if (use_tc(hd)) {
+        qft_cuda_attn_tc_forward(out, lse, qkv, mask, B, T, H, KV, hd, scale);
+        return;
+    }
     const int rows = gemm_rows(work_floats, T, H);
     if (rows > 0) {
         qft_cuda_attg_forward(out, lse, qkv, mask, B, T, H, KV, hd, scale, work, rows);
@@ -394,6 +409,10 @@ void qft_cuda_attention_bwd(float *dqkv, const float *dout, const float *out, co
                             const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
                             int hd, float scale, float *work, size_t work_floats) {
     if (B <= 0 || T <= 0 || H <= 0 || check_shape("attention_bwd", H, KV, hd)) return;
+    if (use_tc(hd) && work_floats >= qft_cuda_attn_tc_bwd_floats(B, T, H)) {
+        qft_cuda_attn_tc_backward(dqkv, dout, out, lse, qkv, mask, B, T, H, KV, hd, scale, work);
+        return;
+    }
     const int rows = gemm_rows(work_floats, T, H);
     if (rows > 0) {
         qft_cuda_attg_backward(dqkv, dout, out, lse, qkv, mask, B, T, H, KV, hd, scale, work,

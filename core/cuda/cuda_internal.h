@@ -120,6 +120,17 @@ void qft_cuda_attention_bwd(float *dqkv, const float *dout, const float *out, co
                             const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
                             int hd, float scale, float *work, size_t work_floats);
 int qft_cuda_attention_setup(void); /* opts the kernels into their shared memory */
+/* cuda_attention_tc.cu: attention on bf16 tensor cores (WMMA), for head dims that are a
+ * multiple of 16 up to 128 (supports); setup opts its kernels into their shared memory.
+ * Backward needs bwd_floats(B, T, H) floats of scratch at D. */
+int qft_cuda_attn_tc_supports(int hd);
+int qft_cuda_attn_tc_setup(void);
+void qft_cuda_attn_tc_forward(float *out, float *lse, const float *qkv, const uint8_t *mask, int B,
+                              int T, int H, int KV, int hd, float scale);
+size_t qft_cuda_attn_tc_bwd_floats(int B, int T, int H);
+void qft_cuda_attn_tc_backward(float *dqkv, const float *dout, const float *out, const float *lse,
+                               const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
+                               int hd, float scale, float *D);
 /* cuda_attention_gemm.cu: attention as cuBLASLt GEMMs and row kernels over tiles of `rows`
  * query rows (cuda_twin_attg.h); the entries above use it unless the flash kernels were
  * chosen (qft_cuda_set_attention_kernel) or rows is 0. 0 or -1 recorded. */

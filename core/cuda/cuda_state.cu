@@ -295,10 +295,13 @@ extern "C" const qft_ops *qft_cuda_ops(int device, qft_err *err) {
         cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all) == cudaSuccess)
         g->pooled = 1;
     cudaGetLastError(); // a device without pools leaves plain cudaMalloc, not an error
-    /* QFT_CUDA_ATTENTION=flash: the flash kernels instead of the GEMM path, for a run (the
-     * GPU check's comparisons) without rebuilding */
+    /* QFT_CUDA_ATTENTION=flash: the flash kernels instead of the GEMM path, =tc: the
+     * tensor-core kernels (at bf16 matmul precision), =gemm: the GEMM path, for a run (the
+     * GPU check's comparisons and choice) without rebuilding */
     const char *att = getenv("QFT_CUDA_ATTENTION");
     if (att && strcmp(att, "flash") == 0) qft_cuda_set_attention_kernel(1);
+    if (att && strcmp(att, "tc") == 0) qft_cuda_set_attention_kernel(2);
+    if (att && strcmp(att, "gemm") == 0) qft_cuda_set_attention_kernel(0);
     /* QFT_CUDA_QMATMUL=onchip: packed weights decoded inside the GEMM kernel instead of
      * into a bf16 scratch for cuBLASLt (bf16 matmul precision only) */
     const char *qmm = getenv("QFT_CUDA_QMATMUL");

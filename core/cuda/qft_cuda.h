@@ -83,10 +83,12 @@ size_t qft_cuda_mem_held(void);
 void qft_cuda_set_matmul_precision(int level);
 /* Which attention the op table's attention entries run: 0 (the default) cuBLASLt GEMMs
  * over tiles of query rows with fp32 row kernels between them (cuda_attention_gemm.cu, at
- * the matmul precision above), 1 the flash kernels (fp32 on the CUDA cores, no scratch).
- * Both keep nothing of size (T, T); the GEMM path also falls back to the flash kernels when
- * its scratch cannot hold 16 query rows. */
-void qft_cuda_set_attention_kernel(int flash);
+ * the matmul precision above), 1 the flash kernels (fp32 on the CUDA cores, no scratch),
+ * 2 flash-style kernels on bf16 tensor cores (cuda_attention_tc.cu; backward needs B H T
+ * floats of scratch, else it runs the GEMM path): only at matmul precision 2 (bf16) and
+ * head dims a multiple of 16 up to 128, else the GEMM path. None keeps anything of size (T, T); the GEMM path also
+ * falls back to the flash kernels when its scratch cannot hold 16 query rows. */
+void qft_cuda_set_attention_kernel(int kernel);
 
 /* Host <-> device copies (synchronous). 0 or -1 with err. */
 int qft_cuda_upload(void *dst_dev, const void *src_host, size_t bytes, qft_err *err);

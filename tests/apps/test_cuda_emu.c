@@ -9,7 +9,8 @@
  *   - every train_type (full, llama_pro, lora, dense DoRA, qlora, hqq_lora, QDoRA, hqq_dora,
  *     Llama-Pro on NF4), with the optimizer on the device and with cpu_offload;
  *   - the flash attention kernels instead of the GEMM attention, bf16 residuals, frozen
- *     weights as bf16, TF32 and bf16 GEMMs, the quantized linear decoded on chip (WMMA);
+ *     weights as bf16, TF32 and bf16 GEMMs, the quantized linear decoded on chip (WMMA),
+ *     the attention on bf16 tensor cores (WMMA);
  *   - 2 ranks against one process, when the build has mpirun: full sharding on one
  *     emulated device (CUDA virtual memory, the staged transport), and over NCCL on 2
  *     emulated devices (the emulator's NCCL under transport_nccl.c).
@@ -58,6 +59,8 @@ static const struct {
      "QFT_CUDA_QMATMUL=onchip", 1e-3, 1e-2},
     {"hqq_lora, on-chip dequantization", "hqq_lora", SGD,
      "--set train.matmul_precision=\\\"medium\\\"", "QFT_CUDA_QMATMUL=onchip", 1e-3, 1e-2},
+    {"qlora, tensor-core attention", "qlora", SGD, "--set train.matmul_precision=\\\"medium\\\"",
+     "QFT_CUDA_ATTENTION=tc", 1e-3, 1e-2},
 };
 
 /* The saved file of a run: the merged model, or the adapter. */

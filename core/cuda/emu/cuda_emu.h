@@ -236,6 +236,16 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const E *p, unsign
             f.v[r * F::cols + c] = emu_load_elem(rowm ? p + (size_t)r * ldm + c : p + (size_t)c * ldm + r);
 }
 
+// An accumulator's load names its memory layout, as store_matrix_sync does.
+template <int M, int N, int K>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const float *p, unsigned ldm,
+                             layout_t layout) {
+    qft_emu::sync_warp(0xffffffffu);
+    for (int r = 0; r < M; r++)
+        for (int c = 0; c < N; c++)
+            f.v[r * N + c] = layout == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+}
+
 template <int M, int N, int K, class TA, class LA, class TB, class LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float> &d,
                      const fragment<matrix_a, M, N, K, TA, LA> &a,
