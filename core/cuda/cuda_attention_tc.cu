@@ -1,6 +1,6 @@
 // Causal grouped-query attention on bf16 tensor cores (WMMA 16x16x16, fp32 accumulation),
-// flash-style, forward and backward. Forward: for a tile of 64 query rows, the scores of one 64-key tile at
-// a time (Q K^T on tensor cores into shared memory), an online softmax over key tiles in
+// flash-style, forward and backward. Forward: for a tile of 64 query rows, the scores of one 64-key
+// tile at a time (Q K^T on tensor cores into shared memory), an online softmax over key tiles in
 // fp32, the probabilities rounded to bf16 for P V on tensor cores; the output accumulates in
 // fp32 in shared memory and the log-sum-exp is saved, so nothing of size (T, T) exists and
 // no scratch is needed. It rounds q, k, v and p to bf16 as the GEMM path does under
@@ -35,7 +35,8 @@ const int BQ = 64, BK = 64, WARPS = 4, HD_MAX = 128;
 const int SLD = BK + 4; // fp32 score rows (a multiple of 4 floats for WMMA stores)
 const int PLD = BK + 8; // bf16 probability rows (a multiple of 8)
 const unsigned FULL = 0xffffffffu;
-static_assert(BQ == WARPS * 16 && BQ == BK, "a warp owns 16 query rows; key tiles match query tiles");
+static_assert(BQ == WARPS * 16 && BQ == BK,
+              "a warp owns 16 query rows; key tiles match query tiles");
 
 __host__ __device__ int kv_ld(int hd) { return hd + 8; }  // bf16 K / V rows
 __host__ __device__ int out_ld(int hd) { return hd + 4; } // fp32 output rows
@@ -45,7 +46,8 @@ __host__ __device__ int out_ld(int hd) { return hd + 4; } // fp32 output rows
 // (WMMA's pointer rule) for hd a multiple of 16.
 __host__ __device__ size_t tc_smem(int hd) {
     return (size_t)2 * BK * kv_ld(hd) * sizeof(bf16) + (size_t)WARPS * 16 * SLD * sizeof(float) +
-           (size_t)WARPS * 16 * PLD * sizeof(bf16) + (size_t)WARPS * 16 * out_ld(hd) * sizeof(float);
+           (size_t)WARPS * 16 * PLD * sizeof(bf16) +
+           (size_t)WARPS * 16 * out_ld(hd) * sizeof(float);
 }
 
 struct tc_args {
@@ -58,7 +60,8 @@ struct tc_args {
 
 // dst (64, ldd) bf16 <- rows [0, nvalid) of src (row stride ld, hd wide) rounded to bf16;
 // the rows past nvalid become 0, so a partial tile computes harmlessly.
-__device__ void load_bf16_tile(bf16 *dst, int ldd, const float *src, size_t ld, int nvalid, int hd) {
+__device__ void load_bf16_tile(bf16 *dst, int ldd, const float *src, size_t ld, int nvalid,
+                               int hd) {
     for (int e = threadIdx.x; e < 64 * hd; e += WARPS * 32) {
         const int r = e / hd, d = e % hd;
         dst[r * ldd + d] = __float2bfloat16(r < nvalid ? src[(size_t)r * ld + d] : 0.0f);
@@ -69,10 +72,10 @@ template <int ND> // = hd / 16: compile-time, so that fragment arrays stay in re
 __global__ void __launch_bounds__(WARPS * 32) att_tc_fwd_kernel(tc_args a) {
     extern __shared__ float sm_tc[];
     const int hd = ND * 16, ldk = kv_ld(hd), ldo = out_ld(hd), nd = ND;
-    bf16 *Ks = (bf16 *)sm_tc;                    // (BK, ldk); Q's tile before the key loop
-    bf16 *Vs = Ks + BK * ldk;                    // (BK, ldk)
-    float *Ss = (float *)(Vs + BK * ldk);        // (WARPS, 16, SLD)
-    bf16 *Ps = (bf16 *)(Ss + WARPS * 16 * SLD);  // (WARPS, 16, PLD)
+    bf16 *Ks = (bf16 *)sm_tc;                     // (BK, ldk); Q's tile before the key loop
+    bf16 *Vs = Ks + BK * ldk;                     // (BK, ldk)
+    float *Ss = (float *)(Vs + BK * ldk);         // (WARPS, 16, SLD)
+    bf16 *Ps = (bf16 *)(Ss + WARPS * 16 * SLD);   // (WARPS, 16, PLD)
     float *Os = (float *)(Ps + WARPS * 16 * PLD); // (WARPS, 16, ldo)
     const int nqt = (a.T + BQ - 1) / BQ;
     const int qt = nqt - 1 - blockIdx.x; // long (late) tiles first: causal load balance
@@ -90,7 +93,8 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_fwd_kernel(tc_args a) {
     __syncthreads();
     wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf[ND];
 #pragma unroll
-    for (int kk = 0; kk < nd; kk++) wmma::load_matrix_sync(qf[kk], Ks + warp * 16 * ldk + kk * 16, ldk);
+    for (int kk = 0; kk < nd; kk++)
+        wmma::load_matrix_sync(qf[kk], Ks + warp * 16 * ldk + kk * 16, ldk);
     for (int e = lane; e < 16 * hd; e += 32) O[(e / hd) * ldo + e % hd] = 0.0f;
 
     // lane pair (2r, 2r + 1) owns row r: keys and head dims split in halves
@@ -120,12 +124,14 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_fwd_kernel(tc_args a) {
         // online softmax of row r over this tile's keys; invisible keys get p = 0
         float tile_max = -INFINITY;
         for (int c = half * 32; c < half * 32 + 32; c++)
-            if (i < a.T && qft_twin_att_visible(i, j0 + c, a.T, mb)) tile_max = fmaxf(tile_max, S[r * SLD + c] * a.scale);
+            if (i < a.T && qft_twin_att_visible(i, j0 + c, a.T, mb))
+                tile_max = fmaxf(tile_max, S[r * SLD + c] * a.scale);
         tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL, tile_max, 1));
         const float m_new = fmaxf(m, tile_max);
         float sum = 0.0f;
         for (int c = half * 32; c < half * 32 + 32; c++) {
-            const bool vis = m_new != -INFINITY && i < a.T && qft_twin_att_visible(i, j0 + c, a.T, mb);
+            const bool vis =
+                m_new != -INFINITY && i < a.T && qft_twin_att_visible(i, j0 + c, a.T, mb);
             const float p = vis ? expf(S[r * SLD + c] * a.scale - m_new) : 0.0f;
             P[r * PLD + c] = __float2bfloat16(p);
             sum += p;
@@ -161,10 +167,11 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_fwd_kernel(tc_args a) {
 }
 
 // Bytes of shared memory of the backward kernels: four bf16 tiles (K, V, Q, dO), and per
-// warp fp32 scores and dP, bf16 probabilities and score gradients; lse and D of the query
-// rows. Every part 32-byte aligned for hd a multiple of 16.
+// warp an fp32 block (the scores, then dP) and bf16 probabilities and score gradients; lse
+// and D of the query rows. About 104 KiB at hd 128, so that two blocks share an H100's
+// SM. Every part 32-byte aligned for hd a multiple of 16.
 __host__ __device__ size_t tc_bwd_smem(int hd) {
-    return (size_t)4 * BK * kv_ld(hd) * sizeof(bf16) + (size_t)2 * WARPS * 16 * SLD * sizeof(float) +
+    return (size_t)4 * BK * kv_ld(hd) * sizeof(bf16) + (size_t)WARPS * 16 * SLD * sizeof(float) +
            (size_t)2 * WARPS * 16 * PLD * sizeof(bf16) + (size_t)2 * BQ * sizeof(float);
 }
 
@@ -196,27 +203,34 @@ __device__ void store_rows16(float *dst, size_t ld, const float *st, int nvalid)
         if (e / 16 < nvalid) dst[(size_t)(e / 16) * ld + e % 16] = st[e];
 }
 
-// The warp's (16, 64) block of probabilities P = exp(S scale - lse) and score gradients
-// dS = P (dP - D) scale, from its scores S and dP (fp32, row stride SLD), rounded to bf16.
-// KEY_ROWS: the block's rows are keys k0.. and its columns queries q0.. (the dK/dV
-// kernel's transposed block), else rows are queries and columns keys. lse_s and D_s are
-// the query tile's. Each lane its share of the 1024 elements.
+// The warp's (16, 64) block: probabilities P = exp(S scale - lse) from its scores S (fp32,
+// row stride SLD), rounded to bf16 (0 where the key is not visible to the query). KEY_ROWS:
+// the block's rows are keys k0.. and its columns queries q0.. (the dK/dV kernel's
+// transposed block), else rows are queries and columns keys. lse_s is the query tile's.
 template <bool KEY_ROWS>
-__device__ void probs_and_grads(const float *S, const float *dP, bf16 *P, bf16 *dS, int q0, int k0,
-                                const float *lse_s, const float *D_s, const tc_args &a,
-                                const uint8_t *mb) {
+__device__ void block_probs(const float *S, bf16 *P, int q0, int k0, const float *lse_s,
+                            const tc_args &a, const uint8_t *mb) {
     const int lane = threadIdx.x % 32;
     for (int e = lane; e < 16 * BK; e += 32) {
         const int r = e / BK, c = e % BK;
         const int i = KEY_ROWS ? q0 + c : q0 + r, j = KEY_ROWS ? k0 + r : k0 + c; // query, key
-        const int qi = KEY_ROWS ? c : r;                                            // in the tile
-        float p = 0.0f, ds = 0.0f;
-        if (i < a.T && qft_twin_att_visible(i, j, a.T, mb) && lse_s[qi] != -INFINITY) {
-            p = expf(S[r * SLD + c] * a.scale - lse_s[qi]);
-            ds = p * (dP[r * SLD + c] - D_s[qi]) * a.scale;
-        }
-        P[r * PLD + c] = __float2bfloat16(p);
-        dS[r * PLD + c] = __float2bfloat16(ds);
+        const int qi = KEY_ROWS ? c : r;                                          // in the tile
+        const bool vis = i < a.T && qft_twin_att_visible(i, j, a.T, mb) && lse_s[qi] != -INFINITY;
+        P[r * PLD + c] = __float2bfloat16(vis ? expf(S[r * SLD + c] * a.scale - lse_s[qi]) : 0.0f);
+    }
+}
+
+// Then the score gradients dS = P (dP - D) scale from dP (fp32, where S was) and the bf16
+// P: its rounding (2^-9 relative) is below dS's own to bf16 for the products, and it spares
+// a second fp32 block. D_s is the query tile's.
+template <bool KEY_ROWS>
+__device__ void block_grads(const float *dP, const bf16 *P, bf16 *dS, const float *D_s,
+                            float scale) {
+    const int lane = threadIdx.x % 32;
+    for (int e = lane; e < 16 * BK; e += 32) {
+        const int r = e / BK, c = e % BK, qi = KEY_ROWS ? c : r;
+        const float p = __bfloat162float(P[r * PLD + c]);
+        dS[r * PLD + c] = __float2bfloat16(p * (dP[r * SLD + c] - D_s[qi]) * scale);
     }
 }
 
@@ -257,7 +271,8 @@ __device__ void accumulate_rows(acc_frag (&acc)[ND], const bf16 *A, const bf16 *
 }
 
 // lse and D of query rows q0.. (64) into shared memory; rows past T get -inf (no gradient)
-__device__ void load_row_stats(float *lse_s, float *D_s, const tc_grad_args &g, int b, int h, int q0) {
+__device__ void load_row_stats(float *lse_s, float *D_s, const tc_grad_args &g, int b, int h,
+                               int q0) {
     for (int r = threadIdx.x; r < BQ; r += WARPS * 32) {
         const int i = q0 + r;
         const size_t at = ((size_t)b * g.f.H + h) * g.f.T + i;
@@ -268,7 +283,7 @@ __device__ void load_row_stats(float *lse_s, float *D_s, const tc_grad_args &g, 
 
 struct bwd_smem {
     bf16 *Ks, *Vs, *Qs, *dOs; // (64, kv_ld) each
-    float *S, *dP;            // the warp's (16, SLD) each
+    float *S;                 // the warp's (16, SLD): scores, then dP
     bf16 *P, *dS;             // the warp's (16, PLD) each
     float *lse_s, *D_s;       // (64) each: the query tile's
 };
@@ -278,10 +293,9 @@ __device__ bwd_smem carve_bwd(float *base, int hd) {
     const int ldk = kv_ld(hd), warp = threadIdx.x / 32;
     m.Ks = (bf16 *)base;
     m.Vs = m.Ks + BK * ldk, m.Qs = m.Vs + BK * ldk, m.dOs = m.Qs + BK * ldk;
-    float *S_all = (float *)(m.dOs + BK * ldk);          // (2, WARPS, 16, SLD): S's, dP's
-    bf16 *P_all = (bf16 *)(S_all + 2 * WARPS * 16 * SLD); // (2, WARPS, 16, PLD): P's, dS's
+    float *S_all = (float *)(m.dOs + BK * ldk);       // (WARPS, 16, SLD)
+    bf16 *P_all = (bf16 *)(S_all + WARPS * 16 * SLD); // (2, WARPS, 16, PLD): P's, dS's
     m.S = S_all + warp * 16 * SLD;
-    m.dP = S_all + (WARPS + warp) * 16 * SLD;
     m.P = P_all + warp * 16 * PLD;
     m.dS = P_all + (WARPS + warp) * 16 * PLD;
     m.lse_s = (float *)(P_all + 2 * WARPS * 16 * PLD);
@@ -299,26 +313,34 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_bwd_dkv_kernel(tc_grad_args
     const size_t ld = (size_t)(a.H + 2 * a.KV) * hd;
     const int j0 = kt * BK, warp = threadIdx.x / 32, group = a.H / a.KV;
     const uint8_t *mb = a.mask ? a.mask + (size_t)b * a.T : NULL;
-    load_bf16_tile(m.Ks, ldk, a.qkv + qft_twin_att_k(b, j0, kvh, a.T, a.H, a.KV, hd), ld, min(BK, a.T - j0), hd);
-    load_bf16_tile(m.Vs, ldk, a.qkv + qft_twin_att_v(b, j0, kvh, a.T, a.H, a.KV, hd), ld, min(BK, a.T - j0), hd);
+    load_bf16_tile(m.Ks, ldk, a.qkv + qft_twin_att_k(b, j0, kvh, a.T, a.H, a.KV, hd), ld,
+                   min(BK, a.T - j0), hd);
+    load_bf16_tile(m.Vs, ldk, a.qkv + qft_twin_att_v(b, j0, kvh, a.T, a.H, a.KV, hd), ld,
+                   min(BK, a.T - j0), hd);
     acc_frag dK[ND], dV[ND];
 #pragma unroll
-    for (int dc = 0; dc < nd; dc++) wmma::fill_fragment(dK[dc], 0.0f), wmma::fill_fragment(dV[dc], 0.0f);
+    for (int dc = 0; dc < nd; dc++)
+        wmma::fill_fragment(dK[dc], 0.0f), wmma::fill_fragment(dV[dc], 0.0f);
     const bf16 *Kw = m.Ks + warp * 16 * ldk, *Vw = m.Vs + warp * 16 * ldk; // the warp's keys
     for (int hh = 0; hh < group; hh++) {
         const int h = kvh * group + hh;
         for (int qt = qft_twin_att_first_query_tile(kt); qt < nt; qt++) {
             const int q0 = qt * BQ;
             __syncthreads(); // every warp is done with the previous Q, dO and row stats
-            load_bf16_tile(m.Qs, ldk, a.qkv + qft_twin_att_q(b, q0, h, a.T, a.H, a.KV, hd), ld, min(BQ, a.T - q0), hd);
-            load_bf16_tile(m.dOs, ldk, g.dout + ((size_t)b * a.T + q0) * (size_t)(a.H * hd) + (size_t)h * hd,
+            load_bf16_tile(m.Qs, ldk, a.qkv + qft_twin_att_q(b, q0, h, a.T, a.H, a.KV, hd), ld,
+                           min(BQ, a.T - q0), hd);
+            load_bf16_tile(m.dOs, ldk,
+                           g.dout + ((size_t)b * a.T + q0) * (size_t)(a.H * hd) + (size_t)h * hd,
                            (size_t)(a.H * hd), min(BQ, a.T - q0), hd);
             load_row_stats(m.lse_s, m.D_s, g, b, h, q0);
             __syncthreads();
-            rows_times_tile_t<ND>(m.S, Kw, ldk, m.Qs, ldk);   // S^T (16 keys, 64 queries) = K_w Q^T
-            rows_times_tile_t<ND>(m.dP, Vw, ldk, m.dOs, ldk); // dP^T = V_w dO^T
+            rows_times_tile_t<ND>(m.S, Kw, ldk, m.Qs, ldk); // S^T (16 keys, 64 queries) = K_w Q^T
             __syncwarp();
-            probs_and_grads<true>(m.S, m.dP, m.P, m.dS, q0, j0 + warp * 16, m.lse_s, m.D_s, a, mb);
+            block_probs<true>(m.S, m.P, q0, j0 + warp * 16, m.lse_s, a, mb);
+            __syncwarp();
+            rows_times_tile_t<ND>(m.S, Vw, ldk, m.dOs, ldk); // dP^T = V_w dO^T
+            __syncwarp();
+            block_grads<true>(m.S, m.P, m.dS, m.D_s, a.scale);
             __syncwarp();
             accumulate_rows<ND>(dV, m.P, m.dOs, ldk); // dV_w += P^T dO
             accumulate_rows<ND>(dK, m.dS, m.Qs, ldk); // dK_w += dS^T Q
@@ -332,11 +354,13 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_bwd_dkv_kernel(tc_grad_args
     for (int dc = 0; dc < nd; dc++) {
         wmma::store_matrix_sync(m.S, dK[dc], 16, wmma::mem_row_major);
         __syncwarp();
-        store_rows16(g.dqkv + qft_twin_att_k(b, jw, kvh, a.T, a.H, a.KV, hd) + dc * 16, ld, m.S, nvalid);
+        store_rows16(g.dqkv + qft_twin_att_k(b, jw, kvh, a.T, a.H, a.KV, hd) + dc * 16, ld, m.S,
+                     nvalid);
         __syncwarp();
         wmma::store_matrix_sync(m.S, dV[dc], 16, wmma::mem_row_major);
         __syncwarp();
-        store_rows16(g.dqkv + qft_twin_att_v(b, jw, kvh, a.T, a.H, a.KV, hd) + dc * 16, ld, m.S, nvalid);
+        store_rows16(g.dqkv + qft_twin_att_v(b, jw, kvh, a.T, a.H, a.KV, hd) + dc * 16, ld, m.S,
+                     nvalid);
         __syncwarp();
     }
 }
@@ -353,8 +377,10 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_bwd_dq_kernel(tc_grad_args 
     const size_t ld = (size_t)(a.H + 2 * a.KV) * hd;
     const int q0 = qt * BQ, warp = threadIdx.x / 32, qw = q0 + warp * 16;
     const uint8_t *mb = a.mask ? a.mask + (size_t)b * a.T : NULL;
-    load_bf16_tile(m.Qs, ldk, a.qkv + qft_twin_att_q(b, q0, h, a.T, a.H, a.KV, hd), ld, min(BQ, a.T - q0), hd);
-    load_bf16_tile(m.dOs, ldk, g.dout + ((size_t)b * a.T + q0) * (size_t)(a.H * hd) + (size_t)h * hd,
+    load_bf16_tile(m.Qs, ldk, a.qkv + qft_twin_att_q(b, q0, h, a.T, a.H, a.KV, hd), ld,
+                   min(BQ, a.T - q0), hd);
+    load_bf16_tile(m.dOs, ldk,
+                   g.dout + ((size_t)b * a.T + q0) * (size_t)(a.H * hd) + (size_t)h * hd,
                    (size_t)(a.H * hd), min(BQ, a.T - q0), hd);
     load_row_stats(m.lse_s, m.D_s, g, b, h, q0);
     acc_frag dQ[ND];
@@ -364,13 +390,18 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_bwd_dq_kernel(tc_grad_args 
     for (int kt = 0; kt <= qt; kt++) { // key tiles up to the diagonal
         const int j0 = kt * BK, nk = min(BK, a.T - j0);
         __syncthreads(); // every warp is done with the previous K and V
-        load_bf16_tile(m.Ks, ldk, a.qkv + qft_twin_att_k(b, j0, kvh, a.T, a.H, a.KV, hd), ld, nk, hd);
-        load_bf16_tile(m.Vs, ldk, a.qkv + qft_twin_att_v(b, j0, kvh, a.T, a.H, a.KV, hd), ld, nk, hd);
+        load_bf16_tile(m.Ks, ldk, a.qkv + qft_twin_att_k(b, j0, kvh, a.T, a.H, a.KV, hd), ld, nk,
+                       hd);
+        load_bf16_tile(m.Vs, ldk, a.qkv + qft_twin_att_v(b, j0, kvh, a.T, a.H, a.KV, hd), ld, nk,
+                       hd);
         __syncthreads();
-        rows_times_tile_t<ND>(m.S, Qw, ldk, m.Ks, ldk);   // S = Q_w K^T
-        rows_times_tile_t<ND>(m.dP, dOw, ldk, m.Vs, ldk); // dP = dO_w V^T
+        rows_times_tile_t<ND>(m.S, Qw, ldk, m.Ks, ldk); // S = Q_w K^T
         __syncwarp();
-        probs_and_grads<false>(m.S, m.dP, m.P, m.dS, qw, j0, m.lse_s + warp * 16, m.D_s + warp * 16, a, mb);
+        block_probs<false>(m.S, m.P, qw, j0, m.lse_s + warp * 16, a, mb);
+        __syncwarp();
+        rows_times_tile_t<ND>(m.S, dOw, ldk, m.Vs, ldk); // dP = dO_w V^T
+        __syncwarp();
+        block_grads<false>(m.S, m.P, m.dS, m.D_s + warp * 16, a.scale);
         __syncwarp();
         accumulate_rows<ND>(dQ, m.dS, m.Ks, ldk); // dQ_w += dS K
         __syncwarp();
@@ -381,7 +412,8 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_bwd_dq_kernel(tc_grad_args 
     for (int dc = 0; dc < nd; dc++) { // staged through the score block: rows past T stay out
         wmma::store_matrix_sync(m.S, dQ[dc], 16, wmma::mem_row_major);
         __syncwarp();
-        store_rows16(g.dqkv + qft_twin_att_q(b, qw, h, a.T, a.H, a.KV, hd) + dc * 16, ld, m.S, nvalid);
+        store_rows16(g.dqkv + qft_twin_att_q(b, qw, h, a.T, a.H, a.KV, hd) + dc * 16, ld, m.S,
+                     nvalid);
         __syncwarp();
     }
 }
@@ -394,12 +426,15 @@ int qft_cuda_attn_tc_supports(int hd) {
 
 namespace {
 template <int ND> int setup_nd() {
-    return CUDA_CHECK(cudaFuncSetAttribute(att_tc_fwd_kernel<ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    return CUDA_CHECK(cudaFuncSetAttribute(att_tc_fwd_kernel<ND>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)tc_smem(ND * 16))) ||
            CUDA_CHECK(cudaFuncSetAttribute(att_tc_bwd_dkv_kernel<ND>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)tc_bwd_smem(ND * 16))) ||
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)tc_bwd_smem(ND * 16))) ||
            CUDA_CHECK(cudaFuncSetAttribute(att_tc_bwd_dq_kernel<ND>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)tc_bwd_smem(ND * 16)));
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)tc_bwd_smem(ND * 16)));
 }
 
 template <int ND> void forward_nd(const tc_args &a, dim3 grid) {
@@ -412,16 +447,16 @@ template <int ND> void backward_nd(const tc_grad_args &g, int nt) {
 }
 
 // f<ND>(args...) for ND = hd / 16 (1 to 8)
-#define QFT_TC_DISPATCH(f, hd, ...)                                                         \
-    switch ((hd) / 16) {                                                                    \
-    case 1: f<1>(__VA_ARGS__); break;                                                       \
-    case 2: f<2>(__VA_ARGS__); break;                                                       \
-    case 3: f<3>(__VA_ARGS__); break;                                                       \
-    case 4: f<4>(__VA_ARGS__); break;                                                       \
-    case 5: f<5>(__VA_ARGS__); break;                                                       \
-    case 6: f<6>(__VA_ARGS__); break;                                                       \
-    case 7: f<7>(__VA_ARGS__); break;                                                       \
-    default: f<8>(__VA_ARGS__); break;                                                      \
+#define QFT_TC_DISPATCH(f, hd, ...)                                                                \
+    switch ((hd) / 16) {                                                                           \
+    case 1: f<1>(__VA_ARGS__); break;                                                              \
+    case 2: f<2>(__VA_ARGS__); break;                                                              \
+    case 3: f<3>(__VA_ARGS__); break;                                                              \
+    case 4: f<4>(__VA_ARGS__); break;                                                              \
+    case 5: f<5>(__VA_ARGS__); break;                                                              \
+    case 6: f<6>(__VA_ARGS__); break;                                                              \
+    case 7: f<7>(__VA_ARGS__); break;                                                              \
+    default: f<8>(__VA_ARGS__); break;                                                             \
     }
 } // namespace
 
@@ -442,9 +477,11 @@ size_t qft_cuda_attn_tc_bwd_floats(int B, int T, int H) { return (size_t)B * H *
 void qft_cuda_attn_tc_backward(float *dqkv, const float *dout, const float *out, const float *lse,
                                const float *qkv, const uint8_t *mask, int B, int T, int H, int KV,
                                int hd, float scale, float *D) {
-    const tc_grad_args g = {{qkv, mask, NULL, (float *)lse, B, T, H, KV, hd, scale}, dout, out, D, dqkv};
+    const tc_grad_args g = {
+        {qkv, mask, NULL, (float *)lse, B, T, H, KV, hd, scale}, dout, out, D, dqkv};
     const long rows = (long)B * H * T;
-    att_tc_rowdot_kernel<<<(unsigned)((rows + WARPS - 1) / WARPS), WARPS * 32>>>(D, dout, out, B, T, H, hd);
+    att_tc_rowdot_kernel<<<(unsigned)((rows + WARPS - 1) / WARPS), WARPS * 32>>>(D, dout, out, B, T,
+                                                                                 H, hd);
     CUDA_LAUNCHED();
     QFT_TC_DISPATCH(backward_nd, hd, g, (T + BQ - 1) / BQ);
     CUDA_LAUNCHED();

@@ -5,12 +5,28 @@
 #include <cublasLt.h>
 #include <cuda.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <string.h>
 
 namespace {
 __global__ void write_at(float *x, int i) {
     if (threadIdx.x == 0 && blockIdx.x == 0) x[i] = 1.0f;
+}
+
+// a WMMA load from shared memory `offset` bf16 past an aligned base, leading dimension ldm
+__global__ void wmma_load(float *out, int offset, int ldm) {
+    __shared__ __align__(32) __nv_bfloat16 tile[16 * 32 + 16];
+    for (int i = threadIdx.x; i < 16 * 32 + 16; i += 32) tile[i] = __float2bfloat16(1.0f);
+    __syncwarp();
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> a;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::col_major> b;
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> c;
+    nvcuda::wmma::load_matrix_sync(a, tile + offset, ldm);
+    nvcuda::wmma::load_matrix_sync(b, tile, 16);
+    nvcuda::wmma::fill_fragment(c, 0.0f);
+    nvcuda::wmma::mma_sync(c, a, b, c);
+    nvcuda::wmma::store_matrix_sync(out, c, 16, nvcuda::wmma::mem_row_major);
 }
 
 struct box {
@@ -83,6 +99,20 @@ void emu_st_other_device_arg(void) {
     cudaMalloc((void **)&x, 32 * sizeof(float));
     cudaSetDevice(1);
     write_at<<<1, 32>>>(x, 0);
+}
+
+// WMMA from a misaligned pointer (offset 8 bf16 = 16 bytes) or with a leading dimension
+// that is not whole 16-byte units (12 bf16); offset 0, ldm 16 is the control (16 x 16 of
+// ones times ones: every element 16).
+float emu_st_wmma(int offset, int ldm) {
+    float *out = NULL, host[256];
+    cudaMalloc((void **)&out, sizeof host);
+    wmma_load<<<1, 32>>>(out, offset, ldm);
+    cudaMemcpy(host, out, sizeof host, cudaMemcpyDeviceToHost);
+    cudaFree(out);
+    for (int i = 1; i < 256; i++)
+        if (host[i] != host[0]) return -1.0f;
+    return host[0];
 }
 
 void emu_st_host_touch(void) {

@@ -3,7 +3,8 @@
  *     write past an allocation (into its guard page), into freed memory, into an
  *     uncommitted part of a virtual reservation or a committed one without access
  *     (cuMemSetAccess); a host pointer as a kernel argument, or another device's
- *     allocation (no peer access); a
+ *     allocation (no peer access); a WMMA load from a pointer that is not 256-bit aligned or
+ *     with a leading dimension not in 16-byte units; a
  *     host write to device memory; a barrier that can never fill (deadlock);
  *   - refusals that a GPU's runtime makes too: a block of more than 1024 threads, or more
  *     than the kernel's __launch_bounds__, more
@@ -26,6 +27,7 @@ void emu_st_deadlock(void);
 void emu_st_host_pointer_arg(void);
 void emu_st_host_touch(void);
 void emu_st_other_device_arg(void);
+float emu_st_wmma(int offset, int ldm);
 void emu_st_use_after_free(void);
 void emu_st_reservation(long index, int access);
 int emu_st_launch(int threads, size_t smem, int opt_in, int *ok);
@@ -75,6 +77,8 @@ static void deadlock(long a) { (void)a, emu_st_deadlock(); }
 static void host_arg(long a) { (void)a, emu_st_host_pointer_arg(); }
 static void host_touch(long a) { (void)a, emu_st_host_touch(); }
 static void other_device(long a) { (void)a, emu_st_other_device_arg(); }
+static void wmma_misaligned(long a) { (void)a, emu_st_wmma(8, 16); }
+static void wmma_bad_ldm(long a) { (void)a, emu_st_wmma(0, 12); }
 static void after_free(long a) { (void)a, emu_st_use_after_free(); }
 static void reservation(long i) { emu_st_reservation(i, 1); }
 static void no_access(long i) { emu_st_reservation(i, 0); }
@@ -84,6 +88,9 @@ START_TEST(test_aborts) {
     expect_abort(oob, 28, "device access out of bounds", "112 bytes past the end of a 400-byte allocation");
     expect_abort(deadlock, 0, "deadlock in block (0,0,0): 1 threads at __syncthreads, 31 at a warp barrier", NULL);
     expect_abort(host_arg, 0, "given a pointer that is not device memory as its argument 0", NULL);
+    expect_abort(wmma_misaligned, 0, "wmma::load_matrix_sync: pointer", "is not 256-bit aligned");
+    expect_abort(wmma_bad_ldm, 0, "leading dimension 12 is not a multiple of 8 elements", NULL);
+    ck_assert_float_eq(emu_st_wmma(0, 16), 16.0f); /* the control: aligned, whole units */
     /* QFT_CUDA_EMU_DEVICES=2 (meson.build) */
     expect_abort(other_device, 0, "launched on device 1 given device 0's memory as its argument 0", NULL);
     expect_abort(host_touch, 0, "host code touched device memory", "byte 28 of a 256-byte allocation");

@@ -28,6 +28,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <tuple>
@@ -123,6 +124,23 @@ template <class T> T shfl_from(unsigned mask, T v, int src) {
 inline int lane_id() {
     const unsigned t = cur_thread.x + cur_block_dim.x * (cur_thread.y + cur_block_dim.y * cur_thread.z);
     return (int)(t & 31u);
+}
+
+[[noreturn]] void fatal(const char *msg);
+
+/* WMMA's rules for the memory a fragment is loaded from or stored to: a 256-bit aligned
+ * pointer and a leading dimension of whole 16-byte units (8 bf16, 4 floats); on a GPU a
+ * break is a misaligned-address fault or silently wrong data. */
+inline void wmma_check(const void *p, unsigned ldm, size_t elem, const char *call) {
+    char msg[200];
+    if ((uintptr_t)p % 32) {
+        snprintf(msg, sizeof msg, "%s: pointer %p is not 256-bit aligned", call, p);
+        fatal(msg);
+    }
+    if (ldm * elem % 16) {
+        snprintf(msg, sizeof msg, "%s: leading dimension %u is not a multiple of %zu elements", call, ldm, 16 / elem);
+        fatal(msg);
+    }
 }
 
 } // namespace qft_emu
@@ -228,6 +246,7 @@ inline float emu_load_elem(const __nv_bfloat16 *p) { return __bfloat162float(*p)
 
 template <class Use, int M, int N, int K, class T, class L, class E>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const E *p, unsigned ldm) {
+    qft_emu::wmma_check(p, ldm, sizeof(E), "wmma::load_matrix_sync");
     qft_emu::sync_warp(0xffffffffu);
     typedef fragment<Use, M, N, K, T, L> F;
     const bool rowm = std::is_same<L, row_major>::value;
@@ -240,6 +259,7 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const E *p, unsign
 template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const float *p, unsigned ldm,
                              layout_t layout) {
+    qft_emu::wmma_check(p, ldm, sizeof(float), "wmma::load_matrix_sync");
     qft_emu::sync_warp(0xffffffffu);
     for (int r = 0; r < M; r++)
         for (int c = 0; c < N; c++)
@@ -265,6 +285,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, float> &d,
 template <int M, int N, int K>
 inline void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f,
                               unsigned ldm, layout_t layout) {
+    qft_emu::wmma_check(p, ldm, sizeof(float), "wmma::store_matrix_sync");
     qft_emu::sync_warp(0xffffffffu);
     // every lane writes the same values; lane 0's store is the one that counts
     if (qft_emu::lane_id() == 0)

@@ -129,7 +129,8 @@ void fiber_reset(fiber &f) {
 worker *worker_get() {
     if (me) return me;
     me = new worker();
-    me->smem = (unsigned char *)malloc(DYN_SMEM_MAX);
+    // a GPU's dynamic shared memory starts aligned (WMMA's 256-bit rule holds at its base)
+    me->smem = (unsigned char *)aligned_alloc(128, DYN_SMEM_MAX);
     const size_t bytes = STACK_STRIDE * MAX_THREADS;
     char *m = (char *)mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
