@@ -77,6 +77,8 @@
 # and every figure.
 #
 # Usage: scripts/gpu-check.sh            (from anywhere; QFT_GPU_BUILD overrides the dir)
+# On a lent device machine: scripts/device-deps.sh fetch here first, then run the script
+# there with .devkit carried (the device tool's carry: [".devkit"]).
 #
 # A rehearsal without a GPU: QFT_GPU_CHECK_EMU=1 runs the same script on the CUDA emulator
 # (core/cuda/emu): it builds the emulator beside the real backend, runs test_cuda_ops_emu
@@ -88,6 +90,11 @@
 # larger (QFT_GPU_BUDGET, 1800 s by default).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
+# A GPU machine whose image lacks the libraries qft builds with (the lent device machines:
+# no libconfig, OpenBLAS, PCRE2, jansson, Check or pkg-config, and no network) gets them from
+# the .deb files in .devkit/, fetched beforehand where apt works (scripts/device-deps.sh
+# fetch) and carried with the tree; where they are installed this does nothing.
+. scripts/device-deps.sh env || exit 2
 EMU=${QFT_GPU_CHECK_EMU:-0}
 if [[ $EMU == 1 ]]; then BUDGET=${QFT_GPU_BUDGET:-1800}; else BUDGET=${QFT_GPU_BUDGET:-470}; fi
 # seconds, under the issue's 8 minutes on a GPU
