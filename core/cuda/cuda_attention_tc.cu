@@ -68,6 +68,21 @@ __device__ void load_bf16_tile(bf16 *dst, int ldd, const float *src, size_t ld, 
     }
 }
 
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
+
+// acc (16, 16) += A (16, 64 bf16, stride PLD) times columns 16 dc.. of Y (64, hd row-major,
+// stride ldy): P V for 16 head dims in the forward, and each fragment of the backward's
+// dV, dK and dQ rows.
+__device__ void accumulate_cols16(acc_frag &acc, const bf16 *A, const bf16 *Y, int ldy, int dc) {
+    for (int kk = 0; kk < BK / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> af;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> yf;
+        wmma::load_matrix_sync(af, A + kk * 16, PLD);
+        wmma::load_matrix_sync(yf, Y + kk * 16 * ldy + dc * 16, ldy);
+        wmma::mma_sync(acc, af, yf, acc);
+    }
+}
+
 template <int ND> // = hd / 16: compile-time, so that fragment arrays stay in registers
 __global__ void __launch_bounds__(WARPS * 32) att_tc_fwd_kernel(tc_args a) {
     extern __shared__ float sm_tc[];
@@ -146,15 +161,9 @@ __global__ void __launch_bounds__(WARPS * 32) att_tc_fwd_kernel(tc_args a) {
         __syncwarp();
         // O (16, hd) += P V, 16 head dims at a time
         for (int dc = 0; dc < nd; dc++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            acc_frag acc;
             wmma::load_matrix_sync(acc, O + dc * 16, ldo, wmma::mem_row_major);
-            for (int kk = 0; kk < BK / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pf;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vf;
-                wmma::load_matrix_sync(pf, P + kk * 16, PLD);
-                wmma::load_matrix_sync(vf, Vs + kk * 16 * ldk + dc * 16, ldk);
-                wmma::mma_sync(acc, pf, vf, acc);
-            }
+            accumulate_cols16(acc, P, Vs, ldk, dc);
             wmma::store_matrix_sync(O + dc * 16, acc, ldo, wmma::mem_row_major);
         }
         __syncwarp();
@@ -254,20 +263,11 @@ __device__ void rows_times_tile_t(float *out, const bf16 *X, int ldx, const bf16
     }
 }
 
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
-
 // acc[dc] (16, hd as ND fragments) += A (16, 64 bf16, stride PLD) times Y (64, hd) row-major
 template <int ND>
 __device__ void accumulate_rows(acc_frag (&acc)[ND], const bf16 *A, const bf16 *Y, int ldy) {
 #pragma unroll
-    for (int dc = 0; dc < ND; dc++)
-        for (int kk = 0; kk < BK / 16; kk++) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> af;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> yf;
-            wmma::load_matrix_sync(af, A + kk * 16, PLD);
-            wmma::load_matrix_sync(yf, Y + kk * 16 * ldy + dc * 16, ldy);
-            wmma::mma_sync(acc[dc], af, yf, acc[dc]);
-        }
+    for (int dc = 0; dc < ND; dc++) accumulate_cols16(acc[dc], A, Y, ldy, dc);
 }
 
 // lse and D of query rows q0.. (64) into shared memory; rows past T get -inf (no gradient)
