@@ -415,7 +415,7 @@ fi
 SAN=$(command -v compute-sanitizer || true)
 san_note="compute-sanitizer not installed: not run"
 # (the emulator guards memory itself; compute-sanitizer needs a GPU)
-[[ $EMU == 1 ]] && SAN="" san_note="compute-sanitizer: not run on the emulator"
+[[ $EMU == 1 ]] && SAN="" san_note="compute-sanitizer: not run on the emulator (races within a block: the suite's cuda_ops_racecheck, under TSan)"
 if [[ -n "$SAN" ]]; then
     # test_cuda_ops checks the default kernels: the fallback switches the trainings took stay out
     if step memcheck 150 env -u QFT_CUDA_LOWRANK -u QFT_CUDA_LOWRANK_OUT \

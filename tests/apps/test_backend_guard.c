@@ -14,7 +14,8 @@
  *     dequantized by the backend's op; adapters attached again on the backend's copies,
  *     computing through its op table): LoRA with dropout, QLoRA on NF4 and HQQ, Llama-Pro
  *     on NF4 reproduce the cpu backend's bits (also with the head and loss in chunks and
- *     with bf16 residuals); DoRA computes its norm exactly once per parameter version off
+ *     with bf16 residuals) where the BLAS's rounding does not depend on how a GEMM's
+ *     columns are split, and agree to rounding where it does (gemm_split_exact); DoRA computes its norm exactly once per parameter version off
  *     the host (the cpu backend caches an expansion), so it agrees to rounding;
  *     a merged save after training on the backend merges on the host;
  *   - the refusals: cpu_offload and frozen_dtype on the cpu backend, TF32 on cpu_guard,
@@ -22,6 +23,7 @@
  *     tests/quant_example).
  * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree. */
 #include "cpu_ops.h"
+#include "qft_base.h"
 #include "run_util.h"
 
 #include <signal.h>
@@ -29,6 +31,33 @@
 #include <unistd.h>
 
 static char g_tmp[4096];
+
+/* cpu_guard multiplies by packed and bf16 weights a tile of rows at a time
+ * (qft_cpu_qmatmul), the cpu backend's quantized linears in tiles of their own
+ * (core/qlinear), so the two runs make the same products as GEMM calls split differently
+ * over the output's columns. They agree bit for bit where the BLAS rounds each column the
+ * same however the columns are split (OpenBLAS's SkylakeX sgemm does; its Haswell and Zen
+ * kernels, on AVX2 machines, do not), and to rounding elsewhere. 1 when this machine's GEMM
+ * is of the first kind, probed on tilings like the runs'. */
+static int gemm_split_exact(void) {
+    enum { M = 384, K = 64, N = 128 };
+    static float A[M * K], B[N * K], whole[M * N], split[M * N];
+    qft_rng r;
+    qft_rng_seed(&r, 7);
+    for (int i = 0; i < M * K; i++) A[i] = qft_rng_normal(&r);
+    for (int i = 0; i < N * K; i++) B[i] = qft_rng_normal(&r);
+    qft_cpu_gemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, whole, N);
+    const int tiles[] = {1, 5, 24, 48, 96};
+    for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
+        for (int c0 = 0; c0 < N; c0 += tiles[t]) {
+            const int n = N - c0 < tiles[t] ? N - c0 : tiles[t];
+            qft_cpu_gemm(0, 1, M, n, K, 1.0f, A, K, B + (size_t)c0 * K, K, 0.0f, split + c0, N);
+        }
+        if (memcmp(whole, split, sizeof whole)) return 0;
+    }
+    return 1;
+}
+static int g_split_exact;
 
 START_TEST(test_guard_bites) {
     const qft_ops *o = qft_cpu_guard_ops();
@@ -109,16 +138,18 @@ START_TEST(test_same_as_cpu) {
 }
 END_TEST
 
-/* exact 1: bit for bit; 0: within 1e-5 (metrics) and 1e-4 (tensors) */
+/* exact 1: bit for bit; 2: bit for bit where the GEMM's column splits do not change its
+ * rounding (gemm_split_exact: a packed base), else within 1e-4 (metrics) and 5e-3 of each
+ * tensor's scale; 0: within 1e-5 (metrics) and 1e-4 element by element (tensors) */
 static const struct {
     const char *type, *extra;
     int offload, exact;
 } k_adapter_cases[] = {
     {"lora", "", 0, 1},
-    {"qlora", "--set train.recompute=true --set train.loss_chunk_tokens=100", 0, 1},
-    {"qlora", "--set train.recompute=false", 1, 1},
-    {"hqq_lora", "--set train.residual_dtype=\\\"bf16\\\"", 0, 1},
-    {"bnb_llama_pro", "", 0, 1},
+    {"qlora", "--set train.recompute=true --set train.loss_chunk_tokens=100", 0, 2},
+    {"qlora", "--set train.recompute=false", 1, 2},
+    {"hqq_lora", "--set train.residual_dtype=\\\"bf16\\\"", 0, 2},
+    {"bnb_llama_pro", "", 0, 2},
     {"bnb_dora", "--set output.save=\\\"model\\\"", 0, 0},
     {"hqq_dora", "--set adapter.dropout=0.1", 0, 0},
 };
@@ -143,17 +174,24 @@ START_TEST(test_adapters_same_as_cpu) {
     saved_file(a, pa, sizeof pa);
     saved_file(b, pb, sizeof pb);
     const char *where = k_adapter_cases[_i].offload ? "cpu_offload" : "optimizer on the backend";
-    if (k_adapter_cases[_i].exact) {
+    const int exact = k_adapter_cases[_i].exact;
+    if (exact == 1 || (exact == 2 && g_split_exact)) {
         ru_same_metrics(a, b, 4);
         const int n = ru_same_tensors(pa, pb);
         printf("%s %s, %s: cpu_guard equals cpu bit for bit (%d tensors)\n", type, extra, where,
                n);
-    } else {
-        const double dm = ru_close_metrics(a, b, 4, 1e-5);
+    } else { /* DoRA: element by element. Split GEMMs: metrics to 1e-4, tensors to 5e-3 of
+              * their scale, since AdamW's early steps (about lr times the gradient's sign)
+              * carry a rounding of a near-zero gradient into an element whole, and with
+              * bf16 residuals a rounding flips a residual's last bit (seen: 5e-6 and 7e-4) */
+        const double dm = ru_close_metrics(a, b, 4, exact == 2 ? 1e-4 : 1e-5);
         int n = 0;
-        const double dt = ru_compare_tensors(pa, pb, 1e-4, &n);
-        printf("%s %s, %s: cpu_guard vs cpu: metrics within %.2g, %d tensors within %.2g\n",
-               type, extra, where, dm, n, dt);
+        const double dt = exact == 2 ? ru_compare_tensors_as(pa, pb, 5e-3, 1, &n)
+                                     : ru_compare_tensors(pa, pb, 1e-4, &n);
+        printf("%s %s, %s: cpu_guard vs cpu: metrics within %.2g, %d tensors within %.2g%s\n",
+               type, extra, where, dm, n, dt,
+               exact == 2 ? " of their scale (this machine's GEMM rounds split columns differently)"
+                          : "");
     }
 }
 END_TEST
@@ -182,12 +220,21 @@ START_TEST(test_frozen_bf16) {
         train(types[i], "cpu", 1, extra, a);
         strncat(extra, " --set train.frozen_dtype=\\\"bf16\\\"", sizeof extra - strlen(extra) - 1);
         train(types[i], "cpu_guard", 0, extra, b);
-        ru_same_metrics(a, b, steps[i]);
         saved_file(a, pa, sizeof pa);
         saved_file(b, pb, sizeof pb);
-        const int n = ru_same_tensors(pa, pb);
-        printf("%s from a bf16 checkpoint, frozen weights bf16 on cpu_guard: equals cpu bit for "
-               "bit (%d tensors)\n", types[i], n);
+        if (g_split_exact) {
+            ru_same_metrics(a, b, steps[i]);
+            const int n = ru_same_tensors(pa, pb);
+            printf("%s from a bf16 checkpoint, frozen weights bf16 on cpu_guard: equals cpu bit "
+                   "for bit (%d tensors)\n", types[i], n);
+        } else { /* the bf16 weights go through qmatmul's tiles (gemm_split_exact) */
+            const double dm = ru_close_metrics(a, b, steps[i], 1e-5);
+            int n = 0;
+            const double dt = ru_compare_tensors_as(pa, pb, 1e-3, 1, &n);
+            printf("%s from a bf16 checkpoint, frozen weights bf16 on cpu_guard: metrics within "
+                   "%.2g, %d tensors within %.2g of their scale of cpu's (this machine's GEMM "
+                   "rounds split columns differently)\n", types[i], dm, n, dt);
+        }
     }
 }
 END_TEST
@@ -280,6 +327,9 @@ END_TEST
 int main(void) {
     snprintf(g_tmp, sizeof g_tmp, "/tmp/qft-guard-XXXXXX");
     if (!mkdtemp(g_tmp)) return 1;
+    g_split_exact = gemm_split_exact();
+    printf("this machine's GEMM %s its rounding when the output's columns are split\n",
+           g_split_exact ? "keeps" : "changes");
     Suite *s = suite_create("backend_guard");
     TCase *tc = tcase_create("guard");
     tcase_set_timeout(tc, 300);

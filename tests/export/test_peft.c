@@ -204,7 +204,11 @@ static void check_variant(const variant *v) {
     /* the committed fixture: same tensors and logits, and qft reproduces them from it */
     int count = 0;
     const double e_fx = compare_adapters(dir, fx_dir, &count);
-    ck_assert_msg(e_fx <= 1e-5, "%s: adapter tensors differ from the fixture by %.3e", v->name,
+    /* the fixture is qft's own output on another machine: its BLAS kernels round otherwise,
+     * and AdamW's first step (about lr times the gradient's sign) carries a rounding of a
+     * near-zero gradient into the tensor whole (DoRA's magnitude: 2e-5 between an AVX-512
+     * and an AVX2 OpenBLAS) */
+    ck_assert_msg(e_fx <= 1e-4, "%s: adapter tensors differ from the fixture by %.3e", v->name,
                   e_fx);
     int moved = 0;
     const double e_start = compare_adapters(dir, start, &moved);

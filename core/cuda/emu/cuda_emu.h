@@ -13,6 +13,8 @@
  * with the address), and cuBLASLt is a reference GEMM. It lets the kernels' logic, their
  * launch shapes and the backend's host/device discipline run on a machine without a GPU;
  * it says nothing of their speed, and warp-level timing (lockstep) is not modelled.
+ * Built once more for ThreadSanitizer (the race check: cuda_emu_sched.cc, QFT_EMU_TSAN), it
+ * reports a race between a block's threads as compute-sanitizer's racecheck would.
  */
 #ifndef QFT_CUDA_EMU_H
 #define QFT_CUDA_EMU_H
@@ -105,9 +107,13 @@ launcher<P...> make_launcher(void (*k)(P...), dim3 grid, dim3 block, size_t smem
  * GPU). */
 void *dyn_smem();
 
-/* Barriers: the whole block, or the lanes of `mask` in the caller's warp. */
+/* Barriers: the whole block, or the lanes of `mask` in the caller's warp (__syncwarp);
+ * warp_collective is the warp barrier of a shuffle or a WMMA call, which waits for the
+ * lanes as they do but, unlike the other two, orders no memory accesses among them (the
+ * race check, cuda_emu_sched.cc, tells the difference). */
 void sync_block();
 void sync_warp(unsigned mask);
+void warp_collective(unsigned mask);
 /* The warp's exchange: every lane of mask offers v, then reads lane src's offer. */
 uint64_t warp_exchange(unsigned mask, uint64_t v, int src);
 
@@ -233,26 +239,74 @@ template <int M, int N, int K> struct frag_dims<accumulator, M, N, K> {
 template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
     static const int rows = frag_dims<Use, M, N, K>::rows, cols = frag_dims<Use, M, N, K>::cols;
     static const int num_elements = rows * cols;
-    float v[rows * cols]; // row-major, values as float (bf16 inputs are exact in float)
+    float x[rows * cols]; // row-major, values as float (bf16 inputs are exact in float)
 };
 
 template <class Use, int M, int N, int K, class T, class L>
 inline void fill_fragment(fragment<Use, M, N, K, T, L> &f, float value) {
-    for (int i = 0; i < f.num_elements; i++) f.v[i] = value;
+    for (int i = 0; i < f.num_elements; i++) f.x[i] = value;
 }
 
-template <class E> inline float emu_load_elem(const E *p) { return (float)*p; }
-inline float emu_load_elem(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+/* Which lane owns element e (row-major over the tile) of a fragment: e mod 32, for every
+ * fragment type and memory layout alike, as a GPU gives each lane the same elements of an
+ * accumulator when it is loaded and stored the same way. Each lane loads the whole tile
+ * here, but the race check (TSan, cuda_emu_sched.cc) sees a lane read only the elements it
+ * owns, and a store writes each element from its owner's copy: a warp that loads an
+ * accumulator and stores it back in place needs no __syncwarp between (it needs none on a
+ * GPU), while a lane reading what another lane stored without one is a reported race. */
+inline bool emu_owns(int e, int lane) { return (e & 31) == lane; }
+/* Under the race check the tile loops are not instrumented (EMU_QUIET: a fragment is the
+ * lane's own, on its fiber's stack, and the other lanes' elements are not this lane's
+ * accesses), and an owned element's access goes through a call TSan does see (EMU_SEEN;
+ * noipa keeps the compiler from moving the access into the quiet caller). Elsewhere all of
+ * it is inline. */
+#ifdef __SANITIZE_THREAD__
+#define EMU_QUIET inline __attribute__((noipa, no_sanitize_thread))
+#define EMU_SEEN inline __attribute__((noipa))
+#else
+#define EMU_QUIET inline
+#define EMU_SEEN inline
+#endif
+template <class E> EMU_SEEN E emu_seen_load(const E *p) { return *p; }
+EMU_SEEN void emu_seen_store(float *p, float v) { *p = v; }
+inline float emu_to_float(float v) { return v; }
+inline float emu_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// dst (rows, cols) row-major <- the tile at p: element (r, c) at p[r * rs + c * cs]; lane is
+// the calling lane's
+template <class E>
+EMU_QUIET void emu_load_tile(float *dst, const E *p, size_t rs, size_t cs, int rows, int cols, int lane) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            const E *q = p + r * rs + c * cs;
+            dst[r * cols + c] = emu_to_float(emu_owns(r * cols + c, lane) ? emu_seen_load(q) : *q);
+        }
+}
+// the owned elements of src (rows, cols) to the tile at p, laid out as emu_load_tile's
+EMU_QUIET void emu_store_tile(float *p, const float *src, size_t rs, size_t cs, int rows, int cols, int lane) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            if (emu_owns(r * cols + c, lane)) emu_seen_store(p + r * rs + c * cs, src[r * cols + c]);
+}
+// d (M, N) = c + a (M, K) b (K, N), each sum in k order from c; d may be c
+EMU_QUIET void emu_mma(float *d, const float *a, const float *b, const float *c, int M, int N, int K) {
+    float out[16 * 16];
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float s = c[i * N + j];
+            for (int k = 0; k < K; k++) s += a[i * K + k] * b[k * N + j];
+            out[i * N + j] = s;
+        }
+    memcpy(d, out, sizeof(float) * M * N);
+}
 
 template <class Use, int M, int N, int K, class T, class L, class E>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const E *p, unsigned ldm) {
     qft_emu::wmma_check(p, ldm, sizeof(E), "wmma::load_matrix_sync");
-    qft_emu::sync_warp(0xffffffffu);
+    qft_emu::warp_collective(0xffffffffu);
     typedef fragment<Use, M, N, K, T, L> F;
     const bool rowm = std::is_same<L, row_major>::value;
-    for (int r = 0; r < F::rows; r++)
-        for (int c = 0; c < F::cols; c++)
-            f.v[r * F::cols + c] = emu_load_elem(rowm ? p + (size_t)r * ldm + c : p + (size_t)c * ldm + r);
+    emu_load_tile(f.x, p, rowm ? ldm : 1, rowm ? 1 : ldm, F::rows, F::cols, qft_emu::lane_id());
 }
 
 // An accumulator's load names its memory layout, as store_matrix_sync does.
@@ -260,10 +314,9 @@ template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const float *p, unsigned ldm,
                              layout_t layout) {
     qft_emu::wmma_check(p, ldm, sizeof(float), "wmma::load_matrix_sync");
-    qft_emu::sync_warp(0xffffffffu);
-    for (int r = 0; r < M; r++)
-        for (int c = 0; c < N; c++)
-            f.v[r * N + c] = layout == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+    qft_emu::warp_collective(0xffffffffu);
+    const bool rowm = layout == mem_row_major;
+    emu_load_tile(f.x, p, rowm ? ldm : 1, rowm ? 1 : ldm, M, N, qft_emu::lane_id());
 }
 
 template <int M, int N, int K, class TA, class LA, class TB, class LB>
@@ -271,29 +324,20 @@ inline void mma_sync(fragment<accumulator, M, N, K, float> &d,
                      const fragment<matrix_a, M, N, K, TA, LA> &a,
                      const fragment<matrix_b, M, N, K, TB, LB> &b,
                      const fragment<accumulator, M, N, K, float> &c) {
-    qft_emu::sync_warp(0xffffffffu);
-    float out[M * N];
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            float s = c.v[i * N + j];
-            for (int k = 0; k < K; k++) s += a.v[i * K + k] * b.v[k * N + j];
-            out[i * N + j] = s;
-        }
-    memcpy(d.v, out, sizeof out);
+    static_assert(M * N <= 16 * 16, "a fragment larger than the emulator's 16 x 16");
+    qft_emu::warp_collective(0xffffffffu);
+    emu_mma(d.x, a.x, b.x, c.x, M, N, K);
 }
 
 template <int M, int N, int K>
 inline void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f,
                               unsigned ldm, layout_t layout) {
     qft_emu::wmma_check(p, ldm, sizeof(float), "wmma::store_matrix_sync");
-    qft_emu::sync_warp(0xffffffffu);
-    // every lane writes the same values; lane 0's store is the one that counts
-    if (qft_emu::lane_id() == 0)
-        for (int r = 0; r < M; r++)
-            for (int c = 0; c < N; c++)
-                (layout == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r]) =
-                    f.v[r * N + c];
-    qft_emu::sync_warp(0xffffffffu);
+    qft_emu::warp_collective(0xffffffffu);
+    // every lane holds the same values and writes the elements it owns
+    const bool rowm = layout == mem_row_major;
+    emu_store_tile(p, f.x, rowm ? ldm : 1, rowm ? 1 : ldm, M, N, qft_emu::lane_id());
+    qft_emu::warp_collective(0xffffffffu);
 }
 } // namespace wmma
 } // namespace nvcuda

@@ -14,6 +14,21 @@
 
 #include <pthread.h>
 
+// The race check (QFT_EMU_TSAN: the emulator built for ThreadSanitizer, meson option
+// qft_emu_racecheck). Each emulated thread is a TSan fiber, switched to without
+// synchronisation, so TSan orders two threads' accesses only where the CUDA memory model
+// does: __syncthreads among a block's threads, __syncwarp among its mask's lanes, and the
+// launch boundaries. Shuffles and WMMA calls order nothing (CUDA promises no memory ordering
+// for them), so shared memory written by one lane and read by another without a barrier
+// between is reported, as compute-sanitizer's racecheck reports it. This file itself is not
+// instrumented: its bookkeeping is the emulator's, not the kernel's.
+#ifdef QFT_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
+#define TSAN_ONLY(x) x
+#else
+#define TSAN_ONLY(x)
+#endif
+
 namespace qft_emu {
 
 uint3 cur_thread, cur_block;
@@ -40,6 +55,7 @@ struct fiber {
     char *stack;
     fiber_state st;
     uint3 tid;
+    void *tsan; // its TSan fiber (race check), made at its first use
 };
 
 // The running block's bookkeeping: fibers to run this round, and who waits where.
@@ -56,6 +72,17 @@ struct worker {
     void *ctx;
     uint64_t exch[32 * 32]; // the warps' exchange slots, 32 lanes a warp
     unsigned char *smem;
+    // Race check: the launching host thread's TSan context, and the addresses TSan's
+    // acquire and release name. A block's fibers acquire block_in (released by the host
+    // once the block's shared memory is reset) and release block_out (acquired by the host
+    // when the block ends), so the host's work before the launch happens before the kernel's
+    // and the kernel's before the host's after it, while no fiber's start is ordered after
+    // another fiber's end. A barrier's members release into, then acquire from, the barrier
+    // episode's object; two per barrier, by parity of the episode, since a fast member
+    // reaches the next episode before a slow one has left this one.
+    void *tsan_host;
+    char block_in, block_out, block_bar[2], warp_bar[32][2];
+    unsigned block_epoch, warp_epoch[32];
 };
 
 worker *me;
@@ -89,6 +116,14 @@ asm(".text\n"
 // when every fiber has returned.
 int next_fiber(worker *w);
 
+// The switch, told to TSan first (race check) without synchronisation: running one fiber
+// after another orders nothing on a GPU.
+void switch_to(void **save_sp, void *new_sp, void *tsan_fiber) {
+    TSAN_ONLY(__tsan_switch_to_fiber(tsan_fiber, __tsan_switch_to_fiber_no_sync));
+    (void)tsan_fiber;
+    qft_emu_switch(save_sp, new_sp);
+}
+
 // Hands the thread to the next fiber (directly: one switch, not two through the
 // scheduler), or back to the scheduler when the block is over. Returns when this fiber is
 // released and runs again.
@@ -96,12 +131,15 @@ void yield_to_next(worker *w) {
     const int cur = w->cur, nx = next_fiber(w);
     if (nx == cur) return; // released again at once: the only one runnable
     void *to = nx < 0 ? w->sched_sp : w->fibers[nx].sp;
+    void *tsan_to = nx < 0 ? w->tsan_host : w->fibers[nx].tsan;
     if (nx >= 0) w->cur = nx, cur_thread = w->fibers[nx].tid;
-    qft_emu_switch(&w->fibers[cur].sp, to);
+    switch_to(&w->fibers[cur].sp, to, tsan_to);
 }
 
 void fiber_main(worker *w) {
+    TSAN_ONLY(__tsan_acquire(&w->block_in));
     w->body(w->ctx);
+    TSAN_ONLY(__tsan_release(&w->block_out));
     fiber &f = w->fibers[w->cur];
     f.st = DONE;
     w->done++;
@@ -191,6 +229,7 @@ int next_fiber(worker *w) {
                     w->runq[w->n_run++] = k * 32 + l;
                 }
             w->warp_wait[k] = 0;
+            w->warp_epoch[k]++;
         }
         w->n_warps_waiting = keep;
         if (!w->n_run) {
@@ -201,6 +240,7 @@ int next_fiber(worker *w) {
                     w->runq[w->n_run++] = i;
                 }
             w->at_block = 0;
+            w->block_epoch++;
         }
         order_round(w);
     }
@@ -216,6 +256,14 @@ void run_block(worker *w, const launch_cfg &c, uint3 bid) {
     for (unsigned i = 0; i < n; i++) {
         fiber &f = w->fibers[i];
         fiber_reset(f);
+#ifdef QFT_EMU_TSAN
+        if (!f.tsan) {
+            f.tsan = __tsan_create_fiber(0);
+            char name[40];
+            snprintf(name, sizeof name, "emulated thread %u of a block", i);
+            __tsan_set_fiber_name(f.tsan, name);
+        }
+#endif
         f.tid = uint3{i % c.block.x, (i / c.block.x) % c.block.y, i / (c.block.x * c.block.y)};
         w->runq[i] = i;
     }
@@ -228,10 +276,15 @@ void run_block(worker *w, const launch_cfg &c, uint3 bid) {
         w->warp_wait[k] = 0;
     }
     memset(w->smem, 0xff, c.smem); // shared memory starts as garbage: NaN here
+    w->block_epoch = 0;
+    memset(w->warp_epoch, 0, sizeof w->warp_epoch);
+    TSAN_ONLY(__tsan_release(&w->block_in));
     const int first = next_fiber(w);
     w->cur = first;
     cur_thread = w->fibers[first].tid;
-    qft_emu_switch(&w->sched_sp, w->fibers[first].sp); // back when every fiber has returned
+    // back when every fiber has returned
+    switch_to(&w->sched_sp, w->fibers[first].sp, w->fibers[first].tsan);
+    TSAN_ONLY(__tsan_acquire(&w->block_out));
     for (unsigned i = 0; i < n; i++)
         if (memcmp(w->fibers[i].stack, &CANARY, sizeof CANARY))
             fatal("a kernel's locals ran past the emulator's 64 KiB fiber stack");
@@ -254,10 +307,17 @@ void sync_block() {
     if (!me || me->cur < 0) fatal("__syncthreads outside a kernel");
     me->fibers[me->cur].st = AT_BLOCK;
     me->at_block++;
+    char *bar = &me->block_bar[me->block_epoch & 1];
+    TSAN_ONLY(__tsan_release(bar));
     yield_to_next(me);
+    TSAN_ONLY(__tsan_acquire(bar));
+    (void)bar;
 }
 
-void sync_warp(unsigned mask) {
+namespace {
+// A warp barrier; `orders` when it is __syncwarp's, which orders the lanes' memory
+// accesses (the race check's happens-before), not a shuffle's or a WMMA call's.
+void warp_barrier(unsigned mask, bool orders) {
     if (!me || me->cur < 0) fatal("a warp barrier outside a kernel");
     const unsigned t = (unsigned)me->cur, k = t / 32;
     if (!(mask >> (t % 32) & 1)) fatal("a warp barrier (shuffle, __syncwarp) whose mask leaves out the calling lane");
@@ -267,8 +327,16 @@ void sync_warp(unsigned mask) {
     if (!me->warp_wait[k]) me->warps_waiting[me->n_warps_waiting++] = k;
     me->warp_wait[k] |= 1u << (t % 32);
     me->warp_mask[k] = mask;
+    char *bar = &me->warp_bar[k][me->warp_epoch[k] & 1];
+    TSAN_ONLY(if (orders) __tsan_release(bar));
     yield_to_next(me);
+    TSAN_ONLY(if (orders) __tsan_acquire(bar));
+    (void)bar, (void)orders;
 }
+} // namespace
+
+void sync_warp(unsigned mask) { warp_barrier(mask, true); }
+void warp_collective(unsigned mask) { warp_barrier(mask, false); }
 
 uint64_t warp_exchange(unsigned mask, uint64_t v, int src) {
     const unsigned t = linear(cur_thread, cur_block_dim);
@@ -276,14 +344,14 @@ uint64_t warp_exchange(unsigned mask, uint64_t v, int src) {
     if (warp >= 32) fatal("a block of more than 1024 threads");
     uint64_t *slots = me->exch + warp * 32;
     slots[lane] = v;
-    sync_warp(mask);
+    warp_collective(mask);
     // a source lane that did not offer a value (outside the mask, returned, or past the
     // block) gives an undefined value on a GPU: all ones here (NaN as a float), so that a
     // kernel that reads one shows it
     const bool offered = src >= 0 && src < 32 && (mask >> src & 1) && me->fibers[warp * 32 + src].st != DONE &&
                          warp * 32 + (unsigned)src < me->n;
     const uint64_t r = offered ? slots[src] : ~(uint64_t)0;
-    sync_warp(mask);
+    warp_collective(mask);
     return r;
 }
 
@@ -321,6 +389,7 @@ void launch_run(const launch_cfg &c, void (*body)(void *), void *ctx) {
     device_enter();
     worker *w = worker_get();
     if (n > MAX_THREADS) fatal("a block of more than 1024 threads");
+    TSAN_ONLY(w->tsan_host = __tsan_get_current_fiber());
     w->body = body, w->ctx = ctx;
     // blocks in ascending and descending order by turns: a kernel whose blocks depend on
     // each other's order (no such ordering exists on a GPU) gives two answers
