@@ -15,8 +15,9 @@
  *     computing through its op table): LoRA with dropout, QLoRA on NF4 and HQQ, Llama-Pro
  *     on NF4 reproduce the cpu backend's bits (also with the head and loss in chunks and
  *     with bf16 residuals) where the BLAS's rounding does not depend on how a GEMM's
- *     columns are split, and agree to rounding where it does (gemm_split_exact); DoRA computes its norm exactly once per parameter version off
- *     the host (the cpu backend caches an expansion), so it agrees to rounding;
+ *     columns are split, and agree to rounding where it does (gemm_split_exact); DoRA
+ *     computes its norm exactly once per parameter version off the host (the cpu backend
+ *     caches an expansion), so it agrees to rounding;
  *     a merged save after training on the backend merges on the host;
  *   - the refusals: cpu_offload and frozen_dtype on the cpu backend, TF32 on cpu_guard,
  *     NCCL over cpu_guard's memory (a quantizer without a packed layout:
