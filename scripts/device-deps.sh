@@ -17,20 +17,31 @@
 #                                  when python3 cannot import bitsandbytes
 #
 # Debian 12's libraries run on a newer glibc (the GPU image's is Ubuntu 24.04's). Open MPI
-# is left out (its plugins do not relocate simply): there the multi-rank steps report
-# "no mpirun".
+# comes too, for the check's multi-rank step (two ranks on one GPU): unpacked where the
+# machine has no mpirun, and pointed at its new place through Open MPI's and PMIx's
+# relocation variables (OPAL_PREFIX and friends, PMIX_PREFIX and friends), since both look
+# for their plugins and help files at the paths they were built for. libudev and libuuid,
+# which hwloc and PSM need and an Ubuntu image has, are unpacked only where they are missing.
 qft_deps_pkgs="libconfig-dev libconfig9 libopenblas-dev libopenblas0-pthread
   libopenblas-pthread-dev libopenblas0 libgfortran5 libquadmath0 libpcre2-dev libpcre2-8-0
   libjansson-dev libjansson4 check libsubunit-dev libsubunit0 pkgconf pkgconf-bin libpkgconf3
   pkg-config"
 qft_deps_libs="libconfig openblas libpcre2-8 jansson check"
+# Open MPI 4.1 with what its libraries and plugins load (ldd of orterun, orted, libmpi and
+# every MCA component, less glibc, libstdc++ and zlib)
+qft_deps_mpi="openmpi-bin libopenmpi3 libopenmpi-dev openmpi-common libevent-core-2.1-7
+  libevent-pthreads-2.1-7 libhwloc15 libpmix2 libucx0 libfabric1 libibverbs1 ibverbs-providers
+  librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200 libmunge2 libnuma1"
+qft_deps_fallback="libudev1 libuuid1"
 qft_deps_bnb="bitsandbytes==0.50.2"
 
 qft_deps_fetch() {
     root=$(cd "$(dirname "$0")/.." && pwd)
     mkdir -p "$root/.devkit" && cd "$root/.devkit" || return 1
-    # shellcheck disable=SC2086 # the list splits on purpose
-    apt-get download $qft_deps_pkgs || return 1
+    rm -f ./*.deb fallback/*.deb
+    # shellcheck disable=SC2086 # the lists split on purpose
+    apt-get download $qft_deps_pkgs $qft_deps_mpi || return 1
+    mkdir -p fallback && (cd fallback && apt-get download $qft_deps_fallback) || return 1
     # the wheel for the GPU image's Python (3.12), unpacked without the binaries for other
     # CUDA and ROCm versions (about 100 MB of its 129)
     tmp=$(mktemp -d) || return 1
@@ -47,22 +58,23 @@ qft_deps_env() {
     if [ -d "${QFT_DEVKIT:-$PWD/.devkit}/py" ] && ! python3 -c 'import bitsandbytes' 2>/dev/null; then
         export PYTHONPATH="${QFT_DEVKIT:-$PWD/.devkit}/py${PYTHONPATH:+:$PYTHONPATH}"
     fi
+    qft_deps_kit=${QFT_DEVKIT:-$PWD/.devkit}
+    qft_deps_root=${QFT_DEPS:-/tmp/qft-deps}
+    qft_deps_lib="$qft_deps_root/usr/lib/x86_64-linux-gnu"
     # QFT_DEPS_FORCE=1 uses the kit even where the machine has the libraries (to try it)
     if [ "${QFT_DEPS_FORCE:-0}" != 1 ] && command -v pkg-config >/dev/null 2>&1 &&
         pkg-config --exists $qft_deps_libs 2>/dev/null; then
+        qft_deps_mpi_env
         return 0 # the machine has them
     fi
-    qft_deps_kit=${QFT_DEVKIT:-$PWD/.devkit}
     if ! ls "$qft_deps_kit"/*.deb >/dev/null 2>&1; then
         echo "device-deps: this machine lacks $qft_deps_libs (or pkg-config) and $qft_deps_kit" \
              "holds no .deb files: run scripts/device-deps.sh fetch where apt works and carry" \
              ".devkit" >&2
         return 1
     fi
-    qft_deps_root=${QFT_DEPS:-/tmp/qft-deps}
     mkdir -p "$qft_deps_root" || return 1
     for qft_deps_f in "$qft_deps_kit"/*.deb; do dpkg-deb -x "$qft_deps_f" "$qft_deps_root" || return 1; done
-    qft_deps_lib="$qft_deps_root/usr/lib/x86_64-linux-gnu"
     export PKG_CONFIG="$qft_deps_root/usr/bin/pkgconf"
     # only the kit's .pc files, their /usr paths moved under the unpacked root
     export PKG_CONFIG_LIBDIR="$qft_deps_lib/pkgconfig:$qft_deps_lib/openblas-pthread/pkgconfig"
@@ -77,6 +89,65 @@ qft_deps_env() {
         return 1
     }
     echo "device-deps: using $qft_deps_kit, unpacked under $qft_deps_root"
+    qft_deps_mpi_env
+}
+
+# Open MPI from the kit, where the machine has no mpirun (or QFT_DEPS_FORCE=1). Unpacks the
+# kit when qft_deps_env has not (a machine with the C libraries but no MPI); failures only
+# leave the multi-rank step to report "no mpirun".
+qft_deps_mpi_env() {
+    [ "${QFT_DEPS_FORCE:-0}" != 1 ] && mpirun --version >/dev/null 2>&1 && return 0
+    ls "$qft_deps_kit"/libopenmpi3_*.deb >/dev/null 2>&1 || return 0 # a kit from before MPI
+    if [ ! -x "$qft_deps_root/usr/bin/orterun" ]; then
+        mkdir -p "$qft_deps_root" || return 0
+        for qft_deps_f in "$qft_deps_kit"/*.deb; do dpkg-deb -x "$qft_deps_f" "$qft_deps_root" || return 0; done
+    fi
+    qft_deps_ompi="$qft_deps_lib/openmpi"
+    qft_deps_pmix="$qft_deps_lib/pmix2"
+    # what update-alternatives would have made: mpirun, mpicc and PSM's soname link
+    mkdir -p "$qft_deps_root/alt" "$qft_deps_root/fallback" || return 0
+    ln -sf "$qft_deps_root/usr/bin/orterun" "$qft_deps_root/alt/mpirun"
+    ln -sf "$qft_deps_root/usr/bin/opal_wrapper" "$qft_deps_root/alt/mpicc"
+    ln -sf "$qft_deps_root/usr/lib/libpsm1/libpsm_infinipath.so.1.16" \
+        "$qft_deps_lib/libpsm_infinipath.so.1"
+    qft_deps_path="$qft_deps_ompi/lib:$qft_deps_lib:$qft_deps_root/lib/x86_64-linux-gnu"
+    for qft_deps_so in libudev.so.1 libuuid.so.1; do
+        ldconfig -p 2>/dev/null | grep -q "$qft_deps_so " && continue
+        for qft_deps_f in "$qft_deps_kit"/fallback/*.deb; do
+            dpkg-deb -x "$qft_deps_f" "$qft_deps_root/fallback" || return 0
+        done
+        qft_deps_path="$qft_deps_path:$qft_deps_root/fallback/usr/lib/x86_64-linux-gnu"
+        qft_deps_path="$qft_deps_path:$qft_deps_root/fallback/lib/x86_64-linux-gnu"
+        echo "device-deps: this machine lacks $qft_deps_so: the kit's Debian 12 copy is used"
+        break
+    done
+    export PATH="$qft_deps_root/alt:$PATH"
+    export LD_LIBRARY_PATH="$qft_deps_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LIBRARY_PATH="$qft_deps_ompi/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+    export OPAL_PREFIX="$qft_deps_root/usr" OPAL_LIBDIR="$qft_deps_ompi/lib" \
+        OPAL_PKGLIBDIR="$qft_deps_ompi/lib/openmpi3" OPAL_INCLUDEDIR="$qft_deps_ompi/include" \
+        OPAL_SYSCONFDIR="$qft_deps_root/etc/openmpi" OPAL_DATADIR="$qft_deps_root/usr/share/openmpi" \
+        OPAL_PKGDATADIR="$qft_deps_root/usr/share/openmpi"
+    export PMIX_PREFIX="$qft_deps_pmix" PMIX_LIBDIR="$qft_deps_pmix/lib" \
+        PMIX_PKGLIBDIR="$qft_deps_pmix/lib/pmix" PMIX_DATADIR="$qft_deps_pmix/share" \
+        PMIX_PKGDATADIR="$qft_deps_pmix/share/pmix"
+    # meson finds MPI through ompi-c.pc: where qft_deps_env did not point pkg-config at the
+    # kit, add the kit's Open MPI .pc files to the machine's own
+    if [ -z "${PKG_CONFIG_SYSROOT_DIR:-}" ]; then
+        mkdir -p "$qft_deps_root/mpi-pc" || return 0
+        for qft_deps_f in "$qft_deps_ompi"/lib/pkgconfig/*.pc; do
+            sed "s|^prefix=/usr|prefix=$qft_deps_root/usr|" "$qft_deps_f" \
+                >"$qft_deps_root/mpi-pc/$(basename "$qft_deps_f")"
+        done
+        export PKG_CONFIG_PATH="$qft_deps_root/mpi-pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+    fi
+    if mpirun --version >/dev/null 2>&1; then
+        echo "device-deps: Open MPI from the kit ($(mpirun --version 2>&1 | head -1))"
+    else
+        echo "device-deps: the kit's Open MPI does not run here: the multi-rank step will" \
+             "report no mpirun" >&2
+        PATH=$(echo "$PATH" | sed "s|$qft_deps_root/alt:||")
+    fi
 }
 
 case "${1:-}" in

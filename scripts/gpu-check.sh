@@ -127,7 +127,11 @@ command -v nvcc >/dev/null || { echo "gpu-check: nvcc not found (looked in PATH 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 rm -rf "$BUILD"
-step configure 120 meson setup "$BUILD" -Dqft_cuda_arch=sm_90 -Dbuildtype=release >"$BUILD.setup.log" 2>&1 ||
+# werror off: the GPU image's compilers (Ubuntu 24.04's gcc 13 as nvcc's host compiler too)
+# warn where Debian 12's gcc 12, which CI builds with -Werror, does not, and a new warning
+# must not cost the GPU's minutes; the build log keeps the warnings
+step configure 120 meson setup "$BUILD" -Dqft_cuda_arch=sm_90 -Dbuildtype=release -Dwerror=false \
+    >"$BUILD.setup.log" 2>&1 ||
     { cat "$BUILD.setup.log"; exit 1; }
 emu_targets=()
 [[ $EMU == 1 ]] && emu_targets=(core/cuda/libqft_cuda_emu.so tests/cuda/test_cuda_ops_emu)
@@ -415,7 +419,7 @@ fi
 SAN=$(command -v compute-sanitizer || true)
 san_note="compute-sanitizer not installed: not run"
 # (the emulator guards memory itself; compute-sanitizer needs a GPU)
-[[ $EMU == 1 ]] && SAN="" san_note="compute-sanitizer: not run on the emulator (races within a block: the suite's cuda_ops_racecheck, under TSan)"
+[[ $EMU == 1 ]] && SAN="" san_note="compute-sanitizer: not run on the emulator (races within a block and between neighbouring blocks: the suite's cuda_ops_racecheck, under TSan)"
 if [[ -n "$SAN" ]]; then
     # test_cuda_ops checks the default kernels: the fallback switches the trainings took stay out
     if step memcheck 150 env -u QFT_CUDA_LOWRANK -u QFT_CUDA_LOWRANK_OUT \

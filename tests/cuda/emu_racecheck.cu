@@ -89,6 +89,23 @@ __global__ void per_block(int *out) {
     out[blockIdx.x * 64 + threadIdx.x] = sh[63 - threadIdx.x];
 }
 
+// the same with dynamic shared memory
+__global__ void per_block_dyn(int *out) {
+    extern __shared__ int dsh[];
+    dsh[threadIdx.x] = (int)(blockIdx.x * 64 + threadIdx.x);
+    __syncthreads();
+    out[blockIdx.x * 64 + threadIdx.x] = dsh[63 - threadIdx.x] + 1;
+}
+
+// blocks of one launch sharing global memory, which nothing orders on a GPU: every block
+// writes the same elements (write), or each block reads what the block before it wrote
+// (read)
+__global__ void blocks_write(int *out) { out[threadIdx.x] = (int)blockIdx.x; }
+__global__ void blocks_read(int *buf) {
+    buf[blockIdx.x * 64 + threadIdx.x] = (int)blockIdx.x;
+    if (blockIdx.x > 0) buf[256 + blockIdx.x * 64 + threadIdx.x] = buf[(blockIdx.x - 1) * 64 + threadIdx.x];
+}
+
 // reads what the previous launch wrote (launches on a stream are ordered)
 __global__ void reverse(int *dst, const int *src, int n) {
     const int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);
@@ -146,6 +163,17 @@ int emu_rc_run(const char *name) {
         reverse<<<2, 128>>>(b, a, 256);
         cudaMemcpy(host, b, sizeof host, cudaMemcpyDeviceToHost);
         ok = host[0] == 255 - 63 && host[255] == 63;
+        per_block_dyn<<<4, 64, 64 * sizeof(int)>>>(a);
+        cudaMemcpy(host, a, sizeof host, cudaMemcpyDeviceToHost);
+        ok = ok && host[0] == 64 && host[255] == 193;
+    } else if (!strcmp(name, "blocks_write_racy")) {
+        blocks_write<<<2, 64>>>(a);
+        ok = 1;
+    } else if (!strcmp(name, "blocks_read_racy")) {
+        int *buf = dev_ints(512);
+        blocks_read<<<4, 64>>>(buf);
+        cudaFree(buf);
+        ok = 1;
     }
     cudaFree(a), cudaFree(b), cudaFree(f);
     return ok && cudaDeviceSynchronize() == cudaSuccess ? 0 : -1;

@@ -7,11 +7,13 @@
  *     doing so with only a shuffle between (shuffles order no memory), lanes reading an
  *     accumulator another lane stored (WMMA) without __syncwarp, and a write after one
  *     barrier read before the next (the case a race check with one synchronisation object
- *     per barrier, rather than one per episode, misses);
+ *     per barrier, rather than one per episode, misses), and blocks of one launch writing
+ *     the same global elements, or one block reading what its neighbour wrote (nothing
+ *     orders a launch's blocks; the emulator leaves blocks fewer than 4 apart unordered);
  *   - their controls, with the barrier CUDA requires, which must run clean; an accumulator
  *     loaded, added to and stored back in place round after round (each lane stores what it
  *     loaded: no barrier needed); and blocks of one launch, and two launches in a row, that
- *     share nothing unordered. */
+ *     share nothing unordered (each block's static and dynamic shared memory is its own). */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,8 @@ static const struct {
     {"warp_racy", "warp_neighbour"},
     {"wmma_racy", "wmma_store_read"},
     {"barriers_racy", "after_barrier"},
+    {"blocks_write_racy", "blocks_write"},
+    {"blocks_read_racy", "blocks_read"},
 };
 static const char *k_clean[] = {"shared_clean",   "global_clean",        "warp_clean", "wmma_clean",
                                 "barriers_clean", "wmma_in_place_clean", "blocks_clean"};

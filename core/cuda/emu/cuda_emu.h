@@ -20,8 +20,9 @@
 #define QFT_CUDA_EMU_H
 
 /* Before the CUDA headers: host_defines.h keeps a __shared__ that is already defined.
- * Shared memory is per block; the blocks of a launch run one after another (and launches
- * one at a time), so a function-static is the block's shared memory. */
+ * emu_rewrite.py has turned the sources' __shared__ declarations into the block's own memory
+ * (dyn_smem, static_smem); what is left (none in qft's sources) is a function-static, which
+ * the blocks of a launch, run one after another, share. */
 #define __shared__ static
 #define __launch_bounds__(...)
 
@@ -106,6 +107,14 @@ launcher<P...> make_launcher(void (*k)(P...), dim3 grid, dim3 block, size_t smem
 /* The block's dynamic shared memory (poisoned at each block's start, as it is garbage on a
  * GPU). */
 void *dyn_smem();
+/* The block's place for one static __shared__ declaration (emu_rewrite.py turns each into a
+ * call): `site` names the declaration (QFT_EMU_SITE, one per declaration and template
+ * instance), and every thread of the block that reaches it gets the same bytes, from the
+ * block's own arena (poisoned at its start). Blocks have arenas of their own, so the race
+ * check, which leaves neighbouring blocks of a launch unordered, sees no sharing between
+ * them that a GPU would not have. */
+void *static_smem(const void *site, size_t bytes, size_t align);
+#define QFT_EMU_SITE ([] { static const char site_ = 0; return &site_; }())
 
 /* Barriers: the whole block, or the lanes of `mask` in the caller's warp (__syncwarp);
  * warp_collective is the warp barrier of a shuffle or a WMMA call, which waits for the

@@ -47,6 +47,19 @@ const size_t STACK_STRIDE = STACK_BYTES + 17 * 64;
 const unsigned MAX_THREADS = 1024;
 const uint64_t CANARY = 0x71f7c0dec0ffee11ull;
 const size_t DYN_SMEM_MAX = 232448; // sm_90's opt-in maximum, as the device reports
+const size_t STATIC_SMEM_MAX = 48 << 10; // a kernel's static __shared__, as nvcc limits it
+const unsigned MAX_SITES = 32;           // static __shared__ declarations in one kernel
+// A block runs in one of SLOTS slots (block i of a launch in slot i % SLOTS), each with its
+// own fibers, stacks, shared memory and (race check) synchronisation objects. The race check
+// orders a slot's next block after its previous one, through the host, and nothing else
+// between the blocks of a launch: blocks fewer than SLOTS apart run unordered, as a GPU's
+// blocks do, and a race between them (two blocks writing one element of global memory, a
+// block reading what another wrote) is reported. Without the race check one slot does.
+#ifdef QFT_EMU_TSAN
+const unsigned SLOTS = 4;
+#else
+const unsigned SLOTS = 1;
+#endif
 
 enum fiber_state { RUNNING, AT_BLOCK, AT_WARP, DONE };
 
@@ -58,9 +71,24 @@ struct fiber {
     void *tsan; // its TSan fiber (race check), made at its first use
 };
 
+// What a block has of its own: its threads' fibers and stacks, its shared memory (dynamic,
+// and an arena for the static declarations, placed as their sites are first reached), and
+// the race check's synchronisation objects (see worker).
+struct slot {
+    fiber fibers[MAX_THREADS];
+    unsigned char *smem, *static_smem;
+    size_t static_used, static_hw; // this block's, and the most any block of the slot took
+    const void *site[MAX_SITES];
+    size_t site_off[MAX_SITES], site_bytes[MAX_SITES];
+    unsigned n_sites;
+    char block_in, block_out, block_bar[2], warp_bar[32][2];
+};
+
 // The running block's bookkeeping: fibers to run this round, and who waits where.
 struct worker {
-    fiber fibers[MAX_THREADS];
+    slot slots[SLOTS];
+    slot *s;       // the running block's
+    fiber *fibers; // s->fibers
     unsigned runq[MAX_THREADS], n_run, q_pos; // this round's fibers; the next to run
     bool descending;                          // the order of the next round (order_round)
     unsigned at_block, done, n;
@@ -71,17 +99,16 @@ struct worker {
     void (*body)(void *);
     void *ctx;
     uint64_t exch[32 * 32]; // the warps' exchange slots, 32 lanes a warp
-    unsigned char *smem;
-    // Race check: the launching host thread's TSan context, and the addresses TSan's
-    // acquire and release name. A block's fibers acquire block_in (released by the host
+    // Race check: the launching host thread's TSan context; the addresses TSan's acquire and
+    // release name are the slot's. A block's fibers acquire block_in (released by the host
     // once the block's shared memory is reset) and release block_out (acquired by the host
-    // when the block ends), so the host's work before the launch happens before the kernel's
-    // and the kernel's before the host's after it, while no fiber's start is ordered after
-    // another fiber's end. A barrier's members release into, then acquire from, the barrier
-    // episode's object; two per barrier, by parity of the episode, since a fast member
-    // reaches the next episode before a slow one has left this one.
+    // before the slot's next block and when the launch ends), so the host's work before the
+    // launch happens before the kernel's and the kernel's before the host's after it, while
+    // no fiber's start is ordered after another fiber's end, nor a block after the SLOTS - 1
+    // before it. A barrier's members release into, then acquire from, the barrier episode's
+    // object; two per barrier, by parity of the episode, since a fast member reaches the next
+    // episode before a slow one has left this one.
     void *tsan_host;
-    char block_in, block_out, block_bar[2], warp_bar[32][2];
     unsigned block_epoch, warp_epoch[32];
 };
 
@@ -137,9 +164,9 @@ void yield_to_next(worker *w) {
 }
 
 void fiber_main(worker *w) {
-    TSAN_ONLY(__tsan_acquire(&w->block_in));
+    TSAN_ONLY(__tsan_acquire(&w->s->block_in));
     w->body(w->ctx);
-    TSAN_ONLY(__tsan_release(&w->block_out));
+    TSAN_ONLY(__tsan_release(&w->s->block_out));
     fiber &f = w->fibers[w->cur];
     f.st = DONE;
     w->done++;
@@ -167,16 +194,22 @@ void fiber_reset(fiber &f) {
 worker *worker_get() {
     if (me) return me;
     me = new worker();
-    // a GPU's dynamic shared memory starts aligned (WMMA's 256-bit rule holds at its base)
-    me->smem = (unsigned char *)aligned_alloc(128, DYN_SMEM_MAX);
-    const size_t bytes = STACK_STRIDE * MAX_THREADS;
+    const size_t bytes = STACK_STRIDE * MAX_THREADS * SLOTS;
     char *m = (char *)mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED || !me->smem) fatal("cannot map the fibers' stacks");
+    if (m == MAP_FAILED) fatal("cannot map the fibers' stacks");
     madvise(m, bytes, MADV_HUGEPAGE);
-    for (unsigned i = 0; i < MAX_THREADS; i++) {
-        me->fibers[i].stack = m + i * STACK_STRIDE;
-        memcpy(me->fibers[i].stack, &CANARY, sizeof CANARY);
+    for (unsigned k = 0; k < SLOTS; k++) {
+        slot &sl = me->slots[k];
+        // a GPU's shared memory starts aligned (WMMA's 256-bit rule holds at its base)
+        sl.smem = (unsigned char *)aligned_alloc(128, DYN_SMEM_MAX);
+        sl.static_smem = (unsigned char *)aligned_alloc(128, STATIC_SMEM_MAX);
+        if (!sl.smem || !sl.static_smem) fatal("cannot allocate the blocks' shared memory");
+        memset(sl.static_smem, 0xff, STATIC_SMEM_MAX);
+        for (unsigned i = 0; i < MAX_THREADS; i++) {
+            sl.fibers[i].stack = m + ((size_t)k * MAX_THREADS + i) * STACK_STRIDE;
+            memcpy(sl.fibers[i].stack, &CANARY, sizeof CANARY);
+        }
     }
     return me;
 }
@@ -246,9 +279,14 @@ int next_fiber(worker *w) {
     }
 }
 
-// One block of c: every fiber from the start, in rounds (next_fiber), until all return.
-void run_block(worker *w, const launch_cfg &c, uint3 bid) {
+// One block of c in slot k: every fiber from the start, in rounds (next_fiber), until all
+// return.
+void run_block(worker *w, const launch_cfg &c, uint3 bid, unsigned k) {
     const unsigned n = c.block.x * c.block.y * c.block.z;
+    slot &sl = w->slots[k];
+    w->s = &sl, w->fibers = sl.fibers;
+    // the slot's previous block happens before this one (its memory is reused)
+    TSAN_ONLY(__tsan_acquire(&sl.block_out));
     cur_block = bid;
     cur_block_dim = c.block;
     cur_grid_dim = c.grid;
@@ -259,8 +297,8 @@ void run_block(worker *w, const launch_cfg &c, uint3 bid) {
 #ifdef QFT_EMU_TSAN
         if (!f.tsan) {
             f.tsan = __tsan_create_fiber(0);
-            char name[40];
-            snprintf(name, sizeof name, "emulated thread %u of a block", i);
+            char name[64];
+            snprintf(name, sizeof name, "emulated thread %u of a block (slot %u)", i, k);
             __tsan_set_fiber_name(f.tsan, name);
         }
 #endif
@@ -270,21 +308,24 @@ void run_block(worker *w, const launch_cfg &c, uint3 bid) {
     w->n_run = n, w->q_pos = 0;
     w->descending = ((bid.x ^ bid.y ^ bid.z) & 1) != 0;
     order_round(w);
-    for (unsigned k = 0; k < 32; k++) {
-        const unsigned lanes = n > k * 32 ? n - k * 32 : 0;
-        w->warp_alive[k] = lanes >= 32 ? ~0u : (1u << lanes) - 1u;
-        w->warp_wait[k] = 0;
+    for (unsigned q = 0; q < 32; q++) {
+        const unsigned lanes = n > q * 32 ? n - q * 32 : 0;
+        w->warp_alive[q] = lanes >= 32 ? ~0u : (1u << lanes) - 1u;
+        w->warp_wait[q] = 0;
     }
-    memset(w->smem, 0xff, c.smem); // shared memory starts as garbage: NaN here
+    // shared memory starts as garbage: NaN here (past static_hw the arena is still as
+    // allocated, all ones)
+    memset(sl.smem, 0xff, c.smem);
+    memset(sl.static_smem, 0xff, sl.static_hw);
+    sl.static_used = 0, sl.n_sites = 0;
     w->block_epoch = 0;
     memset(w->warp_epoch, 0, sizeof w->warp_epoch);
-    TSAN_ONLY(__tsan_release(&w->block_in));
+    TSAN_ONLY(__tsan_release(&sl.block_in));
     const int first = next_fiber(w);
     w->cur = first;
     cur_thread = w->fibers[first].tid;
     // back when every fiber has returned
     switch_to(&w->sched_sp, w->fibers[first].sp, w->fibers[first].tsan);
-    TSAN_ONLY(__tsan_acquire(&w->block_out));
     for (unsigned i = 0; i < n; i++)
         if (memcmp(w->fibers[i].stack, &CANARY, sizeof CANARY))
             fatal("a kernel's locals ran past the emulator's 64 KiB fiber stack");
@@ -301,13 +342,33 @@ void fatal(const char *msg) {
     abort();
 }
 
-void *dyn_smem() { return me->smem; }
+void *dyn_smem() { return me->s->smem; }
+
+void *static_smem(const void *site, size_t bytes, size_t align) {
+    if (!me || me->cur < 0) fatal("static __shared__ memory outside a kernel");
+    slot &sl = *me->s;
+    for (unsigned i = 0; i < sl.n_sites; i++)
+        if (sl.site[i] == site) {
+            if (sl.site_bytes[i] != bytes) fatal("one __shared__ declaration of two sizes");
+            return sl.static_smem + sl.site_off[i];
+        }
+    if (sl.n_sites == MAX_SITES) fatal("more than 32 static __shared__ declarations in a kernel");
+    if (!align || (align & (align - 1)) || align > 128) fatal("a __shared__ alignment the emulator does not place");
+    const size_t off = (sl.static_used + align - 1) & ~(align - 1);
+    if (off + bytes > STATIC_SMEM_MAX)
+        fatal("more than 48 KiB of static __shared__ memory in a kernel (nvcc refuses it)");
+    sl.site[sl.n_sites] = site, sl.site_off[sl.n_sites] = off, sl.site_bytes[sl.n_sites] = bytes;
+    sl.n_sites++;
+    sl.static_used = off + bytes;
+    if (sl.static_used > sl.static_hw) sl.static_hw = sl.static_used;
+    return sl.static_smem + off;
+}
 
 void sync_block() {
     if (!me || me->cur < 0) fatal("__syncthreads outside a kernel");
     me->fibers[me->cur].st = AT_BLOCK;
     me->at_block++;
-    char *bar = &me->block_bar[me->block_epoch & 1];
+    char *bar = &me->s->block_bar[me->block_epoch & 1];
     TSAN_ONLY(__tsan_release(bar));
     yield_to_next(me);
     TSAN_ONLY(__tsan_acquire(bar));
@@ -327,7 +388,7 @@ void warp_barrier(unsigned mask, bool orders) {
     if (!me->warp_wait[k]) me->warps_waiting[me->n_warps_waiting++] = k;
     me->warp_wait[k] |= 1u << (t % 32);
     me->warp_mask[k] = mask;
-    char *bar = &me->warp_bar[k][me->warp_epoch[k] & 1];
+    char *bar = &me->s->warp_bar[k][me->warp_epoch[k] & 1];
     TSAN_ONLY(if (orders) __tsan_release(bar));
     yield_to_next(me);
     TSAN_ONLY(if (orders) __tsan_acquire(bar));
@@ -399,8 +460,11 @@ void launch_run(const launch_cfg &c, void (*body)(void *), void *ctx) {
         const unsigned long long b = descending ? blocks - 1 - i : i;
         run_block(w, c,
                   uint3{(unsigned)(b % c.grid.x), (unsigned)(b / c.grid.x % c.grid.y),
-                        (unsigned)(b / ((unsigned long long)c.grid.x * c.grid.y))});
+                        (unsigned)(b / ((unsigned long long)c.grid.x * c.grid.y))},
+                  (unsigned)(i % SLOTS));
     }
+    // every block happens before the host's work after the launch
+    for (unsigned k = 0; k < SLOTS; k++) TSAN_ONLY(__tsan_acquire(&w->slots[k].block_out));
     descending = !descending;
     w->cur = -1;
     device_leave();
