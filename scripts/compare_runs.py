@@ -60,9 +60,9 @@ def main():
         if d > worst_t:
             worst_t, where = d, k
     ok = worst_loss <= loss_rel and worst_t <= tensor_rel
+    worst = f"worst {worst_t:.2e} of the tensor's scale in {where}" if where else "all equal"
     print(f"{a} vs {b}: {len(la)} losses, worst relative {worst_loss:.2e} (limit {loss_rel:g}); "
-          f"{len(ta)} tensors, worst {worst_t:.2e} of the tensor's scale in {where} "
-          f"(limit {tensor_rel:g}): {'ok' if ok else 'FAILED'}")
+          f"{len(ta)} tensors, {worst} (limit {tensor_rel:g}): {'ok' if ok else 'FAILED'}")
     sys.exit(0 if ok else 1)
 
 
