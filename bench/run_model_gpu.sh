@@ -33,8 +33,9 @@
 # 2 layers of these shapes (1.49G parameters, 1.05G of them the embedding and the head),
 # so 32 layers (8.0G) take about a minute on 4 threads; QLoRA and QDoRA run all 32 layers.
 # Full finetuning stores 16 bytes a parameter on the device (fp32 weights, gradients,
-# AdamW's two moments; fp32 storage for all but frozen dense weights), which 32 layers would
-# not fit into 141 GB: it runs 4. The three qft runs start together and build their
+# AdamW's two moments; fp32 storage for all but frozen dense weights): 128.5 GB for 32
+# layers before any activation, more than an H100 holds and too close to an H200's 141 GB
+# to plan on (not tried): it runs 4. The three qft runs start together and build their
 # models in parallel (4 threads each),
 # and the GPU goes to one run at a time: a run that reaches its first step (the log's
 # "model:" line, printed after the upload) while another trains is paused (SIGSTOP) until

@@ -9,7 +9,7 @@
  *     barrier read before the next (the case a race check with one synchronisation object
  *     per barrier, rather than one per episode, misses), and blocks of one launch writing
  *     the same global elements, or one block reading what its neighbour wrote (nothing
- *     orders a launch's blocks; the emulator leaves blocks fewer than 4 apart unordered);
+ *     orders a launch's blocks; the emulator leaves neighbouring blocks unordered);
  *   - their controls, with the barrier CUDA requires, which must run clean; an accumulator
  *     loaded, added to and stored back in place round after round (each lane stores what it
  *     loaded: no barrier needed); and blocks of one launch, and two launches in a row, that
