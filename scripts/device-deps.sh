@@ -65,6 +65,7 @@ qft_deps_env() {
     if [ "${QFT_DEPS_FORCE:-0}" != 1 ] && command -v pkg-config >/dev/null 2>&1 &&
         pkg-config --exists $qft_deps_libs 2>/dev/null; then
         qft_deps_mpi_env
+        qft_deps_nccl_env
         return 0 # the machine has them
     fi
     if ! ls "$qft_deps_kit"/*.deb >/dev/null 2>&1; then
@@ -90,6 +91,29 @@ qft_deps_env() {
     }
     echo "device-deps: using $qft_deps_kit, unpacked under $qft_deps_root"
     qft_deps_mpi_env
+    qft_deps_nccl_env
+}
+
+# NCCL from python3's nvidia-nccl wheel (which PyTorch brings), where neither CUDA's lib64
+# nor the system has libnccl.so (or QFT_DEPS_FORCE=1): the wheel holds lib/libnccl.so.2 and
+# include/nccl.h but no libnccl.so to link with, so a directory of links stands in for it,
+# and QFT_NCCL_ROOT names it for meson (-Dqft_nccl_root, as gpu-check.sh passes it).
+qft_deps_nccl_env() {
+    if [ "${QFT_DEPS_FORCE:-0}" != 1 ]; then
+        for qft_deps_f in /usr/local/cuda/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so; do
+            [ -e "$qft_deps_f" ] && return 0
+        done
+    fi
+    qft_deps_whl=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null) ||
+        return 0
+    [ -f "$qft_deps_whl/lib/libnccl.so.2" ] && [ -f "$qft_deps_whl/include/nccl.h" ] || return 0
+    mkdir -p "$qft_deps_root/nccl/lib" || return 0
+    ln -sf "$qft_deps_whl/lib/libnccl.so.2" "$qft_deps_root/nccl/lib/libnccl.so"
+    ln -sf "$qft_deps_whl/lib/libnccl.so.2" "$qft_deps_root/nccl/lib/libnccl.so.2"
+    ln -sfn "$qft_deps_whl/include" "$qft_deps_root/nccl/include"
+    export QFT_NCCL_ROOT="$qft_deps_root/nccl"
+    export LD_LIBRARY_PATH="$qft_deps_root/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "device-deps: NCCL from python3's wheel ($qft_deps_whl), linked under $QFT_NCCL_ROOT"
 }
 
 # Open MPI from the kit, where the machine has no mpirun (or QFT_DEPS_FORCE=1). Unpacks the

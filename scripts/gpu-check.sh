@@ -35,6 +35,7 @@
 #      train.frozen_dtype = "bf16") with
 #      gradients and optimizer on the GPUs, against one process on a GPU: both ranks on one GPU through the staged
 #      transport, and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
+#      then the NCCL transport's test on one rank (transport_nccl_np1), which needs one GPU;
 #   7. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
 #      on the GPU under memcheck, then racecheck on test_cuda_ops if time is left, when
 #      compute-sanitizer is installed.
@@ -145,6 +146,7 @@ rm -rf "$BUILD"
 # warn where Debian 12's gcc 12, which CI builds with -Werror, does not, and a new warning
 # must not cost the GPU's minutes; the build log keeps the warnings
 step configure 120 meson setup "$BUILD" -Dqft_cuda_arch=sm_90 -Dbuildtype=release -Dwerror=false \
+    -Dqft_nccl_root="${QFT_NCCL_ROOT:-}" \
     >"$BUILD.setup.log" 2>&1 ||
     { cat "$BUILD.setup.log"; exit 1; }
 }
@@ -432,6 +434,26 @@ else
     else
         ranks_step nccl "2 GPUs over NCCL"
     fi
+fi
+
+# The NCCL transport's own test on one rank (test_transport_nccl: every collective, in place
+# and not, against the host's arithmetic), which a one-GPU machine runs: the real NCCL's
+# first calls. On the emulator, its twin over the emulator's NCCL.
+nccl_test=transport_nccl_np1 nccl_targets=(tests/transport/test_transport_nccl)
+[[ $EMU == 1 ]] && nccl_test=transport_nccl_emu_np1 \
+    nccl_targets=(tests/transport/test_transport_nccl_emu core/cuda/libqft_nccl_emu.so)
+nccl_targets+=(core/transport/libqft_mpi.so core/transport/libqft_nccl.so)
+if ! meson test -C "$BUILD" --list 2>/dev/null | grep -q "/ $nccl_test\$"; then
+    parity_note="$parity_note; $nccl_test: not built (no NCCL or no mpirun)"
+elif ! step build_nccl_test 120 ninja -C "$BUILD" "${nccl_targets[@]}" >"$REPORT_DIR/$nccl_test.txt" 2>&1; then
+    tail -20 "$REPORT_DIR/$nccl_test.txt"
+    parity_note="$parity_note; $nccl_test: FAILED to build ($nccl_test.txt)"; status=1
+elif step "$nccl_test" 90 meson test -C "$BUILD" --no-rebuild --print-errorlogs "$nccl_test" \
+        >>"$REPORT_DIR/$nccl_test.txt" 2>&1 && ! grep -q ' SKIP ' "$REPORT_DIR/$nccl_test.txt"; then
+    parity_note="$parity_note; $nccl_test (one rank, every collective): ok"
+else
+    tail -30 "$REPORT_DIR/$nccl_test.txt"
+    parity_note="$parity_note; $nccl_test: FAILED or skipped ($nccl_test.txt)"; status=1
 fi
 
 SAN=$(command -v compute-sanitizer || true)
