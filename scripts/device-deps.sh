@@ -35,6 +35,12 @@ qft_deps_mpi="openmpi-bin libopenmpi3 libopenmpi-dev openmpi-common libevent-cor
 qft_deps_fallback="libudev1 libuuid1"
 qft_deps_bnb="bitsandbytes==0.50.2"
 
+# Unpacks every .deb of directory $1 under $2.
+qft_deps_unpack() {
+    mkdir -p "$2" || return 1
+    for qft_deps_f in "$1"/*.deb; do dpkg-deb -x "$qft_deps_f" "$2" || return 1; done
+}
+
 qft_deps_fetch() {
     root=$(cd "$(dirname "$0")/.." && pwd)
     mkdir -p "$root/.devkit" && cd "$root/.devkit" || return 1
@@ -74,8 +80,7 @@ qft_deps_env() {
              ".devkit" >&2
         return 1
     fi
-    mkdir -p "$qft_deps_root" || return 1
-    for qft_deps_f in "$qft_deps_kit"/*.deb; do dpkg-deb -x "$qft_deps_f" "$qft_deps_root" || return 1; done
+    qft_deps_unpack "$qft_deps_kit" "$qft_deps_root" || return 1
     export PKG_CONFIG="$qft_deps_root/usr/bin/pkgconf"
     # only the kit's .pc files, their /usr paths moved under the unpacked root
     export PKG_CONFIG_LIBDIR="$qft_deps_lib/pkgconfig:$qft_deps_lib/openblas-pthread/pkgconfig"
@@ -122,14 +127,11 @@ qft_deps_nccl_env() {
 qft_deps_mpi_env() {
     [ "${QFT_DEPS_FORCE:-0}" != 1 ] && mpirun --version >/dev/null 2>&1 && return 0
     ls "$qft_deps_kit"/libopenmpi3_*.deb >/dev/null 2>&1 || return 0 # a kit from before MPI
-    if [ ! -x "$qft_deps_root/usr/bin/orterun" ]; then
-        mkdir -p "$qft_deps_root" || return 0
-        for qft_deps_f in "$qft_deps_kit"/*.deb; do dpkg-deb -x "$qft_deps_f" "$qft_deps_root" || return 0; done
-    fi
+    [ -x "$qft_deps_root/usr/bin/orterun" ] || qft_deps_unpack "$qft_deps_kit" "$qft_deps_root" || return 0
     qft_deps_ompi="$qft_deps_lib/openmpi"
     qft_deps_pmix="$qft_deps_lib/pmix2"
     # what update-alternatives would have made: mpirun, mpicc and PSM's soname link
-    mkdir -p "$qft_deps_root/alt" "$qft_deps_root/fallback" || return 0
+    mkdir -p "$qft_deps_root/alt" || return 0
     ln -sf "$qft_deps_root/usr/bin/orterun" "$qft_deps_root/alt/mpirun"
     ln -sf "$qft_deps_root/usr/bin/opal_wrapper" "$qft_deps_root/alt/mpicc"
     ln -sf "$qft_deps_root/usr/lib/libpsm1/libpsm_infinipath.so.1.16" \
@@ -137,9 +139,7 @@ qft_deps_mpi_env() {
     qft_deps_path="$qft_deps_ompi/lib:$qft_deps_lib:$qft_deps_root/lib/x86_64-linux-gnu"
     for qft_deps_so in libudev.so.1 libuuid.so.1; do
         ldconfig -p 2>/dev/null | grep -q "$qft_deps_so " && continue
-        for qft_deps_f in "$qft_deps_kit"/fallback/*.deb; do
-            dpkg-deb -x "$qft_deps_f" "$qft_deps_root/fallback" || return 0
-        done
+        qft_deps_unpack "$qft_deps_kit/fallback" "$qft_deps_root/fallback" || return 0
         qft_deps_path="$qft_deps_path:$qft_deps_root/fallback/usr/lib/x86_64-linux-gnu"
         qft_deps_path="$qft_deps_path:$qft_deps_root/fallback/lib/x86_64-linux-gnu"
         echo "device-deps: this machine lacks $qft_deps_so: the kit's Debian 12 copy is used"

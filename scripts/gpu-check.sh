@@ -107,8 +107,8 @@ EMU=${QFT_GPU_CHECK_EMU:-0}
 # then at once (while the machine still holds the build) rest, each in its own budget.
 PHASE=${QFT_GPU_CHECK_PHASE:-all}
 case $PHASE in all | main | rest) ;; *) echo "gpu-check: QFT_GPU_CHECK_PHASE is all, main or rest, not '$PHASE'"; exit 2 ;; esac
-rest_budget=470; [[ $PHASE == rest ]] && rest_budget=240
-if [[ $EMU == 1 ]]; then BUDGET=${QFT_GPU_BUDGET:-1800}; else BUDGET=${QFT_GPU_BUDGET:-$rest_budget}; fi
+gpu_budget=470; [[ $PHASE == rest ]] && gpu_budget=240
+if [[ $EMU == 1 ]]; then BUDGET=${QFT_GPU_BUDGET:-1800}; else BUDGET=${QFT_GPU_BUDGET:-$gpu_budget}; fi
 # seconds, under the 8 minutes on a GPU
 BUILD=${QFT_GPU_BUILD:-build-gpu-check}
 REPORT_DIR=${OUT:-$BUILD}

@@ -89,8 +89,7 @@ struct slot {
 // The running block's bookkeeping: fibers to run this round, and who waits where.
 struct worker {
     slot slots[SLOTS];
-    slot *s;       // the running block's
-    fiber *fibers; // s->fibers
+    slot *s; // the running block's
     unsigned runq[MAX_THREADS], n_run, q_pos; // this round's fibers; the next to run
     bool descending;                          // the order of the next round (order_round)
     unsigned at_block, done, n;
@@ -159,17 +158,17 @@ void switch_to(void **save_sp, void *new_sp, void *tsan_fiber) {
 void yield_to_next(worker *w) {
     const int cur = w->cur, nx = next_fiber(w);
     if (nx == cur) return; // released again at once: the only one runnable
-    void *to = nx < 0 ? w->sched_sp : w->fibers[nx].sp;
-    void *tsan_to = nx < 0 ? w->tsan_host : w->fibers[nx].tsan;
-    if (nx >= 0) w->cur = nx, cur_thread = w->fibers[nx].tid;
-    switch_to(&w->fibers[cur].sp, to, tsan_to);
+    void *to = nx < 0 ? w->sched_sp : w->s->fibers[nx].sp;
+    void *tsan_to = nx < 0 ? w->tsan_host : w->s->fibers[nx].tsan;
+    if (nx >= 0) w->cur = nx, cur_thread = w->s->fibers[nx].tid;
+    switch_to(&w->s->fibers[cur].sp, to, tsan_to);
 }
 
 void fiber_main(worker *w) {
     TSAN_ONLY(__tsan_acquire(&w->s->block_in));
     w->body(w->ctx);
     TSAN_ONLY(__tsan_release(&w->s->block_out));
-    fiber &f = w->fibers[w->cur];
+    fiber &f = w->s->fibers[w->cur];
     f.st = DONE;
     w->done++;
     w->warp_alive[w->cur / 32] &= ~(1u << (w->cur % 32));
@@ -221,7 +220,7 @@ unsigned linear(const uint3 &t, const dim3 &b) { return t.x + b.x * (t.y + b.y *
 [[noreturn]] void deadlock(const worker *w, uint3 bid) {
     char msg[256];
     unsigned at_warp = 0;
-    for (unsigned i = 0; i < w->n; i++) at_warp += w->fibers[i].st == AT_WARP;
+    for (unsigned i = 0; i < w->n; i++) at_warp += w->s->fibers[i].st == AT_WARP;
     snprintf(msg, sizeof msg,
              "deadlock in block (%u,%u,%u): %u threads at __syncthreads, %u at a warp barrier "
              "(shuffle, __syncwarp or WMMA), %u returned, of %u",
@@ -260,7 +259,7 @@ int next_fiber(worker *w) {
             }
             for (unsigned l = 0; l < 32; l++)
                 if (waiting >> l & 1) {
-                    w->fibers[k * 32 + l].st = RUNNING;
+                    w->s->fibers[k * 32 + l].st = RUNNING;
                     w->runq[w->n_run++] = k * 32 + l;
                 }
             w->warp_wait[k] = 0;
@@ -270,8 +269,8 @@ int next_fiber(worker *w) {
         if (!w->n_run) {
             if (w->at_block != w->n - w->done) deadlock(w, cur_block);
             for (unsigned i = 0; i < w->n; i++)
-                if (w->fibers[i].st == AT_BLOCK) {
-                    w->fibers[i].st = RUNNING;
+                if (w->s->fibers[i].st == AT_BLOCK) {
+                    w->s->fibers[i].st = RUNNING;
                     w->runq[w->n_run++] = i;
                 }
             w->at_block = 0;
@@ -286,7 +285,7 @@ int next_fiber(worker *w) {
 void run_block(worker *w, const launch_cfg &c, uint3 bid, unsigned k) {
     const unsigned n = c.block.x * c.block.y * c.block.z;
     slot &sl = w->slots[k];
-    w->s = &sl, w->fibers = sl.fibers;
+    w->s = &sl;
     // the slot's previous block happens before this one (its memory is reused)
     TSAN_ONLY(__tsan_acquire(&sl.block_out));
     cur_block = bid;
@@ -294,7 +293,7 @@ void run_block(worker *w, const launch_cfg &c, uint3 bid, unsigned k) {
     cur_grid_dim = c.grid;
     w->n = n, w->at_block = 0, w->done = 0, w->n_warps_waiting = 0;
     for (unsigned i = 0; i < n; i++) {
-        fiber &f = w->fibers[i];
+        fiber &f = w->s->fibers[i];
         fiber_reset(f);
 #ifdef QFT_EMU_TSAN
         if (!f.tsan) {
@@ -325,11 +324,11 @@ void run_block(worker *w, const launch_cfg &c, uint3 bid, unsigned k) {
     TSAN_ONLY(__tsan_release(&sl.block_in));
     const int first = next_fiber(w);
     w->cur = first;
-    cur_thread = w->fibers[first].tid;
+    cur_thread = w->s->fibers[first].tid;
     // back when every fiber has returned
-    switch_to(&w->sched_sp, w->fibers[first].sp, w->fibers[first].tsan);
+    switch_to(&w->sched_sp, w->s->fibers[first].sp, w->s->fibers[first].tsan);
     for (unsigned i = 0; i < n; i++)
-        if (memcmp(w->fibers[i].stack, &CANARY, sizeof CANARY))
+        if (memcmp(w->s->fibers[i].stack, &CANARY, sizeof CANARY))
             fatal("a kernel's locals ran past the emulator's 64 KiB fiber stack");
 }
 
@@ -368,7 +367,7 @@ void *static_smem(const void *site, size_t bytes, size_t align) {
 
 void sync_block() {
     if (!me || me->cur < 0) fatal("__syncthreads outside a kernel");
-    me->fibers[me->cur].st = AT_BLOCK;
+    me->s->fibers[me->cur].st = AT_BLOCK;
     me->at_block++;
     char *bar = &me->s->block_bar[me->block_epoch & 1];
     TSAN_ONLY(__tsan_release(bar));
@@ -386,7 +385,7 @@ void warp_barrier(unsigned mask, bool orders) {
     if (!(mask >> (t % 32) & 1)) fatal("a warp barrier (shuffle, __syncwarp) whose mask leaves out the calling lane");
     if (me->warp_wait[k] && me->warp_mask[k] != mask)
         fatal("lanes of one warp wait at warp barriers of different masks (the emulator models one at a time)");
-    me->fibers[t].st = AT_WARP;
+    me->s->fibers[t].st = AT_WARP;
     if (!me->warp_wait[k]) me->warps_waiting[me->n_warps_waiting++] = k;
     me->warp_wait[k] |= 1u << (t % 32);
     me->warp_mask[k] = mask;
@@ -411,7 +410,7 @@ uint64_t warp_exchange(unsigned mask, uint64_t v, int src) {
     // a source lane that did not offer a value (outside the mask, returned, or past the
     // block) gives an undefined value on a GPU: all ones here (NaN as a float), so that a
     // kernel that reads one shows it
-    const bool offered = src >= 0 && src < 32 && (mask >> src & 1) && me->fibers[warp * 32 + src].st != DONE &&
+    const bool offered = src >= 0 && src < 32 && (mask >> src & 1) && me->s->fibers[warp * 32 + src].st != DONE &&
                          warp * 32 + (unsigned)src < me->n;
     const uint64_t r = offered ? slots[src] : ~(uint64_t)0;
     warp_collective(mask);
