@@ -21,7 +21,8 @@ static const char *const k_train[] = {"backend", "device", "frozen_dtype", "matm
                                       "weight_decay", "betas", "eps", "momentum", "schedule",
                                       "warmup", "min_lr_ratio", "grad_clip", "recompute",
                                       "loss_chunk_tokens", "residual_dtype", "embedding_on_host", "seed", "log_every", "resume_from", NULL};
-static const char *const k_shard[] = {"plugin", "cpu_offload", "device_transport", NULL};
+static const char *const k_shard[] = {"plugin", "cpu_offload", "pin_memory", "device_transport",
+                                      NULL};
 static const char *const k_output[] = {"dir", "save", "save_dtype", "log",
                                        "save_state_every", NULL};
 static const char *const k_plugins[] = {"path", NULL};

@@ -215,6 +215,7 @@ static int resolve_core(qft_run_config *rc, qft_err *err) {
     static const char *const dev_transports[] = {"auto", "nccl", "staged", NULL};
     if (qft_cfg_string(rc->sec_shard, "plugin", "no_shard", &rc->shard.plugin, err) ||
         qft_cfg_bool(rc->sec_shard, "cpu_offload", 0, &rc->shard.cpu_offload, err) ||
+        qft_cfg_bool(rc->sec_shard, "pin_memory", 1, &rc->shard.pin_memory, err) ||
         qft_cfg_choice(rc->sec_shard, "device_transport", "auto", dev_transports,
                        &rc->shard.device_transport, err))
         return -1;

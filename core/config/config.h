@@ -64,6 +64,9 @@ typedef struct qft_run_config {
     struct {
         const char *plugin; /* "no_shard" after alias resolution */
         int cpu_offload;
+        /* with cpu_offload on another backend: the host buffers every step copies to and
+         * from it are page-locked (FSDP2's CPUOffloadPolicy(pin_memory=True)); default 1 */
+        int pin_memory;
         /* the transport over backend memory for several ranks without cpu_offload: "auto"
          * (nccl on cuda, staged otherwise), "nccl" or "staged" */
         const char *device_transport;

@@ -176,6 +176,27 @@ static void cuda_download(void *dst, const void *src, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+// Page-locking goes around CUDA_CHECK: a refusal (a driver or sandbox without it, a range
+// that overlaps one locked before) is the caller's to report and leaves the backend usable,
+// so the runtime's last error is cleared for the next launch's check.
+static int cuda_host_pin(void *p, size_t bytes, char *why, size_t why_len) {
+    const cudaError_t e = cudaHostRegister(p, bytes, cudaHostRegisterDefault);
+    if (e == cudaSuccess) return 0;
+    cudaGetLastError();
+    snprintf(why, why_len, "cudaHostRegister: %s", cudaGetErrorString(e));
+    return -1;
+}
+
+// Copies are synchronous (upload and download), so nothing queued still reads the range.
+static void cuda_host_unpin(void *p) { CUDA_CHECK(cudaHostUnregister(p)); }
+
+static int cuda_status(char *why, size_t why_len) {
+    qft_err e = {0, ""};
+    if (!qft_cuda_status(&e)) return 0;
+    snprintf(why, why_len, "%s", e.msg);
+    return -1;
+}
+
 // qft_ops's AdamW scalars are cuda_twin.h's, field for field.
 static void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n,
                        const qft_ops_adamw_scalars *s) {
@@ -236,6 +257,9 @@ static const qft_ops cuda_ops = {
     qft_cuda_vm_commit,
     qft_cuda_vm_decommit,
     qft_cuda_vm_unreserve,
+    cuda_host_pin,
+    cuda_host_unpin,
+    cuda_status,
 };
 
 static const size_t LT_WORKSPACE = (size_t)32 << 20; // cuBLASLt's recommendation for sm_90

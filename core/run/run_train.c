@@ -10,6 +10,7 @@
 #include "registry.h"
 #include "run.h"
 #include "run_ckpt.h"
+#include "run_pin.h"
 #include "run_shard.h"
 #include "schedule.h"
 #include "transport.h"
@@ -37,6 +38,7 @@ typedef struct run_state {
     /* the adapters' params_version (qft_sdk.h): non-zero, and a new value after anything
      * that writes the trainable parameters (a resume, each optimizer update) */
     uint64_t params_version;
+    qft_run_pins pins; /* shard.cpu_offload's host buffers, page-locked */
 } run_state;
 
 static void run_state_free(run_state *s) {
@@ -136,6 +138,36 @@ static size_t opt_mem_held(const run_state *s) {
  * and the model's other buffers on the backend. */
 static int full_offload(const run_state *s) {
     return s->shard.full && s->shard.offload && s->data.ops != qft_cpu_ops();
+}
+
+/* The backend's first failure (qft_ops.status) as the run's error, `what` saying where
+ * (at `step`, 1-based, when > 0): a fault on a device ends the run with its own message,
+ * not with what a failed copy left in the loss or the weights. */
+static int backend_check(const run_state *s, const char *what, long step, qft_err *err) {
+    const qft_ops *o = s->data.ops;
+    char why[1536];
+    if (!o->status || o->status(why, sizeof why) == 0) return 0;
+    if (step > 0)
+        return qft_err_setf(err, "backend \"%s\" failed %s at step %ld: %s", o->name, what,
+                            step, why);
+    return qft_err_setf(err, "backend \"%s\" failed %s: %s", o->name, what, why);
+}
+
+/* shard.cpu_offload on another backend: the host buffers that every step copies up and
+ * down, page-locked (run_pin.h). A refusal leaves them pageable: slower, still correct, so
+ * every rank it happens on says so, quiet or not. */
+static void pin_offloaded(run_state *s, int rank, int quiet) {
+    qft_run_pins_offload(&s->pins, s->data.ops, &s->shard, &s->model);
+    if (s->pins.bytes && !quiet)
+        qft_log(QFT_LOG_INFO,
+                "shard.cpu_offload: %.3f MiB of host buffers page-locked for the copies to and "
+                "from backend \"%s\" every step (shard.pin_memory)",
+                (double)s->pins.bytes / 1048576.0, s->data.ops->name);
+    if (s->pins.refused)
+        qft_log(QFT_LOG_WARN,
+                "shard.cpu_offload: rank %d: %.3f MiB of host buffers stay pageable, slower to "
+                "copy: %s (shard.pin_memory = false does without)",
+                rank, (double)s->pins.refused / 1048576.0, s->pins.why);
 }
 
 /* The optimizer over this rank's slice only: state for shard.len floats. Measured from the
@@ -250,7 +282,10 @@ static int ckpt_save(const qft_run_config *rc, run_state *s, const qft_run_ckpt_
         s->data.ops->download(slice, opt_params(s), s->shard.len * sizeof(float));
     else
         qft_llama_params_to_host(&s->model, s->shard.offset, s->shard.len);
-    const int r = qft_run_ckpt_save(rc, &s->shard, &host, slice, ck, err);
+    /* nothing a failed download left is written */
+    const int r = backend_check(s, "bringing the checkpoint's state to the host", ck->step, err)
+                      ? -1
+                      : qft_run_ckpt_save(rc, &s->shard, &host, slice, ck, err);
     qft_optim_free(&host);
     host_slice_free(s, slice);
     return r;
@@ -370,9 +405,12 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     if (s.data.ops != qft_cpu_ops() &&
         (qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
                               err) ||
-         qft_run_shard_to_backend(&s.shard, err)))
+         qft_run_shard_to_backend(&s.shard, err) ||
+         backend_check(&s, "moving the model there", 0, err)))
         goto done;
     if (dev_counted) s.dev_model_bytes = backend_mem_held(&s) - held;
+    if (rc->shard.cpu_offload && rc->shard.pin_memory && s.data.ops != qft_cpu_ops())
+        pin_offloaded(&s, rank, quiet);
     /* train.resume_from (run_ckpt.c): this rank's slice and optimizer state from the
      * checkpoint, then every rank holds the full parameters; the loop starts after it. */
     long start_step = 0;
@@ -459,7 +497,8 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
             qft_run_shard_set_last_micro(&s.shard, k == G - 1);
             if (qft_data_loader_get(&s.loader, micro % batches_per_epoch, &b, &nt, err) ||
                 qft_llama_forward(&s.model, &b, &loss, err) ||
-                qft_llama_backward(&s.model, &b, loss_scale, err))
+                qft_llama_backward(&s.model, &b, loss_scale, err) ||
+                backend_check(&s, "in the forward and backward passes", step + 1, err))
                 goto done;
             sums[0] += loss;
             sums[1] += (double)nt;
@@ -475,7 +514,9 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         }
         const float lr = qft_schedule_lr(&sched, step);
         float gnorm = 0;
-        if (optimizer_step(rc, &s, lr, &gnorm, err)) goto done;
+        if (optimizer_step(rc, &s, lr, &gnorm, err) ||
+            backend_check(&s, "in the optimizer step", step + 1, err))
+            goto done;
         s.params_version++;
         const double t1 = qft_time_now();
         const double tps = step_tokens / (t1 - t0 > 1e-9 ? t1 - t0 : 1e-9);
@@ -528,13 +569,15 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     /* the optimizer updated the backend's copy: the host's, which the savers read, follows */
     if (s.dev_opt && !s.shard.full) qft_llama_params_to_host(&s.model, 0, s.model.n_trainable);
     /* full sharding holds pieces: every rank helps make the model whole for rank 0's save */
-    if (strcmp(rc->output.save, "none") != 0 && qft_run_shard_gather_model(&s.shard, err))
+    const int save_model = lead && strcmp(rc->output.save, "model") == 0;
+    /* a merged save reads the adapters' merged rows on the host; nothing a failed download
+     * left is written */
+    if (strcmp(rc->output.save, "none") != 0 &&
+        (qft_run_shard_gather_model(&s.shard, err) ||
+         (save_model && s.model.dev_params && qft_llama_adapters_to_host(&s.model, err)) ||
+         backend_check(&s, "bringing the trained weights to the host", 0, err)))
         goto done;
-    /* a merged save reads the adapters' merged rows on the host */
-    if (lead && strcmp(rc->output.save, "model") == 0 &&
-        ((s.model.dev_params && qft_llama_adapters_to_host(&s.model, err)) ||
-         qft_run_save_model(rc, &s.model, err)))
-        goto done;
+    if (save_model && qft_run_save_model(rc, &s.model, err)) goto done;
     if (lead && strcmp(rc->output.save, "adapter") == 0 &&
         qft_run_save_adapter(rc, &s.model, err))
         goto done;
@@ -546,6 +589,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     }
     rc_ = 0;
 done:
+    qft_run_pins_release(&s.pins); /* before the shards and the model are freed */
     /* A failing rank of several ends the job (and does not return): its peers may be
      * waiting in a collective. The plugin closes before the registry that loaded it. */
     qft_run_shard_close(&s.shard, rc_ != 0, err ? err->msg : "training failed");

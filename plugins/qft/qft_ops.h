@@ -360,6 +360,28 @@ typedef struct qft_ops {
     void (*vm_decommit)(void *p, size_t bytes);
     /* Ends a reservation of vm_reserve, after every range of it has been decommitted. */
     void (*vm_unreserve)(void *p, size_t bytes);
+
+    /* ---- appended in ABI 9: page-locked host memory ------------------------------------
+     * shard.cpu_offload copies the same host buffers to and from the backend every step:
+     * the trainable parameters up and their gradients down, or under full sharding each
+     * unit's pieces. A GPU's copy engine reads and writes page-locked memory directly;
+     * pageable memory goes through the driver's staging buffers, at a fraction of the
+     * link's rate. Both NULL where the backend's memory is the host's (cpu, cpu_guard). */
+    /* Locks [p, p + bytes) of mapped, writable host memory that overlaps no range locked
+     * before: 0, or -1 with the reason (the driver's refusal) in why (why_len bytes), the
+     * memory then as it was and copies from it as before. */
+    int (*host_pin)(void *p, size_t bytes, char *why, size_t why_len);
+    /* Unlocks the range an earlier host_pin locked at p, before that memory is freed. */
+    void (*host_unpin)(void *p);
+
+    /* ---- appended in ABI 9: the backend's first failure --------------------------------
+     * 0 while every call so far has succeeded; -1 with the first failure's message in why
+     * (why_len bytes): a kernel's fault, a copy or a cuBLASLt call that failed. The void
+     * entries above cannot return one, so the core asks after each micro-batch's passes,
+     * after each optimizer step and before it writes anything it downloaded: a fault ends
+     * the run with its message instead of training on what failed copies left behind.
+     * NULL where every failure is returned where it happens (cpu, cpu_guard). */
+    int (*status)(char *why, size_t why_len);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

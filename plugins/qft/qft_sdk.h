@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define QFT_ABI_VERSION 8
+#define QFT_ABI_VERSION 9
 #define QFT_PLUGIN_ENTRY_SYMBOL "qft_plugin_entry"
 
 /* ---- errors -------------------------------------------------------------------------

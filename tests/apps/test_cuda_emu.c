@@ -161,6 +161,112 @@ START_TEST(test_ranks) {
 }
 END_TEST
 
+/* shard.cpu_offload's host buffers page-locked for the device (cudaHostRegister, which the
+ * emulator books as the driver does and refuses where a range overlaps another, is not
+ * mapped writable, or was unmapped before it was unregistered):
+ *   - full with cpu_offload: the trainable parameters and their gradients, 2 x 4 bytes x
+ *     107200 floats (the tiny Llama: vocab 259 x hidden 64 twice, untied; 2 layers of
+ *     36992: q, o 64 x 64, k, v 32 x 64, gate, up, down 64 x 128, two norms; the final
+ *     norm) = 0.818 MiB, logged;
+ *   - registration refused (QFT_CUDA_EMU_HOST_REGISTER=0, as where a sandbox has none): a
+ *     warning with the bytes and the driver's reason, and the same weights bit for bit;
+ *   - shard.pin_memory = false: neither line, the same weights. */
+START_TEST(test_offload_pinned) {
+    if (!ru_type_built("QFT_TRAIN_TYPES", "full")) {
+        printf("skip: train_type full is not built\n");
+        return;
+    }
+    static const char *const sets[] = {
+        "--set train.backend=\\\"cuda\\\" --set shard.cpu_offload=true",
+        "--set train.backend=\\\"cuda\\\" --set shard.cpu_offload=true",
+        "--set train.backend=\\\"cuda\\\" --set shard.cpu_offload=true --set shard.pin_memory=false"};
+    static const char *const env[] = {"", "QFT_CUDA_EMU_HOST_REGISTER=0", ""};
+    const char *locked = "shard.cpu_offload: 0.818 MiB of host buffers page-locked";
+    const char *pageable = "shard.cpu_offload: rank 0: 0.818 MiB of host buffers stay pageable";
+    char dir[3][8192], pre[8192], path[3][8192 + 64];
+    for (int k = 0; k < 3; k++) {
+        snprintf(dir[k], sizeof dir[k], "%s/pinned-%d", g_tmp, k);
+        emu_pre(pre, sizeof pre, env[k]);
+        const char *out = NULL;
+        const int st = ru_train_run(pre, "full", sets[k], dir[k], 0, &out);
+        if (st != 0) fputs(out, stdout);
+        ck_assert_msg(st == 0, "run %d failed (%d)", k, st);
+        ck_assert_msg((strstr(out, locked) != NULL) == (k == 0), "run %d: \"%s\" %s in:\n%s", k,
+                      locked, k == 0 ? "missing" : "present", out);
+        ck_assert_msg((strstr(out, pageable) != NULL) == (k == 1), "run %d: \"%s\" %s in:\n%s",
+                      k, pageable, k == 1 ? "missing" : "present", out);
+        if (k == 1)
+            ck_assert_msg(strstr(out, "cudaHostRegister: operation not supported"),
+                          "no reason in:\n%s", out);
+        saved_file(dir[k], path[k], sizeof path[k]);
+    }
+    ru_same_tensors(path[0], path[1]);
+    const int n = ru_same_tensors(path[0], path[2]);
+    printf("cpu_offload: 0.818 MiB page-locked, or refused and pageable, or not asked for: the "
+           "same %d tensors bit for bit\n", n);
+}
+END_TEST
+
+/* A device fault ends the run. QFT_CUDA_EMU_FAULT_AT_SYNC=n fails the run's n-th
+ * synchronizing call with an illegal address, where a GPU's host first sees a kernel's
+ * fault; for every n from the first to past the run's last, the run (2 steps, a training
+ * checkpoint after each) must exit non-zero with the backend's message and where it
+ * happened (the passes, the optimizer step, the checkpoint's or the trained weights'
+ * download), and write neither the model nor the failing step's checkpoint; the first n
+ * past the last trains as usual. Before the op table's status entry (ABI 9) such a run
+ * trained on from the lost copy's loss and saved its weights with exit 0. */
+START_TEST(test_device_fault) {
+    if (!ru_type_built("QFT_TRAIN_TYPES", "qlora")) {
+        printf("skip: train_type qlora is not built\n");
+        return;
+    }
+    static const char *const where[] = {"in the forward and backward passes at step ",
+                                        "in the optimizer step at step ",
+                                        "bringing the checkpoint's state to the host at step ",
+                                        "bringing the trained weights to the host"};
+    enum { W = 4 };
+    int seen[W] = {0}, n;
+    char dir[8192], env[64], pre[8192], path[8192 + 64], ckpt[8192 + 64];
+    for (n = 1; n <= 200; n++) {
+        snprintf(dir, sizeof dir, "%s/fault-%d", g_tmp, n);
+        snprintf(env, sizeof env, "QFT_CUDA_EMU_FAULT_AT_SYNC=%d", n);
+        emu_pre(pre, sizeof pre, env);
+        const char *out = NULL;
+        const int st = ru_train_run(pre, "qlora",
+                                    "--set train.backend=\\\"cuda\\\" --set train.max_steps=2 "
+                                    "--set output.save_state_every=1",
+                                    dir, 1, &out);
+        saved_file(dir, path, sizeof path);
+        if (st == 0) {
+            ck_assert_msg(ru_exists(path), "fault at %d: exit 0 and nothing saved", n);
+            break;
+        }
+        ck_assert_msg(strstr(out, "qft: backend \"cuda\" failed ") &&
+                          strstr(out, "an illegal memory access was encountered"),
+                      "fault at sync %d: no backend message in:\n%s", n, out);
+        ck_assert_msg(!ru_exists(path), "fault at sync %d: %s was saved", n, path);
+        for (int w = 0; w < W; w++) {
+            const char *at = strstr(out, where[w]);
+            if (!at) continue;
+            seen[w]++;
+            /* a step's fault: that step wrote no checkpoint (the earlier ones stand) */
+            const long step = w < W - 1 ? atol(at + strlen(where[w])) : 0;
+            snprintf(ckpt, sizeof ckpt, "%s/checkpoint-%ld", dir, step);
+            ck_assert_msg(!step || !ru_exists(ckpt), "fault at sync %d: %s was written", n,
+                          ckpt);
+        }
+    }
+    ck_assert_msg(n > 1 && n <= 200, "%d runs", n);
+    ck_assert_msg(seen[0] && seen[1] && seen[2] && seen[3],
+                  "faults seen in the passes %d, the optimizer %d, the checkpoint %d, the "
+                  "final download %d times", seen[0], seen[1], seen[2], seen[3]);
+    printf("a fault at each of the run's %d synchronizing calls ended it with the backend's "
+           "message (%d in the passes, %d in the optimizer step, %d in a checkpoint's "
+           "download, %d in the final one), the failing step's checkpoint and the model not "
+           "written\n", n - 1, seen[0], seen[1], seen[2], seen[3]);
+}
+END_TEST
+
 int main(void) {
     if (!getenv("QFT_CUDA_EMU_LIB")) {
         printf("skip: this build has no CUDA emulator (no CUDA headers)\n");
@@ -173,6 +279,8 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
     tcase_add_loop_test(tc, test_ranks, 0, (int)(sizeof k_ranks / sizeof k_ranks[0]));
+    tcase_add_test(tc, test_offload_pinned);
+    tcase_add_test(tc, test_device_fault);
     suite_add_tcase(s, tc);
     return ru_run_suite(s, g_tmp);
 }

@@ -49,19 +49,33 @@ static inline int ru_run(const char *cmd, char *out, size_t size) {
     "--set output.save_dtype=\\\"f32\\\" --set train.log_every=1"
 
 /* qft train $QFT_SOURCE_ROOT/configs/<type>.cfg ($QFT_BIN) under `pre` (environment and
- * launcher words, or "") with RU_TINY_LLAMA and `sets`, into dir; a failure prints the
- * run's output whole and fails the test. */
-static inline void ru_train(const char *pre, const char *type, const char *sets, const char *dir) {
+ * launcher words, or "") with RU_TINY_LLAMA and `sets`, into dir, with -q when quiet;
+ * returns the wait status, and *out (may be NULL) its stdout and stderr (a static buffer,
+ * until the next call). */
+static inline int ru_train_run(const char *pre, const char *type, const char *sets,
+                               const char *dir, int quiet, const char **out) {
     const char *qft = getenv("QFT_BIN"), *root = getenv("QFT_SOURCE_ROOT");
     ck_assert_msg(qft && root, "QFT_BIN and QFT_SOURCE_ROOT must be set");
     char cmd[16384];
-    static char out[1 << 18];
+    static char buf[1 << 18];
     snprintf(cmd, sizeof cmd,
-             "%s %s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s\\\" -q 2>&1", pre,
-             qft, root, type, RU_TINY_LLAMA, sets, dir);
-    const int st = ru_run(cmd, out, sizeof out);
+             "%s %s train %s/configs/%s.cfg %s %s --set output.dir=\\\"%s\\\"%s 2>&1", pre,
+             qft, root, type, RU_TINY_LLAMA, sets, dir, quiet ? " -q" : "");
+    const int st = ru_run(cmd, buf, sizeof buf);
+    if (out) *out = buf;
+    return st;
+}
+
+/* ru_train_run that must succeed (quiet): a failure prints the run's output whole and
+ * fails the test. Returns the output. */
+static inline const char *ru_train(const char *pre, const char *type, const char *sets,
+                                   const char *dir) {
+    const char *out = NULL;
+    const int st = ru_train_run(pre, type, sets, dir, 1, &out);
     if (st != 0) fputs(out, stdout); /* whole, not through Check's bounded message */
-    ck_assert_msg(st == 0, "%.2000s failed (%d); its output is above", cmd, st);
+    ck_assert_msg(st == 0, "%.500s qft train %s %.1000s (into %s) failed (%d); its output is "
+                           "above", pre, type, sets, dir, st);
+    return out;
 }
 
 static inline int ru_exists(const char *path) {

@@ -157,6 +157,18 @@ START_TEST(test_errors_name_file_line_key) {
     p = write_cfg("devt.cfg", "model: { path = \"m\"; };\ndata: { plugin = \"alpaca\"; };\n");
     ck_assert_int_eq(qft_config_load(&rc, p, NULL, NULL, 0, &err), 0);
     ck_assert_str_eq(rc.shard.device_transport, "auto");
+    ck_assert_int_eq(rc.shard.pin_memory, 1); /* cpu_offload's buffers page-locked unless off */
+    qft_config_free(&rc);
+    p = write_cfg("pin.cfg", "model: { path = \"m\"; };\ndata: { plugin = \"alpaca\"; };\n"
+                             "shard: { cpu_offload = true; pin_memory = false; };\n");
+    ck_assert_int_eq(qft_config_load(&rc, p, NULL, NULL, 0, &err), 0);
+    ck_assert_int_eq(rc.shard.pin_memory, 0);
+    ck_assert_int_eq(rc.shard.cpu_offload, 1);
+    qft_config_free(&rc);
+    p = write_cfg("pin2.cfg", "model: { path = \"m\"; };\ndata: { plugin = \"alpaca\"; };\n"
+                              "shard: { pin_memory = \"yes\"; };\n");
+    ck_assert_int_ne(qft_config_load(&rc, p, NULL, NULL, 0, &err), 0);
+    ck_assert_msg(strstr(err.msg, "shard.pin_memory"), "got: %s", err.msg);
     qft_config_free(&rc);
     p = write_cfg("devt2.cfg", "model: { path = \"m\"; };\ndata: { plugin = \"alpaca\"; };\n"
                               "shard: { device_transport = \"mpi\"; };\n");

@@ -8,6 +8,7 @@
 #include <mma.h>
 
 #include <string.h>
+#include <sys/mman.h>
 
 namespace {
 __global__ void write_at(float *x, int i) {
@@ -235,6 +236,57 @@ int emu_st_poisoned(void) {
 int emu_st_copy_wrong_kind(void) {
     static char a[64], b[64];
     return (int)cudaMemcpy(a, b, sizeof a, cudaMemcpyHostToDevice);
+}
+
+// cudaHostRegister's bookkeeping, one scenario each; the result of the call under test:
+//   0: two buffers that share a page, registered and unregistered apart (the control);
+//   1: a range overlapping a registered one; 2: unregistering a pointer inside a range;
+//   3: unregistering memory never registered; 4: a PROT_NONE mapping; 5: device memory;
+//   6: a mapping unmapped before it is unregistered.
+int emu_st_host_register(int scenario) {
+    const size_t page = 4096;
+    char *m = (char *)mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    int r = -1;
+    switch (scenario) {
+    case 0:
+        r = (int)cudaHostRegister(m, 80, cudaHostRegisterDefault);
+        if (!r) r = (int)cudaHostRegister(m + 80, 20, cudaHostRegisterDefault);
+        if (!r) r = (int)cudaHostUnregister(m);
+        if (!r) r = (int)cudaHostUnregister(m + 80);
+        break;
+    case 1:
+        cudaHostRegister(m, 100, cudaHostRegisterDefault);
+        r = (int)cudaHostRegister(m + 50, 100, cudaHostRegisterDefault);
+        cudaHostUnregister(m);
+        break;
+    case 2:
+        cudaHostRegister(m, 100, cudaHostRegisterDefault);
+        r = (int)cudaHostUnregister(m + 8);
+        cudaHostUnregister(m);
+        break;
+    case 3: r = (int)cudaHostUnregister(m); break;
+    case 4:
+        mprotect(m + page, page, PROT_NONE);
+        r = (int)cudaHostRegister(m, 2 * page, cudaHostRegisterDefault);
+        break;
+    case 5: {
+        void *d = NULL;
+        cudaMalloc(&d, 256);
+        r = (int)cudaHostRegister(d, 256, cudaHostRegisterDefault);
+        cudaFree(d);
+        break;
+    }
+    case 6:
+        cudaHostRegister(m, 2 * page, cudaHostRegisterDefault);
+        munmap(m, 2 * page);
+        r = (int)cudaHostUnregister(m);
+        cudaGetLastError();
+        return r;
+    }
+    cudaGetLastError(); // each scenario leaves no error behind for the next
+    munmap(m, 2 * page);
+    return r;
 }
 
 // cublasLtMatmul's status for a 4x4x4 fp32 GEMM whose algorithm was chosen for 16-byte

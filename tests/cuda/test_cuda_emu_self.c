@@ -10,7 +10,10 @@
  *     than the kernel's __launch_bounds__, more
  *     dynamic shared memory than the kernel opted into (and the launch once it has), a
  *     copy whose direction does not match its pointers, a cuBLASLt algorithm used on an
- *     operand less aligned than it was chosen for;
+ *     operand less aligned than it was chosen for; host registrations (cudaHostRegister)
+ *     that overlap, unregistering a pointer inside a range or outside every range, a
+ *     PROT_NONE or device range, and (stricter than the driver) a range unmapped before it
+ *     is unregistered, with two buffers on one page registering apart as the control;
  *   - what a GPU leaves undefined comes out loud: new memory reads as 0xff (NaN), a shuffle
  *     from a lane that returned as all ones, and a shared-memory race (a read of another
  *     thread's slot with no barrier between) gives wrong results, while the same kernel with
@@ -37,9 +40,11 @@ unsigned emu_st_shuffle_from_returned(void);
 int emu_st_poisoned(void);
 int emu_st_copy_wrong_kind(void);
 int emu_st_lt_alignment(int a_offset);
+int emu_st_host_register(int scenario);
 
 enum { CUDA_SUCCESS_ = 0, CUDA_INVALID_VALUE_ = 1, CUDA_INVALID_CONFIGURATION_ = 9,
-       CUDA_LAUNCH_OUT_OF_RESOURCES_ = 701 };
+       CUDA_LAUNCH_OUT_OF_RESOURCES_ = 701, CUDA_ALREADY_REGISTERED_ = 712,
+       CUDA_NOT_REGISTERED_ = 713 };
 enum { CUBLAS_SUCCESS_ = 0, CUBLAS_INVALID_VALUE_ = 7 };
 
 /* Runs fn(arg) in a child with stderr captured; the child must abort (SIGABRT) with
@@ -135,6 +140,19 @@ START_TEST(test_refusals) {
 }
 END_TEST
 
+/* Page-locked host memory's bookkeeping, as the driver keeps it (byte ranges: buffers
+ * sharing a page register apart), and a range freed while still registered. */
+START_TEST(test_host_registration) {
+    ck_assert_int_eq(emu_st_host_register(0), CUDA_SUCCESS_);
+    ck_assert_int_eq(emu_st_host_register(1), CUDA_ALREADY_REGISTERED_);
+    ck_assert_int_eq(emu_st_host_register(2), CUDA_INVALID_VALUE_);
+    ck_assert_int_eq(emu_st_host_register(3), CUDA_NOT_REGISTERED_);
+    ck_assert_int_eq(emu_st_host_register(4), CUDA_INVALID_VALUE_);
+    ck_assert_int_eq(emu_st_host_register(5), CUDA_INVALID_VALUE_);
+    ck_assert_int_eq(emu_st_host_register(6), CUDA_INVALID_VALUE_);
+}
+END_TEST
+
 START_TEST(test_undefined_is_loud) {
     ck_assert(emu_st_poisoned());
     ck_assert_uint_eq(emu_st_shuffle_from_returned(), 0xffffffffu);
@@ -152,6 +170,7 @@ int main(void) {
     tcase_add_test(tc, test_aborts);
     tcase_add_test(tc, test_the_committed_part_of_a_reservation_is_memory);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_host_registration);
     tcase_add_test(tc, test_undefined_is_loud);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -47,6 +47,27 @@ size_t smem_limit(const void *fn) {
 
 void record_launch_error(cudaError_t e, const char *msg) { fail(e, "kernel launch", msg); }
 
+cudaError_t runtime_fail(cudaError_t e, const char *call, const char *why) { return fail(e, call, why); }
+
+// $QFT_CUDA_EMU_FAULT_AT_SYNC=N: the Nth synchronizing call (a copy to the host, a device or
+// stream synchronize) fails with cudaErrorIllegalAddress, as a kernel's fault on a GPU is
+// first seen by the host at its next synchronization; for the callers' error paths. Later
+// calls succeed (a real context stays broken; what matters here is that the first failure
+// is not lost).
+static cudaError_t sync_point(const char *call) {
+    static long at = -1, seen = 0;
+    pthread_mutex_lock(&lock);
+    if (at < 0) {
+        const char *e = getenv("QFT_CUDA_EMU_FAULT_AT_SYNC");
+        at = e && *e ? atol(e) : 0;
+    }
+    const bool hit = at > 0 && ++seen == at;
+    pthread_mutex_unlock(&lock);
+    return hit ? fail(cudaErrorIllegalAddress, call,
+                      "an illegal memory access was reported here (QFT_CUDA_EMU_FAULT_AT_SYNC)")
+               : cudaSuccess;
+}
+
 int device_count() {
     static int n = 0;
     if (!n) {
@@ -213,6 +234,10 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
                  sd ? "device" : "not device (or not whole)", n);
         return fail(cudaErrorInvalidValue, "cudaMemcpy", msg);
     }
+    if (kind == cudaMemcpyDeviceToHost || (kind == cudaMemcpyDefault && sd && !dd)) {
+        const cudaError_t e = sync_point("cudaMemcpy");
+        if (e != cudaSuccess) return e;
+    }
     device_enter();
     memmove(dst, src, n);
     device_leave();
@@ -239,8 +264,11 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t n, cudaStream_t s) {
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t s) { return check_stream(s, "cudaStreamQuery"); }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) { return check_stream(s, "cudaStreamSynchronize"); }
+cudaError_t cudaDeviceSynchronize(void) { return sync_point("cudaDeviceSynchronize"); }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    const cudaError_t e = check_stream(s, "cudaStreamSynchronize");
+    return e != cudaSuccess ? e : sync_point("cudaStreamSynchronize");
+}
 
 cudaError_t cudaGetLastError(void) {
     pthread_mutex_lock(&lock);
@@ -266,6 +294,10 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
+    case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
+    case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     default: return "an error of the CUDA emulator";
     }
 }
