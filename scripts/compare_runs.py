@@ -4,10 +4,13 @@ model/model.safetensors (f32 saves), or of adapter/adapter_model.safetensors whe
 saved an adapter (always f32). Standard library only, for GPU machines without numpy.
 
 Usage: compare_runs.py A B [--loss-rel 1e-3] [--tensor-rel 1e-2]
-Prints the worst relative differences; exits 1 when a tolerance is exceeded. Tensor
-differences are relative to the tensor's largest magnitude (a norm-wise bound, as bf16
-tolerances are meant), losses relative to the loss."""
+Prints the worst relative differences; exits 1 when a tolerance is exceeded, and also when
+a loss or a tensor value is not finite or two tensors differ in size (NaN compares as no
+difference, and zip stops at the shorter). Tensor differences are relative to the tensor's
+largest magnitude (a norm-wise bound, as bf16 tolerances are meant), losses relative to the
+loss."""
 import json
+import math
 import os
 import struct
 import sys
@@ -49,12 +52,23 @@ def main():
     la, lb = losses(a), losses(b)
     if len(la) != len(lb) or not la:
         sys.exit(f"{len(la)} and {len(lb)} steps logged")
+    # metrics.jsonl writes a non-finite loss as null
+    for d, ls in ((a, la), (b, lb)):
+        for i, x in enumerate(ls):
+            if x is None or not math.isfinite(x):
+                sys.exit(f"{d}: the loss of step {i + 1} is not finite: FAILED")
     worst_loss = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
     ta, tb = tensors(a), tensors(b)
     if ta.keys() != tb.keys():
         sys.exit(f"different tensors: {sorted(set(ta) ^ set(tb))[:5]}")
     worst_t, where = 0.0, ""
     for k in ta:
+        if len(ta[k]) != len(tb[k]):
+            sys.exit(f"{k}: {len(ta[k])} values in {a}, {len(tb[k])} in {b}: FAILED")
+        for d, t in ((a, ta[k]), (b, tb[k])):
+            i = next((i for i, v in enumerate(t) if not math.isfinite(v)), None)
+            if i is not None:
+                sys.exit(f"{d}: {k}[{i}] is {t[i]}: FAILED")
         scale = max(max(abs(v) for v in ta[k]), 1e-30)
         d = max(abs(x - y) for x, y in zip(ta[k], tb[k])) / scale
         if d > worst_t:

@@ -386,9 +386,12 @@ ranks() { # staged|nccl
                 --set output.save_dtype='"f32"' --set train.backend='"cuda"' -q) rc=0 s
     local d="$BUILD/ranks"
     local bf16=(--set train.frozen_dtype='"bf16"')
-    [[ -d $d-one ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+    # the one-process references, once for both transports (a folder without its saved
+    # adapter is a run that did not finish: train again)
+    local ref=adapter/adapter_model.safetensors
+    [[ -f $d-one/$ref ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
         --set train.grad_accum=2 --set output.dir="\"$d-one\"" || return 1
-    [[ -d $d-one-bf16 ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" "${bf16[@]}" \
+    [[ -f $d-one-bf16/$ref ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" "${bf16[@]}" \
         --set train.grad_accum=2 --set output.dir="\"$d-one-bf16\"" || return 1
     # staged: each rank its own pretend machine, so both take GPU 0; empty: the real ones
     if [[ $1 == staged ]]; then export QFT_TRANSPORT_NODE_SIZE=1; else export QFT_TRANSPORT_NODE_SIZE=; fi

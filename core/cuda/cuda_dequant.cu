@@ -108,8 +108,10 @@ extern "C" void qft_cuda_qmatmul(const qft_qlayout *w, int backward, const float
     const int64_t in = w->in, out = w->out, K = backward ? out : in;
     if (qft_cuda_g.matmul_precision != 2) {
         // fp32 (or TF32) GEMMs on fp32 tiles: the CPU backend's schedule
+        // the op's contract: the scratch holds a row at least
+        if (scratch_floats < (size_t)in) return bad_layout("qmatmul: the scratch is shorter than a row");
         int64_t tr = (int64_t)(scratch_floats / (size_t)in);
-        tr = tr < out ? (tr > 0 ? tr : 1) : out;
+        tr = tr < out ? tr : out;
         for (int64_t r0 = 0; r0 < out; r0 += tr) {
             const int64_t n = out - r0 < tr ? out - r0 : tr;
             qft_cuda_dequantize(w, r0, n, scratch); // (n, in)

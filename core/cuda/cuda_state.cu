@@ -184,13 +184,18 @@ static int cuda_host_pin(void *p, size_t bytes, char *why, size_t why_len) {
     if (e == cudaSuccess) return 0;
     cudaGetLastError();
     snprintf(why, why_len, "cudaHostRegister: %s", cudaGetErrorString(e));
+    // anything but a refusal (an earlier fault's sticky error, say) is the backend's failure
+    if (e != cudaErrorNotSupported && e != cudaErrorNotPermitted && e != cudaErrorInvalidValue &&
+        e != cudaErrorMemoryAllocation && e != cudaErrorHostMemoryAlreadyRegistered)
+        qft_cuda_fail("cudaHostRegister", __FILE__, __LINE__, cudaGetErrorString(e));
     return -1;
 }
 
 // Copies are synchronous (upload and download), so nothing queued still reads the range.
 static void cuda_host_unpin(void *p) { CUDA_CHECK(cudaHostUnregister(p)); }
 
-static int cuda_status(char *why, size_t why_len) {
+static int cuda_status(int wait, char *why, size_t why_len) {
+    if (wait) CUDA_CHECK(cudaDeviceSynchronize()); // a queued kernel's fault surfaces here
     qft_err e = {0, ""};
     if (!qft_cuda_status(&e)) return 0;
     snprintf(why, why_len, "%s", e.msg);

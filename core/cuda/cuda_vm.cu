@@ -47,8 +47,10 @@ static void *entry(const char *name) {
     cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
     // 12.0: the first version with every call used here in its current form
     if (cudaGetDriverEntryPointByVersion(name, &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
+        q != cudaDriverEntryPointSuccess) {
+        cudaGetLastError(); // a missing entry means no VMM, not a failure for the next check
         return NULL;
+    }
     return f;
 }
 
@@ -95,8 +97,15 @@ static int vm_ready(void) {
 }
 
 static void vm_fail(const char *call, CUresult r, size_t bytes, const char *what) {
+    const char *name = r == CUDA_ERROR_OUT_OF_MEMORY     ? "out of memory"
+                       : r == CUDA_ERROR_INVALID_VALUE   ? "invalid value"
+                       : r == CUDA_ERROR_NOT_SUPPORTED   ? "not supported"
+                       : r == CUDA_ERROR_NOT_PERMITTED   ? "not permitted"
+                       : r == CUDA_ERROR_ILLEGAL_ADDRESS ? "illegal address"
+                                                         : "a driver error";
     char msg[256];
-    snprintf(msg, sizeof msg, "CUresult %d (%zu bytes for %s)", (int)r, bytes, what ? what : "?");
+    snprintf(msg, sizeof msg, "%s, CUresult %d (%zu bytes for %s)", name, (int)r, bytes,
+             what ? what : "?");
     qft_cuda_fail(call, __FILE__, __LINE__, msg);
 }
 

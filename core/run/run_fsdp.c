@@ -59,10 +59,14 @@ static unit_range g_range(const qft_run_fsdp *f, int u) {
 /* Memory behind r on the backend; nothing to do on the host, whose pages come on write. */
 static int commit(qft_run_fsdp *f, unit_range r, const char *what, qft_err *err) {
     if (!f->ops || !r.bytes) return 0;
-    if (f->ops->vm_commit(r.p, r.bytes, what))
-        return qft_err_setf(err, "full sharding: backend \"%s\" is out of memory for %zu bytes "
-                                 "of %s",
-                            f->ops->name, r.bytes, what);
+    if (f->ops->vm_commit(r.p, r.bytes, what)) {
+        /* the backend's own reason where it keeps one (CUDA: the driver's call and code) */
+        char why[1024] = "out of memory";
+        if (f->ops->status) f->ops->status(0, why, sizeof why);
+        return qft_err_setf(err, "full sharding: backend \"%s\" could not commit %zu bytes of "
+                                 "%s: %s",
+                            f->ops->name, r.bytes, what, why);
+    }
     f->committed += r.bytes;
     return 0;
 }

@@ -141,16 +141,35 @@ static int full_offload(const run_state *s) {
 }
 
 /* The backend's first failure (qft_ops.status) as the run's error, `what` saying where
- * (at `step`, 1-based, when > 0): a fault on a device ends the run with its own message,
- * not with what a failed copy left in the loss or the weights. */
-static int backend_check(const run_state *s, const char *what, long step, qft_err *err) {
+ * (at `step`, 1-based, when > 0), after waiting for the queued work with wait: a fault on a
+ * device ends the run with its own message, not with what a failed copy left in the loss
+ * or the weights. */
+static int backend_check(const run_state *s, const char *what, long step, int wait,
+                         qft_err *err) {
     const qft_ops *o = s->data.ops;
     char why[1536];
-    if (!o->status || o->status(why, sizeof why) == 0) return 0;
+    if (!o->status || o->status(wait, why, sizeof why) == 0) return 0;
     if (step > 0)
         return qft_err_setf(err, "backend \"%s\" failed %s at step %ld: %s", o->name, what,
                             step, why);
     return qft_err_setf(err, "backend \"%s\" failed %s: %s", o->name, what, why);
+}
+
+/* The run's last check, on every rank (collective): each rank's backend after all its
+ * queued work, then the count of ranks whose backend failed. A fault after the last step's
+ * own check (its optimizer's kernels, the final downloads) ends the run, and a rank whose
+ * backend failed keeps the others from saving what it contributed (its slices of a
+ * gather, its pieces of the model). */
+static int end_check(run_state *s, qft_err *err) {
+    const int bad = backend_check(s, "by the end of training", 0, 1, err) != 0;
+    double failed = bad;
+    qft_err sum_err = {0, ""};
+    if (qft_run_shard_sum_f64(&s->shard, &failed, 1, bad ? &sum_err : err) || bad) return -1;
+    if (failed > 0)
+        return qft_err_setf(err, "the backend of %.0f other rank%s failed by the end of "
+                                 "training: nothing is saved",
+                            failed, failed == 1 ? "" : "s");
+    return 0;
 }
 
 /* shard.cpu_offload on another backend: the host buffers that every step copies up and
@@ -283,7 +302,7 @@ static int ckpt_save(const qft_run_config *rc, run_state *s, const qft_run_ckpt_
     else
         qft_llama_params_to_host(&s->model, s->shard.offset, s->shard.len);
     /* nothing a failed download left is written */
-    const int r = backend_check(s, "bringing the checkpoint's state to the host", ck->step, err)
+    const int r = backend_check(s, "bringing the checkpoint's state to the host", ck->step, 0, err)
                       ? -1
                       : qft_run_ckpt_save(rc, &s->shard, &host, slice, ck, err);
     qft_optim_free(&host);
@@ -406,7 +425,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         (qft_llama_to_backend(&s.model, s.data.ops, strcmp(rc->train.frozen_dtype, "bf16") == 0,
                               err) ||
          qft_run_shard_to_backend(&s.shard, err) ||
-         backend_check(&s, "moving the model there", 0, err)))
+         backend_check(&s, "moving the model there", 0, 1, err)))
         goto done;
     if (dev_counted) s.dev_model_bytes = backend_mem_held(&s) - held;
     if (rc->shard.cpu_offload && rc->shard.pin_memory && s.data.ops != qft_cpu_ops())
@@ -425,6 +444,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
             if (qft_run_shard_gather_params(&s.shard, s.model.params, err)) goto done;
             qft_llama_params_to_backend(&s.model, 0, s.model.n_trainable);
         }
+        if (backend_check(&s, "bringing the checkpoint there", 0, 0, err)) goto done;
     }
     s.params_version = 1; /* the parameters the loop starts from, resumed or not */
 
@@ -498,7 +518,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
             if (qft_data_loader_get(&s.loader, micro % batches_per_epoch, &b, &nt, err) ||
                 qft_llama_forward(&s.model, &b, &loss, err) ||
                 qft_llama_backward(&s.model, &b, loss_scale, err) ||
-                backend_check(&s, "in the forward and backward passes", step + 1, err))
+                backend_check(&s, "in the forward and backward passes", step + 1, 0, err))
                 goto done;
             sums[0] += loss;
             sums[1] += (double)nt;
@@ -515,7 +535,7 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
         const float lr = qft_schedule_lr(&sched, step);
         float gnorm = 0;
         if (optimizer_step(rc, &s, lr, &gnorm, err) ||
-            backend_check(&s, "in the optimizer step", step + 1, err))
+            backend_check(&s, "in the optimizer step", step + 1, 0, err))
             goto done;
         s.params_version++;
         const double t1 = qft_time_now();
@@ -571,11 +591,11 @@ int qft_run_train(const qft_run_config *rc, const char *const *cli_plugin_dirs, 
     /* full sharding holds pieces: every rank helps make the model whole for rank 0's save */
     const int save_model = lead && strcmp(rc->output.save, "model") == 0;
     /* a merged save reads the adapters' merged rows on the host; nothing a failed download
-     * left is written */
-    if (strcmp(rc->output.save, "none") != 0 &&
-        (qft_run_shard_gather_model(&s.shard, err) ||
-         (save_model && s.model.dev_params && qft_llama_adapters_to_host(&s.model, err)) ||
-         backend_check(&s, "bringing the trained weights to the host", 0, err)))
+     * left (here or on another rank) is written */
+    if ((strcmp(rc->output.save, "none") != 0 &&
+         (qft_run_shard_gather_model(&s.shard, err) ||
+          (save_model && s.model.dev_params && qft_llama_adapters_to_host(&s.model, err)))) ||
+        end_check(&s, err))
         goto done;
     if (save_model && qft_run_save_model(rc, &s.model, err)) goto done;
     if (lead && strcmp(rc->output.save, "adapter") == 0 &&

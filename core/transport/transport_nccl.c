@@ -87,6 +87,10 @@ static int nccl_wait(const qft_transport *t, ncclComm_t comm, cudaStream_t strea
             cudaError_t q = cudaStreamQuery(stream);
             if (q == cudaSuccess) break;
             if (q != cudaErrorNotReady) CUDA_TRY(q);
+            /* "not ready" is an answer, but the runtime also keeps it as this thread's last
+             * error, which the CUDA backend's next launch check (one libcudart) would take
+             * for its own failure */
+            (void)cudaGetLastError();
         }
         double waited = qft_time_now() - t0;
         if (waited > limit) {

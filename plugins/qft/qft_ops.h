@@ -376,12 +376,14 @@ typedef struct qft_ops {
 
     /* ---- appended in ABI 9: the backend's first failure --------------------------------
      * 0 while every call so far has succeeded; -1 with the first failure's message in why
-     * (why_len bytes): a kernel's fault, a copy or a cuBLASLt call that failed. The void
-     * entries above cannot return one, so the core asks after each micro-batch's passes,
-     * after each optimizer step and before it writes anything it downloaded: a fault ends
-     * the run with its message instead of training on what failed copies left behind.
-     * NULL where every failure is returned where it happens (cpu, cpu_guard). */
-    int (*status)(char *why, size_t why_len);
+     * (why_len bytes): a kernel's fault, a copy or a cuBLASLt call that failed. With wait,
+     * first waits for the work queued so far, so that a fault in it is counted (the copies
+     * to the host wait anyway). The void entries above cannot return a failure, so the
+     * core asks after each micro-batch's passes, after each optimizer step, at the end of
+     * the run and before it writes anything it downloaded: a fault ends the run with its
+     * message instead of training on what failed copies left behind. NULL where every
+     * failure is returned where it happens (cpu, cpu_guard). */
+    int (*status)(int wait, char *why, size_t why_len);
 } qft_ops;
 
 /* The chunk of sumsq's partial sums. */

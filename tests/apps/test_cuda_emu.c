@@ -211,8 +211,9 @@ END_TEST
  * synchronizing call with an illegal address, where a GPU's host first sees a kernel's
  * fault; for every n from the first to past the run's last, the run (2 steps, a training
  * checkpoint after each) must exit non-zero with the backend's message and where it
- * happened (the passes, the optimizer step, the checkpoint's or the trained weights'
- * download), and write neither the model nor the failing step's checkpoint; the first n
+ * happened (moving the model there, the passes, the optimizer step, a checkpoint's
+ * download, the end-of-run check after the final downloads), and write neither the model
+ * nor the failing step's checkpoint; the first n
  * past the last trains as usual. Before the op table's status entry (ABI 9) such a run
  * trained on from the lost copy's loss and saved its weights with exit 0. */
 START_TEST(test_device_fault) {
@@ -223,8 +224,9 @@ START_TEST(test_device_fault) {
     static const char *const where[] = {"in the forward and backward passes at step ",
                                         "in the optimizer step at step ",
                                         "bringing the checkpoint's state to the host at step ",
-                                        "bringing the trained weights to the host"};
-    enum { W = 4 };
+                                        "failed by the end of training",
+                                        "failed moving the model there"};
+    enum { W = 5, STEPPED = 3 };
     int seen[W] = {0}, n;
     char dir[8192], env[64], pre[8192], path[8192 + 64], ckpt[8192 + 64];
     for (n = 1; n <= 200; n++) {
@@ -250,20 +252,77 @@ START_TEST(test_device_fault) {
             if (!at) continue;
             seen[w]++;
             /* a step's fault: that step wrote no checkpoint (the earlier ones stand) */
-            const long step = w < W - 1 ? atol(at + strlen(where[w])) : 0;
+            const long step = w < STEPPED ? atol(at + strlen(where[w])) : 0;
             snprintf(ckpt, sizeof ckpt, "%s/checkpoint-%ld", dir, step);
             ck_assert_msg(!step || !ru_exists(ckpt), "fault at sync %d: %s was written", n,
                           ckpt);
         }
     }
     ck_assert_msg(n > 1 && n <= 200, "%d runs", n);
-    ck_assert_msg(seen[0] && seen[1] && seen[2] && seen[3],
-                  "faults seen in the passes %d, the optimizer %d, the checkpoint %d, the "
-                  "final download %d times", seen[0], seen[1], seen[2], seen[3]);
+    ck_assert_msg(seen[0] && seen[1] && seen[2] && seen[3] && seen[4],
+                  "faults seen in the passes %d, the optimizer %d, the checkpoint %d, the end "
+                  "%d, the model's move %d times", seen[0], seen[1], seen[2], seen[3], seen[4]);
     printf("a fault at each of the run's %d synchronizing calls ended it with the backend's "
-           "message (%d in the passes, %d in the optimizer step, %d in a checkpoint's "
-           "download, %d in the final one), the failing step's checkpoint and the model not "
-           "written\n", n - 1, seen[0], seen[1], seen[2], seen[3]);
+           "message (%d moving the model there, %d in the passes, %d in the optimizer step, "
+           "%d in a checkpoint's download, %d by the end), the failing step's checkpoint and "
+           "the model not written\n", n - 1, seen[4], seen[0], seen[1], seen[2], seen[3]);
+}
+END_TEST
+
+/* A fault on one rank of two keeps the other from saving. Full sharding of QLoRA on one
+ * emulated device (the staged transport, pretend machines): rank 1's backend fails at one
+ * of its last three synchronizing calls (the end-of-run check's wait and the final
+ * downloads, counted with QFT_CUDA_EMU_COUNT_SYNCS in a clean run first), after every
+ * per-step check has passed. Rank 0 is healthy and would save the model gathered from
+ * rank 1's failed copies; the run's last check is collective, so the job must fail with
+ * rank 1's message and nothing saved (with a rank-local check rank 0 saved the adapter). */
+START_TEST(test_rank_fault) {
+    const char *mpirun = getenv("QFT_MPIRUN");
+    if (!mpirun || !*mpirun) {
+        printf("skip: no mpirun in this build\n");
+        return;
+    }
+    if (!ru_type_built("QFT_TRAIN_TYPES", "qlora")) {
+        printf("skip: train_type qlora is not built\n");
+        return;
+    }
+    const char *sets = "--set train.backend=\\\"cuda\\\" --set shard.device_transport=\\\"staged\\\" "
+                       "--set shard.plugin=\\\"full_shard\\\" --set train.max_steps=2";
+    char dir[8192], pre[8192], path[8192 + 64];
+    long total = 0;
+    for (long n = 0; n <= 3; n++) {
+        /* n = 0: the clean run that counts rank 1's calls; then the last, and the two before */
+        char env[64];
+        if (n == 0)
+            snprintf(env, sizeof env, "QFT_CUDA_EMU_COUNT_SYNCS=1");
+        else
+            snprintf(env, sizeof env, "QFT_CUDA_EMU_FAULT_AT_SYNC=%ld", total - (n - 1));
+        snprintf(dir, sizeof dir, "%s/rank-fault-%ld", g_tmp, n);
+        snprintf(pre, sizeof pre,
+                 "QFT_TRANSPORT_NODE_SIZE=1 %s -np 2 -x OMP_NUM_THREADS=1 -x QFT_TRANSPORT_NODE_SIZE "
+                 "-x QFT_CUDA_LIB=%s sh -c 'test $OMPI_COMM_WORLD_RANK = 1 && export %s; exec "
+                 "\"$0\" \"$@\"'", mpirun, getenv("QFT_CUDA_EMU_LIB"), env);
+        const char *out = NULL;
+        const int st = ru_train_run(pre, "qlora", sets, dir, 1, &out);
+        saved_file(dir, path, sizeof path);
+        if (n == 0) {
+            if (st != 0) fputs(out, stdout);
+            ck_assert_msg(st == 0 && ru_exists(path), "the clean 2-rank run failed (%d)", st);
+            const char *at = strstr(out, "qft cuda emulator: ");
+            ck_assert_msg(at && sscanf(at, "qft cuda emulator: %ld synchronizing calls", &total) == 1,
+                          "no count of rank 1's synchronizing calls in:\n%s", out);
+            ck_assert_int_gt(total, 3);
+            continue;
+        }
+        ck_assert_msg(st != 0, "rank 1 faulted at its sync %ld of %ld, yet the job exited 0:\n%s",
+                      total - (n - 1), total, out);
+        ck_assert_msg(strstr(out, "rank 1: backend \"cuda\" failed by the end of training"),
+                      "no message of rank 1 in:\n%s", out);
+        ck_assert_msg(!ru_exists(path), "rank 1 faulted at its sync %ld of %ld and %s was saved",
+                      total - (n - 1), total, path);
+    }
+    printf("rank 1's fault at each of its last 3 of %ld synchronizing calls failed the job, "
+           "nothing saved\n", total);
 }
 END_TEST
 
@@ -281,6 +340,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_ranks, 0, (int)(sizeof k_ranks / sizeof k_ranks[0]));
     tcase_add_test(tc, test_offload_pinned);
     tcase_add_test(tc, test_device_fault);
+    tcase_add_test(tc, test_rank_fault);
     suite_add_tcase(s, tc);
     return ru_run_suite(s, g_tmp);
 }

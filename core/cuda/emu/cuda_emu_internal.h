@@ -55,6 +55,11 @@ int current_device();
 // ---- launches (cuda_emu_sched.cc, cuda_emu_runtime.cc) ----------------------------------
 size_t smem_limit(const void *fn);           // the kernel's dynamic shared memory limit
 void record_launch_error(cudaError_t e, const char *msg); // for the next cudaGetLastError
+// Work was queued on stream s: its next cudaStreamQuery answers cudaErrorNotReady, once,
+// and that answer stays the thread's last error, as CUDA's runtime keeps it (a poller must
+// clear it, or the next launch check takes it for a failure). Everything here is
+// synchronous, so one "not ready" is all a poll sees.
+void stream_enqueued(cudaStream_t s);
 // A runtime call's failure: "qft cuda emulator: call: why" on stderr, e kept for the next
 // cudaGetLastError (as the runtime keeps a call's error), and e returned.
 cudaError_t runtime_fail(cudaError_t e, const char *call, const char *why);

@@ -53,15 +53,24 @@ cudaError_t runtime_fail(cudaError_t e, const char *call, const char *why) { ret
 // stream synchronize) fails with cudaErrorIllegalAddress, as a kernel's fault on a GPU is
 // first seen by the host at its next synchronization; for the callers' error paths. Later
 // calls succeed (a real context stays broken; what matters here is that the first failure
-// is not lost).
+// is not lost). $QFT_CUDA_EMU_COUNT_SYNCS=1 prints the process's count of them at exit, so
+// a test can aim at the last ones.
+static long syncs_seen;
+
+static void print_syncs(void) {
+    fprintf(stderr, "qft cuda emulator: %ld synchronizing calls\n", syncs_seen);
+}
+
 static cudaError_t sync_point(const char *call) {
-    static long at = -1, seen = 0;
+    static long at = -1;
     pthread_mutex_lock(&lock);
     if (at < 0) {
         const char *e = getenv("QFT_CUDA_EMU_FAULT_AT_SYNC");
         at = e && *e ? atol(e) : 0;
+        const char *c = getenv("QFT_CUDA_EMU_COUNT_SYNCS");
+        if (c && strcmp(c, "1") == 0) atexit(print_syncs);
     }
-    const bool hit = at > 0 && ++seen == at;
+    const bool hit = ++syncs_seen == at;
     pthread_mutex_unlock(&lock);
     return hit ? fail(cudaErrorIllegalAddress, call,
                       "an illegal memory access was reported here (QFT_CUDA_EMU_FAULT_AT_SYNC)")
@@ -166,6 +175,18 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void *)
 // Streams: work completes inside each call, so a stream is only a handle, checked at every
 // use (the legacy default stream is 0).
 static std::map<cudaStream_t, int> streams; // created and not destroyed, -> device
+static std::map<cudaStream_t, bool> busy;   // work queued since the last query
+
+} // extern "C"
+
+void qft_emu::stream_enqueued(cudaStream_t s) {
+    if (!s) return;
+    pthread_mutex_lock(&lock);
+    if (streams.count(s)) busy[s] = true;
+    pthread_mutex_unlock(&lock);
+}
+
+extern "C" {
 
 static cudaError_t check_stream(cudaStream_t s, const char *call) {
     if (!s) return cudaSuccess;
@@ -190,6 +211,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
     pthread_mutex_lock(&lock);
     const bool ok = s && streams.erase(s) > 0;
+    busy.erase(s);
     pthread_mutex_unlock(&lock);
     if (!ok) return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy", "not a live stream");
     delete (int *)s;
@@ -246,6 +268,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s) {
     const cudaError_t e = check_stream(s, "cudaMemcpyAsync");
+    if (e == cudaSuccess) stream_enqueued(s);
     return e != cudaSuccess ? e : cudaMemcpy(dst, src, n, kind);
 }
 
@@ -260,10 +283,19 @@ cudaError_t cudaMemset(void *p, int value, size_t n) {
 
 cudaError_t cudaMemsetAsync(void *p, int value, size_t n, cudaStream_t s) {
     const cudaError_t e = check_stream(s, "cudaMemsetAsync");
+    if (e == cudaSuccess) stream_enqueued(s);
     return e != cudaSuccess ? e : cudaMemset(p, value, n);
 }
 
-cudaError_t cudaStreamQuery(cudaStream_t s) { return check_stream(s, "cudaStreamQuery"); }
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+    const cudaError_t e = check_stream(s, "cudaStreamQuery");
+    if (e != cudaSuccess || !s) return e;
+    pthread_mutex_lock(&lock);
+    const bool was = busy.erase(s) > 0;
+    if (was && last_error == cudaSuccess) last_error = cudaErrorNotReady; // quietly: no failure
+    pthread_mutex_unlock(&lock);
+    return was ? cudaErrorNotReady : cudaSuccess;
+}
 cudaError_t cudaDeviceSynchronize(void) { return sync_point("cudaDeviceSynchronize"); }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     const cudaError_t e = check_stream(s, "cudaStreamSynchronize");
@@ -298,6 +330,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
     case cudaErrorNotSupported: return "operation not supported";
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorNotReady: return "device not ready";
     default: return "an error of the CUDA emulator";
     }
 }
