@@ -16,12 +16,16 @@ static char fail_msg[1024];
 
 int qft_cuda_fail(const char *call, const char *file, int line, const char *msg) {
     pthread_mutex_lock(&fail_lock);
-    if (!fail_set) {
-        snprintf(fail_msg, sizeof fail_msg, "%s:%d: %s: %s", file, line, call, msg);
-        fail_set = 1;
-    }
+    // printed: the first, and a word that the rest are not (after a fault every call fails,
+    // the teardown's frees too: a hundred lines that would bury the cause)
+    const int n = fail_set;
+    if (fail_set < 2) fail_set++;
+    if (!n) snprintf(fail_msg, sizeof fail_msg, "%s:%d: %s: %s", file, line, call, msg);
     pthread_mutex_unlock(&fail_lock);
-    fprintf(stderr, "qft cuda: %s:%d: %s: %s\n", file, line, call, msg);
+    if (!n) fprintf(stderr, "qft cuda: %s:%d: %s: %s\n", file, line, call, msg);
+    if (n == 1)
+        fprintf(stderr, "qft cuda: %s:%d: %s: %s (and any later CUDA failure: not printed, "
+                        "usually consequences of the first)\n", file, line, call, msg);
     return 1;
 }
 

@@ -18,6 +18,7 @@
  * $QFT_BIN is the qft command, $QFT_SOURCE_ROOT the tree, $QFT_CUDA_EMU_LIB the library. */
 #include "run_util.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char g_tmp[4096];
@@ -215,7 +216,11 @@ END_TEST
  * download, the end-of-run check after the final downloads), and write neither the model
  * nor the failing step's checkpoint; the first n
  * past the last trains as usual. Before the op table's status entry (ABI 9) such a run
- * trained on from the lost copy's loss and saved its weights with exit 0. */
+ * trained on from the lost copy's loss and saved its weights with exit 0. Twice: with the
+ * fault alone, and with the context broken from then on (QFT_CUDA_EMU_FAULT_STICKY=1, as an
+ * illegal address leaves a real one: every later call fails, the teardown's too), where the
+ * run must still end with exit 1 (no crash, no hang) and print the backend's failures in
+ * two lines, not one per failing free. */
 START_TEST(test_device_fault) {
     if (!ru_type_built("QFT_TRAIN_TYPES", "qlora")) {
         printf("skip: train_type qlora is not built\n");
@@ -227,11 +232,13 @@ START_TEST(test_device_fault) {
                                         "failed by the end of training",
                                         "failed moving the model there"};
     enum { W = 5, STEPPED = 3 };
+    const int sticky = _i;
     int seen[W] = {0}, n;
-    char dir[8192], env[64], pre[8192], path[8192 + 64], ckpt[8192 + 64];
+    char dir[8192], env[96], pre[8192], path[8192 + 64], ckpt[8192 + 64];
     for (n = 1; n <= 200; n++) {
-        snprintf(dir, sizeof dir, "%s/fault-%d", g_tmp, n);
-        snprintf(env, sizeof env, "QFT_CUDA_EMU_FAULT_AT_SYNC=%d", n);
+        snprintf(dir, sizeof dir, "%s/fault-%d-%d", g_tmp, sticky, n);
+        snprintf(env, sizeof env, "%sQFT_CUDA_EMU_FAULT_AT_SYNC=%d",
+                 sticky ? "QFT_CUDA_EMU_FAULT_STICKY=1 " : "", n);
         emu_pre(pre, sizeof pre, env);
         const char *out = NULL;
         const int st = ru_train_run(pre, "qlora",
@@ -247,6 +254,12 @@ START_TEST(test_device_fault) {
                           strstr(out, "an illegal memory access was encountered"),
                       "fault at sync %d: no backend message in:\n%s", n, out);
         ck_assert_msg(!ru_exists(path), "fault at sync %d: %s was saved", n, path);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "fault at sync %d: wait status %d",
+                      n, st);
+        int lines = 0;
+        for (const char *at = out; (at = strstr(at, "qft cuda: ")) != NULL; at++) lines++;
+        ck_assert_msg(lines >= 1 && lines <= 2, "fault at sync %d: %d lines of CUDA failures:\n%s",
+                      n, lines, out);
         for (int w = 0; w < W; w++) {
             const char *at = strstr(out, where[w]);
             if (!at) continue;
@@ -262,10 +275,11 @@ START_TEST(test_device_fault) {
     ck_assert_msg(seen[0] && seen[1] && seen[2] && seen[3] && seen[4],
                   "faults seen in the passes %d, the optimizer %d, the checkpoint %d, the end "
                   "%d, the model's move %d times", seen[0], seen[1], seen[2], seen[3], seen[4]);
-    printf("a fault at each of the run's %d synchronizing calls ended it with the backend's "
-           "message (%d moving the model there, %d in the passes, %d in the optimizer step, "
-           "%d in a checkpoint's download, %d by the end), the failing step's checkpoint and "
-           "the model not written\n", n - 1, seen[4], seen[0], seen[1], seen[2], seen[3]);
+    printf("a %sfault at each of the run's %d synchronizing calls ended it (exit 1) with the "
+           "backend's message (%d moving the model there, %d in the passes, %d in the optimizer "
+           "step, %d in a checkpoint's download, %d by the end), the failing step's checkpoint "
+           "and the model not written\n", sticky ? "context-breaking " : "", n - 1, seen[4],
+           seen[0], seen[1], seen[2], seen[3]);
 }
 END_TEST
 
@@ -339,7 +353,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_same_as_cpu, 0, (int)(sizeof k_cases / sizeof k_cases[0]));
     tcase_add_loop_test(tc, test_ranks, 0, (int)(sizeof k_ranks / sizeof k_ranks[0]));
     tcase_add_test(tc, test_offload_pinned);
-    tcase_add_test(tc, test_device_fault);
+    tcase_add_loop_test(tc, test_device_fault, 0, 2); /* the fault alone; the context broken */
     tcase_add_test(tc, test_rank_fault);
     suite_add_tcase(s, tc);
     return ru_run_suite(s, g_tmp);

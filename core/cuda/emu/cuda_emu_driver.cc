@@ -29,6 +29,7 @@ CUmemGenericAllocationHandle next_handle = 1;
 
 CUresult emu_reserve(CUdeviceptr *p, size_t size, size_t alignment, CUdeviceptr addr,
                      unsigned long long flags) {
+    if (context_broken()) return CUDA_ERROR_ILLEGAL_ADDRESS;
     if (!size || size % vm_granularity() || (alignment && alignment > vm_granularity()) || addr || flags)
         return CUDA_ERROR_INVALID_VALUE;
     void *r = vm_reserve(size);
@@ -38,11 +39,13 @@ CUresult emu_reserve(CUdeviceptr *p, size_t size, size_t alignment, CUdeviceptr 
 }
 
 CUresult emu_addr_free(CUdeviceptr p, size_t size) {
+    if (context_broken()) return CUDA_ERROR_ILLEGAL_ADDRESS;
     return vm_free((void *)(uintptr_t)p, size) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }
 
 CUresult emu_create(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop,
                     unsigned long long flags) {
+    if (context_broken()) return CUDA_ERROR_ILLEGAL_ADDRESS;
     if (!size || size % vm_granularity() || flags || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
         prop->location.id < 0 || prop->location.id >= device_count())
         return CUDA_ERROR_INVALID_VALUE;
@@ -54,6 +57,7 @@ CUresult emu_create(CUmemGenericAllocationHandle *h, size_t size, const CUmemAll
 }
 
 CUresult emu_release(CUmemGenericAllocationHandle h) {
+    if (context_broken()) return CUDA_ERROR_ILLEGAL_ADDRESS;
     pthread_mutex_lock(&lock);
     auto it = handles.find(h);
     if (it == handles.end() || it->second.released) {
@@ -68,6 +72,7 @@ CUresult emu_release(CUmemGenericAllocationHandle h) {
 
 CUresult emu_map(CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocationHandle h,
                  unsigned long long flags) {
+    if (context_broken()) return CUDA_ERROR_ILLEGAL_ADDRESS;
     pthread_mutex_lock(&lock);
     auto it = handles.find(h);
     CUresult r = CUDA_SUCCESS;
@@ -83,6 +88,7 @@ CUresult emu_map(CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocati
 }
 
 CUresult emu_unmap(CUdeviceptr p, size_t size) {
+    if (context_broken()) return CUDA_ERROR_ILLEGAL_ADDRESS;
     pthread_mutex_lock(&lock);
     if (vm_unmap((void *)(uintptr_t)p, size)) {
         pthread_mutex_unlock(&lock);
@@ -103,6 +109,7 @@ CUresult emu_unmap(CUdeviceptr p, size_t size) {
 
 // Each descriptor opens the range to one device (read/write only: what the backend asks).
 CUresult emu_set_access(CUdeviceptr p, size_t size, const CUmemAccessDesc *desc, size_t count) {
+    if (context_broken()) return CUDA_ERROR_ILLEGAL_ADDRESS;
     unsigned devices = 0;
     for (size_t i = 0; i < count; i++) {
         if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||

@@ -60,6 +60,11 @@ void record_launch_error(cudaError_t e, const char *msg); // for the next cudaGe
 // clear it, or the next launch check takes it for a failure). Everything here is
 // synchronous, so one "not ready" is all a poll sees.
 void stream_enqueued(cudaStream_t s);
+// With $QFT_CUDA_EMU_FAULT_STICKY=1, the fault QFT_CUDA_EMU_FAULT_AT_SYNC injects breaks the
+// context, as an illegal address breaks a real one: from then on every runtime, driver,
+// cuBLASLt and NCCL call fails (cudaErrorIllegalAddress or its kind's code), launches run
+// nothing, and cudaGetLastError keeps answering the fault. For the callers' teardown.
+bool context_broken();
 // A runtime call's failure: "qft cuda emulator: call: why" on stderr, e kept for the next
 // cudaGetLastError (as the runtime keeps a call's error), and e returned.
 cudaError_t runtime_fail(cudaError_t e, const char *call, const char *why);

@@ -262,6 +262,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
                               cublasLtMatrixLayout_t Cl, void *D, cublasLtMatrixLayout_t Dl,
                               const cublasLtMatmulAlgo_t *algo, void *work, size_t work_bytes,
                               cudaStream_t) {
+    if (qft_emu::context_broken()) return CUBLAS_STATUS_EXECUTION_FAILED;
     const emu_desc *d = (const emu_desc *)desc;
     const emu_layout *a = (const emu_layout *)Al, *b = (const emu_layout *)Bl, *c = (const emu_layout *)Cl,
                      *dl = (const emu_layout *)Dl;

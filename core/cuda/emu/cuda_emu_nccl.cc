@@ -397,6 +397,7 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newc
 
 ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+    if (context_broken()) return ncclUnhandledCudaError;
     stream_enqueued(stream);
     const char *what = "ncclAllReduce";
     ncclResult_t r = usable(comm, what);
@@ -422,6 +423,7 @@ ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, n
 // recv (recvcount) = the reduction of every rank's block `rank` of send (world * recvcount).
 ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recvcount, ncclDataType_t datatype,
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+    if (context_broken()) return ncclUnhandledCudaError;
     stream_enqueued(stream);
     const char *what = "ncclReduceScatter";
     ncclResult_t r = usable(comm, what);
@@ -451,6 +453,7 @@ ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recv
 
 ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcount, ncclDataType_t datatype,
                            ncclComm_t comm, cudaStream_t stream) {
+    if (context_broken()) return ncclUnhandledCudaError;
     stream_enqueued(stream);
     const char *what = "ncclAllGather";
     ncclResult_t r = usable(comm, what);
@@ -475,6 +478,7 @@ ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcoun
 
 ncclResult_t ncclBroadcast(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, int root,
                            ncclComm_t comm, cudaStream_t stream) {
+    if (context_broken()) return ncclUnhandledCudaError;
     stream_enqueued(stream);
     const char *what = "ncclBroadcast";
     ncclResult_t r = usable(comm, what);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
 #include <map>
 
 #undef warpSize // cudaDeviceProp's field, not the device constant
@@ -56,6 +57,21 @@ cudaError_t runtime_fail(cudaError_t e, const char *call, const char *why) { ret
 // is not lost). $QFT_CUDA_EMU_COUNT_SYNCS=1 prints the process's count of them at exit, so
 // a test can aim at the last ones.
 static long syncs_seen;
+static std::atomic<bool> broken; // QFT_CUDA_EMU_FAULT_STICKY's broken context
+
+bool context_broken() { return broken.load(); }
+
+// a runtime call in a broken context: the fault's error, kept as the last one
+static cudaError_t sticky() {
+    pthread_mutex_lock(&lock);
+    last_error = cudaErrorIllegalAddress;
+    pthread_mutex_unlock(&lock);
+    return cudaErrorIllegalAddress;
+}
+#define STICKY_GUARD()                                                                        \
+    do {                                                                                      \
+        if (context_broken()) return sticky();                                                \
+    } while (0)
 
 static void print_syncs(void) {
     fprintf(stderr, "qft cuda emulator: %ld synchronizing calls\n", syncs_seen);
@@ -72,6 +88,10 @@ static cudaError_t sync_point(const char *call) {
     }
     const bool hit = ++syncs_seen == at;
     pthread_mutex_unlock(&lock);
+    if (hit) {
+        const char *st = getenv("QFT_CUDA_EMU_FAULT_STICKY");
+        if (st && strcmp(st, "1") == 0) broken = true;
+    }
     return hit ? fail(cudaErrorIllegalAddress, call,
                       "an illegal memory access was reported here (QFT_CUDA_EMU_FAULT_AT_SYNC)")
                : cudaSuccess;
@@ -197,6 +217,7 @@ static cudaError_t check_stream(cudaStream_t s, const char *call) {
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
+    STICKY_GUARD();
     if (flags != cudaStreamDefault && flags != cudaStreamNonBlocking)
         return fail(cudaErrorInvalidValue, "cudaStreamCreateWithFlags", "unknown flags");
     *s = (cudaStream_t) new int(0);
@@ -219,6 +240,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
+    STICKY_GUARD();
     *p = mem_alloc(bytes, this_thread_device);
     if (!*p) return fail(cudaErrorMemoryAllocation, "cudaMalloc", "the emulated device is full (QFT_CUDA_EMU_MEM_GIB)");
     return cudaSuccess;
@@ -227,6 +249,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
 cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
 
 cudaError_t cudaFree(void *p) {
+    STICKY_GUARD();
     if (!p) return cudaSuccess;
     if (mem_free(p)) return fail(cudaErrorInvalidValue, "cudaFree", "not the start of a live device allocation");
     return cudaSuccess;
@@ -235,12 +258,14 @@ cudaError_t cudaFree(void *p) {
 cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
 
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+    STICKY_GUARD();
     *total_b = mem_total_bytes();
     *free_b = *total_b - mem_live_bytes(this_thread_device);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind) {
+    STICKY_GUARD();
     if (!n) return cudaSuccess;
     const bool dd = mem_is_device(dst, n), sd = mem_is_device(src, n);
     const bool ok = kind == cudaMemcpyHostToDevice   ? dd && !sd
@@ -273,6 +298,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcp
 }
 
 cudaError_t cudaMemset(void *p, int value, size_t n) {
+    STICKY_GUARD();
     if (!n) return cudaSuccess;
     if (!mem_is_device(p, n)) return fail(cudaErrorInvalidValue, "cudaMemset", "not device memory (or not all of it)");
     device_enter();
@@ -288,6 +314,7 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t n, cudaStream_t s) {
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t s) {
+    STICKY_GUARD();
     const cudaError_t e = check_stream(s, "cudaStreamQuery");
     if (e != cudaSuccess || !s) return e;
     pthread_mutex_lock(&lock);
@@ -296,13 +323,18 @@ cudaError_t cudaStreamQuery(cudaStream_t s) {
     pthread_mutex_unlock(&lock);
     return was ? cudaErrorNotReady : cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize(void) { return sync_point("cudaDeviceSynchronize"); }
+cudaError_t cudaDeviceSynchronize(void) {
+    STICKY_GUARD();
+    return sync_point("cudaDeviceSynchronize");
+}
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    STICKY_GUARD();
     const cudaError_t e = check_stream(s, "cudaStreamSynchronize");
     return e != cudaSuccess ? e : sync_point("cudaStreamSynchronize");
 }
 
 cudaError_t cudaGetLastError(void) {
+    STICKY_GUARD(); // a broken context's error is not cleared
     pthread_mutex_lock(&lock);
     const cudaError_t e = last_error;
     last_error = cudaSuccess;
@@ -311,6 +343,7 @@ cudaError_t cudaGetLastError(void) {
 }
 
 cudaError_t cudaPeekAtLastError(void) {
+    STICKY_GUARD();
     pthread_mutex_lock(&lock);
     const cudaError_t e = last_error;
     pthread_mutex_unlock(&lock);

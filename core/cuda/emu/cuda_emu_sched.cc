@@ -422,6 +422,10 @@ int launch_check(const void *fn, const launch_cfg &c, unsigned max_threads) {
         (unsigned long long)c.block.x * c.block.y * c.block.z;
     const char *why = NULL;
     cudaError_t e = cudaErrorInvalidConfiguration;
+    if (context_broken()) {
+        record_launch_error(cudaErrorIllegalAddress, "launch refused: the context is broken by an earlier fault");
+        return -1;
+    }
     if (threads == 0 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0)
         why = "an empty grid or block";
     else if (threads > 1024 || c.block.x > 1024 || c.block.y > 1024 || c.block.z > 64)
