@@ -477,7 +477,7 @@ if [[ -n "$SAN" ]]; then
         2>&1 | tee "$REPORT_DIR/memcheck.txt"; then
         san_note="memcheck clean"
     elif grep -q "Device not supported" "$REPORT_DIR/memcheck.txt"; then
-        # seen on the gVisor H200s (.library/device/KINDS.md): the issue asks for the
+        # reported on the gVisor-sandboxed H200s this project is lent: the issue asks for the
         # sanitizer where the device supports it, so this is no failure, and the other two
         # runs would only say the same
         san_note="compute-sanitizer: this device or sandbox is not supported (\"Device not supported\"): not run"
