@@ -489,6 +489,8 @@ static int attention_table(int choose) {
 }
 
 int main(int argc, char **argv) {
+    /* a line at a time into the GPU check's tee: a run cut at its limit keeps its rows */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     const int choose = argc > 1 && strcmp(argv[1], "--choose-qmatmul") == 0;
     const int choose_att = argc > 1 && strcmp(argv[1], "--choose-attention") == 0;

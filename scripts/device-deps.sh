@@ -138,7 +138,8 @@ qft_deps_mpi_env() {
         "$qft_deps_lib/libpsm_infinipath.so.1"
     qft_deps_path="$qft_deps_ompi/lib:$qft_deps_lib:$qft_deps_root/lib/x86_64-linux-gnu"
     for qft_deps_so in libudev.so.1 libuuid.so.1; do
-        ldconfig -p 2>/dev/null | grep -q "$qft_deps_so " && continue
+        # not grep -q: under a caller's pipefail its early exit would fail ldconfig's side
+        ldconfig -p 2>/dev/null | grep "$qft_deps_so " >/dev/null && continue
         qft_deps_unpack "$qft_deps_kit/fallback" "$qft_deps_root/fallback" || return 0
         qft_deps_path="$qft_deps_path:$qft_deps_root/fallback/usr/lib/x86_64-linux-gnu"
         qft_deps_path="$qft_deps_path:$qft_deps_root/fallback/lib/x86_64-linux-gnu"

@@ -95,12 +95,17 @@
 # larger (QFT_GPU_BUDGET, 1800 s by default).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
+start=$(date +%s) # before the kit's unpacking: the command's limit counts that too
 # A GPU machine whose image lacks the libraries qft builds with (the lent device machines:
 # no libconfig, OpenBLAS, PCRE2, jansson, Check or pkg-config, and no network) gets them from
 # the .deb files in .devkit/, fetched beforehand where apt works (scripts/device-deps.sh
 # fetch) and carried with the tree; where they are installed this does nothing.
 . scripts/device-deps.sh env || exit 2
 EMU=${QFT_GPU_CHECK_EMU:-0}
+# one tiny training (parity, the two-rank runs) takes seconds on a GPU: a kernel that hangs
+# on its first GPU run costs this much, not its whole step (mpirun's own limit likewise)
+export QFT_GPU_RUN_LIMIT=60; [[ $EMU == 1 ]] && QFT_GPU_RUN_LIMIT=300
+export MPIEXEC_TIMEOUT=$QFT_GPU_RUN_LIMIT
 # QFT_GPU_CHECK_PHASE: all (steps 1-7, the default), main (1-5) or rest (1, reusing a build
 # already there, then 6-7). On a GPU, steps 1-5 fill the 8 minutes, so the several ranks and
 # compute-sanitizer are reached only with time to spare; a lent machine's session runs main,
@@ -113,7 +118,6 @@ if [[ $EMU == 1 ]]; then BUDGET=${QFT_GPU_BUDGET:-1800}; else BUDGET=${QFT_GPU_B
 BUILD=${QFT_GPU_BUILD:-build-gpu-check}
 REPORT_DIR=${OUT:-$BUILD}
 report_name=gpu-check-report.md; [[ $PHASE == rest ]] && report_name=gpu-check-report-rest.md
-start=$(date +%s)
 status=0
 
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
@@ -140,7 +144,9 @@ command -v nvcc >/dev/null || { echo "gpu-check: nvcc not found (looked in PATH 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 # rest reuses main's build where it is still there (ninja then has nothing to do)
+build_note=""
 [[ $PHASE == rest && -f $BUILD/build.ninja ]] || {
+[[ $PHASE == rest ]] && build_note=" (main's build was not on this machine: built again)"
 rm -rf "$BUILD"
 # werror off: the GPU image's compilers (Ubuntu 24.04's gcc 13 as nvcc's host compiler too)
 # warn where Debian 12's gcc 12, which CI builds with -Werror, does not, and a new warning
@@ -152,11 +158,13 @@ step configure 120 meson setup "$BUILD" -Dqft_cuda_arch=sm_90 -Dbuildtype=releas
 }
 emu_targets=()
 [[ $EMU == 1 ]] && emu_targets=(core/cuda/libqft_cuda_emu.so tests/cuda/test_cuda_ops_emu)
+# ninja's lines into a log (they would crowd the command's output tail), its end on failure
 step build 240 ninja -C "$BUILD" core/cuda/libqft_cuda.so tests/cuda/test_cuda_twin \
     tests/cuda/test_cuda_ops bench/cuda_bench quant/hqq/qft_hqq.so apps/qft \
     data/synth_math/qft_synth_math.so data/jsonl/qft_jsonl.so adapters/llama_pro/qft_llama_pro.so \
     adapters/lora/qft_lora.so adapters/dora/qft_dora.so quant/bnb_nf4/qft_bnb_nf4.so \
-    "${emu_targets[@]}" || exit 1
+    "${emu_targets[@]}" >"$BUILD.build.log" 2>&1 || { tail -40 "$BUILD.build.log"; exit 1; }
+grep -c 'warning:' "$BUILD.build.log" | xargs -I{} echo "gpu-check: build done, {} warning lines ($BUILD.build.log)"
 # what meson test would set: the tests dlopen the hqq plugin from the build tree
 case $BUILD in /*) build_abs=$BUILD ;; *) build_abs=$PWD/$BUILD ;; esac
 export QFT_HQQ_PLUGIN="$build_abs/quant/hqq/qft_hqq.so" QFT_SOURCE_ROOT="$PWD"
@@ -170,6 +178,14 @@ mkdir -p "$REPORT_DIR"
 model_out="$REPORT_DIR/model_bench.md"
 bench_out="$REPORT_DIR/cuda_bench.md"
 parity_note="" att_note="" rc=""
+# rest runs with main's kernel choices and fallbacks (QFT_CUDA_*, QFT_MODEL_BENCH_MATMUL),
+# which main leaves in the build folder
+choices="$BUILD/gpu-check-choices.env"
+if [[ $PHASE == rest && -f $choices ]]; then
+    # shellcheck disable=SC1090 # written by main below
+    . "$choices"
+    echo "gpu-check: main's choices: $(tr '\n' ' ' <"$choices")"
+fi
 if [[ $PHASE != rest ]]; then # steps 2-5
 step test_cuda_twin 60 "$BUILD/tests/cuda/test_cuda_twin" || status=1
 ops_log="$REPORT_DIR/test_cuda_ops.txt"
@@ -244,6 +260,10 @@ else
     att_note="$att_note The tensor-core attention FAILED its kernel tests (or test_cuda_ops did): not timed, not used."
 fi
 
+# the choices and fallbacks above, for the rest phase on this machine's build
+export -p | grep -E '^declare -x (QFT_CUDA_(ATTENTION|QMATMUL|LOWRANK|LOWRANK_OUT)|QFT_MODEL_BENCH_MATMUL)=' \
+    >"$choices" || true
+
 # The model on the GPU against the CPU backend: the dense train_types (the ones the CUDA
 # backend runs in this version, with parameters, gradients and optimizer state in host
 # memory: shard.cpu_offload), 4 steps of a tiny random Llama each, f32 saves; losses within
@@ -260,12 +280,13 @@ parity() { # name config [extra-sets...] [-- sets for the GPU runs only...]
                 --set model.config.num_key_value_heads=1 --set data.context_length=192
                 --set output.save_dtype='"f32"' -q "${both[@]}")
     local d="$BUILD/parity-$name"
-    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" --set output.dir="\"$d-cpu\"" &&
-    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" "${gpu[@]}" --set train.backend='"cuda"' \
+    local run=(timeout --kill-after=5 "$QFT_GPU_RUN_LIMIT" "$BUILD/apps/qft" train "configs/$cfg.cfg")
+    "${run[@]}" "${sets[@]}" --set output.dir="\"$d-cpu\"" &&
+    "${run[@]}" "${sets[@]}" "${gpu[@]}" --set train.backend='"cuda"' \
         --set shard.cpu_offload=true --set output.dir="\"$d-cuda\"" &&
     python3 scripts/compare_runs.py "$d-cpu" "$d-cuda" --loss-rel 1e-3 --tensor-rel 1e-2 &&
     # without cpu_offload: the optimizer and clipping on the GPU too
-    "$BUILD/apps/qft" train "configs/$cfg.cfg" "${sets[@]}" "${gpu[@]}" --set train.backend='"cuda"' \
+    "${run[@]}" "${sets[@]}" "${gpu[@]}" --set train.backend='"cuda"' \
         --set output.dir="\"$d-cuda-dev\"" &&
     python3 scripts/compare_runs.py "$d-cpu" "$d-cuda-dev" --loss-rel 1e-3 --tensor-rel 1e-2
 }
@@ -389,9 +410,9 @@ ranks() { # staged|nccl
     # the one-process references, once for both transports (a folder without its saved
     # adapter is a run that did not finish: train again)
     local ref=adapter/adapter_model.safetensors
-    [[ -f $d-one/$ref ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
+    [[ -f $d-one/$ref ]] || timeout --kill-after=5 "$QFT_GPU_RUN_LIMIT" "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" \
         --set train.grad_accum=2 --set output.dir="\"$d-one\"" || return 1
-    [[ -f $d-one-bf16/$ref ]] || "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" "${bf16[@]}" \
+    [[ -f $d-one-bf16/$ref ]] || timeout --kill-after=5 "$QFT_GPU_RUN_LIMIT" "$BUILD/apps/qft" train configs/qlora.cfg "${sets[@]}" "${bf16[@]}" \
         --set train.grad_accum=2 --set output.dir="\"$d-one-bf16\"" || return 1
     # staged: each rank its own pretend machine, so both take GPU 0; empty: the real ones
     if [[ $1 == staged ]]; then export QFT_TRANSPORT_NODE_SIZE=1; else export QFT_TRANSPORT_NODE_SIZE=; fi
@@ -520,7 +541,7 @@ fi # steps 6-7
         echo "### CUDA kernels, $(date -u +%Y-%m-%d) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
     fi
     echo
-    echo "scripts/gpu-check.sh (phase $PHASE) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'): $([[ -n $rc ]] && echo "test_cuda_twin, test_cuda_ops exit $rc" || echo "kernel tests and parity: phase main")${parity_note:+; ${parity_note#; }}; $san_note; total $(( $(date +%s) - start ))s.$att_note"
+    echo "scripts/gpu-check.sh (phase $PHASE${build_note}) at ${QFT_GPU_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}: $([[ -n $rc ]] && echo "test_cuda_twin, test_cuda_ops exit $rc" || echo "kernel tests and parity: phase main")${parity_note:+; ${parity_note#; }}; $san_note; total $(( $(date +%s) - start ))s.$att_note"
     if [[ $PHASE != rest ]]; then
         echo
         grep -v '^== ' "$REPORT_DIR/parity.txt" 2>/dev/null
