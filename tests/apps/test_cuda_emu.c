@@ -74,11 +74,23 @@ static void emu_pre(char *pre, size_t size, const char *env) {
     snprintf(pre, size, "QFT_CUDA_LIB=%s %s", getenv("QFT_CUDA_EMU_LIB"), env);
 }
 
+/* 1 when train_type `type` is built; otherwise says the test skips. */
+static int built(const char *type) {
+    if (ru_type_built("QFT_TRAIN_TYPES", type)) return 1;
+    printf("skip: train_type %s is not built\n", type);
+    return 0;
+}
+
+/* The build's mpirun command, or NULL after saying the test skips. */
+static const char *mpirun_or_skip(void) {
+    const char *mpirun = getenv("QFT_MPIRUN");
+    if (mpirun && *mpirun) return mpirun;
+    printf("skip: no mpirun in this build\n");
+    return NULL;
+}
+
 START_TEST(test_same_as_cpu) {
-    if (!ru_type_built("QFT_TRAIN_TYPES", k_cases[_i].type)) {
-        printf("skip: train_type %s is not built\n", k_cases[_i].type);
-        return;
-    }
+    if (!built(k_cases[_i].type)) return;
     char a[8192], b[8192], sets[4096], pre[8192], pa[8192 + 64], pb[8192 + 64];
     snprintf(a, sizeof a, "%s/cpu-%d", g_tmp, _i);
     snprintf(b, sizeof b, "%s/emu-%d", g_tmp, _i);
@@ -119,15 +131,9 @@ static const struct {
 };
 
 START_TEST(test_ranks) {
-    const char *mpirun = getenv("QFT_MPIRUN");
-    if (!mpirun || !*mpirun) {
-        printf("skip: no mpirun in this build\n");
-        return;
-    }
-    if (!ru_type_built("QFT_TRAIN_TYPES", k_ranks[_i].type)) {
-        printf("skip: train_type %s is not built\n", k_ranks[_i].type);
-        return;
-    }
+    const char *mpirun = mpirun_or_skip();
+    if (!mpirun) return;
+    if (!built(k_ranks[_i].type)) return;
     const char *nccl_lib = getenv("QFT_NCCL_EMU_LIB");
     if (k_ranks[_i].nccl && (!nccl_lib || !*nccl_lib)) {
         printf("skip: this build's emulator has no NCCL (nccl.h not found)\n");
@@ -173,10 +179,7 @@ END_TEST
  *     warning with the bytes and the driver's reason, and the same weights bit for bit;
  *   - shard.pin_memory = false: neither line, the same weights. */
 START_TEST(test_offload_pinned) {
-    if (!ru_type_built("QFT_TRAIN_TYPES", "full")) {
-        printf("skip: train_type full is not built\n");
-        return;
-    }
+    if (!built("full")) return;
     static const char *const sets[] = {
         "--set train.backend=\\\"cuda\\\" --set shard.cpu_offload=true",
         "--set train.backend=\\\"cuda\\\" --set shard.cpu_offload=true",
@@ -222,10 +225,7 @@ END_TEST
  * run must still end with exit 1 (no crash, no hang) and print the backend's failures in
  * two lines, not one per failing free. */
 START_TEST(test_device_fault) {
-    if (!ru_type_built("QFT_TRAIN_TYPES", "qlora")) {
-        printf("skip: train_type qlora is not built\n");
-        return;
-    }
+    if (!built("qlora")) return;
     static const char *const where[] = {"in the forward and backward passes at step ",
                                         "in the optimizer step at step ",
                                         "bringing the checkpoint's state to the host at step ",
@@ -291,15 +291,9 @@ END_TEST
  * rank 1's failed copies; the run's last check is collective, so the job must fail with
  * rank 1's message and nothing saved (with a rank-local check rank 0 saved the adapter). */
 START_TEST(test_rank_fault) {
-    const char *mpirun = getenv("QFT_MPIRUN");
-    if (!mpirun || !*mpirun) {
-        printf("skip: no mpirun in this build\n");
-        return;
-    }
-    if (!ru_type_built("QFT_TRAIN_TYPES", "qlora")) {
-        printf("skip: train_type qlora is not built\n");
-        return;
-    }
+    const char *mpirun = mpirun_or_skip();
+    if (!mpirun) return;
+    if (!built("qlora")) return;
     const char *sets = "--set train.backend=\\\"cuda\\\" --set shard.device_transport=\\\"staged\\\" "
                        "--set shard.plugin=\\\"full_shard\\\" --set train.max_steps=2";
     char dir[8192], pre[8192], path[8192 + 64];

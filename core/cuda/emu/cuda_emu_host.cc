@@ -62,7 +62,7 @@ extern "C" {
 
 cudaError_t cudaHostRegister(void *ptr, size_t size, unsigned int flags) {
     const char *call = "cudaHostRegister";
-    if (context_broken()) return runtime_fail(cudaErrorIllegalAddress, call, "the context is broken");
+    if (context_broken()) return broken_context_error();
     const unsigned known = cudaHostRegisterPortable | cudaHostRegisterMapped |
                            cudaHostRegisterIoMemory | cudaHostRegisterReadOnly;
     if (!ptr || !size) return runtime_fail(cudaErrorInvalidValue, call, "a null or empty range");
@@ -96,7 +96,7 @@ cudaError_t cudaHostRegister(void *ptr, size_t size, unsigned int flags) {
 
 cudaError_t cudaHostUnregister(void *ptr) {
     const char *call = "cudaHostUnregister";
-    if (context_broken()) return runtime_fail(cudaErrorIllegalAddress, call, "the context is broken");
+    if (context_broken()) return broken_context_error();
     const uintptr_t p = (uintptr_t)ptr;
     pthread_mutex_lock(&host_lock);
     auto it = registered.upper_bound(p); // the first range starting after p

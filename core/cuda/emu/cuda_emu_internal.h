@@ -65,6 +65,9 @@ void stream_enqueued(cudaStream_t s);
 // cuBLASLt and NCCL call fails (cudaErrorIllegalAddress or its kind's code), launches run
 // nothing, and cudaGetLastError keeps answering the fault. For the callers' teardown.
 bool context_broken();
+// A runtime call in that broken context: the fault's error, kept as the last one (quietly:
+// the fault was reported when it came).
+cudaError_t broken_context_error();
 // A runtime call's failure: "qft cuda emulator: call: why" on stderr, e kept for the next
 // cudaGetLastError (as the runtime keeps a call's error), and e returned.
 cudaError_t runtime_fail(cudaError_t e, const char *call, const char *why);

@@ -61,8 +61,7 @@ static std::atomic<bool> broken; // QFT_CUDA_EMU_FAULT_STICKY's broken context
 
 bool context_broken() { return broken.load(); }
 
-// a runtime call in a broken context: the fault's error, kept as the last one
-static cudaError_t sticky() {
+cudaError_t broken_context_error() {
     pthread_mutex_lock(&lock);
     last_error = cudaErrorIllegalAddress;
     pthread_mutex_unlock(&lock);
@@ -70,7 +69,7 @@ static cudaError_t sticky() {
 }
 #define STICKY_GUARD()                                                                        \
     do {                                                                                      \
-        if (context_broken()) return sticky();                                                \
+        if (context_broken()) return broken_context_error();                                  \
     } while (0)
 
 static void print_syncs(void) {
