@@ -63,9 +63,10 @@ static __global__ void col_dot_scale_kernel(float *acc, float *g, int64_t ldg, c
 #define LR_ROWS 16
 #define LR_PER 4
 #define LR_KC 32
-static __global__ void lowrank_out_kernel(float *y, int64_t ldy, const float *u, const float *B,
-                                          int64_t k, float scale, const float *f, float *h,
-                                          int64_t N, int64_t out) {
+// (the block size is declared: 66 registers a thread on sm_80 would not fit a block of 1024)
+static __global__ void __launch_bounds__(LR_COLS * (LR_ROWS / LR_PER))
+    lowrank_out_kernel(float *y, int64_t ldy, const float *u, const float *B, int64_t k,
+                       float scale, const float *f, float *h, int64_t N, int64_t out) {
     __shared__ float Bs[LR_COLS][LR_KC + 1];
     __shared__ float Us[LR_ROWS][LR_KC];
     const int x = threadIdx.x, t = threadIdx.y, tid = t * LR_COLS + x;
