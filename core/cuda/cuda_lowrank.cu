@@ -60,16 +60,23 @@ __global__ void __launch_bounds__(THREADS)
     for (int64_t e = threadIdx.x; e < (int64_t)ROWS * r; e += THREADS) // rows past out: 0
         bs[e] = e < (int64_t)rows * r ? B[j0 * r + e] : 0.0f;
     __syncthreads();
+    // acc and l stay in registers only if every loop over their index is unrolled: a loop
+    // left rolled indexes them at run time, which puts both in local memory (ptxas: a
+    // 192-byte stack frame, a load and a store of l[i] for every product)
     double acc[ROWS];
+#pragma unroll
     for (int i = 0; i < ROWS; i++) acc[i] = 0.0;
     for (int64_t c = threadIdx.x; c < w.in; c += THREADS) {
         float l[ROWS];
+#pragma unroll
         for (int i = 0; i < ROWS; i++) l[i] = 0.0f;
         for (int64_t k = 0; k < r; k++) { // A's column read once for the block's rows
             const float a = A[k * w.in + c];
+#pragma unroll
             for (int i = 0; i < ROWS; i++) l[i] = qft_twin_add(l[i], qft_twin_mul(bs[i * r + k], a));
         }
-        for (int i = 0; i < ROWS; i++) { // a constant bound: l and acc stay in registers
+#pragma unroll
+        for (int i = 0; i < ROWS; i++) {
             if (i >= rows) continue;
             const float v = qft_twin_add(lr_elem(w, j0 + i, c), qft_twin_mul(scale, l[i]));
             acc[i] = qft_twin_dadd(acc[i], qft_twin_dmul((double)v, (double)v));
@@ -77,6 +84,7 @@ __global__ void __launch_bounds__(THREADS)
     }
     // each row's sum: lanes by a fixed shuffle tree, then the warps in order
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
     for (int i = 0; i < ROWS; i++) {
         double v = acc[i];
         for (int off = 16; off > 0; off >>= 1) v = qft_twin_dadd(v, __shfl_down_sync(0xffffffffu, v, off));

@@ -11,6 +11,8 @@ struct inv_freq_arg {
 
 // cos and sin in double and rounded, as the CPU table (its libm is within an ulp of
 // CUDA's double cos/sin, so the float results agree but for rare ties).
+// ptxas: local memory: double cos/sin's reduction of large angles keeps 40 bytes there; the
+// table is built once a run.
 __global__ void rope_table_kernel(float *cos_t, float *sin_t, int T, int half, inv_freq_arg inv) {
     const size_t total = (size_t)T * half; // (T, hd/2)
     QFT_CUDA_GRID_STRIDE(e, total) {

@@ -16,7 +16,7 @@ import sys
 def ptxas_line(line):
     # "ptxas info    : ..." and the indented "N bytes stack frame, ..." line under a
     # function's properties
-    return line.startswith('ptxas info') or line.lstrip().endswith('bytes spill loads')
+    return line.startswith('ptxas info') or line.strip().endswith('bytes spill loads')
 
 
 def main():

@@ -7,11 +7,15 @@
  * run can show. A kernel declared with __launch_bounds__(N) is compiled to fit N threads
  * (ptxas spills rather than exceed it; the emulator refuses a launch past N). A kernel
  * without it may be launched with up to 1024 threads as far as the compiler knows, so it
- * must stay within 64 registers, or say its block size. The build keeps ptxas's report of
+ * must stay within 64 registers, or say its block size. Nor may a kernel keep more in local
+ * memory than its spills, rounded up to 8 bytes (an array indexed at run time because a loop over it is not
+ * unrolled: a load and a store per use, where registers were meant) unless a comment
+ * "ptxas: local memory" just above it says why. The build keeps ptxas's report of
  * each .cu file (core/cuda/nvcc_ptxas.py, nvcc --resource-usage, for every target
  * architecture); this test reads those reports and the sources:
  *   - test_parse_control: the parser and the rule on written-out reports (a kernel of 70
- *     registers without bounds is a violation; with bounds, or at 64, it is not; a
+ *     registers without bounds is a violation; with bounds, or at 64, it is not; a frame
+ *     beyond the spills is one unless its reason is given; a
  *     template's instantiations and a kernel outside a namespace are named right);
  *   - test_built_kernels: every kernel the sources define appears in its file's report for
  *     every architecture there (so a change in ptxas's wording cannot make the rule pass
@@ -28,23 +32,68 @@ enum { NAME_MAX_ = 128, ARCH_MAX_ = 16, MAX_KERNELS = 512, BLOCK_REGS = 65536 };
 
 typedef struct {
     char name[NAME_MAX_]; // the kernel's own name, without namespaces or template arguments
+    char targs[64];       // its template arguments, "<8>", or ""
     char arch[ARCH_MAX_]; // "sm_90"
     int regs, smem, stack, spill_stores;
 } kernel_use;
 
+/* The words a comment above a kernel says its local memory is meant with. */
+#define LOCAL_OK "ptxas: local memory"
+
 typedef struct {
     char name[NAME_MAX_];
-    int bounded; // declared with __launch_bounds__
+    int bounded;  // declared with __launch_bounds__
+    int local_ok; // a comment "ptxas: local memory" in the 4 lines above says why it has some
     int line;
 } src_kernel;
 
 static int src_argc;
 static char **src_argv;
 
+/* A template's arguments as written, when each is an integer or bool literal, a builtin
+ * type or a plain class name ("ILi8ELb1EE" is "<8, true>", "I13__nv_bfloat16E" is
+ * "<__nv_bfloat16>"); the first characters of its mangled form otherwise, or "" for no
+ * template. */
+static void template_args(const char *p, char *out, size_t n) {
+    static const char *const builtin[][2] = {{"f", "float"}, {"d", "double"}, {"i", "int"},
+                                             {"j", "unsigned"}, {"b", "bool"}, {"l", "long"}};
+    out[0] = 0;
+    if (*p != 'I') return;
+    char buf[96] = "<";
+    const char *q = p + 1;
+    while (*q && *q != 'E' && strlen(buf) < sizeof buf - 40) {
+        char item[40] = "";
+        char *end;
+        if (*q == 'L' && q[1] && strchr("ijlmb", q[1])) { // a literal
+            const int neg = q[2] == 'n';
+            const long v = strtol(q + 2 + neg, &end, 10);
+            if (*end != 'E' || end == q + 2 + neg) break;
+            if (q[1] == 'b') snprintf(item, sizeof item, "%s", v ? "true" : "false");
+            else snprintf(item, sizeof item, "%ld", neg ? -v : v);
+            q = end + 1;
+        } else if (isdigit((unsigned char)*q)) { // a class by its name
+            const unsigned long len = strtoul(q, &end, 10);
+            if (len >= sizeof item || strlen(end) < len) break;
+            snprintf(item, sizeof item, "%.*s", (int)len, end);
+            q = end + len;
+        } else {
+            size_t k = 0;
+            while (k < sizeof builtin / sizeof builtin[0] && *q != builtin[k][0][0]) k++;
+            if (k == sizeof builtin / sizeof builtin[0]) break;
+            snprintf(item, sizeof item, "%s", builtin[k][1]);
+            q++;
+        }
+        const size_t at = strlen(buf);
+        snprintf(buf + at, sizeof buf - at, "%s%s", at > 1 ? ", " : "", item);
+    }
+    if (*q == 'E' && q > p + 1) snprintf(out, n, "%s>", buf);
+    else snprintf(out, n, "%.24s", p); // not decoded: as mangled
+}
+
 /* The kernel's own name out of an Itanium-mangled one: "_Z14add_kernelPf" or
- * "_ZN<ns>...<name>I...E..." (the last length-prefixed component of a nested name). 0 when
- * found. */
-static int mangled_base(const char *m, char *name, size_t n) {
+ * "_ZN<ns>...<name>I...E..." (the last length-prefixed component of a nested name), and
+ * its template arguments (template_args) into targs. 0 when found. */
+static int mangled_base(const char *m, char *name, size_t n, char *targs, size_t tn) {
     if (strncmp(m, "_Z", 2) != 0) return -1;
     const char *p = m + 2;
     const int nested = *p == 'N';
@@ -62,14 +111,16 @@ static int mangled_base(const char *m, char *name, size_t n) {
     if (!last || last_len == 0 || last_len >= n) return -1;
     memcpy(name, last, last_len);
     name[last_len] = 0;
+    template_args(last + last_len, targs, tn);
     return 0;
 }
 
 /* ptxas's report (the lines nvcc_ptxas.py keeps) into out; the number of entry functions,
- * or -1 when one of them lacks its "Used N registers" line. */
+ * or -1 when one of them lacks its stack frame's line or its "Used N registers" line. */
 static int ptxas_parse(const char *text, kernel_use *out, int max) {
     int n = 0, open = 0; // open: an entry function whose register line is still to come
     int own = 0;         // the properties being read are the open entry function's
+    int framed = 0;      // its stack frame's line was read
     char cur[768] = "";
     for (const char *line = text; *line;) {
         const char *eol = strchr(line, '\n');
@@ -84,16 +135,18 @@ static int ptxas_parse(const char *text, kernel_use *out, int max) {
             if (open || n == max) return -1;
             kernel_use *k = &out[n];
             memset(k, 0, sizeof *k);
-            if (mangled_base(mangled, k->name, sizeof k->name)) return -1;
+            if (mangled_base(mangled, k->name, sizeof k->name, k->targs, sizeof k->targs))
+                return -1;
             snprintf(k->arch, sizeof k->arch, "%s", arch);
             snprintf(cur, sizeof cur, "%s", mangled);
-            open = 1, own = 0;
+            open = 1, own = 0, framed = 0;
         } else if (sscanf(buf, "ptxas info : Function properties for %767s", mangled) == 1) {
             // a device function's frame may be reported among its caller's lines
             own = open && !strcmp(mangled, cur);
         } else if (own && sscanf(buf, " %d bytes stack frame, %d bytes spill stores", &a, &b) == 2) {
-            out[n].stack = a, out[n].spill_stores = b;
+            out[n].stack = a, out[n].spill_stores = b, framed = 1;
         } else if (open && used && sscanf(used, "Used %d registers", &a) == 1) {
+            if (!framed) return -1;
             out[n].regs = a;
             const char *s = strstr(used, " bytes smem");
             if (s) {
@@ -129,6 +182,13 @@ static int source_kernels(const char *src, src_kernel *out, int max) {
         memset(k, 0, sizeof *k);
         k->line = 1;
         for (const char *q = s; q < g; q++) k->line += *q == '\n';
+        // the comment above it (from the source itself: the copy lost its comments)
+        const size_t off = (size_t)(g - s);
+        size_t from = off;
+        for (int nl = 0; from > 0 && nl < 5; from--) nl += src[from - 1] == '\n';
+        char above[2048];
+        snprintf(above, sizeof above, "%.*s", (int)(off - from), src + from);
+        k->local_ok = strstr(above, LOCAL_OK) != NULL;
         const char *p = g + strlen("__global__");
         for (;;) {
             const char *paren = strchr(p, '(');
@@ -172,14 +232,24 @@ static int rule_violations(const char *file, const src_kernel *ks, int nk, const
         const src_kernel *k = NULL;
         for (int j = 0; j < nk; j++)
             if (!strcmp(ks[j].name, us[i].name)) k = &ks[j];
-        if (!k || k->bounded || us[i].regs <= 64) continue;
+        if (!k) continue;
         const size_t at = strlen(why);
-        snprintf(why + at, why_len - at,
-                 "%s:%d: %s uses %d registers a thread on %s and has no __launch_bounds__: a "
-                 "block of more than %d threads would not launch (declare the block size it "
-                 "is launched with)\n",
-                 file, k->line, k->name, us[i].regs, us[i].arch, max_block_threads(us[i].regs));
-        bad++;
+        if (!k->bounded && us[i].regs > 64) {
+            snprintf(why + at, why_len - at,
+                     "%s:%d: %s uses %d registers a thread on %s and has no __launch_bounds__: "
+                     "a block of more than %d threads would not launch (declare the block size "
+                     "it is launched with)\n",
+                     file, k->line, k->name, us[i].regs, us[i].arch,
+                     max_block_threads(us[i].regs));
+            bad++;
+        } else if (us[i].stack > (us[i].spill_stores + 7) / 8 * 8 && !k->local_ok) {
+            snprintf(why + at, why_len - at,
+                     "%s:%d: %s keeps %d bytes in local memory on %s beyond its %d bytes of "
+                     "spills (rounded up to 8): an array indexed at run time (unroll the loops over it), or say "
+                     "why in a comment '" LOCAL_OK "' just above the kernel\n",
+                     file, k->line, k->name, us[i].stack, us[i].arch, us[i].spill_stores);
+            bad++;
+        }
     }
     return bad;
 }
@@ -205,19 +275,25 @@ static const char control_src[] =
     "static __global__ void plain(float *x) {}\n"
     "/* __global__ void also_out(int) */\n"
     "template <int N> __global__ void __launch_bounds__(N * (32 / 2)) tiled(int a) {}\n"
+    "// ptxas: local memory, for the test's own reason\n"
     "static __global__ void small(float *x) {}\n";
 static const char control_report[] =
     "ptxas info    : 0 bytes gmem\n"
     "ptxas info    : Compiling entry function '_Z5plainPf' for 'sm_90'\n"
     "ptxas info    : Function properties for _Z5plainPf\n"
-    "    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n"
+    "    16 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n"
     "ptxas info    : Used 70 registers, used 1 barriers, 2048 bytes smem, 400 bytes cmem[0]\n"
     "ptxas info    : Compiling entry function "
     "'_ZN53_GLOBAL__N__3b67aab1_20_cuda_attention_tc_cu_ca33ad3b5tiledILi8EEEvi' for 'sm_90'\n"
+    "ptxas info    : Function properties for "
+    "_ZN53_GLOBAL__N__3b67aab1_20_cuda_attention_tc_cu_ca33ad3b5tiledILi8EEEvi\n"
+    "    24 bytes stack frame, 20 bytes spill stores, 20 bytes spill loads\n"
     "ptxas info    : Function properties for __internal_helper\n"
     "    96 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
     "ptxas info    : Used 255 registers, used 1 barriers\n"
     "ptxas info    : Compiling entry function '_Z5smallPf' for 'sm_80'\n"
+    "ptxas info    : Function properties for _Z5smallPf\n"
+    "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
     "ptxas info    : Used 64 registers\n"
     "ptxas info    : Function properties for __internal_trig_reduction_slowpathd\n"
     "    40 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n";
@@ -231,6 +307,8 @@ START_TEST(test_parse_control) {
     ck_assert_str_eq(ks[1].name, "tiled");
     ck_assert_int_eq(ks[1].bounded, 1);
     ck_assert_str_eq(ks[2].name, "small");
+    ck_assert_int_eq(ks[0].local_ok + ks[1].local_ok, 0);
+    ck_assert_int_eq(ks[2].local_ok, 1);
 
     kernel_use us[8];
     ck_assert_int_eq(ptxas_parse(control_report, us, 8), 3);
@@ -238,23 +316,48 @@ START_TEST(test_parse_control) {
     ck_assert_str_eq(us[0].arch, "sm_90");
     ck_assert_int_eq(us[0].regs, 70);
     ck_assert_int_eq(us[0].smem, 2048);
-    ck_assert_int_eq(us[0].stack, 8);
+    ck_assert_int_eq(us[0].stack, 16);
     ck_assert_int_eq(us[0].spill_stores, 4);
+    ck_assert_str_eq(us[0].targs, "");
     ck_assert_str_eq(us[1].name, "tiled");
+    ck_assert_str_eq(us[1].targs, "<8>");
     ck_assert_int_eq(us[1].regs, 255);
-    ck_assert_int_eq(us[1].stack, 0); // the helper's frame, reported among its lines, is not its
+    ck_assert_int_eq(us[1].stack, 24); // not the helper's frame, reported among its lines
     ck_assert_str_eq(us[2].name, "small");
     ck_assert_str_eq(us[2].arch, "sm_80");
     ck_assert_int_eq(us[2].regs, 64);
     ck_assert_int_eq(us[2].stack, 0); // nor the frame reported after its last line
+
+    char nm[NAME_MAX_], ta[64];
+    ck_assert_int_eq(mangled_base("_ZN12_GLOBAL__N_113onchip_kernelILb1ELb0EEEv8packed_w", nm,
+                                  sizeof nm, ta, sizeof ta),
+                     0);
+    ck_assert_str_eq(nm, "onchip_kernel");
+    ck_assert_str_eq(ta, "<true, false>");
+    ck_assert_int_eq(mangled_base("_Z18hqq_dequant_kernelIfEvPf", nm, sizeof nm, ta, sizeof ta), 0);
+    ck_assert_str_eq(nm, "hqq_dequant_kernel");
+    ck_assert_str_eq(ta, "<float>");
+    ck_assert_int_eq(mangled_base("_Z1kI13__nv_bfloat16EvPS0_", nm, sizeof nm, ta, sizeof ta), 0);
+    ck_assert_str_eq(ta, "<__nv_bfloat16>");
+    ck_assert_int_eq(mangled_base("_Z1kIPfEvv", nm, sizeof nm, ta, sizeof ta), 0);
+    ck_assert_str_eq(ta, "IPfEvv"); // a pointer type: left mangled
+    ck_assert_int_eq(mangled_base("_Z3fooILin2EEvv", nm, sizeof nm, ta, sizeof ta), 0);
+    ck_assert_str_eq(ta, "<-2>");
+    ck_assert_int_ne(mangled_base("foo", nm, sizeof nm, ta, sizeof ta), 0);
 
     // 70 registers unbounded: one violation, at plain's line, with its largest block
     char why[2048] = "";
     ck_assert_int_eq(rule_violations("x.cu", ks, 3, us, 3, why, sizeof why), 1);
     ck_assert_ptr_nonnull(strstr(why, "x.cu:2: plain uses 70 registers"));
     ck_assert_ptr_nonnull(strstr(why, "more than 896 threads"));
-    // bounded, it is not one
+    // bounded, its 16-byte frame beyond 4 bytes of spills (8, rounded) is one (an array in
+    // local memory); tiled's 24 bytes for 20 of spills are not
     ks[0].bounded = 1;
+    why[0] = 0;
+    ck_assert_int_eq(rule_violations("x.cu", ks, 3, us, 3, why, sizeof why), 1);
+    ck_assert_ptr_nonnull(strstr(why, "plain keeps 16 bytes in local memory on sm_90 beyond its 4"));
+    // with its reason given, none
+    ks[0].local_ok = 1;
     why[0] = 0;
     ck_assert_int_eq(rule_violations("x.cu", ks, 3, us, 3, why, sizeof why), 0);
     ck_assert_int_eq(max_block_threads(64), 1024);
@@ -262,8 +365,14 @@ START_TEST(test_parse_control) {
     ck_assert_int_eq(max_block_threads(128), 512);
     ck_assert_int_eq(max_block_threads(255), 256);
 
-    // a register line missing: the report is refused rather than read short
-    ck_assert_int_eq(ptxas_parse("ptxas info    : Compiling entry function '_Z1fv' for 'sm_90'\n",
+    // a register line or a frame line missing: the report is refused rather than read short
+    ck_assert_int_eq(ptxas_parse("ptxas info    : Compiling entry function '_Z1fv' for 'sm_90'\n"
+                                 "ptxas info    : Function properties for _Z1fv\n"
+                                 "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n",
+                                 us, 8),
+                     -1);
+    ck_assert_int_eq(ptxas_parse("ptxas info    : Compiling entry function '_Z1fv' for 'sm_90'\n"
+                                 "ptxas info    : Used 8 registers\n",
                                  us, 8),
                      -1);
 }
@@ -316,8 +425,8 @@ START_TEST(test_built_kernels) {
                 if (!strcmp(ks[j].name, us[i].name)) k = &ks[j];
             ck_assert_msg(k != NULL, "%s: reported kernel %s is not one %s defines", report,
                           us[i].name, src_path);
-            printf("| %.*s | %s | %s | %d | %d | %d | %d | %s |\n", (int)(suffix - base), base,
-                   us[i].name, us[i].arch, us[i].regs, us[i].spill_stores, us[i].stack,
+            printf("| %.*s | %s%s | %s | %d | %d | %d | %d | %s |\n", (int)(suffix - base), base,
+                   us[i].name, us[i].targs, us[i].arch, us[i].regs, us[i].spill_stores, us[i].stack,
                    us[i].smem, k->bounded ? "yes" : "no");
         }
         total += nu;
