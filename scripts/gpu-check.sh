@@ -29,16 +29,17 @@
 #      tensor-core kernels), NF4 and HQQ dequantization GB/s, and the quantized linear
 #      (dequantize into a bf16 scratch + GEMM; whole weight and 1024-row tiles) for NF4 and
 #      HQQ against the plain bf16 GEMM at the same shapes;
-#   6. trains QLoRA over 2 ranks (no_shard, shard_grad_op, full_shard: the units in CUDA
+#   6. runs a 2-step QDoRA training on the GPU under compute-sanitizer's memcheck (the
+#      issue's sanitizer on the parity run; first, so that the ranks cannot crowd it out),
+#      when compute-sanitizer is installed;
+#   7. trains QLoRA over 2 ranks (no_shard, shard_grad_op, full_shard: the units in CUDA
 #      virtual memory, committed per gather; full_shard with cpu_offload; and full_shard
 #      with the frozen head cut and gathered as bf16, against one process with
 #      train.frozen_dtype = "bf16") with
 #      gradients and optimizer on the GPUs, against one process on a GPU: both ranks on one GPU through the staged
 #      transport, and, where 2 or more GPUs are visible, one GPU per rank over NCCL;
 #      then the NCCL transport's test on one rank (transport_nccl_np1), which needs one GPU;
-#   7. runs test_cuda_ops under compute-sanitizer (memcheck), then a 2-step QDoRA training
-#      on the GPU under memcheck, then racecheck on test_cuda_ops if time is left, when
-#      compute-sanitizer is installed.
+#   8. runs test_cuda_ops under memcheck, then under racecheck, with the time left.
 # Everything ends inside 8 minutes (each step is given what is left of the budget). A
 # report with the date, the GPU and the tables is written to $OUT (or the build dir) as
 # gpu-check-report.md, ready to paste under "## CUDA" in bench/README.md.
@@ -78,10 +79,10 @@
 # and every figure.
 #
 # Usage: scripts/gpu-check.sh            (from anywhere; QFT_GPU_BUILD overrides the dir)
-# Steps 1-5 alone take the 8 minutes on a GPU, leaving 6 and 7 little or no time, so a lent
+# Steps 1-5 alone take the 8 minutes on a GPU, leaving 6 to 8 little or no time, so a lent
 # session runs QFT_GPU_CHECK_PHASE=main (steps 1-5, 470 s, gpu-check-report.md), then at once,
 # while the machine still holds the build, QFT_GPU_CHECK_PHASE=rest (step 1 reusing that
-# build, then 6-7, 240 s, gpu-check-report-rest.md). Without the variable it runs all seven.
+# build, then 6-8, 240 s, gpu-check-report-rest.md). Without the variable it runs all eight.
 # On a lent device machine: scripts/device-deps.sh fetch here first, then run the script
 # there with .devkit carried (the device tool's carry: [".devkit"]).
 #
@@ -106,8 +107,8 @@ EMU=${QFT_GPU_CHECK_EMU:-0}
 # on its first GPU run costs this much, not its whole step (mpirun's own limit likewise)
 export QFT_GPU_RUN_LIMIT=60; [[ $EMU == 1 ]] && QFT_GPU_RUN_LIMIT=300
 export MPIEXEC_TIMEOUT=$QFT_GPU_RUN_LIMIT
-# QFT_GPU_CHECK_PHASE: all (steps 1-7, the default), main (1-5) or rest (1, reusing a build
-# already there, then 6-7). On a GPU, steps 1-5 fill the 8 minutes, so the several ranks and
+# QFT_GPU_CHECK_PHASE: all (steps 1-8, the default), main (1-5) or rest (1, reusing a build
+# already there, then 6-8). On a GPU, steps 1-5 fill the 8 minutes, so the several ranks and
 # compute-sanitizer are reached only with time to spare; a lent machine's session runs main,
 # then at once (while the machine still holds the build) rest, each in its own budget.
 PHASE=${QFT_GPU_CHECK_PHASE:-all}
@@ -382,7 +383,36 @@ else
 fi
 fi # steps 2-5
 
-if [[ $PHASE != main ]]; then # steps 6-7
+if [[ $PHASE != main ]]; then # steps 6-8
+
+# compute-sanitizer first: the issue asks for it on the parity run, so one of its trainings
+# (QDoRA: quantized base, DoRA's device norm, the adapters' ops, attention, optimizer; 2
+# steps) goes under memcheck before anything else here; test_cuda_ops under memcheck and
+# racecheck come last, with the time the ranks leave.
+SAN=$(command -v compute-sanitizer || true)
+san_note="compute-sanitizer not installed: not run"
+# (the emulator guards memory itself; compute-sanitizer needs a GPU)
+[[ $EMU == 1 ]] && SAN="" san_note="compute-sanitizer: not run on the emulator (races within a block and between neighbouring blocks: the suite's cuda_ops_racecheck, under TSan)"
+if [[ -n "$SAN" ]]; then
+    # its log stays in the build folder (the files that come back from the machine are few)
+    if step memcheck_train 120 "$SAN" --tool memcheck --error-exitcode 3 \
+        "$BUILD/apps/qft" train configs/bnb_dora.cfg --set train.max_steps=2 --set data.count=8 \
+        --set train.batch_size=2 --set model.config.hidden_size=64 \
+        --set model.config.intermediate_size=128 --set model.config.num_hidden_layers=2 \
+        --set model.config.num_attention_heads=2 --set model.config.num_key_value_heads=1 \
+        --set data.context_length=192 --set train.backend='"cuda"' --set output.save='"none"' \
+        --set output.dir="\"$BUILD/memcheck-train\"" -q 2>&1 | tee "$BUILD/memcheck_train.txt"; then
+        san_note="memcheck of a QDoRA training (2 steps) clean"
+    elif grep -q "Device not supported" "$BUILD/memcheck_train.txt"; then
+        # reported on the gVisor-sandboxed H200s this project is lent: the issue asks for the
+        # sanitizer where the device supports it, so this is no failure, and the other two
+        # runs would only say the same
+        san_note="compute-sanitizer: this device or sandbox is not supported (\"Device not supported\"): not run"
+        SAN=""
+    else
+        san_note="memcheck of a QDoRA training FAILED or timed out"; status=1
+    fi
+fi
 
 # Several ranks with the model, gradients and optimizer state on GPUs: QLoRA over 2 ranks
 # (no_shard, shard_grad_op, full_shard) against one process on a GPU with the same global batch, within
@@ -487,39 +517,15 @@ else
     parity_note="$parity_note; $nccl_test: FAILED or skipped ($nccl_test.txt)"; status=1
 fi
 
-SAN=$(command -v compute-sanitizer || true)
-san_note="compute-sanitizer not installed: not run"
-# (the emulator guards memory itself; compute-sanitizer needs a GPU)
-[[ $EMU == 1 ]] && SAN="" san_note="compute-sanitizer: not run on the emulator (races within a block and between neighbouring blocks: the suite's cuda_ops_racecheck, under TSan)"
+# Then the op tests under the sanitizer, with what time is left after the ranks.
 if [[ -n "$SAN" ]]; then
     # test_cuda_ops checks the default kernels: the fallback switches the trainings took stay out
-    if step memcheck 150 env -u QFT_CUDA_LOWRANK -u QFT_CUDA_LOWRANK_OUT \
+    if (( $(left) > 60 )) && step memcheck 150 env -u QFT_CUDA_LOWRANK -u QFT_CUDA_LOWRANK_OUT \
         "$SAN" --tool memcheck --error-exitcode 3 "$BUILD/tests/cuda/test_cuda_ops" \
         2>&1 | tee "$REPORT_DIR/memcheck.txt"; then
-        san_note="memcheck clean"
-    elif grep -q "Device not supported" "$REPORT_DIR/memcheck.txt"; then
-        # reported on the gVisor-sandboxed H200s this project is lent: the issue asks for the
-        # sanitizer where the device supports it, so this is no failure, and the other two
-        # runs would only say the same
-        san_note="compute-sanitizer: this device or sandbox is not supported (\"Device not supported\"): not run"
-        SAN=""
+        san_note="$san_note; memcheck of test_cuda_ops clean"
     else
-        san_note="memcheck FAILED or timed out"; status=1
-    fi
-fi
-if [[ -n "$SAN" ]]; then
-    # the issue asks for the parity run itself: one of its trainings (QDoRA: quantized base,
-    # DoRA's device norm, the adapters' ops, attention, optimizer), 2 steps, under memcheck
-    if (( $(left) > 60 )) && step memcheck_train 90 "$SAN" --tool memcheck --error-exitcode 3 \
-        "$BUILD/apps/qft" train configs/bnb_dora.cfg --set train.max_steps=2 --set data.count=8 \
-        --set train.batch_size=2 --set model.config.hidden_size=64 \
-        --set model.config.intermediate_size=128 --set model.config.num_hidden_layers=2 \
-        --set model.config.num_attention_heads=2 --set model.config.num_key_value_heads=1 \
-        --set data.context_length=192 --set train.backend='"cuda"' --set output.save='"none"' \
-        --set output.dir="\"$BUILD/memcheck-train\"" -q; then
-        san_note="$san_note; memcheck of a QDoRA training (2 steps) clean"
-    else
-        san_note="$san_note; memcheck of a QDoRA training FAILED, timed out or skipped"; status=1
+        san_note="$san_note; memcheck of test_cuda_ops FAILED, timed out or skipped"; status=1
     fi
     if (( $(left) > 60 )); then
         if step racecheck "$(( $(left) - 10 ))" env -u QFT_CUDA_LOWRANK -u QFT_CUDA_LOWRANK_OUT \
@@ -532,7 +538,7 @@ if [[ -n "$SAN" ]]; then
 fi
 else
     san_note="compute-sanitizer and the several ranks: not run (phase main; phase rest runs them)"
-fi # steps 6-7
+fi # steps 6-8
 
 {
     if [[ $EMU == 1 ]]; then
