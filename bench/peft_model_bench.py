@@ -13,8 +13,10 @@ steps; one process builds the three models in turn.
 
 Prints markdown rows of the table run_model_gpu.sh prints:
   | train_type | layers | context | tokens/s | peak GPU MiB | notes |
-and, with --go-file, the line READY once imports are done, then waits for that file
-before touching the GPU (the bench script hands the GPU to one run at a time).
+and, with --go-file PATH, asks for the GPU a row at a time: before row i (from 0) it prints
+READY i and waits for the file PATH.i, and after it prints DONE i. The bench script hands
+the GPU to one run at a time, so a qft run that finished building its model while a
+PyTorch row trained goes before the next PyTorch row rather than after all of them.
 
 usage: peft_model_bench.py [--layers full=4,qlora=4,qdora=4] [--context 2048] [--batch 1]
          [--steps 3] [--hidden 4096 --inter 14336 --heads 32 --kv 8 --head-dim 128
@@ -268,14 +270,14 @@ def main():
         bnb, bnb_v = None, "no bitsandbytes (%s)" % type(e).__name__
     versions = "torch %s, transformers %s, peft %s, %s" % (
         torch.__version__, transformers.__version__, peft.__version__, bnb_v)
-    if a.go_file:
-        print("READY", flush=True)
-        while not os.path.exists(a.go_file):
-            time.sleep(0.05)
     device = torch.device("cpu" if a.dry_run or a.cpu_count else "cuda")
     torch.manual_seed(0)
     rc = 0
-    for ttype, layers in a.rows:
+    for i, (ttype, layers) in enumerate(a.rows):
+        if a.go_file:  # this row's GPU turn
+            print("READY %d" % i, flush=True)
+            while not os.path.exists("%s.%d" % (a.go_file, i)):
+                time.sleep(0.05)
         try:
             run_one(a, ttype, layers, device, versions, bnb)
         except Exception as e:  # noqa: BLE001 - one row's failure must not hide the others
@@ -286,6 +288,10 @@ def main():
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if a.go_file:
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # nothing of this row left on the GPU
+            print("DONE %d" % i, flush=True)
     return rc
 
 

@@ -40,8 +40,10 @@
 # and the GPU goes to one run at a time: a run that reaches its first step (the log's
 # "model:" line, printed after the upload) while another trains is paused (SIGSTOP) until
 # that one ends, then continued (SIGCONT); the PyTorch process waits for a go-file the same
-# way. What a paused run had queued before the pause can still run on the GPU (well under
-# a second), so a row whose timed steps saw another run reach that point says so.
+# way, a row at a time (it prints READY i and waits for torch.go.i, then DONE i), so a qft
+# run that finished building while a PyTorch row trained goes before the next PyTorch row.
+# What a paused run had queued before the pause can still run on the GPU (well under a
+# second), so a row whose timed steps saw another run reach that point says so.
 #
 # Measured per run: tokens/s = timed steps x batch x context / their time (metrics.jsonl's
 # elapsed_s, after the warm-up step); every batch is context real tokens (a generated JSONL
@@ -175,13 +177,25 @@ if [[ $py != none ]]; then
     jobs_+=(torch)
 fi
 
-is_ready() { # the job has finished building and asks for the GPU
-    if [[ $1 == torch ]]; then grep -q '^READY' "$out/torch.out" 2>/dev/null
+torch_turns=0 torch_gpu_s=0 # PyTorch's rows granted the GPU, and their seconds on it
+count() { local n; n=$(grep -c "$1" "$2" 2>/dev/null); echo "${n:-0}"; }
+is_ready() { # the job has finished building (PyTorch: imported) and asks for the GPU
+    if [[ $1 == torch ]]; then (( $(count '^READY' "$out/torch.out") > torch_turns ))
     else grep -q '^model: ' "$out/$1.log" 2>/dev/null; fi
 }
 grant() {
-    gpu_holder=$1 state[$1]=gpu t_gpu[$1]=$(now)
-    if [[ $1 == torch ]]; then : >"$out/torch.go"; else kill -CONT "${pid[$1]}" 2>/dev/null; fi
+    gpu_holder=$1 state[$1]=gpu
+    [[ -z ${t_gpu[$1]:-} ]] && t_gpu[$1]=$(now) # the first turn's start
+    if [[ $1 == torch ]]; then
+        t_turn=$(now)
+        : >"$out/torch.go.$torch_turns"
+        torch_turns=$(( torch_turns + 1 ))
+    else
+        kill -CONT "${pid[$1]}" 2>/dev/null
+    fi
+}
+torch_turn_end() { # PyTorch's turn ends (its row done, or the process gone): its seconds
+    torch_gpu_s=$(awk -v s="$torch_gpu_s" -v a="$t_turn" -v b="$(now)" 'BEGIN { printf "%.3f", s + b - a }')
 }
 
 while :; do
@@ -192,13 +206,20 @@ while :; do
             wait "${pid[$j]}"; rc_of[$j]=$?
             # ended before this loop saw its first step: it trained without the GPU turn
             [[ ${state[$j]} == init ]] && is_ready "$j" && unturned[$j]=1
+            [[ $j == torch && ${state[$j]} == gpu ]] && torch_turn_end
             state[$j]=ended t_end[$j]=$(now)
             [[ $gpu_holder == "$j" ]] && gpu_holder=""
             continue
         fi
         live=1
+        # a PyTorch row done: the GPU goes to whoever waits, its next row queues behind
+        if [[ $j == torch && ${state[$j]} == gpu ]] &&
+            (( $(count '^DONE' "$out/torch.out") == torch_turns )); then
+            torch_turn_end
+            state[$j]=init gpu_holder=""
+        fi
         if [[ ${state[$j]} == init ]] && is_ready "$j"; then
-            t_ready[$j]=$(now)
+            [[ -z ${t_ready[$j]:-} ]] && t_ready[$j]=$(now) # the first time
             if [[ -z $gpu_holder && ${#queue[@]} == 0 ]]; then grant "$j"
             else
                 [[ $j != torch ]] && kill -STOP "${pid[$j]}"
@@ -214,7 +235,9 @@ while :; do
         for j in "${jobs_[@]}"; do
             [[ ${state[$j]} == ended ]] && continue
             case ${state[$j]} in
-            init) [[ $j == torch ]] && echo "importing" || echo "building the model" ;;
+            init) if [[ $j != torch ]]; then echo "building the model"
+                  elif (( torch_turns )); then echo "between its rows"
+                  else echo "importing"; fi ;;
             wait) echo "waiting for the GPU" ;;
             *) echo "training" ;;
             esac >"$out/$j.timedout"
@@ -224,6 +247,7 @@ while :; do
         for j in "${jobs_[@]}"; do
             [[ ${state[$j]} == ended ]] && continue
             kill -KILL "${pid[$j]}" 2>/dev/null; wait "${pid[$j]}" 2>/dev/null
+            [[ $j == torch && ${state[$j]} == gpu ]] && torch_turn_end
             rc_of[$j]=124 state[$j]=ended t_end[$j]=$(now)
         done
         break
@@ -242,7 +266,8 @@ smi_max() {
 overlap_note() {
     local me=$1 from=$2 to=$3 j who=""
     for j in "${jobs_[@]}"; do
-        [[ $j == "$me" || -z ${t_ready[$j]:-} ]] && continue
+        # (PyTorch is never paused: it waits for its turn before it touches the GPU)
+        [[ $j == "$me" || $j == torch || -z ${t_ready[$j]:-} ]] && continue
         if awk -v r="${t_ready[$j]}" -v a="$from" -v b="$to" 'BEGIN { exit !(r > a && r < b) }'; then
             who+="${who:+, }$j"
         fi
@@ -301,13 +326,13 @@ for t in "${types[@]}"; do
 done
 if [[ -n $torch_job ]]; then
     grep '^|' "$out/torch.out" 2>/dev/null
-    grep -v '^|\|^READY' "$out/torch.out" 2>/dev/null
+    grep -v '^|\|^READY\|^DONE' "$out/torch.out" 2>/dev/null
     if [[ -f $out/torch.timedout ]]; then
         echo "(PyTorch + PEFT: stopped at the ${budget}s budget while $(cat "$out/torch.timedout"); rows above are the ones it finished)"
     elif [[ ${rc_of[torch]:-0} != 0 ]] && ! grep -q '^|' "$out/torch.out"; then
         echo "(PyTorch + PEFT: exit ${rc_of[torch]}: $(tail -1 "$out/torch.log" | cut -c1-240))"
     fi
-    [[ -n ${t_ready[torch]:-} ]] && echo "(PyTorch imports took $(secs "${t_launch[torch]}" "${t_ready[torch]}") s; its GPU turn $(secs "${t_gpu[torch]:-${t_ready[torch]}}" "${t_end[torch]}") s)"
+    [[ -n ${t_ready[torch]:-} ]] && echo "(PyTorch imports took $(secs "${t_launch[torch]}" "${t_ready[torch]}") s; its $torch_turns GPU turns, one a row, $(secs 0 "$torch_gpu_s") s in all)"
 else
     echo "(PyTorch + PEFT rows not run: QFT_MODEL_BENCH_PYTHON=none)"
 fi
