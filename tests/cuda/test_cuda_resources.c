@@ -216,6 +216,13 @@ static int source_kernels(const char *src, src_kernel *out, int max) {
     return n;
 }
 
+/* The source kernel of that name among ks, NULL when none. */
+static const src_kernel *kernel_named(const src_kernel *ks, int nk, const char *name) {
+    for (int j = 0; j < nk; j++)
+        if (!strcmp(ks[j].name, name)) return &ks[j];
+    return NULL;
+}
+
 /* The most threads a block of a kernel using `regs` registers a thread can have. */
 static int max_block_threads(int regs) {
     const int per_warp = (regs + 7) / 8 * 8 * 32;
@@ -229,9 +236,7 @@ static int rule_violations(const char *file, const src_kernel *ks, int nk, const
                            int nu, char *why, size_t why_len) {
     int bad = 0;
     for (int i = 0; i < nu; i++) {
-        const src_kernel *k = NULL;
-        for (int j = 0; j < nk; j++)
-            if (!strcmp(ks[j].name, us[i].name)) k = &ks[j];
+        const src_kernel *k = kernel_named(ks, nk, us[i].name);
         if (!k) continue;
         const size_t at = strlen(why);
         if (!k->bounded && us[i].regs > 64) {
@@ -400,7 +405,7 @@ START_TEST(test_built_kernels) {
         static kernel_use us[MAX_KERNELS];
         const int nk = source_kernels(src, ks, MAX_KERNELS);
         const int nu = ptxas_parse(text, us, MAX_KERNELS);
-        ck_assert_msg(nu >= 0, "%s: an entry function without its register count", report);
+        ck_assert_msg(nu >= 0, "%s: an entry function without its frame or register line", report);
         // the architectures the report covers: each source kernel in each
         char arches[8][ARCH_MAX_];
         int na = 0;
@@ -420,9 +425,7 @@ START_TEST(test_built_kernels) {
                               src_path, ks[j].line, ks[j].name, arches[a], report);
             }
         for (int i = 0; i < nu; i++) {
-            const src_kernel *k = NULL;
-            for (int j = 0; j < nk; j++)
-                if (!strcmp(ks[j].name, us[i].name)) k = &ks[j];
+            const src_kernel *k = kernel_named(ks, nk, us[i].name);
             ck_assert_msg(k != NULL, "%s: reported kernel %s is not one %s defines", report,
                           us[i].name, src_path);
             printf("| %.*s | %s%s | %s | %d | %d | %d | %d | %s |\n", (int)(suffix - base), base,
